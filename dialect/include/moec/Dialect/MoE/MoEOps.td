@@ -1,0 +1,422 @@
+//===- MoEOps.td - moe dialect ops -------------------------*- tablegen -*-===//
+//
+// Ops of the moe dialect. Shape rules live once in ShapeRules.cpp and serve
+// both the verifiers here and the frontend's builders.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_DIALECT_MOE_MOEOPS_TD
+#define MOEC_DIALECT_MOE_MOEOPS_TD
+
+include "moec/Dialect/MoE/MoEDialect.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/IR/OpBase.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+
+def MoE_FloatTensor : RankedTensorOf<[AnyFloat]>;
+def MoE_LabelTensor : RankedTensorOf<[I32, I64]>;
+
+//===----------------------------------------------------------------------===//
+// Parameters
+//===----------------------------------------------------------------------===//
+
+def MoE_ParamOp : MoE_Op<"param", [Pure]> {
+  let summary = "A named entry of the model's parameter table.";
+  let description = [{
+    Yields the current value of the trainable parameter `name`. The runtime
+    binds it from a weights file, or initialises it as `init` says when no
+    weights are given: `zeros`, `ones`, `normal` (std) or `trunc_normal`
+    (std, truncated at two standard deviations, as timm/ViT do). Names are
+    unique in a module and use timm's dotted style.
+
+    ```mlir
+    %w = moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
+    %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) : tensor<192xf32>
+    ```
+  }];
+  let arguments = (ins StrAttr:$name, MoE_InitKind:$init,
+                   OptionalAttr<F64Attr>:$std);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $name `init` `(` $init (`,` $std^)? `)` attr-dict `:` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// ViT ops
+//===----------------------------------------------------------------------===//
+
+def MoE_PatchEmbedOp : MoE_Op<"patch_embed", [Pure]> {
+  let summary = "Splits images into patches and projects each patch linearly.";
+  let description = [{
+    `input` is `[N, C, H, W]`; `patch_size` P divides H and W. Every P x P
+    patch, flattened in (channel, row, column) order, is multiplied by
+    `weight` `[C*P*P, D]` and `bias` `[D]` is added. Patches are numbered
+    row-major, giving `[N, (H/P)*(W/P), D]`.
+
+    ```mlir
+    %t = moe.patch_embed %img, %w, %b {patch_size = 4 : i64}
+        : (tensor<8x1x28x28xf32>, tensor<16x64xf32>, tensor<64xf32>) -> tensor<8x49x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$weight,
+                   MoE_FloatTensor:$bias, ConfinedAttr<I64Attr, [IntPositive]>:$patch_size);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $weight `,` $bias attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_ClassTokenOp : MoE_Op<"class_token", [Pure]> {
+  let summary = "Prepends a learned class token to every image's tokens.";
+  let description = [{
+    `input` is `[N, S, D]` and `token` is `[D]`; the result `[N, S+1, D]` has
+    `token` at position 0 of every image, followed by the input tokens.
+
+    ```mlir
+    %x = moe.class_token %t, %cls : (tensor<8x49x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$token);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $token attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_PosEmbedOp : MoE_Op<"pos_embed", [Pure]> {
+  let summary = "Adds a learned position embedding to every image's tokens.";
+  let description = [{
+    `input` is `[N, S, D]` and `embedding` is `[S, D]`; the result is
+    `input[n, s, d] + embedding[s, d]`.
+
+    ```mlir
+    %y = moe.pos_embed %x, %pos : (tensor<8x50x64xf32>, tensor<50x64xf32>) -> tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$embedding);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $embedding attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_LayerNormOp : MoE_Op<"layer_norm", [Pure]> {
+  let summary = "Layer normalisation over the last dimension.";
+  let description = [{
+    For `input` `[..., D]`, `gamma` and `beta` `[D]`:
+    `y = (x - mean(x)) / sqrt(var(x) + epsilon) * gamma + beta`, with mean and
+    (biased) variance taken over the last dimension.
+
+    ```mlir
+    %y = moe.layer_norm %x, %g, %b {epsilon = 1.000000e-06 : f64}
+        : (tensor<8x50x64xf32>, tensor<64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$gamma,
+                   MoE_FloatTensor:$beta, F64Attr:$epsilon);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $gamma `,` $beta attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
+  let summary = "Multi-head self-attention with fused QKV and output projections.";
+  let description = [{
+    `input` is `[N, S, D]`, `heads` divides D, `dh = D / heads`.
+    `qkv = input * qkv_weight + qkv_bias` with `qkv_weight` `[D, 3D]`: columns
+    `[0, D)` are the queries, `[D, 2D)` the keys, `[2D, 3D)` the values, and
+    head `h` owns columns `h*dh .. (h+1)*dh` of each. Per image and head,
+    `A = softmax(Q K^T / sqrt(dh))` over keys and `O = A V`; the heads are
+    concatenated and projected: `result = O * out_weight + out_bias` with
+    `out_weight` `[D, D]`.
+
+    ```mlir
+    %y = moe.attention %x, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64}
+        : (tensor<8x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>,
+           tensor<64xf32>) -> tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$qkv_weight,
+                   MoE_FloatTensor:$qkv_bias, MoE_FloatTensor:$out_weight,
+                   MoE_FloatTensor:$out_bias,
+                   ConfinedAttr<I64Attr, [IntPositive]>:$heads);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $qkv_weight `,` $qkv_bias `,` $out_weight `,` $out_bias attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_DenseOp : MoE_Op<"dense", [Pure]> {
+  let summary = "Matrix multiplication over the last dimension, plus an optional bias.";
+  let description = [{
+    `input` is `[..., K]`, `weight` `[K, M]`, `bias` (optional) `[M]`:
+    `result[..., m] = sum_k input[..., k] * weight[k, m] + bias[m]`.
+
+    ```mlir
+    %h = moe.dense %x, %w, %b : (tensor<8x50x64xf32>, tensor<64x128xf32>, tensor<128xf32>) -> tensor<8x50x128xf32>
+    %p = moe.dense %x, %w : (tensor<8x50x64xf32>, tensor<64x128xf32>) -> tensor<8x50x128xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$weight,
+                   Optional<MoE_FloatTensor>:$bias);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $weight (`,` $bias^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_ActivationOp : MoE_Op<"activation", [Pure, SameOperandsAndResultType]> {
+  let summary = "Element-wise activation function.";
+  let description = [{
+    Applies `kind` element-wise: `gelu` (exact, with erf), `gelu_tanh` (the
+    tanh approximation), `relu` or `silu` (x * sigmoid(x)).
+
+    ```mlir
+    %y = moe.activation gelu %x : tensor<8x50x128xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Activation:$kind, MoE_FloatTensor:$input);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = "$kind $input attr-dict `:` type($result)";
+}
+
+def MoE_AddOp : MoE_Op<"add", [Pure, Commutative, SameOperandsAndResultType]> {
+  let summary = "Element-wise addition (residual connections).";
+  let description = [{
+    `result = lhs + rhs`; both operands and the result have one type.
+
+    ```mlir
+    %y = moe.add %x, %r : tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$lhs, MoE_FloatTensor:$rhs);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
+}
+
+def MoE_PoolOp : MoE_Op<"pool", [Pure]> {
+  let summary = "Reduces every image's tokens to one feature vector.";
+  let description = [{
+    `input` is `[N, S, D]`, the result `[N, D]`: `cls` takes token 0 (the
+    class token), `mean` averages over all S tokens.
+
+    ```mlir
+    %f = moe.pool cls %x : tensor<8x50x64xf32> -> tensor<8x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_PoolKind:$kind, MoE_FloatTensor:$input);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = "$kind $input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def MoE_ClassifierHeadOp : MoE_Op<"classifier_head", [Pure]> {
+  let summary = "Linear classifier producing the model's logits.";
+  let description = [{
+    `input` `[N, D]` (pooled features), `weight` `[D, K]`, `bias` `[K]`:
+    `logits = input * weight + bias`, `[N, K]` for K classes. Marks the
+    model's output for passes that look for it.
+
+    ```mlir
+    %logits = moe.classifier_head %f, %w, %b : (tensor<8x64xf32>, tensor<64x10xf32>, tensor<10xf32>) -> tensor<8x10xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$weight,
+                   MoE_FloatTensor:$bias);
+  let results = (outs MoE_FloatTensor:$logits);
+  let assemblyFormat = [{
+    $input `,` $weight `,` $bias attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_SoftmaxCrossEntropyOp : MoE_Op<"softmax_cross_entropy", [Pure]> {
+  let summary = "Mean softmax cross-entropy of logits against integer labels.";
+  let description = [{
+    `logits` `[N, K]`, `labels` `[N]` with values in `[0, K)`. With label
+    smoothing `a`, the target of image n is `(1 - a) * onehot(labels[n]) + a / K`
+    and the loss is `-(1/N) sum_n sum_k target[n, k] * log_softmax(logits[n])[k]`,
+    a 0-d tensor.
+
+    ```mlir
+    %loss = moe.softmax_cross_entropy %logits, %labels {label_smoothing = 1.000000e-01 : f64}
+        : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$logits, MoE_LabelTensor:$labels,
+                   DefaultValuedAttr<F64Attr, "0.0">:$label_smoothing);
+  let results = (outs MoE_FloatTensor:$loss);
+  let assemblyFormat = [{
+    $logits `,` $labels attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// MoE ops
+//===----------------------------------------------------------------------===//
+
+def MoE_RouterOp : MoE_Op<"router", [Pure]> {
+  let summary = "Computes the dispatch and combine tensors of one MoE layer.";
+  let description = [{
+    `input` holds the tokens `[G, S, D]` of G groups (one group per image).
+    The router scores tokens against E experts with `weight` `[D, E*P]`
+    (P = `slots_per_expert` for `soft`, else 1) and returns:
+
+    * `dispatch` `D[G, S, E, C]`: expert input slot `(e, c)` of group g is
+      `X~[e, g, c] = sum_s D[g, s, e, c] x[g, s]` (see `moe.dispatch`);
+    * `combine` `C[G, S, E, C]`: token s's output is
+      `sum_{e, c} C[g, s, e, c] Expert_e(X~[e, g, c])` (see `moe.combine`);
+    * `logits` `[G, R, E*P]`: the raw router logits, for the auxiliary
+      losses; R = 1 for `per_image` (one decision per image), else S.
+
+    Kinds (google-research/vmoe names in brackets):
+
+    * `token_choice` (top-k, V-MoE): each token picks its `k` highest-gate
+      experts, gates = softmax over experts (+ `noise_std` Gaussian noise on
+      the logits in training); tokens fill an expert's `C` slots in order
+      and overflowing tokens are dropped. `D` is 0/1, `C = D * gate`.
+      `C = clamp(ceil(k * S * capacity_factor / E), 1, S)`.
+    * `expert_choice` (Zhou et al.): each expert picks its `C` highest-gate
+      tokens, `C = clamp(ceil(S * capacity_factor / E), 1, S)`;
+      `C = D * gate`.
+    * `sinkhorn` (BASE-style balanced assignment): gates are balanced with
+      `sinkhorn_iters` Sinkhorn normalisations before top-k selection; slots
+      and capacity as for `token_choice`; combine weights use the softmax
+      gates.
+    * `soft` (Soft MoE, Puigcerver et al.): every expert has `C =
+      slots_per_expert` slots; `D` is the softmax of the logits over tokens
+      (each slot a convex mix of all tokens), `C` the softmax over all E*C
+      slots (each token a convex mix of all slot outputs). Nothing is dropped.
+    * `per_image` (Mobile V-MoE): the router scores the mean token of each
+      image; the image's k best experts each receive all S tokens (`C = S`),
+      weighted by the image's gate.
+
+    ```mlir
+    %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 2.000000e+00 : f64}
+        : (tensor<8x50x64xf32>, tensor<64x4xf32>)
+        -> (tensor<8x50x4x50xf32>, tensor<8x50x4x50xf32>, tensor<8x50x4xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_RouterKind:$kind, MoE_FloatTensor:$input,
+                   MoE_FloatTensor:$weight,
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$k,
+                   OptionalAttr<F64Attr>:$capacity_factor,
+                   OptionalAttr<F64Attr>:$noise_std,
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$slots_per_expert);
+  let results = (outs MoE_FloatTensor:$dispatch, MoE_FloatTensor:$combine,
+                      MoE_FloatTensor:$logits);
+  let assemblyFormat = [{
+    $kind $input `,` $weight attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// Number of experts E (dim 2 of the dispatch tensor).
+    int64_t getNumExperts();
+    /// Slots per expert C (dim 3 of the dispatch tensor).
+    int64_t getCapacity();
+  }];
+}
+
+def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
+  let summary = "Gathers tokens into expert slots with a dispatch tensor.";
+  let description = [{
+    `input` `[G, S, D]`, `dispatch` `[G, S, E, C]` (from `moe.router`); the
+    result is expert-major, `[E, G, C, D]`:
+    `result[e, g, c, :] = sum_s dispatch[g, s, e, c] * input[g, s, :]`.
+
+    ```mlir
+    %xs = moe.dispatch %x, %d : (tensor<8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<4x8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$dispatch);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $dispatch attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_ExpertsOp : MoE_Op<"experts", [Pure]> {
+  let summary = "E expert FFNs applied to their slots: the grouped GEMM pair.";
+  let description = [{
+    `input` `[E, G, C, D]` holds each expert's slots. Expert e is a two-layer
+    FFN with hidden size H: `fc1_weight` `[E, D, H]`, `fc1_bias` `[E, H]`,
+    `fc2_weight` `[E, H, D]`, `fc2_bias` `[E, D]`:
+    `result[e] = act(input[e] * fc1_weight[e] + fc1_bias[e]) * fc2_weight[e] + fc2_bias[e]`.
+
+    ```mlir
+    %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2
+        : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>,
+           tensor<4x128x64xf32>, tensor<4x64xf32>) -> tensor<4x8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Activation:$activation, MoE_FloatTensor:$input,
+                   MoE_FloatTensor:$fc1_weight, MoE_FloatTensor:$fc1_bias,
+                   MoE_FloatTensor:$fc2_weight, MoE_FloatTensor:$fc2_bias);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $activation $input `,` $fc1_weight `,` $fc1_bias `,` $fc2_weight `,` $fc2_bias
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
+  let summary = "Scatters expert outputs back to tokens with a combine tensor.";
+  let description = [{
+    `input` `[E, G, C, D]` (expert outputs), `combine` `[G, S, E, C]` (from
+    `moe.router`); the result is `[G, S, D]`:
+    `result[g, s, :] = sum_{e, c} combine[g, s, e, c] * input[e, g, c, :]`.
+    Tokens that no expert took get zeros (the residual carries them).
+
+    ```mlir
+    %y = moe.combine %ys, %c : (tensor<4x8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$combine);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $combine attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure]> {
+  let summary = "The always-active expert of a ViMoE layer.";
+  let description = [{
+    ViMoE's shared expert: one FFN that every token passes through, its
+    output added to the routed experts' combined output. `input` `[G, S, D]`,
+    `fc1_weight` `[D, H]`, `fc1_bias` `[H]`, `fc2_weight` `[H, D]`,
+    `fc2_bias` `[D]`:
+    `result = act(input * fc1_weight + fc1_bias) * fc2_weight + fc2_bias`.
+
+    ```mlir
+    %s = moe.shared_expert gelu %x, %w1, %b1, %w2, %b2
+        : (tensor<8x50x64xf32>, tensor<64x128xf32>, tensor<128xf32>, tensor<128x64xf32>,
+           tensor<64xf32>) -> tensor<8x50x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Activation:$activation, MoE_FloatTensor:$input,
+                   MoE_FloatTensor:$fc1_weight, MoE_FloatTensor:$fc1_bias,
+                   MoE_FloatTensor:$fc2_weight, MoE_FloatTensor:$fc2_bias);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $activation $input `,` $fc1_weight `,` $fc1_bias `,` $fc2_weight `,` $fc2_bias
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // MOEC_DIALECT_MOE_MOEOPS_TD

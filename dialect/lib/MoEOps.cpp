@@ -1,0 +1,248 @@
+//===- MoEOps.cpp - moe dialect ops ---------------------------------------===//
+//
+// Verifiers: each checks element types, then asks the shared shape rule
+// (ShapeRules.cpp) for the result shape and compares it with the declared one.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Dialect/MoE/MoEOps.h"
+#include "moec/Dialect/MoE/ShapeRules.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/OpImplementation.h"
+
+using namespace mlir;
+using namespace moec::moe;
+
+#include "moec/Dialect/MoE/MoEEnums.cpp.inc"
+
+namespace {
+ArrayRef<int64_t> shapeOf(Value v) {
+  return cast<RankedTensorType>(v.getType()).getShape();
+}
+
+/// All float tensors an op touches share one element type.
+LogicalResult verifyElementTypes(Operation *op) {
+  Type expected;
+  auto check = [&](Value v, StringRef kind, unsigned idx) -> LogicalResult {
+    auto type = dyn_cast<RankedTensorType>(v.getType());
+    if (!type || !isa<FloatType>(type.getElementType()))
+      return success();
+    if (!expected) {
+      expected = type.getElementType();
+      return success();
+    }
+    if (type.getElementType() == expected)
+      return success();
+    return op->emitOpError() << "expects every float operand and result to "
+                                "have element type "
+                             << expected << ", but " << kind << " #" << idx
+                             << " has " << type.getElementType();
+  };
+  for (auto [i, v] : llvm::enumerate(op->getOperands()))
+    if (failed(check(v, "operand", i)))
+      return failure();
+  for (auto [i, v] : llvm::enumerate(op->getResults()))
+    if (failed(check(v, "result", i)))
+      return failure();
+  return success();
+}
+
+/// Element types, then the result `idx` against the shape rule's answer.
+LogicalResult verifyResult(Operation *op, FailureOr<Shape> expected,
+                           unsigned idx = 0) {
+  if (failed(expected))
+    return failure();
+  ArrayRef<int64_t> got = shapeOf(op->getResult(idx));
+  if (!shapesCompatible(got, *expected))
+    return op->emitOpError()
+           << "expects result #" << idx << " of shape "
+           << formatShape(*expected) << ", got " << formatShape(got);
+  return success();
+}
+
+} // namespace
+
+#define GET_OP_CLASSES
+#include "moec/Dialect/MoE/MoEOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// Verifiers
+//===----------------------------------------------------------------------===//
+
+LogicalResult ParamOp::verify() {
+  if (getName().empty())
+    return emitOpError() << "expects a non-empty parameter name";
+  if (!getType().hasStaticShape())
+    return emitOpError() << "expects a statically shaped parameter, got "
+                         << getType();
+  bool random = getInit() == InitKind::Normal ||
+                getInit() == InitKind::TruncNormal;
+  if (random && !getStd())
+    return emitOpError() << "expects a std for " << stringifyInitKind(getInit())
+                         << " initialisation";
+  if (!random && getStd())
+    return emitOpError() << "expects no std for "
+                         << stringifyInitKind(getInit()) << " initialisation";
+  if (random && !(getStd()->convertToDouble() > 0.0))
+    return emitOpError() << "expects a positive std, got "
+                         << getStd()->convertToDouble();
+  return success();
+}
+
+LogicalResult PatchEmbedOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferPatchEmbedShape(
+                                 emit, shapeOf(getInput()), shapeOf(getWeight()),
+                                 shapeOf(getBias()), getPatchSize()));
+}
+
+LogicalResult ClassTokenOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferClassTokenShape(emit, shapeOf(getInput()),
+                                                  shapeOf(getToken())));
+}
+
+LogicalResult PosEmbedOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferPosEmbedShape(emit, shapeOf(getInput()),
+                                                shapeOf(getEmbedding())));
+}
+
+LogicalResult LayerNormOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this,
+                      inferLayerNormShape(emit, shapeOf(getInput()),
+                                          shapeOf(getGamma()), shapeOf(getBeta()),
+                                          getEpsilon().convertToDouble()));
+}
+
+LogicalResult AttentionOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(
+      *this, inferAttentionShape(emit, shapeOf(getInput()),
+                                 shapeOf(getQkvWeight()), shapeOf(getQkvBias()),
+                                 shapeOf(getOutWeight()), shapeOf(getOutBias()),
+                                 getHeads()));
+}
+
+LogicalResult DenseOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  std::optional<ArrayRef<int64_t>> bias;
+  if (getBias())
+    bias = shapeOf(getBias());
+  return verifyResult(*this, inferDenseShape(emit, shapeOf(getInput()),
+                                             shapeOf(getWeight()), bias));
+}
+
+LogicalResult PoolOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferPoolShape(emit, shapeOf(getInput())));
+}
+
+LogicalResult ClassifierHeadOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferClassifierHeadShape(
+                                 emit, shapeOf(getInput()), shapeOf(getWeight()),
+                                 shapeOf(getBias())));
+}
+
+LogicalResult SoftmaxCrossEntropyOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferSoftmaxCrossEntropyShape(
+                                 emit, shapeOf(getLogits()), shapeOf(getLabels()),
+                                 getLabelSmoothing().convertToDouble()));
+}
+
+int64_t RouterOp::getNumExperts() { return shapeOf(getDispatch())[2]; }
+int64_t RouterOp::getCapacity() { return shapeOf(getDispatch())[3]; }
+
+LogicalResult RouterOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  ArrayRef<int64_t> dispatch = shapeOf(getDispatch());
+  if (dispatch.size() != 4)
+    return emitOpError() << "expects a dispatch result of rank 4 "
+                            "([G, S, E, C]), got rank "
+                         << dispatch.size();
+  if (ShapedType::isDynamic(dispatch[2]))
+    return emitOpError() << "expects a static number of experts (dispatch "
+                            "dimension 2)";
+  RouterConfig config;
+  config.kind = getKind();
+  config.k = getK();
+  if (auto cf = getCapacityFactor())
+    config.capacityFactor = cf->convertToDouble();
+  if (auto noise = getNoiseStd())
+    config.noiseStd = noise->convertToDouble();
+  config.sinkhornIters = getSinkhornIters();
+  config.slotsPerExpert = getSlotsPerExpert();
+
+  auto emit = [&] { return emitOpError(); };
+  FailureOr<RouterShapes> shapes =
+      inferRouterShapes(emit, shapeOf(getInput()), shapeOf(getWeight()),
+                        config, dispatch[2]);
+  if (failed(shapes))
+    return failure();
+  if (failed(verifyResult(*this, shapes->dispatch, 0)) ||
+      failed(verifyResult(*this, shapes->combine, 1)) ||
+      failed(verifyResult(*this, shapes->logits, 2)))
+    return failure();
+  return success();
+}
+
+LogicalResult DispatchOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferDispatchShape(emit, shapeOf(getInput()),
+                                                shapeOf(getDispatch())));
+}
+
+LogicalResult ExpertsOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(
+      *this, inferExpertsShape(emit, shapeOf(getInput()),
+                               shapeOf(getFc1Weight()), shapeOf(getFc1Bias()),
+                               shapeOf(getFc2Weight()), shapeOf(getFc2Bias())));
+}
+
+LogicalResult CombineOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(*this, inferCombineShape(emit, shapeOf(getInput()),
+                                               shapeOf(getCombine())));
+}
+
+LogicalResult SharedExpertOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  return verifyResult(
+      *this, inferSharedExpertShape(emit, shapeOf(getInput()),
+                                    shapeOf(getFc1Weight()),
+                                    shapeOf(getFc1Bias()),
+                                    shapeOf(getFc2Weight()),
+                                    shapeOf(getFc2Bias())));
+}

@@ -1,0 +1,205 @@
+//===- Spec.h - moec JSON model spec ----------------------------*- C++ -*-===//
+//
+// The model spec a user writes (docs/spec.md), parsed and validated. This
+// header and its implementation use neither MLIR nor LLVM: the spec is plain
+// data, so the unit tests and any tool can read it cheaply. The IR builder
+// (SpecToMoE.h) turns a validated Spec into a moe module.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_FRONTEND_SPEC_H
+#define MOEC_FRONTEND_SPEC_H
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moec::spec {
+
+enum class Pooling { Cls, Mean };
+enum class Activation { Gelu, GeluTanh, Relu, Silu };
+enum class RouterKind { TokenChoice, ExpertChoice, Soft, PerImage, Sinkhorn };
+enum class PlacementRule { EveryN, LastN, Blocks };
+enum class OptimizerKind { AdamW, Sgd };
+enum class ScheduleKind { Cosine, Constant };
+enum class DatasetKind { FashionMnist, Cifar10, ImageFolder };
+
+/// Spelling used in the spec (and in diagnostics) for each enum value.
+const char *toString(Pooling v);
+const char *toString(Activation v);
+const char *toString(RouterKind v);
+const char *toString(PlacementRule v);
+const char *toString(OptimizerKind v);
+const char *toString(ScheduleKind v);
+const char *toString(DatasetKind v);
+
+struct InputSpec {
+  int64_t channels = 0;
+  int64_t height = 0;
+  int64_t width = 0;
+};
+
+struct ModelSpec {
+  InputSpec input;
+  int64_t patchSize = 0;
+  int64_t width = 0;
+  int64_t depth = 0;
+  int64_t heads = 0;
+  double mlpRatio = 4.0;
+  /// round(mlpRatio * width), resolved by the parser.
+  int64_t mlpHidden = 0;
+  int64_t classes = 0;
+  Pooling pooling = Pooling::Cls;
+  Activation activation = Activation::Gelu;
+  double layerNormEps = 1e-6;
+
+  int64_t numPatches() const {
+    return (input.height / patchSize) * (input.width / patchSize);
+  }
+  /// Tokens per image entering the blocks (patches + class token if any).
+  int64_t numTokens() const {
+    return numPatches() + (pooling == Pooling::Cls ? 1 : 0);
+  }
+};
+
+struct RouterSpec {
+  RouterKind kind = RouterKind::TokenChoice;
+  /// Std of the Gaussian noise added to router logits in training.
+  double noiseStd = 0.0;
+  /// Sinkhorn: number of normalisation iterations.
+  int64_t sinkhornIters = 0;
+  /// Soft MoE: slots per expert.
+  int64_t slotsPerExpert = 0;
+};
+
+struct AuxLossWeights {
+  double importance = 0.0;
+  double load = 0.0;
+  double balance = 0.0;
+  double zLoss = 0.0;
+  /// Mobile V-MoE super-class loss weight (lambda), used when a super-class
+  /// map is given.
+  double superClass = 0.0;
+};
+
+struct MoESpec {
+  /// False when the spec has no "moe" section: a dense ViT.
+  bool enabled = false;
+  PlacementRule rule = PlacementRule::LastN;
+  /// Parameter of every-n / last-n.
+  int64_t n = 0;
+  /// Resolved MoE block indices, sorted ascending, unique, in [0, depth).
+  std::vector<int64_t> blocks;
+  int64_t experts = 0;
+  /// Experts per token (token-choice, sinkhorn) or per image (per-image).
+  /// 0 for expert-choice and soft, which have no k.
+  int64_t topK = 0;
+  int64_t expertHidden = 0;
+  RouterSpec router;
+  double capacityFactorTrain = 1.0;
+  double capacityFactorEval = 1.0;
+  bool sharedExpert = false;
+  AuxLossWeights aux;
+  /// class index -> super-class index; empty when not given. When given its
+  /// size is model.classes and every value is in [0, experts).
+  std::vector<int64_t> superClassMap;
+
+  bool isMoEBlock(int64_t block) const;
+};
+
+struct OptimizerSpec {
+  OptimizerKind kind = OptimizerKind::AdamW;
+  double lr = 1e-3;
+  double weightDecay = 0.05;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  /// SGD only.
+  double momentum = 0.9;
+  /// Global-norm clipping threshold; 0 disables clipping.
+  double gradClip = 1.0;
+};
+
+struct ScheduleSpec {
+  ScheduleKind kind = ScheduleKind::Cosine;
+  double warmupEpochs = 0.0;
+  /// Final learning rate of the cosine decay, as a fraction of lr.
+  double minLrRatio = 0.0;
+};
+
+struct TrainSpec {
+  OptimizerSpec optimizer;
+  ScheduleSpec schedule;
+  int64_t batch = 128;
+  int64_t epochs = 10;
+  double labelSmoothing = 0.0;
+  uint64_t seed = 0;
+};
+
+struct DataSpec {
+  DatasetKind dataset = DatasetKind::FashionMnist;
+  std::string path;
+  /// Augmentation: random crop with this much zero padding (0 = off).
+  int64_t cropPadding = 0;
+  bool horizontalFlip = false;
+};
+
+/// 1-based line and column of a JSON value in the spec text.
+struct SourcePos {
+  unsigned line = 0;
+  unsigned column = 0;
+};
+
+struct Spec {
+  /// The file the spec came from ("<string>" for in-memory specs).
+  std::string sourceName;
+  std::string name;
+  /// The preset this spec extends, empty if none.
+  std::string extends;
+  ModelSpec model;
+  MoESpec moe;
+  TrainSpec train;
+  DataSpec data;
+  /// JSON pointer ("" for the root, "/moe/top_k", ...) -> position of that
+  /// value in the user's text. Values that came from a preset map to the
+  /// position of the "extends" key.
+  std::map<std::string, SourcePos> positions;
+
+  /// Position of the value at `pointer`, or of its closest ancestor that has
+  /// one (the root at worst).
+  SourcePos positionOf(const std::string &pointer) const;
+};
+
+/// A spec error: where (file, line, column, JSON pointer) and what.
+struct SpecError {
+  std::string sourceName;
+  SourcePos pos;
+  std::string pointer;
+  std::string message;
+
+  /// "FILE:LINE:COL: POINTER: MESSAGE", e.g.
+  /// "spec.json:12:14: /moe/top_k: must be <= experts (8), got 9".
+  std::string str() const;
+};
+
+/// Either a validated Spec or the first error found.
+struct ParseResult {
+  std::optional<Spec> spec;
+  std::optional<SpecError> error;
+  explicit operator bool() const { return spec.has_value(); }
+};
+
+/// Parses and validates spec text; `sourceName` is used in errors.
+ParseResult parseSpec(const std::string &text, const std::string &sourceName);
+/// Reads and parses a spec file (an unreadable file is an error too).
+ParseResult parseSpecFile(const std::string &path);
+
+/// Names of the built-in presets ("vit-tiny", "vit-small", "vit-base").
+std::vector<std::string> presetNames();
+
+} // namespace moec::spec
+
+#endif // MOEC_FRONTEND_SPEC_H

@@ -1,0 +1,351 @@
+//===- SpecToMoE.cpp - build a moe module from a spec ---------------------===//
+//
+// Emits a pre-norm ViT: patch embedding, optional class token, position
+// embedding, `depth` blocks of (LN -> attention -> residual, LN -> MLP or MoE
+// -> residual), a final LN, pooling and the classifier head. Result types
+// come from the dialect's shape rules, so the builder and the verifiers
+// cannot disagree.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Frontend/SpecToMoE.h"
+
+#include "moec/Dialect/MoE/MoEOps.h"
+#include "moec/Dialect/MoE/ShapeRules.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/Verifier.h"
+
+#include <string>
+
+using namespace mlir;
+using namespace moec;
+using namespace moec::moe;
+
+namespace {
+
+moe::Activation toActivation(spec::Activation a) {
+  switch (a) {
+  case spec::Activation::Gelu:
+    return moe::Activation::Gelu;
+  case spec::Activation::GeluTanh:
+    return moe::Activation::GeluTanh;
+  case spec::Activation::Relu:
+    return moe::Activation::Relu;
+  case spec::Activation::Silu:
+    return moe::Activation::Silu;
+  }
+  llvm_unreachable("unknown activation");
+}
+
+RouterKind toRouterKind(spec::RouterKind k) {
+  switch (k) {
+  case spec::RouterKind::TokenChoice:
+    return RouterKind::TokenChoice;
+  case spec::RouterKind::ExpertChoice:
+    return RouterKind::ExpertChoice;
+  case spec::RouterKind::Soft:
+    return RouterKind::Soft;
+  case spec::RouterKind::PerImage:
+    return RouterKind::PerImage;
+  case spec::RouterKind::Sinkhorn:
+    return RouterKind::Sinkhorn;
+  }
+  llvm_unreachable("unknown router kind");
+}
+
+/// Whether an entry function runs in training or evaluation mode.
+enum class Mode { Infer, Train };
+
+/// Emits one entry function's body. Shapes come from ShapeRules; a failure
+/// there means the spec validator let an inconsistent spec through, which
+/// the module verifier then reports.
+class ModelEmitter {
+public:
+  ModelEmitter(OpBuilder &b, const spec::Spec &spec, Mode mode)
+      : b(b), spec(spec), model(spec.model), mode(mode), f32(b.getF32Type()) {}
+
+  /// Emits the ops from images to logits and returns the logits.
+  Value emitLogits(Value images) {
+    int64_t d = model.width;
+    Location embedLoc = loc("patch_embed", "/model/patch_size");
+    int64_t p = model.patchSize;
+    Value wPatch = param("patch_embed.proj.weight",
+                         {model.input.channels * p * p, d}, embedLoc);
+    Value bPatch = zeros("patch_embed.proj.bias", {d}, embedLoc);
+    Value x = create<PatchEmbedOp>(
+        embedLoc,
+        infer(embedLoc, [&](EmitErrorFn e) {
+          return inferPatchEmbedShape(e, shape(images), shape(wPatch),
+                                      shape(bPatch), p);
+        }),
+        images, wPatch, bPatch, b.getI64IntegerAttr(p));
+
+    if (model.pooling == spec::Pooling::Cls) {
+      Location clsLoc = loc("cls_token", "/model/pooling");
+      Value cls = ParamOp::create(b, clsLoc, tensor({d}), "cls_token",
+                                    InitKind::Normal, b.getF64FloatAttr(1e-6));
+      x = create<ClassTokenOp>(clsLoc, infer(clsLoc, [&](EmitErrorFn e) {
+                                 return inferClassTokenShape(e, shape(x),
+                                                             shape(cls));
+                               }),
+                               x, cls);
+    }
+    Location posLoc = loc("pos_embed", "/model/input");
+    Value pos = param("pos_embed", {model.numTokens(), d}, posLoc);
+    x = create<PosEmbedOp>(posLoc, tensorLike(x), x, pos);
+
+    for (int64_t i = 0; i < model.depth; ++i)
+      x = emitBlock(i, x);
+
+    Location headLoc = loc("norm", "/model/layer_norm_eps");
+    x = layerNorm("norm", x, headLoc);
+    Location poolLoc = loc("pool", "/model/pooling");
+    auto poolKind = model.pooling == spec::Pooling::Cls ? PoolKind::Cls
+                                                        : PoolKind::Mean;
+    Value pooled = create<PoolOp>(
+        poolLoc,
+        infer(poolLoc, [&](EmitErrorFn e) { return inferPoolShape(e, shape(x)); }),
+        poolKind, x);
+    Location clsHeadLoc = loc("head", "/model/classes");
+    Value wHead = param("head.weight", {d, model.classes}, clsHeadLoc);
+    Value bHead = zeros("head.bias", {model.classes}, clsHeadLoc);
+    return create<ClassifierHeadOp>(
+        clsHeadLoc, infer(clsHeadLoc, [&](EmitErrorFn e) {
+          return inferClassifierHeadShape(e, shape(pooled), shape(wHead),
+                                          shape(bHead));
+        }),
+        pooled, wHead, bHead);
+  }
+
+private:
+  Value emitBlock(int64_t i, Value x) {
+    std::string prefix = "blocks." + std::to_string(i);
+    int64_t d = model.width;
+
+    Location attnLoc = loc(prefix + ".attn", "/model/heads");
+    Value h = layerNorm(prefix + ".norm1", x, attnLoc);
+    Value wqkv = param(prefix + ".attn.qkv.weight", {d, 3 * d}, attnLoc);
+    Value bqkv = zeros(prefix + ".attn.qkv.bias", {3 * d}, attnLoc);
+    Value wo = param(prefix + ".attn.proj.weight", {d, d}, attnLoc);
+    Value bo = zeros(prefix + ".attn.proj.bias", {d}, attnLoc);
+    Value attn = create<AttentionOp>(attnLoc, tensorLike(h), h, wqkv, bqkv, wo,
+                                     bo, b.getI64IntegerAttr(model.heads));
+    x = create<AddOp>(attnLoc, tensorLike(x), x, attn);
+
+    bool isMoE = spec.moe.enabled && spec.moe.isMoEBlock(i);
+    Location ffnLoc = isMoE ? loc(prefix + ".moe", "/moe/placement")
+                            : loc(prefix + ".mlp", "/model/mlp_ratio");
+    h = layerNorm(prefix + ".norm2", x, ffnLoc);
+    Value y = isMoE ? emitMoE(prefix + ".moe", h) : emitMlp(prefix, h);
+    return create<AddOp>(ffnLoc, tensorLike(x), x, y);
+  }
+
+  Value emitMlp(const std::string &prefix, Value h) {
+    Location l = loc(prefix + ".mlp", "/model/mlp_ratio");
+    int64_t d = model.width, hidden = model.mlpHidden;
+    Value w1 = param(prefix + ".mlp.fc1.weight", {d, hidden}, l);
+    Value b1 = zeros(prefix + ".mlp.fc1.bias", {hidden}, l);
+    Value w2 = param(prefix + ".mlp.fc2.weight", {hidden, d}, l);
+    Value b2 = zeros(prefix + ".mlp.fc2.bias", {d}, l);
+    Value u = dense(h, w1, b1, l);
+    u = create<ActivationOp>(l, tensorLike(u), toActivation(model.activation),
+                             u);
+    return dense(u, w2, b2, l);
+  }
+
+  Value emitMoE(const std::string &prefix, Value h) {
+    const spec::MoESpec &moe = spec.moe;
+    int64_t d = model.width, e = moe.experts, hidden = moe.expertHidden;
+
+    Location routerLoc = loc(prefix + ".router", "/moe/router");
+    RouterConfig config;
+    config.kind = toRouterKind(moe.router.kind);
+    if (moe.topK > 0)
+      config.k = moe.topK;
+    bool usesCapacity = config.kind == RouterKind::TokenChoice ||
+                        config.kind == RouterKind::ExpertChoice ||
+                        config.kind == RouterKind::Sinkhorn;
+    if (usesCapacity)
+      config.capacityFactor = mode == Mode::Train ? moe.capacityFactorTrain
+                                                  : moe.capacityFactorEval;
+    if (mode == Mode::Train && moe.router.noiseStd > 0.0)
+      config.noiseStd = moe.router.noiseStd;
+    if (config.kind == RouterKind::Sinkhorn)
+      config.sinkhornIters = moe.router.sinkhornIters;
+    if (config.kind == RouterKind::Soft)
+      config.slotsPerExpert = moe.router.slotsPerExpert;
+    int64_t slots = config.slotsPerExpert.value_or(1);
+
+    Value wRouter = param(prefix + ".router.weight", {d, e * slots}, routerLoc);
+    FailureOr<RouterShapes> shapes = inferRouterShapes(
+        [&] { return emitError(routerLoc); }, shape(h), shape(wRouter), config,
+        e);
+    if (failed(shapes))
+      llvm::report_fatal_error("spec validation accepted an invalid router");
+    auto optI64 = [&](std::optional<int64_t> v) {
+      return v ? b.getI64IntegerAttr(*v) : IntegerAttr();
+    };
+    auto optF64 = [&](std::optional<double> v) {
+      return v ? b.getF64FloatAttr(*v) : FloatAttr();
+    };
+    auto router = RouterOp::create(
+        b, routerLoc, tensor(shapes->dispatch), tensor(shapes->combine),
+        tensor(shapes->logits), config.kind, h, wRouter, optI64(config.k),
+        optF64(config.capacityFactor), optF64(config.noiseStd),
+        optI64(config.sinkhornIters), optI64(config.slotsPerExpert));
+
+    Location expertsLoc = loc(prefix + ".experts", "/moe/experts");
+    Value xs = create<DispatchOp>(
+        expertsLoc, infer(expertsLoc, [&](EmitErrorFn err) {
+          return inferDispatchShape(err, shape(h), shape(router.getDispatch()));
+        }),
+        h, router.getDispatch());
+    Value w1 = param(prefix + ".experts.fc1.weight", {e, d, hidden}, expertsLoc);
+    Value b1 = zeros(prefix + ".experts.fc1.bias", {e, hidden}, expertsLoc);
+    Value w2 = param(prefix + ".experts.fc2.weight", {e, hidden, d}, expertsLoc);
+    Value b2 = zeros(prefix + ".experts.fc2.bias", {e, d}, expertsLoc);
+    Value ys = create<ExpertsOp>(expertsLoc, tensorLike(xs),
+                                 toActivation(model.activation), xs, w1, b1, w2,
+                                 b2);
+    Value y = create<CombineOp>(expertsLoc, tensorLike(h), ys,
+                                router.getCombine());
+
+    if (moe.sharedExpert) {
+      Location sharedLoc = loc(prefix + ".shared", "/moe/shared_expert");
+      Value sw1 = param(prefix + ".shared.fc1.weight", {d, hidden}, sharedLoc);
+      Value sb1 = zeros(prefix + ".shared.fc1.bias", {hidden}, sharedLoc);
+      Value sw2 = param(prefix + ".shared.fc2.weight", {hidden, d}, sharedLoc);
+      Value sb2 = zeros(prefix + ".shared.fc2.bias", {d}, sharedLoc);
+      Value s = create<SharedExpertOp>(sharedLoc, tensorLike(h),
+                                       toActivation(model.activation), h, sw1,
+                                       sb1, sw2, sb2);
+      y = create<AddOp>(sharedLoc, tensorLike(y), y, s);
+    }
+    return y;
+  }
+
+  Value layerNorm(const std::string &name, Value x, Location l) {
+    int64_t d = model.width;
+    Value g = ParamOp::create(b, l, tensor({d}), name + ".weight", InitKind::Ones,
+                                FloatAttr());
+    Value beta = zeros(name + ".bias", {d}, l);
+    return create<LayerNormOp>(l, tensorLike(x), x, g, beta,
+                               b.getF64FloatAttr(model.layerNormEps));
+  }
+
+  Value dense(Value x, Value w, Value bias, Location l) {
+    return create<DenseOp>(l, infer(l, [&](EmitErrorFn e) {
+                             return inferDenseShape(e, shape(x), shape(w),
+                                                    shape(bias));
+                           }),
+                           x, w, bias);
+  }
+
+  Value param(const std::string &name, ArrayRef<int64_t> s, Location l) {
+    return ParamOp::create(b, l, tensor(s), name, InitKind::TruncNormal,
+                             b.getF64FloatAttr(0.02));
+  }
+  Value zeros(const std::string &name, ArrayRef<int64_t> s, Location l) {
+    return ParamOp::create(b, l, tensor(s), name, InitKind::Zeros, FloatAttr());
+  }
+
+  template <typename OpTy, typename... Args>
+  Value create(Location l, Type resultType, Args &&...args) {
+    return OpTy::create(b, l, resultType, std::forward<Args>(args)...);
+  }
+
+  /// Runs a shape rule. The spec validator guarantees consistent shapes, so
+  /// a failure is an internal error: its diagnostic lands at `l`.
+  template <typename Fn> Type infer(Location l, Fn &&rule) {
+    FailureOr<Shape> s = rule([&] { return emitError(l); });
+    if (failed(s))
+      llvm::report_fatal_error("spec validation accepted inconsistent shapes");
+    return tensor(*s);
+  }
+
+  static ArrayRef<int64_t> shape(Value v) {
+    return cast<RankedTensorType>(v.getType()).getShape();
+  }
+  RankedTensorType tensor(ArrayRef<int64_t> s) {
+    return RankedTensorType::get(s, f32);
+  }
+  static Type tensorLike(Value v) { return v.getType(); }
+
+  /// A location naming the op's role ("blocks.3.moe.router") inside the
+  /// position of `pointer`'s value in the spec file.
+  Location loc(const std::string &role, const std::string &pointer) {
+    spec::SourcePos pos = spec.positionOf(pointer);
+    Location file = FileLineColLoc::get(b.getStringAttr(spec.sourceName),
+                                        pos.line, pos.column);
+    return NameLoc::get(b.getStringAttr(role), file);
+  }
+
+  OpBuilder &b;
+  const spec::Spec &spec;
+  const spec::ModelSpec &model;
+  Mode mode;
+  Type f32;
+};
+
+} // namespace
+
+OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
+                                           const spec::Spec &spec,
+                                           const SpecToMoEOptions &options) {
+  context.loadDialect<MoEDialect, func::FuncDialect>();
+  OpBuilder b(&context);
+  spec::SourcePos rootPos = spec.positionOf("");
+  Location rootLoc = NameLoc::get(
+      b.getStringAttr(spec.name),
+      FileLineColLoc::get(b.getStringAttr(spec.sourceName), rootPos.line,
+                          rootPos.column));
+  OwningOpRef<ModuleOp> module = ModuleOp::create(rootLoc, spec.name);
+  int64_t batch = options.batch > 0 ? options.batch : spec.train.batch;
+  const spec::ModelSpec &m = spec.model;
+  auto f32 = b.getF32Type();
+  auto imagesType = RankedTensorType::get(
+      {batch, m.input.channels, m.input.height, m.input.width}, f32);
+  auto logitsType = RankedTensorType::get({batch, m.classes}, f32);
+  auto labelsType = RankedTensorType::get({batch}, b.getI32Type());
+  auto lossType = RankedTensorType::get({}, f32);
+
+  b.setInsertionPointToEnd(module->getBody());
+  // @infer: evaluation capacity, no router noise.
+  {
+    auto fn = func::FuncOp::create(b, rootLoc, "infer",
+                                   b.getFunctionType({imagesType}, {logitsType}));
+    fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(fn.addEntryBlock());
+    ModelEmitter emitter(b, spec, Mode::Infer);
+    Value logits = emitter.emitLogits(fn.getArgument(0));
+    func::ReturnOp::create(b, rootLoc, logits);
+  }
+  // @train_forward: training capacity and noise, plus the loss.
+  {
+    auto fn = func::FuncOp::create(
+        b, rootLoc, "train_forward",
+        b.getFunctionType({imagesType, labelsType}, {lossType, logitsType}));
+    fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
+    fn.setArgAttr(1, "moe.name", b.getStringAttr("labels"));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(fn.addEntryBlock());
+    ModelEmitter emitter(b, spec, Mode::Train);
+    Value logits = emitter.emitLogits(fn.getArgument(0));
+    spec::SourcePos lsPos = spec.positionOf("/train/label_smoothing");
+    Location lossLoc = NameLoc::get(
+        b.getStringAttr("loss"),
+        FileLineColLoc::get(b.getStringAttr(spec.sourceName), lsPos.line,
+                            lsPos.column));
+    Value loss = SoftmaxCrossEntropyOp::create(
+        b, lossLoc, lossType, logits, fn.getArgument(1),
+        b.getF64FloatAttr(spec.train.labelSmoothing));
+    func::ReturnOp::create(b, rootLoc, ValueRange{loss, logits});
+  }
+
+  if (failed(verify(*module)))
+    return nullptr;
+  return module;
+}

@@ -1,0 +1,31 @@
+//===- CostModel.h - FLOP and parameter counts of moe ops -------*- C++ -*-===//
+//
+// The cost model the compiler reports (moe-annotate-costs, later the
+// artifact manifest): FLOPs of one op with a multiply-add counted as 2, and
+// the expected experts per token of a MoE layer.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_PASSES_COSTMODEL_H
+#define MOEC_PASSES_COSTMODEL_H
+
+#include <cstdint>
+
+namespace mlir {
+class Operation;
+} // namespace mlir
+
+namespace moec::moe {
+class RouterOp;
+
+/// FLOPs of one execution of `op` (a moe op; 0 for anything else).
+int64_t estimateFlops(mlir::Operation *op);
+
+/// Expected experts one token is processed by under `router`: k for
+/// token-choice, Sinkhorn and per-image routers; E * C / S (capped at E) for
+/// expert-choice and soft routers.
+double expectedExpertsPerToken(RouterOp router);
+
+} // namespace moec::moe
+
+#endif // MOEC_PASSES_COSTMODEL_H

@@ -1,0 +1,101 @@
+//===- CostModel.cpp - FLOP and parameter counts of moe ops ---------------===//
+
+#include "moec/Passes/CostModel.h"
+
+#include "moec/Dialect/MoE/MoEOps.h"
+
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <algorithm>
+
+using namespace mlir;
+using namespace moec::moe;
+
+namespace {
+int64_t numel(Value v) {
+  auto type = cast<RankedTensorType>(v.getType());
+  return type.hasStaticShape() ? type.getNumElements() : 0;
+}
+int64_t dim(Value v, int64_t i) {
+  int64_t d = cast<RankedTensorType>(v.getType()).getDimSize(i);
+  return ShapedType::isDynamic(d) ? 0 : d;
+}
+bool isSoftRouted(Value dispatchOrCombine) {
+  auto router = dispatchOrCombine.getDefiningOp<RouterOp>();
+  return router && router.getKind() == RouterKind::Soft;
+}
+/// 2*D*H*2 multiply-adds per row of an FFN, plus biases and activation.
+int64_t ffnFlops(int64_t rows, int64_t d, int64_t h) {
+  return rows * (4 * d * h + 2 * h + d);
+}
+} // namespace
+
+int64_t moec::moe::estimateFlops(Operation *op) {
+  return llvm::TypeSwitch<Operation *, int64_t>(op)
+      .Case([](PatchEmbedOp o) {
+        return 2 * numel(o.getResult()) * dim(o.getWeight(), 0);
+      })
+      .Case([](PosEmbedOp o) { return numel(o.getResult()); })
+      .Case([](AddOp o) { return numel(o.getResult()); })
+      .Case([](ActivationOp o) { return numel(o.getResult()); })
+      // mean, variance, normalise, scale, shift.
+      .Case([](LayerNormOp o) { return 5 * numel(o.getResult()); })
+      .Case([](AttentionOp o) {
+        int64_t n = dim(o.getInput(), 0), s = dim(o.getInput(), 1),
+                d = dim(o.getInput(), 2), h = o.getHeads();
+        int64_t projections = 2 * n * s * d * 4 * d;
+        int64_t scoresAndMix = 2 * 2 * n * s * s * d;
+        int64_t softmax = 5 * n * h * s * s;
+        return projections + scoresAndMix + softmax;
+      })
+      .Case([](DenseOp o) {
+        int64_t rows = numel(o.getResult()) / std::max<int64_t>(1, dim(o.getWeight(), 1));
+        int64_t flops = 2 * rows * dim(o.getWeight(), 0) * dim(o.getWeight(), 1);
+        return flops + (o.getBias() ? numel(o.getResult()) : 0);
+      })
+      .Case([](PoolOp o) {
+        return o.getKind() == PoolKind::Mean ? numel(o.getInput()) : 0;
+      })
+      .Case([](ClassifierHeadOp o) {
+        return 2 * dim(o.getInput(), 0) * dim(o.getWeight(), 0) *
+                   dim(o.getWeight(), 1) +
+               numel(o.getLogits());
+      })
+      .Case([](SoftmaxCrossEntropyOp o) { return 6 * numel(o.getLogits()); })
+      .Case([](RouterOp o) {
+        int64_t rows = dim(o.getLogits(), 0) * dim(o.getLogits(), 1);
+        int64_t l = dim(o.getLogits(), 2);
+        return 2 * rows * dim(o.getInput(), 2) * l + 5 * rows * l;
+      })
+      // Hard routers gather (no arithmetic); soft dispatch is a dense einsum.
+      .Case([](DispatchOp o) {
+        return isSoftRouted(o.getDispatch())
+                   ? 2 * numel(o.getDispatch()) * dim(o.getInput(), 2)
+                   : 0;
+      })
+      // Hard routers scale and add each filled slot once; soft mixes all.
+      .Case([](CombineOp o) {
+        return isSoftRouted(o.getCombine())
+                   ? 2 * numel(o.getCombine()) * dim(o.getInput(), 3)
+                   : 2 * numel(o.getInput());
+      })
+      .Case([](ExpertsOp o) {
+        int64_t rows = numel(o.getInput()) / std::max<int64_t>(1, dim(o.getInput(), 3));
+        return ffnFlops(rows, dim(o.getInput(), 3), dim(o.getFc1Weight(), 2));
+      })
+      .Case([](SharedExpertOp o) {
+        int64_t rows = dim(o.getInput(), 0) * dim(o.getInput(), 1);
+        return ffnFlops(rows, dim(o.getInput(), 2), dim(o.getFc1Weight(), 1));
+      })
+      .Default([](Operation *) { return int64_t(0); });
+}
+
+double moec::moe::expectedExpertsPerToken(RouterOp router) {
+  if (auto k = router.getK())
+    return static_cast<double>(*k);
+  int64_t e = router.getNumExperts(), c = router.getCapacity();
+  int64_t s = dim(router.getInput(), 1);
+  if (s == 0)
+    return static_cast<double>(e);
+  return std::min<double>(e, static_cast<double>(e * c) / s);
+}

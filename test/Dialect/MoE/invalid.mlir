@@ -1,0 +1,449 @@
+// RUN: moec-opt %s --split-input-file --verify-diagnostics
+// Every verifier message of the moe dialect, one case each.
+
+func.func @param_empty_name() -> tensor<4xf32> {
+  // expected-error @+1 {{expects a non-empty parameter name}}
+  %0 = moe.param "" init(zeros) : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
+func.func @param_dynamic() -> tensor<?xf32> {
+  // expected-error @+1 {{expects a statically shaped parameter, got 'tensor<?xf32>'}}
+  %0 = moe.param "w" init(zeros) : tensor<?xf32>
+  return %0 : tensor<?xf32>
+}
+
+// -----
+
+func.func @param_missing_std() -> tensor<4xf32> {
+  // expected-error @+1 {{expects a std for trunc_normal initialisation}}
+  %0 = moe.param "w" init(trunc_normal) : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
+func.func @param_unexpected_std() -> tensor<4xf32> {
+  // expected-error @+1 {{expects no std for ones initialisation}}
+  %0 = moe.param "w" init(ones, 1.0) : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
+func.func @param_negative_std() -> tensor<4xf32> {
+  // expected-error @+1 {{expects a positive std, got -1}}
+  %0 = moe.param "w" init(normal, -1.0) : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
+func.func @element_types(%x: tensor<2x50x64xf32>, %w: tensor<64x8xf16>) -> tensor<2x50x8xf32> {
+  // expected-error @+1 {{expects every float operand and result to have element type 'f32', but operand #1 has 'f16'}}
+  %0 = moe.dense %x, %w : (tensor<2x50x64xf32>, tensor<64x8xf16>) -> tensor<2x50x8xf32>
+  return %0 : tensor<2x50x8xf32>
+}
+
+// -----
+
+func.func @result_shape(%x: tensor<2x50x64xf32>, %w: tensor<64x8xf32>) -> tensor<2x50x9xf32> {
+  // expected-error @+1 {{expects result #0 of shape 2x50x8, got 2x50x9}}
+  %0 = moe.dense %x, %w : (tensor<2x50x64xf32>, tensor<64x8xf32>) -> tensor<2x50x9xf32>
+  return %0 : tensor<2x50x9xf32>
+}
+
+// -----
+
+func.func @patch_rank(%img: tensor<1x28x28xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>) -> tensor<1x49x64xf32> {
+  // expected-error @+1 {{expects input of rank 4 ([N, C, H, W]), got rank 3}}
+  %0 = moe.patch_embed %img, %w, %b {patch_size = 4 : i64} : (tensor<1x28x28xf32>, tensor<16x64xf32>, tensor<64xf32>) -> tensor<1x49x64xf32>
+  return %0 : tensor<1x49x64xf32>
+}
+
+// -----
+
+func.func @patch_divides(%img: tensor<1x1x28x28xf32>, %w: tensor<25x64xf32>, %b: tensor<64xf32>) -> tensor<1x25x64xf32> {
+  // expected-error @+1 {{expects patch_size 5 to divide the image height and width, got 28x28}}
+  %0 = moe.patch_embed %img, %w, %b {patch_size = 5 : i64} : (tensor<1x1x28x28xf32>, tensor<25x64xf32>, tensor<64xf32>) -> tensor<1x25x64xf32>
+  return %0 : tensor<1x25x64xf32>
+}
+
+// -----
+
+func.func @patch_weight(%img: tensor<1x3x28x28xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>) -> tensor<1x49x64xf32> {
+  // expected-error @+1 {{expects weight of shape 48x64 (rows = channels * patch_size^2), got 16x64}}
+  %0 = moe.patch_embed %img, %w, %b {patch_size = 4 : i64} : (tensor<1x3x28x28xf32>, tensor<16x64xf32>, tensor<64xf32>) -> tensor<1x49x64xf32>
+  return %0 : tensor<1x49x64xf32>
+}
+
+// -----
+
+func.func @patch_size_positive(%img: tensor<1x1x28x28xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>) -> tensor<1x49x64xf32> {
+  // expected-error @+1 {{attribute 'patch_size' failed to satisfy constraint}}
+  %0 = moe.patch_embed %img, %w, %b {patch_size = 0 : i64} : (tensor<1x1x28x28xf32>, tensor<16x64xf32>, tensor<64xf32>) -> tensor<1x49x64xf32>
+  return %0 : tensor<1x49x64xf32>
+}
+
+// -----
+
+func.func @class_token(%x: tensor<2x49x64xf32>, %t: tensor<32xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects token of shape 64, got 32}}
+  %0 = moe.class_token %x, %t : (tensor<2x49x64xf32>, tensor<32xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @class_token_result(%x: tensor<2x49x64xf32>, %t: tensor<64xf32>) -> tensor<2x49x64xf32> {
+  // expected-error @+1 {{expects result #0 of shape 2x50x64, got 2x49x64}}
+  %0 = moe.class_token %x, %t : (tensor<2x49x64xf32>, tensor<64xf32>) -> tensor<2x49x64xf32>
+  return %0 : tensor<2x49x64xf32>
+}
+
+// -----
+
+func.func @pos_embed(%x: tensor<2x50x64xf32>, %p: tensor<49x64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects embedding of shape 50x64, got 49x64}}
+  %0 = moe.pos_embed %x, %p : (tensor<2x50x64xf32>, tensor<49x64xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @layer_norm_scalar(%x: tensor<f32>, %g: tensor<64xf32>) -> tensor<f32> {
+  // expected-error @+1 {{expects input of rank >= 1, got a scalar}}
+  %0 = moe.layer_norm %x, %g, %g {epsilon = 1.0e-6 : f64} : (tensor<f32>, tensor<64xf32>, tensor<64xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @layer_norm_eps(%x: tensor<2x64xf32>, %g: tensor<64xf32>) -> tensor<2x64xf32> {
+  // expected-error @+1 {{expects a positive epsilon, got 0}}
+  %0 = moe.layer_norm %x, %g, %g {epsilon = 0.0 : f64} : (tensor<2x64xf32>, tensor<64xf32>, tensor<64xf32>) -> tensor<2x64xf32>
+  return %0 : tensor<2x64xf32>
+}
+
+// -----
+
+func.func @layer_norm_gamma(%x: tensor<2x64xf32>, %g: tensor<32xf32>, %b: tensor<64xf32>) -> tensor<2x64xf32> {
+  // expected-error @+1 {{expects gamma of shape 64, got 32}}
+  %0 = moe.layer_norm %x, %g, %b {epsilon = 1.0e-6 : f64} : (tensor<2x64xf32>, tensor<32xf32>, tensor<64xf32>) -> tensor<2x64xf32>
+  return %0 : tensor<2x64xf32>
+}
+
+// -----
+
+func.func @attention_heads(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x192xf32>, %bqkv: tensor<192xf32>, %wo: tensor<64x64xf32>, %bo: tensor<64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects heads (5) to divide the width 64}}
+  %0 = moe.attention %x, %wqkv, %bqkv, %wo, %bo {heads = 5 : i64} : (tensor<2x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @attention_qkv(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x128xf32>, %bqkv: tensor<192xf32>, %wo: tensor<64x64xf32>, %bo: tensor<64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects qkv_weight of shape 64x192, got 64x128}}
+  %0 = moe.attention %x, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64} : (tensor<2x50x64xf32>, tensor<64x128xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @dense_scalar(%x: tensor<f32>, %w: tensor<64x8xf32>) -> tensor<8xf32> {
+  // expected-error @+1 {{expects input of rank >= 1, got a scalar}}
+  %0 = moe.dense %x, %w : (tensor<f32>, tensor<64x8xf32>) -> tensor<8xf32>
+  return %0 : tensor<8xf32>
+}
+
+// -----
+
+func.func @dense_weight_rank(%x: tensor<2x64xf32>, %w: tensor<64xf32>) -> tensor<2x8xf32> {
+  // expected-error @+1 {{expects weight of rank 2 ([K, M]), got rank 1}}
+  %0 = moe.dense %x, %w : (tensor<2x64xf32>, tensor<64xf32>) -> tensor<2x8xf32>
+  return %0 : tensor<2x8xf32>
+}
+
+// -----
+
+func.func @dense_rows(%x: tensor<2x64xf32>, %w: tensor<32x8xf32>) -> tensor<2x8xf32> {
+  // expected-error @+1 {{expects weight rows (32) to match the input's last dimension (64)}}
+  %0 = moe.dense %x, %w : (tensor<2x64xf32>, tensor<32x8xf32>) -> tensor<2x8xf32>
+  return %0 : tensor<2x8xf32>
+}
+
+// -----
+
+func.func @dense_bias(%x: tensor<2x64xf32>, %w: tensor<64x8xf32>, %b: tensor<4xf32>) -> tensor<2x8xf32> {
+  // expected-error @+1 {{expects bias of shape 8, got 4}}
+  %0 = moe.dense %x, %w, %b : (tensor<2x64xf32>, tensor<64x8xf32>, tensor<4xf32>) -> tensor<2x8xf32>
+  return %0 : tensor<2x8xf32>
+}
+
+// -----
+
+func.func @pool_rank(%x: tensor<2x64xf32>) -> tensor<2x64xf32> {
+  // expected-error @+1 {{expects input of rank 3 ([N, S, D]), got rank 2}}
+  %0 = moe.pool mean %x : tensor<2x64xf32> -> tensor<2x64xf32>
+  return %0 : tensor<2x64xf32>
+}
+
+// -----
+
+func.func @head_rank(%x: tensor<2x50x64xf32>, %w: tensor<64x10xf32>, %b: tensor<10xf32>) -> tensor<2x50x10xf32> {
+  // expected-error @+1 {{expects input of rank 2 ([N, D]), got rank 3}}
+  %0 = moe.classifier_head %x, %w, %b : (tensor<2x50x64xf32>, tensor<64x10xf32>, tensor<10xf32>) -> tensor<2x50x10xf32>
+  return %0 : tensor<2x50x10xf32>
+}
+
+// -----
+
+func.func @ce_labels(%l: tensor<8x10xf32>, %y: tensor<4xi32>) -> tensor<f32> {
+  // expected-error @+1 {{expects labels of shape 8, got 4}}
+  %0 = moe.softmax_cross_entropy %l, %y : (tensor<8x10xf32>, tensor<4xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @ce_smoothing(%l: tensor<8x10xf32>, %y: tensor<8xi32>) -> tensor<f32> {
+  // expected-error @+1 {{expects label_smoothing in [0, 1), got 1}}
+  %0 = moe.softmax_cross_entropy %l, %y {label_smoothing = 1.0 : f64} : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @ce_loss_type(%l: tensor<8x10xf32>, %y: tensor<8xi32>) -> tensor<1xf32> {
+  // expected-error @+1 {{expects result #0 of shape scalar, got 1}}
+  %0 = moe.softmax_cross_entropy %l, %y : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<1xf32>
+  return %0 : tensor<1xf32>
+}
+
+// -----
+
+func.func @router_rank(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects a dispatch result of rank 4 ([G, S, E, C]), got rank 3}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4xf32>, tensor<2x50x4xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_dynamic_experts(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects a static number of experts (dispatch dimension 2)}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x?x13xf32>, tensor<2x50x?x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_one_expert(%x: tensor<2x50x64xf32>, %w: tensor<64x1xf32>) -> tensor<2x50x1xf32> {
+  // expected-error @+1 {{expects at least 2 experts, got 1}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x1xf32>) -> (tensor<2x50x1x50xf32>, tensor<2x50x1x50xf32>, tensor<2x50x1xf32>)
+  return %l : tensor<2x50x1xf32>
+}
+
+// -----
+
+func.func @router_input_rank(%x: tensor<50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects input of rank 3 ([G, S, D]), got rank 2}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_needs_k(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{router kind token_choice needs 'k'}}
+  %d, %c, %l = moe.router token_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_k_unused(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{'k' is not used by router kind expert_choice}}
+  %d, %c, %l = moe.router expert_choice %x, %w {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_k_too_large(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects k <= the number of experts (4), got 5}}
+  %d, %c, %l = moe.router token_choice %x, %w {k = 5 : i64, capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x50xf32>, tensor<2x50x4x50xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_needs_capacity(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{router kind expert_choice needs 'capacity_factor'}}
+  %d, %c, %l = moe.router expert_choice %x, %w : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_capacity_unused(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{'capacity_factor' is not used by router kind soft}}
+  %d, %c, %l = moe.router soft %x, %w {capacity_factor = 1.0 : f64, slots_per_expert = 1 : i64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x1xf32>, tensor<2x50x4x1xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_capacity_positive(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects a positive capacity_factor, got 0}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 0.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x1xf32>, tensor<2x50x4x1xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_noise_unused(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{'noise_std' is not used by router kind expert_choice}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_noise_negative(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects a non-negative noise_std, got -1}}
+  %d, %c, %l = moe.router token_choice %x, %w {k = 1 : i64, capacity_factor = 1.0 : f64, noise_std = -1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_needs_iters(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{router kind sinkhorn needs 'sinkhorn_iters'}}
+  %d, %c, %l = moe.router sinkhorn %x, %w {k = 1 : i64, capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_iters_unused(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{'sinkhorn_iters' is not used by router kind token_choice}}
+  %d, %c, %l = moe.router token_choice %x, %w {k = 1 : i64, capacity_factor = 1.0 : f64, sinkhorn_iters = 3 : i64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_needs_slots(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{router kind soft needs 'slots_per_expert'}}
+  %d, %c, %l = moe.router soft %x, %w : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x1xf32>, tensor<2x50x4x1xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_slots_unused(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x1x4xf32> {
+  // expected-error @+1 {{'slots_per_expert' is not used by router kind per_image}}
+  %d, %c, %l = moe.router per_image %x, %w {k = 1 : i64, slots_per_expert = 2 : i64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x50xf32>, tensor<2x50x4x50xf32>, tensor<2x1x4xf32>)
+  return %l : tensor<2x1x4xf32>
+}
+
+// -----
+
+func.func @router_weight(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x8xf32> {
+  // expected-error @+1 {{expects weight of shape 64x8 ([D, experts * slots_per_expert]), got 64x4}}
+  %d, %c, %l = moe.router soft %x, %w {slots_per_expert = 2 : i64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x2xf32>, tensor<2x50x4x2xf32>, tensor<2x50x8xf32>)
+  return %l : tensor<2x50x8xf32>
+}
+
+// -----
+
+func.func @router_capacity(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // ceil(2 * 50 * 1.25 / 4) = 32 slots, not 25.
+  // expected-error @+1 {{expects result #0 of shape 2x50x4x32, got 2x50x4x25}}
+  %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 1.25 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x25xf32>, tensor<2x50x4x25xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_per_image_logits(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects result #2 of shape 2x1x4, got 2x50x4}}
+  %d, %c, %l = moe.router per_image %x, %w {k = 1 : i64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x50xf32>, tensor<2x50x4x50xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @dispatch_rank(%x: tensor<2x50x64xf32>, %d: tensor<2x50x4xf32>) -> tensor<4x2x13x64xf32> {
+  // expected-error @+1 {{expects dispatch of rank 4 ([G, S, E, C]), got rank 3}}
+  %0 = moe.dispatch %x, %d : (tensor<2x50x64xf32>, tensor<2x50x4xf32>) -> tensor<4x2x13x64xf32>
+  return %0 : tensor<4x2x13x64xf32>
+}
+
+// -----
+
+func.func @dispatch_tokens(%x: tensor<2x50x64xf32>, %d: tensor<2x49x4x13xf32>) -> tensor<4x2x13x64xf32> {
+  // expected-error @+1 {{expects dispatch groups and tokens (2x49) to match the input's (2x50)}}
+  %0 = moe.dispatch %x, %d : (tensor<2x50x64xf32>, tensor<2x49x4x13xf32>) -> tensor<4x2x13x64xf32>
+  return %0 : tensor<4x2x13x64xf32>
+}
+
+// -----
+
+func.func @dispatch_result(%x: tensor<2x50x64xf32>, %d: tensor<2x50x4x13xf32>) -> tensor<2x4x13x64xf32> {
+  // expected-error @+1 {{expects result #0 of shape 4x2x13x64, got 2x4x13x64}}
+  %0 = moe.dispatch %x, %d : (tensor<2x50x64xf32>, tensor<2x50x4x13xf32>) -> tensor<2x4x13x64xf32>
+  return %0 : tensor<2x4x13x64xf32>
+}
+
+// -----
+
+func.func @experts_fc1(%x: tensor<4x2x13x64xf32>, %w1: tensor<4x32x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>) -> tensor<4x2x13x64xf32> {
+  // expected-error @+1 {{expects fc1_weight of shape 4x64x128 (rows = the input width), got 4x32x128}}
+  %0 = moe.experts gelu %x, %w1, %b1, %w2, %b2 : (tensor<4x2x13x64xf32>, tensor<4x32x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> tensor<4x2x13x64xf32>
+  return %0 : tensor<4x2x13x64xf32>
+}
+
+// -----
+
+func.func @experts_fc1_rank(%x: tensor<4x2x13x64xf32>, %w1: tensor<64x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>) -> tensor<4x2x13x64xf32> {
+  // expected-error @+1 {{expects fc1_weight of rank 3 ([E, D, H]), got rank 2}}
+  %0 = moe.experts gelu %x, %w1, %b1, %w2, %b2 : (tensor<4x2x13x64xf32>, tensor<64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> tensor<4x2x13x64xf32>
+  return %0 : tensor<4x2x13x64xf32>
+}
+
+// -----
+
+func.func @experts_fc2(%x: tensor<4x2x13x64xf32>, %w1: tensor<4x64x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<3x128x64xf32>, %b2: tensor<4x64xf32>) -> tensor<4x2x13x64xf32> {
+  // expected-error @+1 {{expects fc2_weight of shape 4x128x64, got 3x128x64}}
+  %0 = moe.experts gelu %x, %w1, %b1, %w2, %b2 : (tensor<4x2x13x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<3x128x64xf32>, tensor<4x64xf32>) -> tensor<4x2x13x64xf32>
+  return %0 : tensor<4x2x13x64xf32>
+}
+
+// -----
+
+func.func @combine_mismatch(%y: tensor<4x2x13x64xf32>, %c: tensor<2x50x4x12xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects combine groups, experts and slots to match the input's ([G, E, C] = 2x4x13), got 2x50x4x12}}
+  %0 = moe.combine %y, %c : (tensor<4x2x13x64xf32>, tensor<2x50x4x12xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @shared_expert_bias(%x: tensor<2x50x64xf32>, %w1: tensor<64x128xf32>, %b1: tensor<64xf32>, %w2: tensor<128x64xf32>, %b2: tensor<64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects fc1_bias of shape 128, got 64}}
+  %0 = moe.shared_expert gelu %x, %w1, %b1, %w2, %b2 : (tensor<2x50x64xf32>, tensor<64x128xf32>, tensor<64xf32>, tensor<128x64xf32>, tensor<64xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @add_types(%a: tensor<2x64xf32>, %b: tensor<2x32xf32>) -> tensor<2x64xf32> {
+  // expected-error @+1 {{requires the same type for all operands and results}}
+  %0 = "moe.add"(%a, %b) : (tensor<2x64xf32>, tensor<2x32xf32>) -> tensor<2x64xf32>
+  return %0 : tensor<2x64xf32>
+}

@@ -1,0 +1,110 @@
+// RUN: moec-opt %s | FileCheck %s
+// Round trip through the generic form too (the custom printers and parsers
+// must agree with the generic one).
+// RUN: moec-opt %s --mlir-print-op-generic | moec-opt | FileCheck %s
+
+// CHECK-LABEL: func.func @params
+func.func @params() -> (tensor<64x192xf32>, tensor<192xf32>, tensor<64xf32>, tensor<64xf32>) {
+  // CHECK: moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
+  %w = moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
+  // CHECK: moe.param "blocks.0.attn.qkv.bias" init(zeros) : tensor<192xf32>
+  %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) : tensor<192xf32>
+  // CHECK: moe.param "norm.weight" init(ones) : tensor<64xf32>
+  %g = moe.param "norm.weight" init(ones) : tensor<64xf32>
+  // CHECK: moe.param "cls_token" init(normal, 9.9999999999999995E-7) : tensor<64xf32>
+  %c = moe.param "cls_token" init(normal, 1.0e-6) : tensor<64xf32>
+  return %w, %b, %g, %c : tensor<64x192xf32>, tensor<192xf32>, tensor<64xf32>, tensor<64xf32>
+}
+
+// CHECK-LABEL: func.func @vit_ops
+func.func @vit_ops(%img: tensor<8x1x28x28xf32>, %wp: tensor<16x64xf32>, %bp: tensor<64xf32>,
+                   %cls: tensor<64xf32>, %pos: tensor<50x64xf32>,
+                   %wqkv: tensor<64x192xf32>, %bqkv: tensor<192xf32>,
+                   %wo: tensor<64x64xf32>, %bo: tensor<64xf32>,
+                   %w1: tensor<64x128xf32>, %b1: tensor<128xf32>,
+                   %wh: tensor<64x10xf32>, %bh: tensor<10xf32>,
+                   %labels: tensor<8xi32>) -> tensor<f32> {
+  // CHECK: %[[T:.*]] = moe.patch_embed %{{.*}}, %{{.*}}, %{{.*}} {patch_size = 4 : i64} : (tensor<8x1x28x28xf32>, tensor<16x64xf32>, tensor<64xf32>) -> tensor<8x49x64xf32>
+  %t = moe.patch_embed %img, %wp, %bp {patch_size = 4 : i64} : (tensor<8x1x28x28xf32>, tensor<16x64xf32>, tensor<64xf32>) -> tensor<8x49x64xf32>
+  // CHECK: %[[X:.*]] = moe.class_token %[[T]], %{{.*}} : (tensor<8x49x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  %x = moe.class_token %t, %cls : (tensor<8x49x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  // CHECK: moe.pos_embed %[[X]], %{{.*}} : (tensor<8x50x64xf32>, tensor<50x64xf32>) -> tensor<8x50x64xf32>
+  %x1 = moe.pos_embed %x, %pos : (tensor<8x50x64xf32>, tensor<50x64xf32>) -> tensor<8x50x64xf32>
+  // CHECK: moe.layer_norm %{{.*}} {epsilon = 9.9999999999999995E-7 : f64} : (tensor<8x50x64xf32>, tensor<64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  %h = moe.layer_norm %x1, %cls, %bo {epsilon = 1.0e-6 : f64} : (tensor<8x50x64xf32>, tensor<64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  // CHECK: moe.attention %{{.*}} {heads = 4 : i64} : (tensor<8x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  %a = moe.attention %h, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64} : (tensor<8x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  // CHECK: %[[R:.*]] = moe.add %{{.*}}, %{{.*}} : tensor<8x50x64xf32>
+  %r = moe.add %x1, %a : tensor<8x50x64xf32>
+  // CHECK: moe.dense %[[R]], %{{.*}}, %{{.*}} : (tensor<8x50x64xf32>, tensor<64x128xf32>, tensor<128xf32>) -> tensor<8x50x128xf32>
+  %u = moe.dense %r, %w1, %b1 : (tensor<8x50x64xf32>, tensor<64x128xf32>, tensor<128xf32>) -> tensor<8x50x128xf32>
+  // CHECK: moe.dense %[[R]], %{{.*}} : (tensor<8x50x64xf32>, tensor<64x128xf32>) -> tensor<8x50x128xf32>
+  %u2 = moe.dense %r, %w1 : (tensor<8x50x64xf32>, tensor<64x128xf32>) -> tensor<8x50x128xf32>
+  // CHECK: moe.activation gelu %{{.*}} : tensor<8x50x128xf32>
+  %v = moe.activation gelu %u : tensor<8x50x128xf32>
+  // CHECK: moe.activation gelu_tanh
+  %v1 = moe.activation gelu_tanh %v : tensor<8x50x128xf32>
+  // CHECK: moe.activation relu
+  %v2 = moe.activation relu %v1 : tensor<8x50x128xf32>
+  // CHECK: moe.activation silu
+  %v3 = moe.activation silu %v2 : tensor<8x50x128xf32>
+  // CHECK: moe.pool cls %[[R]] : tensor<8x50x64xf32> -> tensor<8x64xf32>
+  %f = moe.pool cls %r : tensor<8x50x64xf32> -> tensor<8x64xf32>
+  // CHECK: moe.pool mean %[[R]] : tensor<8x50x64xf32> -> tensor<8x64xf32>
+  %fm = moe.pool mean %r : tensor<8x50x64xf32> -> tensor<8x64xf32>
+  // CHECK: %[[L:.*]] = moe.classifier_head %{{.*}} : (tensor<8x64xf32>, tensor<64x10xf32>, tensor<10xf32>) -> tensor<8x10xf32>
+  %logits = moe.classifier_head %f, %wh, %bh : (tensor<8x64xf32>, tensor<64x10xf32>, tensor<10xf32>) -> tensor<8x10xf32>
+  // CHECK: moe.softmax_cross_entropy %[[L]], %{{.*}} {label_smoothing = 1.000000e-01 : f64} : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+  %loss = moe.softmax_cross_entropy %logits, %labels {label_smoothing = 0.1 : f64} : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+  // The default label smoothing (0) is not printed.
+  // CHECK: moe.softmax_cross_entropy %[[L]], %{{.*}} : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+  %loss0 = moe.softmax_cross_entropy %logits, %labels : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}
+
+// Dynamic batch sizes verify too.
+// CHECK-LABEL: func.func @dynamic_batch
+func.func @dynamic_batch(%x: tensor<?x50x64xf32>, %w: tensor<64x128xf32>) -> tensor<?x50x128xf32> {
+  // CHECK: moe.dense %{{.*}} : (tensor<?x50x64xf32>, tensor<64x128xf32>) -> tensor<?x50x128xf32>
+  %y = moe.dense %x, %w : (tensor<?x50x64xf32>, tensor<64x128xf32>) -> tensor<?x50x128xf32>
+  return %y : tensor<?x50x128xf32>
+}
+
+// One MoE layer with every router kind. 8 images x 50 tokens, E = 4.
+// CHECK-LABEL: func.func @moe_layer
+func.func @moe_layer(%x: tensor<8x50x64xf32>, %wr: tensor<64x4xf32>,
+                     %w1: tensor<4x64x128xf32>, %b1: tensor<4x128xf32>,
+                     %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>,
+                     %sw1: tensor<64x128xf32>, %sb1: tensor<128xf32>,
+                     %sw2: tensor<128x64xf32>, %sb2: tensor<64xf32>) -> tensor<8x50x64xf32> {
+  // Token choice, k = 2, capacity ceil(2 * 50 * 2.0 / 4) = 50.
+  // CHECK: %[[D:.*]], %[[C:.*]], %{{.*}} = moe.router token_choice %{{.*}}, %{{.*}} {capacity_factor = 2.000000e+00 : f64, k = 2 : i64, noise_std = 1.000000e+00 : f64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x50xf32>, tensor<8x50x4x50xf32>, tensor<8x50x4xf32>)
+  %d, %c, %l = moe.router token_choice %x, %wr {k = 2 : i64, capacity_factor = 2.0 : f64, noise_std = 1.0 : f64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x50xf32>, tensor<8x50x4x50xf32>, tensor<8x50x4xf32>)
+  // CHECK: %[[XS:.*]] = moe.dispatch %{{.*}}, %[[D]] : (tensor<8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<4x8x50x64xf32>
+  %xs = moe.dispatch %x, %d : (tensor<8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<4x8x50x64xf32>
+  // CHECK: %[[YS:.*]] = moe.experts gelu %[[XS]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> tensor<4x8x50x64xf32>
+  %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> tensor<4x8x50x64xf32>
+  // CHECK: moe.combine %[[YS]], %[[C]] : (tensor<4x8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<8x50x64xf32>
+  %y = moe.combine %ys, %c : (tensor<4x8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<8x50x64xf32>
+  // CHECK: moe.shared_expert gelu %{{.*}} : (tensor<8x50x64xf32>, tensor<64x128xf32>, tensor<128xf32>, tensor<128x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+  %s = moe.shared_expert gelu %x, %sw1, %sb1, %sw2, %sb2 : (tensor<8x50x64xf32>, tensor<64x128xf32>, tensor<128xf32>, tensor<128x64xf32>, tensor<64xf32>) -> tensor<8x50x64xf32>
+
+  // Expert choice: capacity ceil(50 * 1.0 / 4) = 13.
+  // CHECK: moe.router expert_choice %{{.*}} {capacity_factor = 1.000000e+00 : f64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x13xf32>, tensor<8x50x4x13xf32>, tensor<8x50x4xf32>)
+  %d1, %c1, %l1 = moe.router expert_choice %x, %wr {capacity_factor = 1.0 : f64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x13xf32>, tensor<8x50x4x13xf32>, tensor<8x50x4xf32>)
+  // Sinkhorn, k = 1: capacity ceil(1 * 50 * 1.25 / 4) = 16.
+  // CHECK: moe.router sinkhorn %{{.*}} {capacity_factor = 1.250000e+00 : f64, k = 1 : i64, sinkhorn_iters = 3 : i64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x16xf32>, tensor<8x50x4x16xf32>, tensor<8x50x4xf32>)
+  %d2, %c2, %l2 = moe.router sinkhorn %x, %wr {k = 1 : i64, capacity_factor = 1.25 : f64, sinkhorn_iters = 3 : i64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x16xf32>, tensor<8x50x4x16xf32>, tensor<8x50x4xf32>)
+  // Per image: one decision per image, every chosen expert takes all 50 tokens.
+  // CHECK: moe.router per_image %{{.*}} {k = 1 : i64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x50xf32>, tensor<8x50x4x50xf32>, tensor<8x1x4xf32>)
+  %d3, %c3, %l3 = moe.router per_image %x, %wr {k = 1 : i64} : (tensor<8x50x64xf32>, tensor<64x4xf32>) -> (tensor<8x50x4x50xf32>, tensor<8x50x4x50xf32>, tensor<8x1x4xf32>)
+  return %y : tensor<8x50x64xf32>
+}
+
+// Soft MoE: 2 slots per expert, router weight [D, E*P].
+// CHECK-LABEL: func.func @soft_router
+func.func @soft_router(%x: tensor<8x50x64xf32>, %wr: tensor<64x8xf32>) -> tensor<8x50x4x2xf32> {
+  // CHECK: moe.router soft %{{.*}} {slots_per_expert = 2 : i64} : (tensor<8x50x64xf32>, tensor<64x8xf32>) -> (tensor<8x50x4x2xf32>, tensor<8x50x4x2xf32>, tensor<8x50x8xf32>)
+  %d, %c, %l = moe.router soft %x, %wr {slots_per_expert = 2 : i64} : (tensor<8x50x64xf32>, tensor<64x8xf32>) -> (tensor<8x50x4x2xf32>, tensor<8x50x4x2xf32>, tensor<8x50x8xf32>)
+  return %d : tensor<8x50x4x2xf32>
+}

@@ -1,0 +1,30 @@
+//===- moec-opt.cpp - mlir-opt with the moe dialect -----------------------===//
+//
+// MlirOptMain with every upstream dialect, extension and pass, plus the moe
+// dialect and moec's passes and pipelines. `--load-pass-plugin=lib.so` and
+// `--load-dialect-plugin=lib.so` load user extensions.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Dialect/MoE/MoEDialect.h"
+#include "moec/Passes/Passes.h"
+
+#include "mlir/IR/DialectRegistry.h"
+#include "mlir/InitAllDialects.h"
+#include "mlir/InitAllExtensions.h"
+#include "mlir/InitAllPasses.h"
+#include "mlir/Tools/mlir-opt/MlirOptMain.h"
+
+int main(int argc, char **argv) {
+  mlir::registerAllPasses();
+  moec::registerMoEPasses();
+
+  mlir::DialectRegistry registry;
+  mlir::registerAllDialects(registry);
+  mlir::registerAllExtensions(registry);
+  registry.insert<moec::moe::MoEDialect>();
+
+  return mlir::asMainReturnCode(mlir::MlirOptMain(
+      argc, argv, "moec optimizer driver: the moe dialect and passes\n",
+      registry));
+}

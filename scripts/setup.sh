@@ -7,7 +7,8 @@ set -euo pipefail
 PACKAGES=(
   cmake ninja-build clang-22 python3
   libmlir-22-dev mlir-22-tools llvm-22-dev llvm-22-tools
-  nlohmann-json3-dev googletest libgtest-dev
+  liblld-22-dev
+  nlohmann-json3-dev googletest libgtest-dev zlib1g-dev libpng-dev
   dataset-fashion-mnist
 )
 

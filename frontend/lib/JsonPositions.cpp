@@ -17,6 +17,13 @@ using namespace moec::spec::detail;
 
 namespace {
 
+/// Values nested deeper than this get no positions of their own (they map to
+/// their closest recorded ancestor) and their objects are not checked for
+/// duplicate keys. Without a limit, pointers would make deeply nested input
+/// cost quadratic time and memory; no spec value is nested anywhere near
+/// this deep.
+constexpr std::size_t kMaxDepth = 64;
+
 class Scanner {
 public:
   explicit Scanner(std::string_view text) : text(text) {}
@@ -26,7 +33,12 @@ public:
 private:
   /// An object or array being scanned.
   struct Frame {
+    Frame(bool isObject, bool tracked, std::string pointer)
+        : isObject(isObject), tracked(tracked), pointer(std::move(pointer)) {}
+
     bool isObject;
+    /// Whether the members or elements get positions (see kMaxDepth).
+    bool tracked;
     std::string pointer;
     std::size_t index = 0;
     std::set<std::string> seenKeys;
@@ -44,7 +56,8 @@ private:
   bool readString(std::string *out);
   /// Skips a number or literal (true, false, null).
   bool skipScalar();
-  /// Reads `"key" :` and sets `pointer` to the member's pointer.
+  /// Reads `"key" :` and, in a tracked frame, sets `pointer` to the
+  /// member's pointer.
   bool readMember(Frame &frame, std::string &pointer);
 
   std::string_view text;
@@ -183,12 +196,14 @@ bool Scanner::readMember(Frame &frame, std::string &pointer) {
     return false;
   SourcePos keyPos = here();
   std::string key;
-  if (!readString(&key))
+  if (!readString(frame.tracked ? &key : nullptr))
     return false;
   skipWhitespace();
   if (peek() != ':')
     return false;
   ++pos;
+  if (!frame.tracked)
+    return true;
   pointer = frame.pointer + "/" + escapePointerToken(key);
   if (frame.seenKeys.insert(key).second)
     result.keys[pointer] = keyPos;
@@ -206,7 +221,9 @@ std::optional<JsonPositions> Scanner::run() {
     skipWhitespace();
     if (atEnd())
       return std::nullopt;
-    result.values[pointer] = here();
+    bool tracked = stack.empty() || stack.back().tracked;
+    if (tracked)
+      result.values[pointer] = here();
     char c = peek();
     bool opened = false;
     if (c == '{' || c == '[') {
@@ -216,7 +233,9 @@ std::optional<JsonPositions> Scanner::run() {
       if (peek() == close) {
         ++pos;
       } else {
-        stack.push_back(Frame{c == '{', pointer, 0, {}});
+        bool trackChildren = tracked && stack.size() < kMaxDepth;
+        stack.emplace_back(c == '{', trackChildren,
+                           trackChildren ? pointer : std::string());
         opened = true;
       }
     } else if (c == '"') {
@@ -231,7 +250,7 @@ std::optional<JsonPositions> Scanner::run() {
       if (frame.isObject) {
         if (!readMember(frame, pointer))
           return std::nullopt;
-      } else {
+      } else if (frame.tracked) {
         pointer = frame.pointer + "/0";
       }
       continue;
@@ -250,7 +269,7 @@ std::optional<JsonPositions> Scanner::run() {
         if (frame.isObject) {
           if (!readMember(frame, pointer))
             return std::nullopt;
-        } else {
+        } else if (frame.tracked) {
           pointer = frame.pointer + "/" + std::to_string(++frame.index);
         }
         break;

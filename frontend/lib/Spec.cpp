@@ -136,18 +136,20 @@ Json presetModel(const Preset &preset) {
   return model;
 }
 
-/// Merges `over` into `base` key by key, recursively; `over` wins.
-void mergeInto(Json &base, const Json &over) {
+/// Merges `over` into `base` key by key, recursively; `over` wins. Values
+/// are moved, never copied: copying a json value recurses as deep as it is
+/// nested, and user input may be nested arbitrarily deep.
+void mergeInto(Json &base, Json &&over) {
   if (!base.is_object() || !over.is_object()) {
-    base = over;
+    base = std::move(over);
     return;
   }
   for (auto it = over.begin(); it != over.end(); ++it) {
     auto found = base.find(it.key());
     if (found == base.end())
-      base[it.key()] = it.value();
+      base[it.key()] = std::move(it.value());
     else
-      mergeInto(*found, it.value());
+      mergeInto(*found, std::move(it.value()));
   }
 }
 
@@ -270,8 +272,8 @@ struct Range {
   std::string describe() const {
     if (!hasHi)
       return std::string(loOpen ? "> " : ">= ") + formatNumber(lo);
-    return std::string("in ") + (loOpen ? "(" : "[") + formatNumber(lo) +
-           ", " + formatNumber(hi) + (hiOpen ? ")" : "]");
+    return std::string("in ") + (loOpen ? "(" : "[") + formatNumber(lo) + ", " +
+           formatNumber(hi) + (hiOpen ? ")" : "]");
   }
 };
 
@@ -294,7 +296,9 @@ public:
       : sourceName(sourceName), values(std::move(positions.values)),
         keys(std::move(positions.keys)) {}
 
-  bool run(const Json &root, Spec &spec);
+  /// Validates `root`, which it may modify (the preset merge moves values
+  /// out of it).
+  bool run(Json &root, Spec &spec);
   SpecError takeError() { return std::move(error); }
 
 private:
@@ -323,20 +327,19 @@ private:
   bool readNonEmptyString(const Json &value, const std::string &pointer,
                           std::string &out);
   template <typename E, std::size_t N>
-  bool readEnum(const Json &value, const std::string &pointer,
-                const char *what, const EnumName<E> (&table)[N], E &out);
+  bool readEnum(const Json &value, const std::string &pointer, const char *what,
+                const EnumName<E> (&table)[N], E &out);
 
   // Optional members: leave `out` alone when `key` is absent.
   bool optInt(const Json &object, const std::string &pointer, const char *key,
               int64_t min, int64_t &out);
   bool optNumber(const Json &object, const std::string &pointer,
                  const char *key, Range range, double &out);
-  bool optBool(const Json &object, const std::string &pointer,
-               const char *key, bool &out);
+  bool optBool(const Json &object, const std::string &pointer, const char *key,
+               bool &out);
   template <typename E, std::size_t N>
-  bool optEnum(const Json &object, const std::string &pointer,
-               const char *key, const char *what,
-               const EnumName<E> (&table)[N], E &out);
+  bool optEnum(const Json &object, const std::string &pointer, const char *key,
+               const char *what, const EnumName<E> (&table)[N], E &out);
 
   // Sections.
   bool parseModel(const Json &model, ModelSpec &out);
@@ -384,8 +387,8 @@ bool SpecParser::notUsedBy(const std::string &pointer, const char *what,
 bool SpecParser::expectObject(const Json &value, const std::string &pointer) {
   if (value.is_object())
     return true;
-  return fail(pointer, std::string("expected an object, got ") +
-                           describeType(value));
+  return fail(pointer,
+              std::string("expected an object, got ") + describeType(value));
 }
 
 bool SpecParser::checkKeys(const Json &object, const std::string &pointer,
@@ -413,8 +416,8 @@ bool SpecParser::requireKeys(const Json &object, const std::string &pointer,
 bool SpecParser::readInt(const Json &value, const std::string &pointer,
                          int64_t min, int64_t &out) {
   if (!value.is_number_integer())
-    return fail(pointer, std::string("expected an integer, got ") +
-                             describeType(value));
+    return fail(pointer,
+                std::string("expected an integer, got ") + describeType(value));
   if (value.is_number_unsigned()) {
     uint64_t u = *value.get_ptr<const Json::number_unsigned_t *>();
     constexpr int64_t max = std::numeric_limits<int64_t>::max();
@@ -434,8 +437,8 @@ bool SpecParser::readInt(const Json &value, const std::string &pointer,
 bool SpecParser::readUInt(const Json &value, const std::string &pointer,
                           uint64_t &out) {
   if (!value.is_number_integer())
-    return fail(pointer, std::string("expected an integer, got ") +
-                             describeType(value));
+    return fail(pointer,
+                std::string("expected an integer, got ") + describeType(value));
   if (!value.is_number_unsigned()) {
     int64_t i = *value.get_ptr<const Json::number_integer_t *>();
     if (i < 0)
@@ -536,7 +539,7 @@ bool SpecParser::optEnum(const Json &object, const std::string &pointer,
 // Sections
 //===----------------------------------------------------------------------===//
 
-bool SpecParser::run(const Json &root, Spec &spec) {
+bool SpecParser::run(Json &root, Spec &spec) {
   const std::string ptr;
   if (!expectObject(root, ptr) ||
       !checkKeys(root, ptr,
@@ -570,10 +573,11 @@ bool SpecParser::run(const Json &root, Spec &spec) {
     };
     forEachPointer(model, "/model", record);
   }
-  if (const Json *userModel = member(root, "model")) {
+  auto userModel = root.find("model");
+  if (userModel != root.end()) {
     if (!expectObject(*userModel, "/model"))
       return false;
-    mergeInto(model, *userModel);
+    mergeInto(model, std::move(*userModel));
   }
   if (!parseModel(model, spec.model))
     return false;
@@ -600,12 +604,11 @@ bool SpecParser::parseModel(const Json &model, ModelSpec &out) {
   const std::string ptr = "/model";
   if (!expectObject(model, ptr) ||
       !checkKeys(model, ptr,
-                 {"input", "patch_size", "width", "depth", "heads",
-                  "mlp_ratio", "classes", "pooling", "activation",
-                  "layer_norm_eps"}) ||
-      !requireKeys(model, ptr,
-                   {"input", "patch_size", "width", "depth", "heads",
-                    "classes"}))
+                 {"input", "patch_size", "width", "depth", "heads", "mlp_ratio",
+                  "classes", "pooling", "activation", "layer_norm_eps"}) ||
+      !requireKeys(
+          model, ptr,
+          {"input", "patch_size", "width", "depth", "heads", "classes"}))
     return false;
 
   const Json &input = *member(model, "input");
@@ -644,8 +647,7 @@ bool SpecParser::parseModel(const Json &model, ModelSpec &out) {
 
   double hidden = std::round(out.mlpRatio * static_cast<double>(out.width));
   std::string found = "got round(" + formatNumber(out.mlpRatio) + " * " +
-                      std::to_string(out.width) + ") = " +
-                      formatNumber(hidden);
+                      std::to_string(out.width) + ") = " + formatNumber(hidden);
   if (hidden < 1)
     return fail("/model/mlp_ratio",
                 "round(mlp_ratio * width) must be >= 1, " + found);
@@ -704,15 +706,15 @@ bool SpecParser::parseMoE(const Json &moe, const ModelSpec &model,
   if (!optBool(moe, ptr, "shared_expert", out.sharedExpert))
     return false;
 
-  if (const Json *aux = member(moe, "aux_loss"))
-    if (!parseAuxLoss(*aux, moe, out))
-      return false;
+  const Json *aux = member(moe, "aux_loss");
+  if (aux && !parseAuxLoss(*aux, moe, out))
+    return false;
 
   if (const Json *map = member(moe, "super_class_map")) {
     if (!parseSuperClassMap(*map, model, out))
       return false;
-    if (!member(moe, "aux_loss") || !member(*member(moe, "aux_loss"),
-                                            "super_class"))
+    // The super-class loss is on by default when there is a map.
+    if (!aux || !member(*aux, "super_class"))
       out.aux.superClass = 0.3;
   }
   return true;
@@ -728,8 +730,8 @@ bool SpecParser::parsePlacement(const Json &placement, int64_t depth,
   const Json *ruleValue = member(placement, "rule");
   std::optional<PlacementRule> rule;
   if (ruleValue && ruleValue->is_string())
-    rule = valueOf(kPlacementRules,
-                   *ruleValue->get_ptr<const Json::string_t *>());
+    rule =
+        valueOf(kPlacementRules, *ruleValue->get_ptr<const Json::string_t *>());
   KeyList allowed = {"rule", "n", "blocks"};
   if (rule)
     allowed = {"rule", *rule == PlacementRule::Blocks ? "blocks" : "n"};
@@ -857,8 +859,8 @@ bool SpecParser::parseAuxLoss(const Json &aux, const Json &moe, MoESpec &out) {
       !optNumber(aux, ptr, "z_loss", atLeast(0), out.aux.zLoss) ||
       !optNumber(aux, ptr, "super_class", atLeast(0), out.aux.superClass))
     return false;
-  if (out.aux.load > 0 && !(out.router.kind == RouterKind::TokenChoice &&
-                            out.router.noiseStd > 0))
+  if (out.aux.load > 0 &&
+      !(out.router.kind == RouterKind::TokenChoice && out.router.noiseStd > 0))
     return fail(ptr + "/load",
                 "needs a token-choice router with noise_std > 0");
   if (out.aux.superClass > 0 && !member(moe, "super_class_map"))
@@ -895,8 +897,8 @@ bool SpecParser::parseTrain(const Json &train, TrainSpec &out) {
   const std::string ptr = "/train";
   if (!expectObject(train, ptr) ||
       !checkKeys(train, ptr,
-                 {"optimizer", "schedule", "batch", "epochs",
-                  "label_smoothing", "seed"}))
+                 {"optimizer", "schedule", "batch", "epochs", "label_smoothing",
+                  "seed"}))
     return false;
   if (const Json *optimizer = member(train, "optimizer"))
     if (!parseOptimizer(*optimizer, out.optimizer))
@@ -906,16 +908,15 @@ bool SpecParser::parseTrain(const Json &train, TrainSpec &out) {
       return false;
   if (!optInt(train, ptr, "batch", 1, out.batch) ||
       !optInt(train, ptr, "epochs", 1, out.epochs) ||
-      !optNumber(train, ptr, "label_smoothing", kFraction,
-                 out.labelSmoothing))
+      !optNumber(train, ptr, "label_smoothing", kFraction, out.labelSmoothing))
     return false;
   if (const Json *seed = member(train, "seed"))
     if (!readUInt(*seed, ptr + "/seed", out.seed))
       return false;
   if (out.schedule.warmupEpochs >= static_cast<double>(out.epochs))
     return fail("/train/schedule/warmup_epochs",
-                "must be < epochs (" + std::to_string(out.epochs) +
-                    "), got " + formatNumber(out.schedule.warmupEpochs));
+                "must be < epochs (" + std::to_string(out.epochs) + "), got " +
+                    formatNumber(out.schedule.warmupEpochs));
   return true;
 }
 
@@ -1014,11 +1015,10 @@ bool SpecParser::finishData(DataSpec &data, const ModelSpec &model) {
                       ", but /model/input is " +
                       dims(in.channels, in.height, in.width));
     if (model.classes != shape->classes)
-      return fail("/data/dataset",
-                  std::string(name) + " has " +
-                      std::to_string(shape->classes) +
-                      " classes, but /model/classes is " +
-                      std::to_string(model.classes));
+      return fail("/data/dataset", std::string(name) + " has " +
+                                       std::to_string(shape->classes) +
+                                       " classes, but /model/classes is " +
+                                       std::to_string(model.classes));
   }
 
   if (data.path.empty()) {
@@ -1086,9 +1086,8 @@ SpecError malformed(std::string_view text, const std::string &sourceName) {
   // nlohmann::json reports the number of bytes read, the offending one
   // included.
   std::size_t offset = catcher.position > 0 ? catcher.position - 1 : 0;
-  std::string reason = catcher.what.empty()
-                           ? std::string("unsupported syntax")
-                           : syntaxErrorReason(catcher.what);
+  std::string reason = catcher.what.empty() ? std::string("unsupported syntax")
+                                            : syntaxErrorReason(catcher.what);
   return SpecError{sourceName, detail::positionOfOffset(text, offset), "",
                    "malformed JSON: " + reason};
 }
@@ -1157,8 +1156,7 @@ ParseResult moec::spec::parseSpec(const std::string &text,
   std::optional<detail::JsonPositions> positions =
       detail::scanJsonPositions(body);
   if (!positions) {
-    result.error =
-        SpecError{sourceName, SourcePos{1, 1}, "", "malformed JSON"};
+    result.error = SpecError{sourceName, SourcePos{1, 1}, "", "malformed JSON"};
     return result;
   }
   if (positions->duplicateKey) {

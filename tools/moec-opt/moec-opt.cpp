@@ -8,6 +8,7 @@
 
 #include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Passes/Passes.h"
+#include "moec/Passes/Pipelines.h"
 
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/InitAllDialects.h"
@@ -18,6 +19,7 @@
 int main(int argc, char **argv) {
   mlir::registerAllPasses();
   moec::registerMoEPasses();
+  moec::registerMoEPipelines();
 
   mlir::DialectRegistry registry;
   mlir::registerAllDialects(registry);

@@ -1,9 +1,13 @@
 //===- moec.cpp - the moec compiler driver --------------------------------===//
 //
-//   moec compile SPEC [-o OUT] [--emit=mlir] [--batch N]
+//   moec compile SPEC [-o OUT] [--emit=mlir|plan|llvm|artifact]
+//                [--target=cpu] [--batch N]
 //
-// Parses and validates the spec, builds the moe module, runs the compile
-// pipeline and writes the result. Exit codes: 0 success, 1 compile or I/O
+// Parses and validates the spec, builds the moe module, and depending on
+// --emit prints it (mlir), lowers it to a plan of per-image kernels with a
+// memory plan (plan), compiles the kernels to the LLVM dialect (llvm), or
+// builds the whole .moec artifact (artifact: manifest, plan and a native
+// kernel library; the default). Exit codes: 0 success, 1 compile or I/O
 // failure, 2 bad spec or bad usage. The output file is created only once
 // everything succeeded, so a failure never leaves a partial file and never
 // touches an existing one.
@@ -16,11 +20,16 @@
 #include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Frontend/Spec.h"
 #include "moec/Frontend/SpecToMoE.h"
+#include "moec/Passes/ArtifactWriter.h"
+#include "moec/Passes/CpuTarget.h"
 #include "moec/Passes/Passes.h"
+#include "moec/Passes/Pipelines.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/InitAllDialects.h"
+#include "mlir/InitAllExtensions.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/Timing.h"
 #include "mlir/Debug/CLOptionsSetup.h"
@@ -28,21 +37,33 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Error.h"
 #include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/raw_ostream.h"
 
 using namespace mlir;
 namespace cl = llvm::cl;
 
 namespace {
-enum class EmitKind { Mlir };
+enum class EmitKind { Mlir, Plan, Llvm, Artifact };
+enum class TargetKind { Cpu };
 
 cl::list<std::string> positional(cl::Positional, cl::desc("compile <spec.json>"));
 cl::opt<std::string> outputFilename("o", cl::desc("Output file ('-' = stdout)"),
                                     cl::value_desc("file"), cl::init("-"));
 cl::opt<EmitKind> emit(
-    "emit", cl::desc("What to produce"), cl::init(EmitKind::Mlir),
-    cl::values(clEnumValN(EmitKind::Mlir, "mlir",
-                          "the verified moe module (textual MLIR)")));
+    "emit", cl::desc("What to produce"), cl::init(EmitKind::Artifact),
+    cl::values(
+        clEnumValN(EmitKind::Mlir, "mlir", "the verified moe module"),
+        clEnumValN(EmitKind::Plan, "plan",
+                   "the plan: per-image kernels and arena offsets (MLIR)"),
+        clEnumValN(EmitKind::Llvm, "llvm",
+                   "the kernels in the LLVM dialect (MLIR)"),
+        clEnumValN(EmitKind::Artifact, "artifact",
+                   "the .moec artifact (needs -o)")));
+cl::opt<TargetKind> target(
+    "target", cl::desc("Where the artifact runs"), cl::init(TargetKind::Cpu),
+    cl::values(clEnumValN(TargetKind::Cpu, "cpu",
+                          "native x86-64 code for the compiling machine's CPU")));
 cl::opt<int64_t> batch("batch",
                        cl::desc("Images per call of the entry functions "
                                 "(default: the spec's /train/batch)"),
@@ -53,8 +74,8 @@ constexpr int kExitUsage = 2;
 
 int usageError(const llvm::Twine &message) {
   llvm::errs() << "moec: error: " << message
-               << "\nusage: moec compile SPEC [-o OUT] [--emit=mlir] "
-                  "[--batch N]\n";
+               << "\nusage: moec compile SPEC [-o OUT] "
+                  "[--emit=mlir|plan|llvm|artifact] [--target=cpu] [--batch N]\n";
   return kExitUsage;
 }
 } // namespace
@@ -68,14 +89,22 @@ int main(int argc, char **argv) {
   tracing::DebugConfig::registerCLOptions();
   cl::ParseCommandLineOptions(argc, argv, "moec: vision MoE compiler\n");
 
+  // Copy the options: the in-process linker resets llvm::cl options when it
+  // runs, so their values are read once, here.
+  const std::string outputPath = outputFilename;
+  const EmitKind emitKind = emit;
+  const int64_t batchSize = batch;
+
   if (positional.empty())
     return usageError("missing command");
   if (positional[0] != "compile")
     return usageError("unknown command '" + positional[0] + "'");
   if (positional.size() != 2)
     return usageError("'compile' takes exactly one spec file");
-  if (batch < 0)
-    return usageError("--batch must be >= 1, got " + llvm::Twine(batch));
+  if (batchSize < 0)
+    return usageError("--batch must be >= 1, got " + llvm::Twine(batchSize));
+  if (emitKind == EmitKind::Artifact && outputPath == "-")
+    return usageError("--emit=artifact writes a binary file: give -o FILE");
 
   moec::spec::ParseResult parsed = moec::spec::parseSpecFile(positional[1]);
   if (!parsed) {
@@ -83,32 +112,94 @@ int main(int argc, char **argv) {
     return kExitUsage;
   }
 
+  // The lowering uses upstream dialects whose bufferization and LLVM
+  // conversion live in external interface models: register them all.
   DialectRegistry registry;
-  registry.insert<moec::moe::MoEDialect, func::FuncDialect>();
+  registerAllDialects(registry);
+  registerAllExtensions(registry);
+  registry.insert<moec::moe::MoEDialect>();
   MLIRContext context(registry);
   moec::SpecToMoEOptions options;
-  options.batch = batch;
+  options.batch = batchSize;
   OwningOpRef<ModuleOp> module =
       moec::buildMoEModule(context, *parsed.spec, options);
   if (!module)
     return kExitFailure;
 
-  PassManager pm(&context);
-  if (failed(applyPassManagerCLOptions(pm)))
-    return kExitUsage;
-  applyDefaultTimingPassManagerCLOptions(pm);
-  pm.addPass(moec::createAnnotateCostsPass());
-  if (failed(pm.run(*module)))
+  auto runPipeline = [&](ModuleOp op,
+                         llvm::function_ref<void(OpPassManager &)> build) {
+    PassManager pm(&context);
+    if (failed(applyPassManagerCLOptions(pm)))
+      return failure();
+    applyDefaultTimingPassManagerCLOptions(pm);
+    build(pm);
+    return pm.run(op);
+  };
+  if (failed(runPipeline(*module, [](OpPassManager &pm) {
+        pm.addPass(moec::createAnnotateCostsPass());
+      })))
     return kExitFailure;
+
+  std::string artifactBytes;
+  moec::CpuPipelineOptions cpuOptions;
+  OwningOpRef<ModuleOp> kernels;
+  if (emitKind != EmitKind::Mlir) {
+    if (failed(runPipeline(*module, [&](OpPassManager &pm) {
+          moec::buildCpuPlanPipeline(pm, cpuOptions);
+        })))
+      return kExitFailure;
+  }
+  if (emitKind == EmitKind::Llvm || emitKind == EmitKind::Artifact) {
+    kernels = module->clone();
+    if (failed(runPipeline(*kernels, [&](OpPassManager &pm) {
+          moec::buildCpuCodegenPipeline(pm, cpuOptions);
+        })))
+      return kExitFailure;
+  }
+  if (emitKind == EmitKind::Artifact) {
+    FailureOr<std::string> library =
+        moec::buildCpuKernelLibrary(*kernels, moec::CpuTargetOptions());
+    if (failed(library))
+      return kExitFailure;
+    const moec::spec::Spec &spec = *parsed.spec;
+    moec::ArtifactModelInfo info;
+    info.model = spec.name;
+    info.channels = spec.model.input.channels;
+    info.height = spec.model.input.height;
+    info.width = spec.model.input.width;
+    info.classes = spec.model.classes;
+    info.datasetKind = moec::spec::toString(spec.data.dataset);
+    info.datasetPath = spec.data.path;
+    auto specText = llvm::MemoryBuffer::getFile(positional[1]);
+    if (specText)
+      info.specJson = (*specText)->getBuffer().str();
+    FailureOr<std::string> bytes =
+        moec::buildArtifact(*module, cpuOptions.entry, info, *library);
+    if (failed(bytes))
+      return kExitFailure;
+    artifactBytes = std::move(*bytes);
+  }
 
   // Written to a temporary file and renamed into place ('-' is stdout).
   if (llvm::Error err = llvm::writeToOutput(
-          outputFilename, [&](llvm::raw_ostream &os) -> llvm::Error {
-            module->print(os);
-            os << "\n";
+          outputPath, [&](llvm::raw_ostream &os) -> llvm::Error {
+            switch (emitKind) {
+            case EmitKind::Mlir:
+            case EmitKind::Plan:
+              module->print(os);
+              os << "\n";
+              break;
+            case EmitKind::Llvm:
+              kernels->print(os);
+              os << "\n";
+              break;
+            case EmitKind::Artifact:
+              os << artifactBytes;
+              break;
+            }
             return llvm::Error::success();
           })) {
-    llvm::errs() << "moec: error: cannot write '" << outputFilename
+    llvm::errs() << "moec: error: cannot write '" << outputPath
                  << "': " << llvm::toString(std::move(err)) << "\n";
     return kExitFailure;
   }

@@ -49,4 +49,141 @@ def AnnotateCostsPass : Pass<"moe-annotate-costs", "mlir::ModuleOp"> {
   ];
 }
 
+//===----------------------------------------------------------------------===//
+// CPU lowering
+//===----------------------------------------------------------------------===//
+
+def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
+  let summary = "Outlines every moe op of an entry function into a per-image kernel.";
+  let description = [{
+    Turns the entry function (`entry`, default `infer`) into a flat plan: each
+    moe compute op becomes a `func.call` to a new kernel function, and the op's
+    results are written into destination tensors (`tensor.empty`) passed to
+    the call. Every other function is erased.
+
+    A kernel takes the op's operands, one destination per result, and an image
+    range `[begin, end)`; its body loops over the images in the range and
+    computes each image's slice with linalg/tensor/arith/math ops, written in
+    destination-passing style so one-shot bufferization updates the
+    destinations in place. The runtime splits the image range over threads.
+
+    Routing is expressed with parallel ops only: a token's rank among the
+    experts (or an expert's rank among the tokens) and a token's position in
+    its expert's queue are counting reductions, so dispatch and combine
+    tensors need no sequential loop.
+
+    Before:
+    ```mlir
+    func.func @infer(%x: tensor<8x50x64xf32>) -> tensor<8x50x64xf32> {
+      %y = moe.activation gelu %x : tensor<8x50x64xf32>
+      return %y : tensor<8x50x64xf32>
+    }
+    ```
+    After:
+    ```mlir
+    func.func @infer(%x: tensor<8x50x64xf32>) -> tensor<8x50x64xf32> {
+      %d = tensor.empty() : tensor<8x50x64xf32>
+      %y = call @moec_k0(%x, %d, %c0, %c8) {moe.op = "moe.activation", ...}
+      return %y : tensor<8x50x64xf32>
+    }
+    func.func @moec_k0(%x: tensor<8x50x64xf32>, %d: tensor<8x50x64xf32>,
+                       %begin: index, %end: index) -> tensor<8x50x64xf32> {
+      %r = scf.for %g = %begin to %end step %c1 iter_args(%acc = %d) ... {
+        // extract_slice image %g, linalg.generic (gelu), insert_slice
+      }
+      return %r : tensor<8x50x64xf32>
+    }
+    ```
+  }];
+  let dependentDialects = ["mlir::arith::ArithDialect", "mlir::func::FuncDialect",
+                           "mlir::linalg::LinalgDialect", "mlir::math::MathDialect",
+                           "mlir::scf::SCFDialect", "mlir::tensor::TensorDialect"];
+  let options = [
+    Option<"entry", "entry", "std::string", /*default=*/"\"infer\"",
+           "The entry function to turn into a plan">,
+  ];
+}
+
+def PlanMemoryPass : Pass<"moe-plan-memory", "mlir::ModuleOp"> {
+  let summary = "Assigns every tensor of a plan an offset in one arena.";
+  let description = [{
+    Runs on the plan produced by `moe-lower-to-kernels`. Parameters
+    (`moe.param`) get offsets in the parameter block (`moe.param_offset`, in
+    declaration order, 64-byte aligned); the entry's arguments, every
+    destination (`tensor.empty`) and so every intermediate get offsets in the
+    arena (`moe.arena_offset`). Arena offsets are assigned with liveness-based
+    reuse: a buffer is live from the call that writes it to the last call that
+    reads it, and buffers whose lifetimes overlap never overlap in memory
+    (greedy, largest first, lowest fitting offset). The entry function gets
+    `moe.arena_bytes` (the peak) and `moe.param_bytes`.
+
+    ```mlir
+    %d = tensor.empty() {moe.arena_offset = 204800 : i64} : tensor<8x50x64xf32>
+    ```
+  }];
+  let options = [
+    Option<"entry", "entry", "std::string", /*default=*/"\"infer\"",
+           "The plan function">,
+  ];
+}
+
+def DropPlanPass : Pass<"moe-drop-plan", "mlir::ModuleOp"> {
+  let summary = "Erases the plan function, keeping only kernels for codegen.";
+  let description = [{
+    After `moe-lower-to-kernels` and `moe-plan-memory` the plan function has
+    been read into the artifact; code generation only needs the kernels
+    (functions with the `moe.kernel` attribute). Every other function is
+    erased.
+  }];
+}
+
+def DropKernelResultsPass : Pass<"moe-drop-kernel-results", "mlir::ModuleOp"> {
+  let summary = "Removes bufferized kernel results that are destination arguments.";
+  let description = [{
+    After one-shot bufferization a kernel writes its results in place into
+    its destination arguments and returns those same memrefs. The runtime
+    ignores return values, so the results are removed (a result that is not
+    one of the function's arguments is an error): the kernel ABI is
+    `void kernel(buffers..., begin, end)`.
+
+    Before:
+    ```mlir
+    func.func @moec_k0(%x: memref<8x64xf32>, %d: memref<8x64xf32>, %b: index, %e: index) -> memref<8x64xf32> {
+      ...
+      return %d : memref<8x64xf32>
+    }
+    ```
+    After:
+    ```mlir
+    func.func @moec_k0(%x: memref<8x64xf32>, %d: memref<8x64xf32>, %b: index, %e: index) {
+      ...
+      return
+    }
+    ```
+  }];
+}
+
+def ExpandCopiesPass : Pass<"moe-expand-copies"> {
+  let summary = "Rewrites memref.copy into linalg.copy.";
+  let description = [{
+    Bufferization copies strided views with `memref.copy`, which the LLVM
+    lowering turns into a call to MLIR's C runner library for non-contiguous
+    layouts. Kernels must be self-contained, so copies become `linalg.copy`
+    and are lowered to loops with every other linalg op.
+  }];
+  let dependentDialects = ["mlir::linalg::LinalgDialect"];
+}
+
+def ApproximateMathPass : Pass<"moe-approximate-math"> {
+  let summary = "Replaces math functions by vectorizable polynomial approximations.";
+  let description = [{
+    Rewrites `math.erf`, `math.tanh`, `math.exp` and the other functions
+    MLIR's polynomial approximations cover (f32, scalar or vector) into
+    arithmetic, so they need no libm call and vectorize. Relative error of
+    the approximations is a few ulp.
+  }];
+  let dependentDialects = ["mlir::arith::ArithDialect", "mlir::math::MathDialect",
+                           "mlir::vector::VectorDialect"];
+}
+
 #endif // MOEC_PASSES_PASSES_TD

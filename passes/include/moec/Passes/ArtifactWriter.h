@@ -1,0 +1,41 @@
+//===- ArtifactWriter.h - write a .moec artifact ----------------*- C++ -*-===//
+//
+// Packs a compiled model into the container of runtime/include/moec/Runtime/
+// ArtifactFormat.h: the manifest and plan (JSON, read off the plan function
+// that moe-plan-memory annotated) and the kernel library.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_PASSES_ARTIFACTWRITER_H
+#define MOEC_PASSES_ARTIFACTWRITER_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Support/LLVM.h"
+
+#include <cstdint>
+#include <string>
+
+namespace moec {
+
+/// What the manifest says about the model beyond the plan itself.
+struct ArtifactModelInfo {
+  std::string model;
+  std::string target = "cpu";
+  int64_t channels = 0, height = 0, width = 0;
+  int64_t classes = 0;
+  std::string datasetKind;
+  std::string datasetPath;
+  /// The user's spec, verbatim JSON text (kept in the manifest).
+  std::string specJson;
+};
+
+/// Builds the artifact bytes from `plan` (a module whose function `entry`
+/// went through moe-lower-to-kernels and moe-plan-memory) and the kernel
+/// library. Fails with a diagnostic on `plan` if the plan is malformed.
+mlir::FailureOr<std::string>
+buildArtifact(mlir::ModuleOp plan, llvm::StringRef entry,
+              const ArtifactModelInfo &info, llvm::StringRef kernelLibrary);
+
+} // namespace moec
+
+#endif // MOEC_PASSES_ARTIFACTWRITER_H

@@ -1,0 +1,36 @@
+//===- CpuTarget.h - native code for the CPU kernels ------------*- C++ -*-===//
+//
+// Turns the kernels of a plan (lowered to the LLVM dialect by
+// moe-cpu-codegen) into an x86-64 ELF shared object: translation to LLVM IR,
+// the `void kernel(void **args, int64_t begin, int64_t end)` entry wrappers
+// the runtime calls, LLVM's -O3 pipeline for the host CPU, object emission
+// through LLVM's TargetMachine and an in-process lld link. No external tool
+// runs.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_PASSES_CPUTARGET_H
+#define MOEC_PASSES_CPUTARGET_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Support/LLVM.h"
+
+#include <string>
+
+namespace moec {
+
+struct CpuTargetOptions {
+  /// LLVM CPU name; "native" means the machine moec runs on.
+  std::string cpu = "native";
+  /// If set, the optimized LLVM IR is written here (debugging).
+  std::string dumpLLVMIRPath;
+};
+
+/// Returns the bytes of the shared object, or fails after emitting a
+/// diagnostic on `module`.
+mlir::FailureOr<std::string>
+buildCpuKernelLibrary(mlir::ModuleOp module, const CpuTargetOptions &options);
+
+} // namespace moec
+
+#endif // MOEC_PASSES_CPUTARGET_H

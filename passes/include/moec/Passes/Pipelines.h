@@ -1,0 +1,37 @@
+//===- Pipelines.h - moec's named pass pipelines ----------------*- C++ -*-===//
+
+#ifndef MOEC_PASSES_PIPELINES_H
+#define MOEC_PASSES_PIPELINES_H
+
+#include "mlir/Pass/PassOptions.h"
+
+namespace mlir {
+class OpPassManager;
+} // namespace mlir
+
+namespace moec {
+
+struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions> {
+  Option<std::string> entry{*this, "entry",
+                            llvm::cl::desc("The entry function to compile"),
+                            llvm::cl::init("infer")};
+  Option<int64_t> maxStackBufferBytes{
+      *this, "max-stack-buffer-bytes",
+      llvm::cl::desc("Kernel temporaries up to this size live on the stack"),
+      llvm::cl::init(256 * 1024)};
+};
+
+/// moe -> per-image kernels + a plan function with arena offsets.
+void buildCpuPlanPipeline(mlir::OpPassManager &pm,
+                          const CpuPipelineOptions &options);
+/// Kernels -> LLVM dialect: bufferization, loops, LLVM conversion. Kernels
+/// take their buffers as bare pointers.
+void buildCpuCodegenPipeline(mlir::OpPassManager &pm,
+                             const CpuPipelineOptions &options);
+
+/// Registers moe-cpu-plan and moe-cpu-codegen.
+void registerMoEPipelines();
+
+} // namespace moec
+
+#endif // MOEC_PASSES_PIPELINES_H

@@ -1,0 +1,159 @@
+//===- CpuPipeline.cpp - the CPU lowering pipeline ------------------------===//
+//
+// moe-drop-plan, moe-approximate-math, and the named pipelines:
+//   moe-cpu-plan     moe -> plan of per-image kernels with a memory plan
+//   moe-cpu-codegen  kernels -> bufferized -> LLVM dialect (bare-pointer ABI)
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Passes/Passes.h"
+#include "moec/Passes/Pipelines.h"
+
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Bufferization/Pipelines/Passes.h"
+#include "mlir/Dialect/Bufferization/Transforms/Passes.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Linalg/Passes.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Math/Transforms/Passes.h"
+#include "mlir/Dialect/MemRef/Transforms/Passes.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "mlir/Transforms/Passes.h"
+
+namespace moec {
+#define GEN_PASS_DEF_DROPPLANPASS
+#define GEN_PASS_DEF_APPROXIMATEMATHPASS
+#define GEN_PASS_DEF_EXPANDCOPIESPASS
+#define GEN_PASS_DEF_DROPKERNELRESULTSPASS
+#include "moec/Passes/Passes.h.inc"
+} // namespace moec
+
+using namespace mlir;
+
+namespace {
+struct DropPlanPass : public moec::impl::DropPlanPassBase<DropPlanPass> {
+  void runOnOperation() override {
+    for (auto fn : llvm::make_early_inc_range(
+             getOperation().getOps<func::FuncOp>()))
+      if (!fn->hasAttr("moe.kernel"))
+        fn.erase();
+  }
+};
+
+struct DropKernelResultsPass
+    : public moec::impl::DropKernelResultsPassBase<DropKernelResultsPass> {
+  void runOnOperation() override {
+    for (auto fn : getOperation().getOps<func::FuncOp>()) {
+      if (!fn->hasAttr("moe.kernel") || fn.isExternal())
+        continue;
+      auto ret = cast<func::ReturnOp>(fn.getBody().front().getTerminator());
+      for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
+        if (!isa<BlockArgument>(v)) {
+          ret.emitOpError() << "kernel result #" << i
+                            << " is not written in place into an argument";
+          return signalPassFailure();
+        }
+      }
+      ret->setOperands({});
+      fn.setType(FunctionType::get(&getContext(), fn.getArgumentTypes(), {}));
+    }
+  }
+};
+
+struct ExpandCopiesPass
+    : public moec::impl::ExpandCopiesPassBase<ExpandCopiesPass> {
+  void runOnOperation() override {
+    getOperation()->walk([](memref::CopyOp copy) {
+      OpBuilder b(copy);
+      linalg::CopyOp::create(b, copy.getLoc(), copy.getSource(),
+                             copy.getTarget());
+      copy.erase();
+    });
+  }
+};
+
+struct ApproximateMathPass
+    : public moec::impl::ApproximateMathPassBase<ApproximateMathPass> {
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateMathPolynomialApproximationPatterns(patterns);
+    if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
+      return signalPassFailure();
+  }
+};
+} // namespace
+
+void moec::buildCpuPlanPipeline(OpPassManager &pm,
+                                const CpuPipelineOptions &options) {
+  LowerToKernelsPassOptions lower;
+  lower.entry = options.entry;
+  pm.addPass(createLowerToKernelsPass(lower));
+  PlanMemoryPassOptions plan;
+  plan.entry = options.entry;
+  pm.addPass(createPlanMemoryPass(plan));
+}
+
+void moec::buildCpuCodegenPipeline(OpPassManager &pm,
+                                   const CpuPipelineOptions &options) {
+  pm.addPass(createDropPlanPass());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+
+  bufferization::OneShotBufferizePassOptions bufferize;
+  bufferize.bufferizeFunctionBoundaries = true;
+  bufferize.functionBoundaryTypeConversion =
+      bufferization::LayoutMapOption::IdentityLayoutMap;
+  pm.addPass(bufferization::createOneShotBufferizePass(bufferize));
+  // cse before canonicalize: bufferization leaves memref.copy %x, %x
+  // self-copies that only fold away once cse has merged the subviews.
+  pm.addPass(createCSEPass());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createDropKernelResultsPass());
+  pm.addNestedPass<func::FuncOp>(bufferization::createBufferLoopHoistingPass());
+  bufferization::PromoteBuffersToStackPassOptions stack;
+  stack.maxAllocSizeInBytes = options.maxStackBufferBytes;
+  stack.maxRankOfAllocatedMemRef = 4;
+  pm.addNestedPass<func::FuncOp>(
+      bufferization::createPromoteBuffersToStackPass(stack));
+  bufferization::BufferDeallocationPipelineOptions dealloc;
+  bufferization::buildBufferDeallocationPipeline(pm, dealloc);
+
+  pm.addPass(createExpandCopiesPass());
+  pm.addPass(createConvertLinalgToLoopsPass());
+  pm.addPass(createApproximateMathPass());
+  pm.addPass(createSCFToControlFlowPass());
+  pm.addPass(memref::createExpandStridedMetadataPass());
+  pm.addPass(createLowerAffinePass());
+  pm.addPass(createFinalizeMemRefToLLVMConversionPass());
+  pm.addPass(createConvertMathToLLVMPass());
+  pm.addPass(createArithToLLVMConversionPass());
+  ConvertFuncToLLVMPassOptions func;
+  func.useBarePtrCallConv = true;
+  pm.addPass(createConvertFuncToLLVMPass(func));
+  pm.addPass(createConvertControlFlowToLLVMPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+  pm.addPass(createCanonicalizerPass());
+}
+
+void moec::registerMoEPipelines() {
+  PassPipelineRegistration<CpuPipelineOptions>(
+      "moe-cpu-plan",
+      "Lower an entry function into a plan of per-image kernels with a memory "
+      "plan",
+      [](OpPassManager &pm, const CpuPipelineOptions &options) {
+        buildCpuPlanPipeline(pm, options);
+      });
+  PassPipelineRegistration<CpuPipelineOptions>(
+      "moe-cpu-codegen",
+      "Compile the kernels of a plan to the LLVM dialect (bare-pointer ABI)",
+      [](OpPassManager &pm, const CpuPipelineOptions &options) {
+        buildCpuCodegenPipeline(pm, options);
+      });
+}

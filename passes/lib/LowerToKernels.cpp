@@ -1,0 +1,924 @@
+//===- LowerToKernels.cpp - moe-lower-to-kernels --------------------------===//
+//
+// Outlines every moe op of the entry function into a kernel that computes a
+// range of images. Each kernel body is linalg/tensor/arith/math on tensors
+// in destination-passing style: one-shot bufferization then writes straight
+// into the destination buffers the memory plan assigns.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Passes/Passes.h"
+
+#include "moec/Dialect/MoE/MoEOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <cmath>
+
+namespace moec {
+#define GEN_PASS_DEF_LOWERTOKERNELSPASS
+#include "moec/Passes/Passes.h.inc"
+} // namespace moec
+
+using namespace mlir;
+using namespace moec;
+using namespace moec::moe;
+using utils::IteratorType;
+
+namespace {
+constexpr IteratorType kPar = IteratorType::parallel;
+constexpr IteratorType kRed = IteratorType::reduction;
+
+using BodyFn = function_ref<Value(OpBuilder &, Location, ValueRange)>;
+
+/// Builds the per-image computation of one kernel: small helpers over
+/// linalg on static f32 tensors.
+class ImageBuilder {
+public:
+  ImageBuilder(OpBuilder &b, Location loc)
+      : b(b), loc(loc), f32(b.getF32Type()) {}
+
+  RankedTensorType type(ArrayRef<int64_t> shape) {
+    return RankedTensorType::get(shape, f32);
+  }
+  static ArrayRef<int64_t> shape(Value v) {
+    return cast<RankedTensorType>(v.getType()).getShape();
+  }
+  Value empty(ArrayRef<int64_t> shape) {
+    return tensor::EmptyOp::create(b, loc, shape, f32);
+  }
+  Value cst(double v) {
+    return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+  }
+  Value fill(Value dest, double v) {
+    return linalg::FillOp::create(b, loc, ValueRange{cst(v)}, ValueRange{dest})
+        .getResult(0);
+  }
+  Value fill(ArrayRef<int64_t> shape, double v) { return fill(empty(shape), v); }
+
+  /// (d0, ..., dn-1) -> (d[dims[0]], ...).
+  AffineMap map(unsigned numDims, ArrayRef<unsigned> dims) {
+    SmallVector<AffineExpr> exprs;
+    for (unsigned d : dims)
+      exprs.push_back(b.getAffineDimExpr(d));
+    return AffineMap::get(numDims, 0, exprs, b.getContext());
+  }
+  AffineMap mapExprs(unsigned numDims, ArrayRef<AffineExpr> exprs) {
+    return AffineMap::get(numDims, 0, exprs, b.getContext());
+  }
+  AffineMap identity(unsigned rank) {
+    return AffineMap::getMultiDimIdentityMap(rank, b.getContext());
+  }
+
+  /// A linalg.generic with one output `dest`; `body` gets the input element
+  /// values followed by the output's and returns the new output value.
+  Value generic(ValueRange ins, Value dest, ArrayRef<AffineMap> maps,
+                ArrayRef<IteratorType> iters,
+                function_ref<Value(OpBuilder &, Location, ValueRange)> body) {
+    auto op = linalg::GenericOp::create(
+        b, loc, TypeRange{dest.getType()}, ins, ValueRange{dest}, maps, iters,
+        [&](OpBuilder &nb, Location nl, ValueRange args) {
+          linalg::YieldOp::create(nb, nl, body(nb, nl, args));
+        });
+    return op.getResult(0);
+  }
+
+  /// Element-wise map over same-shaped operands into `dest`.
+  Value elementwise(ValueRange ins, Value dest,
+                    function_ref<Value(OpBuilder &, Location, ValueRange)> body) {
+    unsigned rank = shape(dest).size();
+    SmallVector<AffineMap> maps(ins.size() + 1, identity(rank));
+    SmallVector<IteratorType> iters(rank, kPar);
+    return generic(ins, dest, maps, iters, body);
+  }
+
+  Value add(Value x, Value y, Value dest) {
+    return elementwise({x, y}, dest, [](OpBuilder &nb, Location nl,
+                                        ValueRange a) -> Value {
+      return arith::AddFOp::create(nb, nl, a[0], a[1]);
+    });
+  }
+
+  static Value applyActivation(OpBuilder &nb, Location nl, Activation kind,
+                               Value x) {
+    auto c = [&](double v) -> Value {
+      return arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v));
+    };
+    switch (kind) {
+    case Activation::Gelu: {
+      // 0.5 x (1 + erf(x / sqrt(2)))
+      Value e = math::ErfOp::create(
+          nb, nl, arith::MulFOp::create(nb, nl, x, c(M_SQRT1_2)));
+      Value h = arith::MulFOp::create(nb, nl, x, c(0.5));
+      return arith::MulFOp::create(nb, nl, h,
+                                   arith::AddFOp::create(nb, nl, e, c(1.0)));
+    }
+    case Activation::GeluTanh: {
+      // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+      Value x3 = arith::MulFOp::create(
+          nb, nl, x, arith::MulFOp::create(nb, nl, x, x));
+      Value inner = arith::AddFOp::create(
+          nb, nl, x, arith::MulFOp::create(nb, nl, x3, c(0.044715)));
+      Value t = math::TanhOp::create(
+          nb, nl, arith::MulFOp::create(nb, nl, inner, c(0.7978845608028654)));
+      Value h = arith::MulFOp::create(nb, nl, x, c(0.5));
+      return arith::MulFOp::create(nb, nl, h,
+                                   arith::AddFOp::create(nb, nl, t, c(1.0)));
+    }
+    case Activation::Relu:
+      return arith::MaximumFOp::create(nb, nl, x, c(0.0));
+    case Activation::Silu: {
+      // x / (1 + exp(-x))
+      Value e = math::ExpOp::create(nb, nl, arith::NegFOp::create(nb, nl, x));
+      return arith::DivFOp::create(nb, nl, x,
+                                   arith::AddFOp::create(nb, nl, e, c(1.0)));
+    }
+    }
+    llvm_unreachable("unknown activation");
+  }
+
+  Value activation(Activation kind, Value x, Value dest) {
+    return elementwise({x}, dest,
+                       [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                         return applyActivation(nb, nl, kind, a[0]);
+                       });
+  }
+
+  /// dest[m, n] = bias[n] (or 0) + sum_k a[m, k] w[k, n].
+  Value matmul(Value a, Value w, Value bias, Value dest) {
+    Value init = bias ? broadcast(bias, dest, {0}) : fill(dest, 0.0);
+    return linalg::MatmulOp::create(b, loc, TypeRange{dest.getType()},
+                                    ValueRange{a, w}, ValueRange{init})
+        .getResult(0);
+  }
+
+  /// dest[n] = bias[n] + sum_k a[k] w[k, n].
+  Value vecmat(Value a, Value w, Value bias, Value dest) {
+    Value init = bias ? copy(bias, dest) : fill(dest, 0.0);
+    return linalg::VecmatOp::create(b, loc, TypeRange{dest.getType()},
+                                    ValueRange{a, w}, ValueRange{init})
+        .getResult(0);
+  }
+
+  /// dest[e, m, n] = bias[e, n] + sum_k a[e, m, k] w[e, k, n].
+  Value batchMatmul(Value a, Value w, Value bias, Value dest) {
+    Value init = broadcast(bias, dest, {1});
+    return linalg::BatchMatmulOp::create(b, loc, TypeRange{dest.getType()},
+                                         ValueRange{a, w}, ValueRange{init})
+        .getResult(0);
+  }
+
+  Value broadcast(Value src, Value dest, ArrayRef<int64_t> dims) {
+    return linalg::BroadcastOp::create(b, loc, src, dest, dims).getResult()[0];
+  }
+  Value copy(Value src, Value dest) {
+    return linalg::CopyOp::create(b, loc, src, dest).getResult(0);
+  }
+  Value transpose(Value src, ArrayRef<int64_t> perm) {
+    SmallVector<int64_t> out;
+    for (int64_t p : perm)
+      out.push_back(shape(src)[p]);
+    return linalg::TransposeOp::create(b, loc, src, empty(out), perm)
+        .getResult()[0];
+  }
+
+  /// Row statistics of x [M, N]: reduce the last dimension into [M].
+  Value reduceRows(Value x, double init,
+                   function_ref<Value(OpBuilder &, Location, Value, Value)> f,
+                   ArrayRef<Value> extraRowInputs = {}) {
+    int64_t m = shape(x)[0];
+    SmallVector<Value> ins{x};
+    SmallVector<AffineMap> maps{map(2, {0, 1})};
+    for (Value v : extraRowInputs) {
+      ins.push_back(v);
+      maps.push_back(map(2, {0}));
+    }
+    maps.push_back(map(2, {0}));
+    return generic(ins, fill({m}, init), maps, {kPar, kRed},
+                   [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                     Value v = a[0];
+                     if (!extraRowInputs.empty())
+                       v = arith::SubFOp::create(nb, nl, v, a[1]);
+                     return f(nb, nl, v, a.back());
+                   });
+  }
+
+  /// y = (x - mean) / sqrt(var + eps) * gamma + beta over the last dim.
+  Value layerNorm(Value x, Value gamma, Value beta, double eps, Value dest) {
+    int64_t d = shape(x)[1];
+    auto sum = [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+      return arith::AddFOp::create(nb, nl, acc, v);
+    };
+    Value total = reduceRows(x, 0.0, sum);
+    Value mean = elementwise({total}, empty({shape(x)[0]}),
+                             [&](OpBuilder &nb, Location nl, ValueRange a) {
+                               return arith::MulFOp::create(
+                                          nb, nl, a[0],
+                                          arith::ConstantOp::create(
+                                              nb, nl, nb.getF32FloatAttr(1.0 / d)))
+                                   .getResult();
+                             });
+    Value sq = reduceRows(
+        x, 0.0,
+        [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+          return arith::AddFOp::create(nb, nl, acc,
+                                       arith::MulFOp::create(nb, nl, v, v));
+        },
+        {mean});
+    return generic(
+        {x, mean, sq, gamma, beta}, dest,
+        {map(2, {0, 1}), map(2, {0}), map(2, {0}), map(2, {1}), map(2, {1}),
+         map(2, {0, 1})},
+        {kPar, kPar}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          auto c = [&](double v) -> Value {
+            return arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v));
+          };
+          Value var = arith::MulFOp::create(nb, nl, a[2], c(1.0 / d));
+          Value inv = math::RsqrtOp::create(
+              nb, nl, arith::AddFOp::create(nb, nl, var, c(eps)));
+          Value centered = arith::SubFOp::create(nb, nl, a[0], a[1]);
+          Value norm = arith::MulFOp::create(nb, nl, centered, inv);
+          return arith::AddFOp::create(
+              nb, nl, arith::MulFOp::create(nb, nl, norm, a[3]), a[4]);
+        });
+  }
+
+  /// dest = softmax over the last dim of (x * scale), x [M, N].
+  Value softmaxRows(Value x, double scale, Value dest) {
+    Value mx = reduceRows(
+        x, -INFINITY, [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+          return arith::MaximumFOp::create(nb, nl, acc, v);
+        });
+    auto expOf = [&](OpBuilder &nb, Location nl, Value v, Value m) -> Value {
+      Value s = arith::SubFOp::create(nb, nl, v, m);
+      if (scale != 1.0)
+        s = arith::MulFOp::create(
+            nb, nl, s,
+            arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale)));
+      return math::ExpOp::create(nb, nl, s);
+    };
+    Value sum = reduceRows(
+        x, 0.0,
+        [&](OpBuilder &nb, Location nl, Value centered, Value acc) -> Value {
+          Value s = centered;
+          if (scale != 1.0)
+            s = arith::MulFOp::create(
+                nb, nl, s,
+                arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale)));
+          return arith::AddFOp::create(nb, nl, acc,
+                                       math::ExpOp::create(nb, nl, s));
+        },
+        {mx});
+    return generic({x, mx, sum}, dest,
+                   {map(2, {0, 1}), map(2, {0}), map(2, {0}), map(2, {0, 1})},
+                   {kPar, kPar},
+                   [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                     return arith::DivFOp::create(nb, nl, expOf(nb, nl, a[0], a[1]),
+                                                  a[2]);
+                   });
+  }
+
+  /// rank[s, e] = #{e2 : score[s, e2] > score[s, e] or (equal and e2 < e)}:
+  /// 0 for each token's best expert (ties go to the lower index).
+  Value rankAlongLastDim(Value score) {
+    ArrayRef<int64_t> s = shape(score);
+    return generic({score, score}, fill(s, 0.0),
+                   {map(3, {0, 2}), map(3, {0, 1}), map(3, {0, 1})},
+                   {kPar, kPar, kRed},
+                   [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                     Value mine = linalg::IndexOp::create(nb, nl, 1);
+                     Value other = linalg::IndexOp::create(nb, nl, 2);
+                     return countIf(nb, nl, a[0], a[1], other, mine, a[2]);
+                   });
+  }
+
+  /// rank[s, e] = #{s2 : score[s2, e] > score[s, e] or (equal and s2 < s)}.
+  Value rankAlongFirstDim(Value score) {
+    ArrayRef<int64_t> s = shape(score);
+    return generic({score, score}, fill(s, 0.0),
+                   {map(3, {2, 1}), map(3, {0, 1}), map(3, {0, 1})},
+                   {kPar, kPar, kRed},
+                   [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                     Value mine = linalg::IndexOp::create(nb, nl, 0);
+                     Value other = linalg::IndexOp::create(nb, nl, 2);
+                     return countIf(nb, nl, a[0], a[1], other, mine, a[2]);
+                   });
+  }
+
+  /// acc + (other beats mine ? 1 : 0), ties broken by the lower index.
+  static Value countIf(OpBuilder &nb, Location nl, Value otherVal,
+                       Value mineVal, Value otherIdx, Value mineIdx,
+                       Value acc) {
+    Value gt = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OGT,
+                                     otherVal, mineVal);
+    Value eq = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                     otherVal, mineVal);
+    Value lower = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult,
+                                        otherIdx, mineIdx);
+    Value beats = arith::OrIOp::create(
+        nb, nl, gt, arith::AndIOp::create(nb, nl, eq, lower));
+    Value one = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(1.0));
+    Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+    return arith::AddFOp::create(
+        nb, nl, acc, arith::SelectOp::create(nb, nl, beats, one, zero));
+  }
+
+  /// For top-k routing with expert ranks `rank` [S, E]: the position of token
+  /// s in expert e's queue, where all first choices (in token order) come
+  /// before all second choices, and so on (V-MoE's priority).
+  Value queuePosition(Value rank, int64_t k) {
+    ArrayRef<int64_t> s = shape(rank);
+    return generic(
+        {rank, rank}, fill(s, 0.0),
+        {map(3, {2, 1}), map(3, {0, 1}), map(3, {0, 1})}, {kPar, kPar, kRed},
+        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
+          Value chosen = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OLT,
+                                               a[0], kk);
+          Value mine = linalg::IndexOp::create(nb, nl, 0);
+          Value other = linalg::IndexOp::create(nb, nl, 2);
+          Value lt = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OLT,
+                                           a[0], a[1]);
+          Value eq = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                           a[0], a[1]);
+          Value before = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult,
+                                               other, mine);
+          Value earlier = arith::OrIOp::create(
+              nb, nl, lt, arith::AndIOp::create(nb, nl, eq, before));
+          Value counts = arith::AndIOp::create(nb, nl, chosen, earlier);
+          Value one = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(1.0));
+          Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+          return arith::AddFOp::create(
+              nb, nl, a[2], arith::SelectOp::create(nb, nl, counts, one, zero));
+        });
+  }
+
+  OpBuilder &b;
+  Location loc;
+  Type f32;
+};
+
+/// Index of the image dimension of an operand or result of `op` (every
+/// activation tensor has one; parameters have none).
+int64_t imageDim(Operation *op, Value v, bool isResult) {
+  if (!isResult && v.getDefiningOp<ParamOp>())
+    return -1;
+  if (isa<ExpertsOp>(op))
+    return 1;
+  if (isResult && isa<DispatchOp>(op))
+    return 1;
+  if (!isResult && isa<CombineOp>(op) && v == cast<CombineOp>(op).getInput())
+    return 1;
+  return 0;
+}
+
+/// Slices image `g` out of `full` along `dim`, dropping that dimension.
+Value sliceImage(OpBuilder &b, Location loc, Value full, int64_t dim,
+                 Value g) {
+  auto type = cast<RankedTensorType>(full.getType());
+  SmallVector<OpFoldResult> offsets(type.getRank(), b.getIndexAttr(0));
+  SmallVector<OpFoldResult> sizes, strides(type.getRank(), b.getIndexAttr(1));
+  SmallVector<int64_t> reduced;
+  for (int64_t i = 0; i < type.getRank(); ++i) {
+    sizes.push_back(b.getIndexAttr(i == dim ? 1 : type.getDimSize(i)));
+    if (i != dim)
+      reduced.push_back(type.getDimSize(i));
+  }
+  offsets[dim] = g;
+  auto resultType = RankedTensorType::get(reduced, type.getElementType());
+  return tensor::ExtractSliceOp::create(b, loc, resultType, full, offsets,
+                                        sizes, strides);
+}
+
+Value insertImage(OpBuilder &b, Location loc, Value slice, Value full,
+                  int64_t dim, Value g) {
+  auto type = cast<RankedTensorType>(full.getType());
+  SmallVector<OpFoldResult> offsets(type.getRank(), b.getIndexAttr(0));
+  SmallVector<OpFoldResult> sizes, strides(type.getRank(), b.getIndexAttr(1));
+  for (int64_t i = 0; i < type.getRank(); ++i)
+    sizes.push_back(b.getIndexAttr(i == dim ? 1 : type.getDimSize(i)));
+  offsets[dim] = g;
+  return tensor::InsertSliceOp::create(b, loc, slice, full, offsets, sizes,
+                                       strides);
+}
+
+FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
+                                         ArrayRef<Value> in,
+                                         ArrayRef<Value> dests);
+
+/// Computes one image of `op` from per-image operands `in` into the
+/// per-image destinations `dests`; returns the per-image results.
+FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
+                                        ArrayRef<Value> in,
+                                        ArrayRef<Value> dests) {
+  OpBuilder &b = ib.b;
+  Location loc = ib.loc;
+  using R = FailureOr<SmallVector<Value>>;
+  auto one = [](Value v) -> R { return SmallVector<Value>{v}; };
+
+  return llvm::TypeSwitch<Operation *, R>(op)
+      .Case([&](PatchEmbedOp o) -> R {
+        ArrayRef<int64_t> img = ImageBuilder::shape(in[0]); // [C, H, W]
+        int64_t p = o.getPatchSize(), c = img[0];
+        int64_t hp = img[1] / p, wp = img[2] / p;
+        auto expanded = tensor::ExpandShapeOp::create(
+            b, loc, ib.type({c, hp, p, wp, p}), in[0],
+            ArrayRef<ReassociationIndices>{{0}, {1, 2}, {3, 4}});
+        Value patches = ib.transpose(expanded, {1, 3, 0, 2, 4});
+        Value rows = tensor::CollapseShapeOp::create(
+            b, loc, ib.type({hp * wp, c * p * p}), patches,
+            ArrayRef<ReassociationIndices>{{0, 1}, {2, 3, 4}});
+        return one(ib.matmul(rows, in[1], in[2], dests[0]));
+      })
+      .Case([&](ClassTokenOp o) -> R {
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [S, D]
+        SmallVector<OpFoldResult> ones(2, b.getIndexAttr(1));
+        Value d = tensor::InsertSliceOp::create(
+            b, loc, in[1], dests[0],
+            ArrayRef<OpFoldResult>{b.getIndexAttr(0), b.getIndexAttr(0)},
+            ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(x[1])},
+            ones);
+        d = tensor::InsertSliceOp::create(
+            b, loc, in[0], d,
+            ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(0)},
+            ArrayRef<OpFoldResult>{b.getIndexAttr(x[0]), b.getIndexAttr(x[1])},
+            ones);
+        return one(d);
+      })
+      .Case([&](PosEmbedOp) -> R { return one(ib.add(in[0], in[1], dests[0])); })
+      .Case([&](AddOp) -> R { return one(ib.add(in[0], in[1], dests[0])); })
+      .Case([&](ActivationOp o) -> R {
+        return one(ib.activation(o.getKind(), in[0], dests[0]));
+      })
+      .Case([&](LayerNormOp o) -> R {
+        if (ImageBuilder::shape(in[0]).size() != 2)
+          return o.emitOpError() << "kernel lowering expects [N, S, D] input";
+        return one(ib.layerNorm(in[0], in[1], in[2],
+                                o.getEpsilon().convertToDouble(), dests[0]));
+      })
+      .Case([&](DenseOp o) -> R {
+        Value bias = o.getBias() ? in[2] : Value();
+        switch (ImageBuilder::shape(in[0]).size()) {
+        case 1:
+          return one(ib.vecmat(in[0], in[1], bias, dests[0]));
+        case 2:
+          return one(ib.matmul(in[0], in[1], bias, dests[0]));
+        default:
+          return o.emitOpError() << "kernel lowering expects [N, K] or "
+                                    "[N, S, K] input";
+        }
+      })
+      .Case([&](ClassifierHeadOp) -> R {
+        return one(ib.vecmat(in[0], in[1], in[2], dests[0]));
+      })
+      .Case([&](PoolOp o) -> R {
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [S, D]
+        if (o.getKind() == PoolKind::Cls) {
+          Value row = tensor::ExtractSliceOp::create(
+              b, loc, ib.type({x[1]}), in[0],
+              ArrayRef<OpFoldResult>{b.getIndexAttr(0), b.getIndexAttr(0)},
+              ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(x[1])},
+              ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(1)});
+          return one(ib.copy(row, dests[0]));
+        }
+        Value sum = ib.generic(
+            {in[0]}, ib.fill(dests[0], 0.0), {ib.map(2, {1, 0}), ib.map(2, {0})},
+            {kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+              return arith::AddFOp::create(nb, nl, a[1], a[0]);
+            });
+        double inv = 1.0 / x[0];
+        return one(ib.elementwise(
+            {sum}, ib.empty({x[1]}),
+            [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+              return arith::MulFOp::create(
+                  nb, nl, a[0],
+                  arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(inv)));
+            }));
+      })
+      .Case([&](AttentionOp o) -> R {
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [S, D]
+        int64_t s = x[0], d = x[1], heads = o.getHeads(), dh = d / heads;
+        Value qkv = ib.matmul(in[0], in[1], in[2], ib.empty({s, 3 * d}));
+        Value heads_out = ib.empty({s, d});
+        SmallVector<OpFoldResult> ones(2, b.getIndexAttr(1));
+        auto cols = [&](Value src, int64_t first, int64_t width) -> Value {
+          return tensor::ExtractSliceOp::create(
+              b, loc, ib.type({s, width}), src,
+              ArrayRef<OpFoldResult>{b.getIndexAttr(0), b.getIndexAttr(first)},
+              ArrayRef<OpFoldResult>{b.getIndexAttr(s), b.getIndexAttr(width)},
+              ones);
+        };
+        double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+        for (int64_t h = 0; h < heads; ++h) {
+          Value q = cols(qkv, h * dh, dh);
+          Value kt = ib.transpose(cols(qkv, d + h * dh, dh), {1, 0});
+          Value v = cols(qkv, 2 * d + h * dh, dh);
+          Value scores = ib.matmul(q, kt, Value(), ib.empty({s, s}));
+          Value probs = ib.softmaxRows(scores, scale, ib.empty({s, s}));
+          Value out = ib.matmul(probs, v, Value(), ib.empty({s, dh}));
+          heads_out = tensor::InsertSliceOp::create(
+              b, loc, out, heads_out,
+              ArrayRef<OpFoldResult>{b.getIndexAttr(0), b.getIndexAttr(h * dh)},
+              ArrayRef<OpFoldResult>{b.getIndexAttr(s), b.getIndexAttr(dh)},
+              ones);
+        }
+        return one(ib.matmul(heads_out, in[3], in[4], dests[0]));
+      })
+      .Case([&](RouterOp o) -> R { return emitRouter(o, ib, in, dests); })
+      .Case([&](DispatchOp) -> R {
+        // out[e, c, d] = sum_s D[s, e, c] x[s, d]
+        return one(ib.generic(
+            {in[1], in[0]}, ib.fill(dests[0], 0.0),
+            {ib.map(4, {3, 0, 1}), ib.map(4, {3, 2}), ib.map(4, {0, 1, 2})},
+            {kPar, kPar, kPar, kRed},
+            [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+              return arith::AddFOp::create(
+                  nb, nl, a[2], arith::MulFOp::create(nb, nl, a[0], a[1]));
+            }));
+      })
+      .Case([&](ExpertsOp o) -> R {
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
+        int64_t hidden = ImageBuilder::shape(in[1])[2];
+        Value h = ib.batchMatmul(in[0], in[1], in[2],
+                                 ib.empty({x[0], x[1], hidden}));
+        h = ib.activation(o.getActivation(), h, ib.empty({x[0], x[1], hidden}));
+        return one(ib.batchMatmul(h, in[3], in[4], dests[0]));
+      })
+      .Case([&](CombineOp) -> R {
+        // out[s, d] = sum_{e, c} C[s, e, c] y[e, c, d]
+        return one(ib.generic(
+            {in[1], in[0]}, ib.fill(dests[0], 0.0),
+            {ib.map(4, {0, 2, 3}), ib.map(4, {2, 3, 1}), ib.map(4, {0, 1})},
+            {kPar, kPar, kRed, kRed},
+            [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+              return arith::AddFOp::create(
+                  nb, nl, a[2], arith::MulFOp::create(nb, nl, a[0], a[1]));
+            }));
+      })
+      .Case([&](SharedExpertOp o) -> R {
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [S, D]
+        int64_t hidden = ImageBuilder::shape(in[1])[1];
+        Value h = ib.matmul(in[0], in[1], in[2], ib.empty({x[0], hidden}));
+        h = ib.activation(o.getActivation(), h, ib.empty({x[0], hidden}));
+        return one(ib.matmul(h, in[3], in[4], dests[0]));
+      })
+      .Default([&](Operation *other) -> R {
+        return other->emitOpError()
+               << "has no per-image kernel lowering (it is not part of "
+                  "inference)";
+      });
+}
+
+/// Per-image router: logits, then dispatch and combine from parallel
+/// counting reductions (see moe.router's description for the semantics).
+FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
+                                         ArrayRef<Value> in,
+                                         ArrayRef<Value> dests) {
+  OpBuilder &b = ib.b;
+  Location loc = ib.loc;
+  Value x = in[0], w = in[1];
+  ArrayRef<int64_t> xs = ImageBuilder::shape(x); // [S, D]
+  int64_t s = xs[0], e = o.getNumExperts(), cap = o.getCapacity();
+  Value dispatchDest = dests[0], combineDest = dests[1], logitsDest = dests[2];
+
+  if (o.getKind() == RouterKind::PerImage) {
+    // One decision per image, from the mean token.
+    Value sum = ib.generic({x}, ib.fill({xs[1]}, 0.0),
+                           {ib.map(2, {1, 0}), ib.map(2, {0})}, {kPar, kRed},
+                           [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                             return arith::AddFOp::create(nb, nl, a[1], a[0]);
+                           });
+    double inv = 1.0 / s;
+    Value mean = ib.elementwise(
+        {sum}, ib.empty({xs[1]}),
+        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          return arith::MulFOp::create(
+              nb, nl, a[0],
+              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(inv)));
+        });
+    Value mean2 = tensor::ExpandShapeOp::create(
+        b, loc, ib.type({1, xs[1]}), mean,
+        ArrayRef<ReassociationIndices>{{0, 1}});
+    Value logits = ib.matmul(mean2, w, Value(), logitsDest); // [1, E]
+    Value gates = ib.softmaxRows(logits, 1.0, ib.empty({1, e}));
+    Value rank = ib.rankAlongLastDim(gates);
+    auto drop = [&](Value v) -> Value {
+      return tensor::CollapseShapeOp::create(
+          b, loc, ib.type({e}), v, ArrayRef<ReassociationIndices>{{0, 1}});
+    };
+    Value rank1 = drop(rank), gates1 = drop(gates);
+    int64_t k = *o.getK();
+    auto route = [&](Value dest, bool weighted) {
+      return ib.generic(
+          {rank1, gates1}, dest,
+          {ib.map(3, {1}), ib.map(3, {1}), ib.map(3, {0, 1, 2})},
+          {kPar, kPar, kPar},
+          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
+            Value chosen = arith::CmpFOp::create(
+                nb, nl, arith::CmpFPredicate::OLT, a[0], kk);
+            Value sIdx = linalg::IndexOp::create(nb, nl, 0);
+            Value cIdx = linalg::IndexOp::create(nb, nl, 2);
+            Value own = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq,
+                                              sIdx, cIdx);
+            Value on = arith::AndIOp::create(nb, nl, chosen, own);
+            Value val = weighted ? a[1]
+                                 : arith::ConstantOp::create(
+                                       nb, nl, nb.getF32FloatAttr(1.0))
+                                       .getResult();
+            Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+            return arith::SelectOp::create(nb, nl, on, val, zero);
+          });
+    };
+    return SmallVector<Value>{route(dispatchDest, false),
+                              route(combineDest, true), logits};
+  }
+
+  Value logits = ib.matmul(x, w, Value(), logitsDest); // [S, E*P]
+
+  if (o.getKind() == RouterKind::Soft) {
+    int64_t p = *o.getSlotsPerExpert();
+    AffineExpr sd = b.getAffineDimExpr(0), ed = b.getAffineDimExpr(1),
+               cd = b.getAffineDimExpr(2);
+    AffineExpr slot = ed * p + cd;
+    // Dispatch: softmax over tokens of every slot's column.
+    Value colMax = ib.generic(
+        {logits}, ib.fill({e * p}, -INFINITY), {ib.map(2, {0, 1}), ib.map(2, {1})},
+        {kRed, kPar}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          return arith::MaximumFOp::create(nb, nl, a[1], a[0]);
+        });
+    Value colSum = ib.generic(
+        {logits, colMax}, ib.fill({e * p}, 0.0),
+        {ib.map(2, {0, 1}), ib.map(2, {1}), ib.map(2, {1})}, {kRed, kPar},
+        [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value ex = math::ExpOp::create(nb, nl,
+                                         arith::SubFOp::create(nb, nl, a[0], a[1]));
+          return arith::AddFOp::create(nb, nl, a[2], ex);
+        });
+    auto normalized = [&](Value stat, Value total, AffineMap statMap,
+                          Value dest) {
+      return ib.generic(
+          {logits, stat, total}, dest,
+          {ib.mapExprs(3, {sd, slot}), statMap, statMap, ib.map(3, {0, 1, 2})},
+          {kPar, kPar, kPar},
+          [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            Value ex = math::ExpOp::create(
+                nb, nl, arith::SubFOp::create(nb, nl, a[0], a[1]));
+            return arith::DivFOp::create(nb, nl, ex, a[2]);
+          });
+    };
+    Value dispatch =
+        normalized(colMax, colSum, ib.mapExprs(3, {slot}), dispatchDest);
+    // Combine: softmax over all slots of every token's row.
+    Value rowMax = ib.reduceRows(
+        logits, -INFINITY,
+        [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+          return arith::MaximumFOp::create(nb, nl, acc, v);
+        });
+    Value rowSum = ib.reduceRows(
+        logits, 0.0,
+        [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+          return arith::AddFOp::create(nb, nl, acc, math::ExpOp::create(nb, nl, v));
+        },
+        {rowMax});
+    Value combine = normalized(rowMax, rowSum, ib.map(3, {0}), combineDest);
+    return SmallVector<Value>{dispatch, combine, logits};
+  }
+
+  Value gates = ib.softmaxRows(logits, 1.0, ib.empty({s, e}));
+
+  if (o.getKind() == RouterKind::ExpertChoice) {
+    // Each expert takes its `cap` best tokens; slot = the token's rank.
+    Value rank = ib.rankAlongFirstDim(gates);
+    auto route = [&](Value dest, bool weighted) {
+      return ib.generic(
+          {rank, gates}, dest,
+          {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1, 2})},
+          {kPar, kPar, kPar},
+          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            Value cIdx = linalg::IndexOp::create(nb, nl, 2);
+            Value c = arith::UIToFPOp::create(
+                nb, nl, nb.getF32Type(),
+                arith::IndexCastUIOp::create(nb, nl, nb.getI64Type(), cIdx));
+            Value on = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                             a[0], c);
+            Value val = weighted ? a[1]
+                                 : arith::ConstantOp::create(
+                                       nb, nl, nb.getF32FloatAttr(1.0))
+                                       .getResult();
+            Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+            return arith::SelectOp::create(nb, nl, on, val, zero);
+          });
+    };
+    return SmallVector<Value>{route(dispatchDest, false),
+                              route(combineDest, true), logits};
+  }
+
+  // Token choice and Sinkhorn: rank experts per token by `score`.
+  Value score = gates;
+  if (o.getKind() == RouterKind::Sinkhorn) {
+    double target = static_cast<double>(s) / e;
+    for (int64_t it = 0, n = *o.getSinkhornIters(); it < n; ++it) {
+      // Columns sum to S / E, then rows sum to 1.
+      Value colSum = ib.generic(
+          {score}, ib.fill({e}, 0.0), {ib.map(2, {0, 1}), ib.map(2, {1})},
+          {kRed, kPar}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            return arith::AddFOp::create(nb, nl, a[1], a[0]);
+          });
+      score = ib.generic(
+          {score, colSum}, ib.empty({s, e}),
+          {ib.map(2, {0, 1}), ib.map(2, {1}), ib.map(2, {0, 1})}, {kPar, kPar},
+          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            Value scaled = arith::MulFOp::create(
+                nb, nl, a[0],
+                arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(target)));
+            return arith::DivFOp::create(nb, nl, scaled, a[1]);
+          });
+      Value rowSum = ib.reduceRows(
+          score, 0.0, [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+            return arith::AddFOp::create(nb, nl, acc, v);
+          });
+      score = ib.generic(
+          {score, rowSum}, ib.empty({s, e}),
+          {ib.map(2, {0, 1}), ib.map(2, {0}), ib.map(2, {0, 1})}, {kPar, kPar},
+          [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            return arith::DivFOp::create(nb, nl, a[0], a[1]);
+          });
+    }
+  }
+  int64_t k = *o.getK();
+  Value rank = ib.rankAlongLastDim(score);
+  Value pos = ib.queuePosition(rank, k);
+  auto route = [&](Value dest, bool weighted) {
+    return ib.generic(
+        {rank, pos, gates}, dest,
+        {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1}),
+         ib.map(3, {0, 1, 2})},
+        {kPar, kPar, kPar},
+        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
+          Value chosen = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OLT,
+                                               a[0], kk);
+          Value cIdx = linalg::IndexOp::create(nb, nl, 2);
+          Value c = arith::UIToFPOp::create(
+              nb, nl, nb.getF32Type(),
+              arith::IndexCastUIOp::create(nb, nl, nb.getI64Type(), cIdx));
+          Value here = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                             a[1], c);
+          Value on = arith::AndIOp::create(nb, nl, chosen, here);
+          Value val = weighted ? a[2]
+                               : arith::ConstantOp::create(
+                                     nb, nl, nb.getF32FloatAttr(1.0))
+                                     .getResult();
+          Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+          return arith::SelectOp::create(nb, nl, on, val, zero);
+        });
+  };
+  (void)cap; // positions >= capacity match no slot c < cap: dropped.
+  return SmallVector<Value>{route(dispatchDest, false), route(combineDest, true),
+                            logits};
+}
+
+struct LowerToKernelsPass
+    : public moec::impl::LowerToKernelsPassBase<LowerToKernelsPass> {
+  using Base::Base;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto entryFn = module.lookupSymbol<func::FuncOp>(entry);
+    if (!entryFn) {
+      module.emitError() << "no entry function '" << entry << "'";
+      return signalPassFailure();
+    }
+    // The plan keeps only the entry; other entry points are lowered in
+    // their own compilation.
+    for (auto fn : llvm::make_early_inc_range(module.getOps<func::FuncOp>()))
+      if (fn != entryFn)
+        fn.erase();
+
+    SmallVector<Operation *> work;
+    for (Operation &op : entryFn.getBody().front())
+      if (isa<MoEDialect>(op.getDialect()) && !isa<ParamOp>(op))
+        work.push_back(&op);
+
+    int64_t batch = -1;
+    for (Type t : entryFn.getArgumentTypes()) {
+      auto rt = dyn_cast<RankedTensorType>(t);
+      if (!rt || !rt.hasStaticShape() || !rt.getElementType().isF32()) {
+        entryFn.emitError() << "expects statically shaped f32 tensor "
+                               "arguments, got "
+                            << t;
+        return signalPassFailure();
+      }
+      batch = rt.getDimSize(0);
+    }
+    if (batch <= 0) {
+      entryFn.emitError() << "expects an images argument";
+      return signalPassFailure();
+    }
+
+    OpBuilder b(module.getContext());
+    unsigned index = 0;
+    for (Operation *op : work)
+      if (failed(outline(op, index++, batch, b)))
+        return signalPassFailure();
+  }
+
+  LogicalResult outline(Operation *op, unsigned index, int64_t batch,
+                        OpBuilder &b) {
+    ModuleOp module = getOperation();
+    Location loc = op->getLoc();
+    for (Type t : llvm::concat<Type>(op->getOperandTypes(),
+                                     op->getResultTypes())) {
+      auto rt = dyn_cast<RankedTensorType>(t);
+      if (!rt || !rt.hasStaticShape() || !rt.getElementType().isF32())
+        return op->emitOpError() << "kernel lowering expects statically "
+                                    "shaped f32 tensors, got "
+                                 << t;
+    }
+
+    // Kernel signature: operands, destinations, begin, end.
+    SmallVector<Type> argTypes(op->getOperandTypes());
+    llvm::append_range(argTypes, op->getResultTypes());
+    argTypes.append({b.getIndexType(), b.getIndexType()});
+    std::string name = "moec_k" + std::to_string(index);
+    b.setInsertionPointToEnd(module.getBody());
+    auto kernel = func::FuncOp::create(
+        b, loc, name, b.getFunctionType(argTypes, op->getResultTypes()));
+    kernel->setAttr("moe.kernel", b.getUnitAttr());
+    Block *body = kernel.addEntryBlock();
+    b.setInsertionPointToStart(body);
+
+    unsigned numOperands = op->getNumOperands();
+    unsigned numResults = op->getNumResults();
+    ValueRange args = body->getArguments();
+    Value begin = args[numOperands + numResults];
+    Value end = args[numOperands + numResults + 1];
+    Value step = arith::ConstantIndexOp::create(b, loc, 1);
+    SmallVector<Value> dests(args.slice(numOperands, numResults));
+
+    LogicalResult status = success();
+    auto loop = scf::ForOp::create(
+        b, loc, begin, end, step, dests,
+        [&](OpBuilder &lb, Location ll, Value g, ValueRange acc) {
+          SmallVector<Value> ins, imageDests;
+          for (auto [i, operand] : llvm::enumerate(op->getOperands())) {
+            int64_t dim = imageDim(op, operand, /*isResult=*/false);
+            ins.push_back(dim < 0 ? args[i]
+                                  : sliceImage(lb, ll, args[i], dim, g));
+          }
+          for (auto [i, result] : llvm::enumerate(op->getResults()))
+            imageDests.push_back(
+                sliceImage(lb, ll, acc[i], imageDim(op, result, true), g));
+          ImageBuilder ib(lb, ll);
+          FailureOr<SmallVector<Value>> images =
+              emitImage(op, ib, ins, imageDests);
+          SmallVector<Value> yielded;
+          if (failed(images)) {
+            status = failure();
+            yielded.assign(acc.begin(), acc.end());
+          } else {
+            for (auto [i, result] : llvm::enumerate(op->getResults()))
+              yielded.push_back(insertImage(lb, ll, (*images)[i], acc[i],
+                                            imageDim(op, result, true), g));
+          }
+          scf::YieldOp::create(lb, ll, yielded);
+        });
+    func::ReturnOp::create(b, loc, loop.getResults());
+    if (failed(status))
+      return failure();
+
+    // The plan: a call writing into fresh destinations.
+    b.setInsertionPoint(op);
+    SmallVector<Value> callArgs(op->getOperands());
+    for (Type t : op->getResultTypes()) {
+      auto rt = cast<RankedTensorType>(t);
+      callArgs.push_back(
+          tensor::EmptyOp::create(b, loc, rt.getShape(), rt.getElementType()));
+    }
+    callArgs.push_back(arith::ConstantIndexOp::create(b, loc, 0));
+    callArgs.push_back(arith::ConstantIndexOp::create(b, loc, batch));
+    auto call = func::CallOp::create(b, loc, kernel, callArgs);
+    call->setAttr("moe.op", b.getStringAttr(op->getName().getStringRef()));
+    std::string role;
+    if (auto nameLoc = dyn_cast<NameLoc>(loc))
+      role = nameLoc.getName().str();
+    call->setAttr("moe.name", b.getStringAttr(role));
+    call->setAttr("moe.parallel", b.getStringAttr("images"));
+    call->setAttr("moe.tiles", b.getI64IntegerAttr(batch));
+    if (Attribute flops = op->getAttr("moe.flops"))
+      call->setAttr("moe.flops", flops);
+    op->replaceAllUsesWith(call.getResults());
+    op->erase();
+    return success();
+  }
+};
+} // namespace

@@ -1,0 +1,193 @@
+//===- CpuTarget.cpp - native code for the CPU kernels --------------------===//
+
+#include "moec/Passes/CpuTarget.h"
+
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Export.h"
+
+#include "lld/Common/Driver.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/LegacyPassManager.h"
+#include "llvm/IR/Module.h"
+#include "llvm/IR/Verifier.h"
+#include "llvm/MC/TargetRegistry.h"
+#include "llvm/Passes/PassBuilder.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/TargetSelect.h"
+#include "llvm/Support/raw_ostream.h"
+#include "llvm/Target/TargetMachine.h"
+#include "llvm/TargetParser/Host.h"
+
+#include <memory>
+#include <mutex>
+
+LLD_HAS_DRIVER(elf)
+
+using namespace mlir;
+using namespace moec;
+
+namespace {
+/// Renames every defined `moec_k*` function to `*_impl` (internal) and adds
+/// the exported entry `void name(void **args, int64_t begin, int64_t end)`
+/// that unpacks the buffer pointers.
+void addEntryWrappers(llvm::Module &m) {
+  llvm::LLVMContext &ctx = m.getContext();
+  SmallVector<llvm::Function *> kernels;
+  for (llvm::Function &f : m)
+    if (!f.isDeclaration() && f.getName().starts_with("moec_k"))
+      kernels.push_back(&f);
+  auto *ptrTy = llvm::PointerType::getUnqual(ctx);
+  auto *i64Ty = llvm::Type::getInt64Ty(ctx);
+  auto *entryTy = llvm::FunctionType::get(llvm::Type::getVoidTy(ctx),
+                                          {ptrTy, i64Ty, i64Ty}, false);
+  for (llvm::Function *impl : kernels) {
+    std::string name = impl->getName().str();
+    impl->setName(name + "_impl");
+    impl->setLinkage(llvm::GlobalValue::InternalLinkage);
+    auto *entry = llvm::Function::Create(
+        entryTy, llvm::GlobalValue::ExternalLinkage, name, m);
+    entry->setVisibility(llvm::GlobalValue::DefaultVisibility);
+    llvm::IRBuilder<> b(llvm::BasicBlock::Create(ctx, "entry", entry));
+    llvm::Value *args = entry->getArg(0);
+    SmallVector<llvm::Value *> callArgs;
+    unsigned numParams = impl->getFunctionType()->getNumParams();
+    // Buffers first (pointers), then begin and end.
+    for (unsigned i = 0; i + 2 < numParams; ++i) {
+      llvm::Value *slot = b.CreateConstGEP1_64(ptrTy, args, i);
+      callArgs.push_back(b.CreateLoad(ptrTy, slot));
+    }
+    callArgs.push_back(entry->getArg(1));
+    callArgs.push_back(entry->getArg(2));
+    b.CreateCall(impl, callArgs);
+    b.CreateRetVoid();
+  }
+}
+
+std::unique_ptr<llvm::TargetMachine>
+createTargetMachine(const CpuTargetOptions &options, std::string &error) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+  });
+  llvm::Triple triple(llvm::sys::getDefaultTargetTriple());
+  const llvm::Target *target =
+      llvm::TargetRegistry::lookupTarget(triple, error);
+  if (!target)
+    return nullptr;
+  std::string cpu = options.cpu;
+  std::string features;
+  if (cpu == "native") {
+    cpu = llvm::sys::getHostCPUName().str();
+    for (auto &feature : llvm::sys::getHostCPUFeatures())
+      features += (feature.second ? "+" : "-") + feature.first().str() + ",";
+  }
+  llvm::TargetOptions targetOptions;
+  return std::unique_ptr<llvm::TargetMachine>(target->createTargetMachine(
+      triple, cpu, features, targetOptions, llvm::Reloc::PIC_,
+      llvm::CodeModel::Small, llvm::CodeGenOptLevel::Aggressive));
+}
+
+void optimize(llvm::Module &m, llvm::TargetMachine &tm) {
+  llvm::LoopAnalysisManager lam;
+  llvm::FunctionAnalysisManager fam;
+  llvm::CGSCCAnalysisManager cgam;
+  llvm::ModuleAnalysisManager mam;
+  llvm::PipelineTuningOptions tuning;
+  tuning.LoopVectorization = true;
+  tuning.SLPVectorization = true;
+  llvm::PassBuilder pb(&tm, tuning);
+  pb.registerModuleAnalyses(mam);
+  pb.registerCGSCCAnalyses(cgam);
+  pb.registerFunctionAnalyses(fam);
+  pb.registerLoopAnalyses(lam);
+  pb.crossRegisterProxies(lam, fam, cgam, mam);
+  llvm::ModulePassManager mpm =
+      pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3);
+  mpm.run(m, mam);
+}
+
+/// Removes the files it names when it goes out of scope.
+struct TempFiles {
+  SmallVector<std::string> paths;
+  ~TempFiles() {
+    for (const std::string &p : paths)
+      llvm::sys::fs::remove(p);
+  }
+};
+} // namespace
+
+FailureOr<std::string>
+moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
+  DialectRegistry registry;
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  module.getContext()->appendDialectRegistry(registry);
+
+  llvm::LLVMContext llvmContext;
+  std::unique_ptr<llvm::Module> llvmModule =
+      translateModuleToLLVMIR(module, llvmContext, "moec_kernels");
+  if (!llvmModule)
+    return module.emitError() << "cannot translate the kernels to LLVM IR";
+  addEntryWrappers(*llvmModule);
+
+  std::string error;
+  std::unique_ptr<llvm::TargetMachine> tm = createTargetMachine(options, error);
+  if (!tm)
+    return module.emitError() << "no LLVM target for this machine: " << error;
+  llvmModule->setDataLayout(tm->createDataLayout());
+  llvmModule->setTargetTriple(tm->getTargetTriple());
+  if (llvm::verifyModule(*llvmModule, &llvm::errs()))
+    return module.emitError() << "generated LLVM IR does not verify";
+  optimize(*llvmModule, *tm);
+
+  if (!options.dumpLLVMIRPath.empty()) {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(options.dumpLLVMIRPath, ec);
+    if (!ec)
+      llvmModule->print(os, nullptr);
+  }
+
+  TempFiles temps;
+  SmallString<128> objPath, soPath;
+  int objFd;
+  if (auto ec = llvm::sys::fs::createTemporaryFile("moec-kernels", "o", objFd,
+                                                   objPath))
+    return module.emitError() << "cannot create a temporary file: "
+                              << ec.message();
+  temps.paths.push_back(objPath.str().str());
+  {
+    llvm::raw_fd_ostream os(objFd, /*shouldClose=*/true);
+    llvm::legacy::PassManager codegen;
+    if (tm->addPassesToEmitFile(codegen, os, nullptr,
+                                llvm::CodeGenFileType::ObjectFile))
+      return module.emitError() << "the target cannot emit object files";
+    codegen.run(*llvmModule);
+  }
+  if (auto ec = llvm::sys::fs::createTemporaryFile("moec-kernels", "so", soPath))
+    return module.emitError() << "cannot create a temporary file: "
+                              << ec.message();
+  temps.paths.push_back(soPath.str().str());
+
+  std::string linkLog;
+  llvm::raw_string_ostream linkOut(linkLog);
+  const char *args[] = {"ld.lld",     "-shared",       "--gc-sections",
+                        "-z",         "now",           "-z",
+                        "noexecstack", "-o",           soPath.c_str(),
+                        objPath.c_str()};
+  lld::Result result = lld::lldMain(args, linkOut, linkOut,
+                                    {{lld::Gnu, &lld::elf::link}});
+  if (result.retCode != 0)
+    return module.emitError() << "linking the kernel library failed: "
+                              << linkLog;
+
+  auto buffer = llvm::MemoryBuffer::getFile(soPath, /*IsText=*/false);
+  if (!buffer)
+    return module.emitError() << "cannot read the linked kernel library: "
+                              << buffer.getError().message();
+  return (*buffer)->getBuffer().str();
+}

@@ -1,0 +1,175 @@
+//===- Artifact.h - loading and validating .moec artifacts ------*- C++ -*-===//
+//
+// Artifact::load reads a .moec file (ArtifactFormat.h, docs/artifact.md),
+// checks the container (magic, version, size, checksum, section table) and
+// parses the "manifest" and "plan" JSON sections into the structs below,
+// checking their schema. The "kernels" section stays opaque bytes; a Device
+// loads it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_RUNTIME_ARTIFACT_H
+#define MOEC_RUNTIME_ARTIFACT_H
+
+#include "moec/Runtime/Error.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moec::rt {
+
+/// Number of elements of `shape` (1 for a scalar).
+int64_t numElements(const std::vector<int64_t> &shape);
+/// "[64, 4]".
+std::string formatShape(const std::vector<int64_t> &shape);
+
+/// An entry point's input or output: a f32 tensor in the arena.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype; ///< "f32"
+  uint64_t offset = 0; ///< bytes from the arena's start
+};
+
+enum class InitKind { Zeros, Ones, Normal, TruncNormal };
+/// "zeros", "ones", "normal", "trunc_normal".
+const char *initKindName(InitKind kind);
+
+/// One parameter in the parameter block.
+struct ParamSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype; ///< "f32"
+  uint64_t offset = 0; ///< bytes from the parameter block's start, 64-aligned
+  InitKind init = InitKind::Zeros;
+  double std = 0; ///< for Normal and TruncNormal
+  int64_t count() const { return numElements(shape); }
+};
+
+struct EntrySpec {
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  int64_t flops = 0;         ///< per full batch
+  int64_t flopsPerImage = 0;
+};
+
+/// The "manifest" section.
+struct Manifest {
+  std::string model;
+  std::string target;   ///< "cpu"
+  std::string compiler;
+  int64_t batch = 0;    ///< the most images one kernel call takes
+  int64_t channels = 0, height = 0, width = 0;
+  int64_t classes = 0;
+  std::string datasetKind; ///< "fashion-mnist", "cifar10" or "image-folder"
+  std::string datasetPath;
+  uint64_t paramBytes = 0;
+  int64_t paramCount = 0;
+  int64_t activeParamsPerImage = 0;
+  uint64_t arenaBytes = 0;
+  std::vector<ParamSpec> params;
+  std::map<std::string, EntrySpec> entries;
+  std::string spec; ///< the model spec, as compact JSON ("" if absent)
+
+  /// Floats per image: channels * height * width.
+  int64_t imageSize() const { return channels * height * width; }
+  /// The "infer" entry point (always present in a loaded artifact).
+  const EntrySpec &infer() const { return entries.at("infer"); }
+};
+
+/// A kernel buffer argument: a base pointer into the arena or the
+/// parameter block.
+struct BufferArg {
+  enum class Space { Arena, Param };
+  Space space = Space::Arena;
+  uint64_t offset = 0;
+};
+
+/// One kernel call of an entry point.
+struct Dispatch {
+  enum class Parallel {
+    Images, ///< called over [0, n), n = images in this call
+    Fixed,  ///< called over [0, tiles)
+  };
+  std::string kernel; ///< the kernel's symbol in the "kernels" section
+  std::string op;     ///< the moe op it implements (for display)
+  std::string name;   ///< e.g. "blocks.3.moe" (for display)
+  Parallel parallel = Parallel::Images;
+  int64_t tiles = 0;
+  std::vector<BufferArg> args;
+
+  /// The range the kernel runs over when a call holds `images` images.
+  int64_t range(int64_t images) const {
+    return parallel == Parallel::Images ? images : tiles;
+  }
+};
+
+/// The "plan" section: per entry point, its dispatches in order.
+struct Plan {
+  std::map<std::string, std::vector<Dispatch>> entries;
+  /// The distinct kernel symbols, in first-use order.
+  std::vector<std::string> kernelNames() const;
+};
+
+struct SectionInfo {
+  std::string name;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+/// A loaded, validated artifact. Immutable; share it between sessions.
+class Artifact {
+public:
+  /// Reads and validates `path`. Errors name `path` as given.
+  static Expected<std::shared_ptr<const Artifact>> load(const std::string &path);
+  /// Validates an artifact held in memory; `displayName` stands for the
+  /// file in messages.
+  static Expected<std::shared_ptr<const Artifact>>
+  fromBytes(std::vector<uint8_t> bytes, const std::string &displayName);
+
+  const std::string &path() const { return path_; }
+  uint32_t versionMajor() const { return versionMajor_; }
+  uint32_t versionMinor() const { return versionMinor_; }
+  uint64_t fileSize() const { return bytes_.size(); }
+  const std::vector<SectionInfo> &sections() const { return sections_; }
+  /// The section named `name`, or nullptr.
+  const SectionInfo *section(const std::string &name) const;
+  /// The bytes of a section.
+  const uint8_t *sectionData(const SectionInfo &section) const {
+    return bytes_.data() + section.offset;
+  }
+  const Manifest &manifest() const { return manifest_; }
+  const Plan &plan() const { return plan_; }
+  /// The "kernels" section: an x86-64 ELF shared object.
+  const uint8_t *kernelsData() const {
+    return sectionData(sections_[kernelsIndex_]);
+  }
+  uint64_t kernelsSize() const { return sections_[kernelsIndex_].size; }
+
+private:
+  Artifact() = default;
+
+  std::string path_;
+  std::vector<uint8_t> bytes_;
+  uint32_t versionMajor_ = 0, versionMinor_ = 0;
+  std::vector<SectionInfo> sections_;
+  size_t kernelsIndex_ = 0;
+  Manifest manifest_;
+  Plan plan_;
+};
+
+/// Parses and checks manifest JSON text; `where` prefixes messages
+/// ("model.moec: manifest").
+Expected<Manifest> parseManifest(const std::string &text,
+                                 const std::string &where);
+/// Parses and checks plan JSON text against `manifest` (buffer offsets,
+/// entry points).
+Expected<Plan> parsePlan(const std::string &text, const Manifest &manifest,
+                         const std::string &where);
+
+} // namespace moec::rt
+
+#endif // MOEC_RUNTIME_ARTIFACT_H

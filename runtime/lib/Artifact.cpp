@@ -1,0 +1,553 @@
+//===- Artifact.cpp - loading and validating .moec artifacts --------------===//
+//
+// The container checks run in file order of trust: magic, version, size,
+// checksum, section table, then the JSON sections' schemas. Every failure
+// names the file and, for JSON, the JSON pointer of the offending value.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Runtime/Artifact.h"
+
+#include "JsonCheck.h"
+#include "moec/Runtime/ArtifactFormat.h"
+#include "moec/Runtime/FileUtil.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <set>
+
+using nlohmann::json;
+
+namespace moec::rt {
+
+namespace fmt = moec::artifact;
+
+int64_t numElements(const std::vector<int64_t> &shape) {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    n *= d;
+  return n;
+}
+
+std::string formatShape(const std::vector<int64_t> &shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    out += cat(i ? ", " : "", shape[i]);
+  return out + "]";
+}
+
+const char *initKindName(InitKind kind) {
+  switch (kind) {
+  case InitKind::Zeros:
+    return "zeros";
+  case InitKind::Ones:
+    return "ones";
+  case InitKind::Normal:
+    return "normal";
+  case InitKind::TruncNormal:
+    return "trunc_normal";
+  }
+  return "?";
+}
+
+std::vector<std::string> Plan::kernelNames() const {
+  std::vector<std::string> names;
+  std::set<std::string> seen;
+  // "infer" first, then the other entry points in name order.
+  auto add = [&](const std::vector<Dispatch> &dispatches) {
+    for (const Dispatch &d : dispatches)
+      if (seen.insert(d.kernel).second)
+        names.push_back(d.kernel);
+  };
+  auto infer = entries.find("infer");
+  if (infer != entries.end())
+    add(infer->second);
+  for (const auto &[name, dispatches] : entries)
+    if (name != "infer")
+      add(dispatches);
+  return names;
+}
+
+//===----------------------------------------------------------------------===//
+// Manifest
+//===----------------------------------------------------------------------===//
+
+static bool isSymbolName(const std::string &s) {
+  if (s.empty() || std::isdigit(static_cast<unsigned char>(s[0])))
+    return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+  });
+}
+
+/// Reads an entry point's input or output tensor.
+static bool readTensor(JsonCheck &check, const json &value,
+                       const std::string &at, uint64_t arenaBytes,
+                       TensorSpec &out) {
+  if (!check.isObject(value, at) ||
+      !check.getString(value, at, "name", out.name, /*nonEmpty=*/true) ||
+      !check.getShape(value, at, "shape", out.shape) ||
+      !check.getString(value, at, "dtype", out.dtype) ||
+      !check.getUInt(value, at, "offset", out.offset))
+    return false;
+  if (out.dtype != "f32")
+    return check.fail(jsonPointer(at, "dtype"),
+                      cat("unsupported dtype '", out.dtype,
+                          "' (expected f32)"));
+  if (out.offset % 4 != 0)
+    return check.fail(jsonPointer(at, "offset"),
+                      cat("must be a multiple of 4, got ", out.offset));
+  uint64_t bytes = static_cast<uint64_t>(numElements(out.shape)) * 4;
+  if (out.offset > arenaBytes || bytes > arenaBytes - out.offset)
+    return check.fail(at, cat("tensor '", out.name, "' (offset ", out.offset,
+                              ", ", bytes,
+                              " bytes) does not fit in the arena (arena_bytes ",
+                              arenaBytes, ")"));
+  return true;
+}
+
+static bool readEntry(JsonCheck &check, const json &value,
+                      const std::string &at, uint64_t arenaBytes,
+                      EntrySpec &out) {
+  if (!check.isObject(value, at))
+    return false;
+  for (auto [key, list] : {std::pair<const char *, std::vector<TensorSpec> *>{
+                               "inputs", &out.inputs},
+                           {"outputs", &out.outputs}}) {
+    const json *array = check.member(value, at, key);
+    std::string arrayAt = jsonPointer(at, key);
+    if (!array || !check.isArray(*array, arrayAt))
+      return false;
+    for (size_t i = 0; i < array->size(); ++i) {
+      TensorSpec tensor;
+      if (!readTensor(check, (*array)[i], jsonPointer(arrayAt, i), arenaBytes,
+                      tensor))
+        return false;
+      list->push_back(std::move(tensor));
+    }
+  }
+  return check.getInt(value, at, "flops", 0, out.flops) &&
+         check.getInt(value, at, "flops_per_image", 0, out.flopsPerImage);
+}
+
+/// The "infer" signature: images [batch, C, H, W] in, logits [batch, K] out.
+static bool checkInferSignature(JsonCheck &check, const Manifest &m) {
+  const EntrySpec &infer = m.infer();
+  std::string at = "/entries/infer";
+  if (infer.inputs.size() != 1)
+    return check.fail(jsonPointer(at, "inputs"),
+                      cat("expected exactly one input (the images), got ",
+                          infer.inputs.size()));
+  if (infer.outputs.size() != 1)
+    return check.fail(jsonPointer(at, "outputs"),
+                      cat("expected exactly one output (the logits), got ",
+                          infer.outputs.size()));
+  std::vector<int64_t> images = {m.batch, m.channels, m.height, m.width};
+  if (infer.inputs[0].shape != images)
+    return check.fail(
+        "/entries/infer/inputs/0/shape",
+        cat("is ", formatShape(infer.inputs[0].shape),
+            ", but [batch, channels, height, width] is ", formatShape(images)));
+  std::vector<int64_t> logits = {m.batch, m.classes};
+  if (infer.outputs[0].shape != logits)
+    return check.fail("/entries/infer/outputs/0/shape",
+                      cat("is ", formatShape(infer.outputs[0].shape),
+                          ", but [batch, classes] is ", formatShape(logits)));
+  return true;
+}
+
+static bool readParams(JsonCheck &check, const json &root, Manifest &m) {
+  const json *params = check.member(root, "", "params");
+  if (!params || !check.isArray(*params, "/params"))
+    return false;
+  std::set<std::string> names;
+  for (size_t i = 0; i < params->size(); ++i) {
+    const json &value = (*params)[i];
+    std::string at = jsonPointer("/params", i);
+    ParamSpec p;
+    std::string init;
+    if (!check.isObject(value, at) ||
+        !check.getString(value, at, "name", p.name, /*nonEmpty=*/true) ||
+        !check.getShape(value, at, "shape", p.shape) ||
+        !check.getString(value, at, "dtype", p.dtype) ||
+        !check.getUInt(value, at, "offset", p.offset) ||
+        !check.getEnum(value, at, "init",
+                       {"zeros", "ones", "normal", "trunc_normal"},
+                       "init kind", init))
+      return false;
+    if (!names.insert(p.name).second)
+      return check.fail(jsonPointer(at, "name"),
+                        cat("duplicate parameter '", p.name, "'"));
+    if (p.dtype != "f32")
+      return check.fail(jsonPointer(at, "dtype"),
+                        cat("unsupported dtype '", p.dtype,
+                            "' (expected f32)"));
+    if (p.offset % fmt::kAlignment != 0)
+      return check.fail(jsonPointer(at, "offset"),
+                        cat("must be a multiple of ", fmt::kAlignment,
+                            ", got ", p.offset));
+    uint64_t bytes = static_cast<uint64_t>(p.count()) * 4;
+    if (p.offset > m.paramBytes || bytes > m.paramBytes - p.offset)
+      return check.fail(at, cat("parameter '", p.name, "' (offset ", p.offset,
+                                ", ", bytes,
+                                " bytes) does not fit in param_bytes (",
+                                m.paramBytes, ")"));
+    if (init == "zeros")
+      p.init = InitKind::Zeros;
+    else if (init == "ones")
+      p.init = InitKind::Ones;
+    else {
+      p.init = init == "normal" ? InitKind::Normal : InitKind::TruncNormal;
+      if (!check.getPositiveNumber(value, at, "std", p.std))
+        return false;
+    }
+    m.params.push_back(std::move(p));
+  }
+
+  // No two parameters share bytes.
+  std::vector<size_t> order(m.params.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return m.params[a].offset < m.params[b].offset;
+  });
+  for (size_t i = 1; i < order.size(); ++i) {
+    const ParamSpec &prev = m.params[order[i - 1]];
+    const ParamSpec &cur = m.params[order[i]];
+    if (prev.offset + static_cast<uint64_t>(prev.count()) * 4 > cur.offset)
+      return check.fail(jsonPointer("/params", order[i]),
+                        cat("parameter '", cur.name, "' overlaps parameter '",
+                            prev.name, "'"));
+  }
+
+  int64_t total = 0;
+  for (const ParamSpec &p : m.params)
+    total += p.count();
+  if (total != m.paramCount)
+    return check.fail("/param_count",
+                      cat("is ", m.paramCount, ", but the parameters hold ",
+                          total, " values"));
+  if (m.activeParamsPerImage > m.paramCount)
+    return check.fail("/active_params_per_image",
+                      cat(m.activeParamsPerImage, " exceeds param_count (",
+                          m.paramCount, ")"));
+  return true;
+}
+
+Expected<Manifest> parseManifest(const std::string &text,
+                                 const std::string &where) {
+  json root;
+  if (Error e = parseJson(text.data(), text.data() + text.size(), where,
+                          ErrorCode::Format, root))
+    return e;
+  JsonCheck check(where, ErrorCode::Format);
+  Manifest m;
+  auto parse = [&]() -> bool {
+    if (!check.isObject(root, ""))
+      return false;
+    const json *input, *dataset, *entries;
+    if (!check.getString(root, "", "model", m.model, /*nonEmpty=*/true) ||
+        !check.getString(root, "", "target", m.target, /*nonEmpty=*/true) ||
+        !check.getString(root, "", "compiler", m.compiler) ||
+        !check.getInt(root, "", "batch", 1, m.batch) ||
+        !(input = check.member(root, "", "input")) ||
+        !check.getInt(*input, "/input", "channels", 1, m.channels) ||
+        !check.getInt(*input, "/input", "height", 1, m.height) ||
+        !check.getInt(*input, "/input", "width", 1, m.width) ||
+        !check.getInt(root, "", "classes", 1, m.classes) ||
+        !(dataset = check.member(root, "", "dataset")) ||
+        !check.getEnum(*dataset, "/dataset", "kind",
+                       {"fashion-mnist", "cifar10", "image-folder"},
+                       "dataset kind", m.datasetKind) ||
+        !check.getString(*dataset, "/dataset", "path", m.datasetPath) ||
+        !check.getUInt(root, "", "param_bytes", m.paramBytes) ||
+        !check.getInt(root, "", "param_count", 0, m.paramCount) ||
+        !check.getInt(root, "", "active_params_per_image", 0,
+                      m.activeParamsPerImage) ||
+        !check.getUInt(root, "", "arena_bytes", m.arenaBytes))
+      return false;
+    if (!readParams(check, root, m))
+      return false;
+    if (!(entries = check.member(root, "", "entries")) ||
+        !check.isObject(*entries, "/entries"))
+      return false;
+    if (!entries->contains("infer"))
+      return check.fail("/entries/infer", "required field is missing");
+    for (const auto &[name, value] : entries->items()) {
+      EntrySpec entry;
+      if (!readEntry(check, value, jsonPointer("/entries", name),
+                     m.arenaBytes, entry))
+        return false;
+      m.entries.emplace(name, std::move(entry));
+    }
+    if (!checkInferSignature(check, m))
+      return false;
+    if (const json *spec = check.member(root, "", "spec", /*required=*/false))
+      m.spec = spec->dump();
+    return true;
+  };
+  if (!parse())
+    return check.takeError();
+  return m;
+}
+
+//===----------------------------------------------------------------------===//
+// Plan
+//===----------------------------------------------------------------------===//
+
+static bool readDispatch(JsonCheck &check, const json &value,
+                         const std::string &at, const Manifest &m,
+                         Dispatch &d) {
+  std::string parallel;
+  if (!check.isObject(value, at) ||
+      !check.getString(value, at, "kernel", d.kernel, /*nonEmpty=*/true))
+    return false;
+  if (!isSymbolName(d.kernel))
+    return check.fail(jsonPointer(at, "kernel"),
+                      cat("'", d.kernel, "' is not a valid symbol name"));
+  if (!check.getString(value, at, "op", d.op) ||
+      !check.getString(value, at, "name", d.name) ||
+      !check.getEnum(value, at, "parallel", {"images", "fixed"},
+                     "parallel kind", parallel) ||
+      !check.getInt(value, at, "tiles", 0, d.tiles))
+    return false;
+  d.parallel = parallel == "images" ? Dispatch::Parallel::Images
+                                    : Dispatch::Parallel::Fixed;
+  const json *args = check.member(value, at, "args");
+  std::string argsAt = jsonPointer(at, "args");
+  if (!args || !check.isArray(*args, argsAt))
+    return false;
+  for (size_t i = 0; i < args->size(); ++i) {
+    std::string argAt = jsonPointer(argsAt, i);
+    std::string space;
+    BufferArg arg;
+    if (!check.getEnum((*args)[i], argAt, "space", {"arena", "param"},
+                       "buffer space", space) ||
+        !check.getUInt((*args)[i], argAt, "offset", arg.offset))
+      return false;
+    arg.space =
+        space == "arena" ? BufferArg::Space::Arena : BufferArg::Space::Param;
+    uint64_t limit =
+        arg.space == BufferArg::Space::Arena ? m.arenaBytes : m.paramBytes;
+    if (arg.offset >= limit)
+      return check.fail(jsonPointer(argAt, "offset"),
+                        cat(arg.offset, " is outside the ", space, " (",
+                            limit, " bytes)"));
+    if (arg.offset % 4 != 0)
+      return check.fail(jsonPointer(argAt, "offset"),
+                        cat("must be a multiple of 4, got ", arg.offset));
+    d.args.push_back(arg);
+  }
+  return true;
+}
+
+Expected<Plan> parsePlan(const std::string &text, const Manifest &manifest,
+                         const std::string &where) {
+  json root;
+  if (Error e = parseJson(text.data(), text.data() + text.size(), where,
+                          ErrorCode::Format, root))
+    return e;
+  JsonCheck check(where, ErrorCode::Format);
+  Plan plan;
+  auto parse = [&]() -> bool {
+    const json *entries;
+    if (!check.isObject(root, "") ||
+        !(entries = check.member(root, "", "entries")) ||
+        !check.isObject(*entries, "/entries"))
+      return false;
+    if (!entries->contains("infer"))
+      return check.fail("/entries/infer", "required field is missing");
+    for (const auto &[name, value] : entries->items()) {
+      std::string at = jsonPointer("/entries", name);
+      if (!manifest.entries.count(name))
+        return check.fail(at, cat("the manifest has no entry point '", name,
+                                  "'"));
+      if (!check.isArray(value, at))
+        return false;
+      if (value.empty())
+        return check.fail(at, "has no dispatches");
+      std::vector<Dispatch> dispatches;
+      for (size_t i = 0; i < value.size(); ++i) {
+        Dispatch d;
+        if (!readDispatch(check, value[i], jsonPointer(at, i), manifest, d))
+          return false;
+        dispatches.push_back(std::move(d));
+      }
+      plan.entries.emplace(name, std::move(dispatches));
+    }
+    return true;
+  };
+  if (!parse())
+    return check.takeError();
+  return plan;
+}
+
+//===----------------------------------------------------------------------===//
+// Container
+//===----------------------------------------------------------------------===//
+
+Expected<std::shared_ptr<const Artifact>>
+Artifact::load(const std::string &path) {
+  Expected<std::vector<uint8_t>> bytes = readFile(path);
+  if (!bytes)
+    return bytes.takeError();
+  return fromBytes(std::move(*bytes), path);
+}
+
+const SectionInfo *Artifact::section(const std::string &name) const {
+  for (const SectionInfo &s : sections_)
+    if (s.name == name)
+      return &s;
+  return nullptr;
+}
+
+/// Checks that the kernels section is an x86-64 ELF shared object.
+static Error checkKernelsElf(const uint8_t *data, uint64_t size,
+                             const std::string &path) {
+  if (size < 64 || std::memcmp(data, "\x7f" "ELF", 4) != 0)
+    return makeError(ErrorCode::Format, path,
+                     ": the kernels section is not an ELF file");
+  if (data[4] != 2 || data[5] != 1)
+    return makeError(ErrorCode::Format, path,
+                     ": the kernels section is not a 64-bit little-endian "
+                     "ELF file");
+  uint16_t type, machine;
+  std::memcpy(&type, data + 16, 2);
+  std::memcpy(&machine, data + 18, 2);
+  if (type != 3 /*ET_DYN*/)
+    return makeError(ErrorCode::Format, path,
+                     ": the kernels section is not an ELF shared object "
+                     "(e_type ",
+                     type, ")");
+  if (machine != 62 /*EM_X86_64*/)
+    return makeError(ErrorCode::Format, path,
+                     ": the kernels section is ELF code for machine ", machine,
+                     ", not x86-64");
+  return Error::success();
+}
+
+Expected<std::shared_ptr<const Artifact>>
+Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
+  const uint64_t size = bytes.size();
+  auto formatError = [&](const auto &...args) {
+    return makeError(ErrorCode::Format, path, ": ", args...);
+  };
+
+  // Header.
+  if (size < sizeof(fmt::kMagic) ||
+      std::memcmp(bytes.data(), fmt::kMagic, sizeof(fmt::kMagic)) != 0)
+    return formatError("not a moec artifact (bad magic)");
+  if (size < sizeof(fmt::FileHeader))
+    return formatError("truncated (file has ", size, " bytes, less than the ",
+                       sizeof(fmt::FileHeader), "-byte header)");
+  fmt::FileHeader header;
+  std::memcpy(&header, bytes.data(), sizeof(header));
+  if (header.versionMajor != fmt::kVersionMajor)
+    return makeError(ErrorCode::Version, path, ": artifact version ",
+                     header.versionMajor, ".", header.versionMinor,
+                     " is not supported (this runtime reads ",
+                     fmt::kVersionMajor, ".x)");
+  if (header.fileSize > size)
+    return formatError("truncated (header says ", header.fileSize,
+                       " bytes, file has ", size, ")");
+  if (header.fileSize < size)
+    return formatError("header says ", header.fileSize, " bytes, but the file "
+                       "has ", size, " (trailing bytes)");
+  uint64_t checksum =
+      fmt::fnv1a64(bytes.data() + sizeof(header), size - sizeof(header));
+  if (checksum != header.checksum)
+    return makeError(ErrorCode::Checksum, path,
+                     ": checksum mismatch (file is corrupted)");
+
+  // Section table.
+  const uint64_t entrySize = sizeof(fmt::SectionEntry);
+  uint64_t tableOffset = header.sectionTableOffset;
+  if (tableOffset < sizeof(header) || tableOffset > size ||
+      header.sectionCount > (size - tableOffset) / entrySize)
+    return formatError("section table (offset ", tableOffset, ", ",
+                       header.sectionCount,
+                       " entries) lies outside the file (", size, " bytes)");
+  if (tableOffset % fmt::kAlignment != 0)
+    return formatError("section table offset ", tableOffset,
+                       " is not a multiple of ", fmt::kAlignment);
+  uint64_t tableEnd = tableOffset + header.sectionCount * entrySize;
+
+  std::shared_ptr<Artifact> artifact(new Artifact());
+  std::vector<SectionInfo> &sections = artifact->sections_;
+  for (uint64_t i = 0; i < header.sectionCount; ++i) {
+    fmt::SectionEntry entry;
+    std::memcpy(&entry, bytes.data() + tableOffset + i * entrySize,
+                entrySize);
+    size_t nameLength = strnlen(entry.name, sizeof(entry.name));
+    std::string name(entry.name, nameLength);
+    bool printable = std::all_of(name.begin(), name.end(), [](char c) {
+      return c > ' ' && c < 127;
+    });
+    if (name.empty() || !printable)
+      return formatError("section ", i, " has an invalid name");
+    for (const SectionInfo &s : sections)
+      if (s.name == name)
+        return formatError("duplicate section '", name, "'");
+    if (entry.offset < sizeof(header) || entry.offset > size ||
+        entry.size > size - entry.offset)
+      return formatError("section '", name, "' (offset ", entry.offset, ", ",
+                         entry.size, " bytes) lies outside the file (", size,
+                         " bytes)");
+    if (entry.offset % fmt::kAlignment != 0)
+      return formatError("section '", name, "' offset ", entry.offset,
+                         " is not a multiple of ", fmt::kAlignment);
+    if (entry.offset < tableEnd && entry.offset + entry.size > tableOffset &&
+        entry.size > 0)
+      return formatError("section '", name,
+                         "' overlaps the section table");
+    sections.push_back({name, entry.offset, entry.size});
+  }
+  std::vector<SectionInfo> sorted = sections;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const SectionInfo &a, const SectionInfo &b) {
+              return a.offset < b.offset;
+            });
+  for (size_t i = 1; i < sorted.size(); ++i)
+    if (sorted[i - 1].offset + sorted[i - 1].size > sorted[i].offset)
+      return formatError("sections '", sorted[i - 1].name, "' and '",
+                         sorted[i].name, "' overlap");
+
+  for (const char *required :
+       {fmt::kManifestSection, fmt::kPlanSection, fmt::kKernelsSection})
+    if (!artifact->section(required))
+      return formatError("missing required section '", required, "'");
+
+  artifact->path_ = path;
+  artifact->versionMajor_ = header.versionMajor;
+  artifact->versionMinor_ = header.versionMinor;
+  artifact->bytes_ = std::move(bytes);
+  for (size_t i = 0; i < sections.size(); ++i)
+    if (sections[i].name == fmt::kKernelsSection)
+      artifact->kernelsIndex_ = i;
+
+  auto text = [&](const char *name) {
+    const SectionInfo *s = artifact->section(name);
+    const char *data =
+        reinterpret_cast<const char *>(artifact->sectionData(*s));
+    return std::string(data, s->size);
+  };
+  Expected<Manifest> manifest =
+      parseManifest(text(fmt::kManifestSection), cat(path, ": manifest"));
+  if (!manifest)
+    return manifest.takeError();
+  artifact->manifest_ = std::move(*manifest);
+  Expected<Plan> plan =
+      parsePlan(text(fmt::kPlanSection), artifact->manifest_,
+                cat(path, ": plan"));
+  if (!plan)
+    return plan.takeError();
+  artifact->plan_ = std::move(*plan);
+
+  if (Error e = checkKernelsElf(artifact->kernelsData(),
+                                artifact->kernelsSize(), path))
+    return e;
+  return std::shared_ptr<const Artifact>(std::move(artifact));
+}
+
+} // namespace moec::rt

@@ -1,0 +1,172 @@
+//===- CpuDevice.cpp - the cpu device: ELF kernels on a thread pool -------===//
+//
+// The artifact's "kernels" section is written to an anonymous memory file
+// (memfd_create) and dlopen'ed through /proc/self/fd/N, so nothing touches
+// the file system. Each session's device has its own copy of the library.
+// The memory file stays open while the library is loaded: glibc recognizes
+// an already-loaded library by its path, so two live libraries must never
+// share an fd number.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Runtime/Device.h"
+#include "moec/Runtime/ThreadPool.h"
+
+#include "moec/Runtime/FileUtil.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <dlfcn.h>
+#include <new>
+#include <system_error>
+#include <sys/mman.h>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+namespace moec::rt {
+
+Device::~Device() = default;
+
+int resolveThreads(int threads) {
+  if (threads > 0)
+    return threads;
+  unsigned cores = std::thread::hardware_concurrency();
+  return cores == 0 ? 1 : static_cast<int>(cores);
+}
+
+namespace {
+
+class CpuDevice final : public Device {
+public:
+  explicit CpuDevice(int threads) : pool_(threads) {}
+  ~CpuDevice() override {
+    if (library_)
+      ::dlclose(library_);
+    if (memfd_ >= 0)
+      ::close(memfd_);
+  }
+
+  std::string_view name() const override { return "cpu"; }
+  int threads() const override { return pool_.size(); }
+
+  void *allocate(size_t bytes) override {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded < bytes)
+      return nullptr;
+    void *ptr = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    if (ptr)
+      std::memset(ptr, 0, rounded == 0 ? 64 : rounded);
+    return ptr;
+  }
+  void free(void *ptr) override { std::free(ptr); }
+  void upload(void *device, const void *host, size_t bytes) override {
+    if (bytes)
+      std::memcpy(device, host, bytes);
+  }
+  void download(void *host, const void *device, size_t bytes) override {
+    if (bytes)
+      std::memcpy(host, device, bytes);
+  }
+
+  Error loadKernels(const Artifact &artifact) override;
+  Error runDispatch(const Dispatch &dispatch, void **args,
+                    int64_t images) override;
+
+private:
+  ThreadPool pool_;
+  int memfd_ = -1;
+  void *library_ = nullptr;
+  std::unordered_map<std::string, KernelFn> kernels_;
+};
+
+Error CpuDevice::loadKernels(const Artifact &artifact) {
+  const std::string &path = artifact.path();
+  if (library_)
+    return makeError(ErrorCode::Internal, path, ": kernels loaded twice");
+  memfd_ = ::memfd_create("moec-kernels", MFD_CLOEXEC);
+  if (memfd_ < 0)
+    return makeError(ErrorCode::Device, path,
+                     ": cannot create a memory file for the kernels: ",
+                     systemError(errno));
+  const uint8_t *data = artifact.kernelsData();
+  uint64_t left = artifact.kernelsSize();
+  while (left > 0) {
+    ssize_t put = ::write(memfd_, data, left);
+    if (put < 0) {
+      if (errno == EINTR)
+        continue;
+      return makeError(ErrorCode::Device, path,
+                       ": cannot write the kernels to a memory file: ",
+                       systemError(errno));
+    }
+    data += put;
+    left -= static_cast<uint64_t>(put);
+  }
+  std::string procPath = cat("/proc/self/fd/", memfd_);
+  library_ = ::dlopen(procPath.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!library_) {
+    const char *why = ::dlerror();
+    return makeError(ErrorCode::Format, path,
+                     ": cannot load the kernels section: ",
+                     why ? why : "unknown dlopen error");
+  }
+  for (const std::string &kernel : artifact.plan().kernelNames()) {
+    ::dlerror();
+    void *symbol = ::dlsym(library_, kernel.c_str());
+    if (!symbol)
+      return makeError(ErrorCode::Format, path, ": kernel '", kernel,
+                       "' named in the plan is not in the kernels section");
+    KernelFn fn;
+    static_assert(sizeof(fn) == sizeof(symbol), "function pointer size");
+    std::memcpy(&fn, &symbol, sizeof(fn));
+    kernels_.emplace(kernel, fn);
+  }
+  return Error::success();
+}
+
+struct DispatchCall {
+  KernelFn fn;
+  void **args;
+};
+
+Error CpuDevice::runDispatch(const Dispatch &dispatch, void **args,
+                             int64_t images) {
+  auto it = kernels_.find(dispatch.kernel);
+  if (it == kernels_.end())
+    return makeError(ErrorCode::Internal, "kernel '", dispatch.kernel,
+                     "' was not loaded");
+  DispatchCall call{it->second, args};
+  pool_.parallelFor(
+      0, dispatch.range(images),
+      [](void *context, int64_t begin, int64_t end) {
+        auto *c = static_cast<DispatchCall *>(context);
+        c->fn(c->args, begin, end);
+      },
+      &call);
+  return Error::success();
+}
+
+} // namespace
+
+Expected<std::unique_ptr<Device>> createDevice(std::string_view name,
+                                               int threads) {
+  if (name != "cpu")
+    return makeError(ErrorCode::Argument, "unknown device '", name,
+                     "' (this runtime has: cpu)");
+  if (threads < 0)
+    return makeError(ErrorCode::Argument,
+                     "threads must be >= 0 (0 = every core), got ", threads);
+  if (threads > 4096)
+    return makeError(ErrorCode::Argument, "threads must be <= 4096, got ",
+                     threads);
+  try {
+    return std::unique_ptr<Device>(new CpuDevice(resolveThreads(threads)));
+  } catch (const std::system_error &e) {
+    return makeError(ErrorCode::Device, "cannot start ", threads,
+                     " threads: ", e.what());
+  }
+}
+
+} // namespace moec::rt

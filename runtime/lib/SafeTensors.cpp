@@ -1,0 +1,186 @@
+//===- SafeTensors.cpp - reading and writing .safetensors -----------------===//
+
+#include "moec/Runtime/SafeTensors.h"
+
+#include "JsonCheck.h"
+#include "moec/Runtime/Artifact.h"
+#include "moec/Runtime/FileUtil.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace moec::rt {
+
+using ordered_json = nlohmann::ordered_json;
+
+const Tensor *SafeTensors::find(const std::string &name) const {
+  for (const Tensor &t : tensors)
+    if (t.name == name)
+      return &t;
+  return nullptr;
+}
+
+Expected<SafeTensors> readSafeTensors(const std::string &path) {
+  Expected<std::vector<uint8_t>> bytes = readFile(path);
+  if (!bytes)
+    return bytes.takeError();
+  return parseSafeTensors(bytes->data(), bytes->size(), path);
+}
+
+/// Size in bytes of one element of a safetensors dtype, 0 if unknown.
+static size_t dtypeSize(const std::string &dtype) {
+  static const std::pair<const char *, size_t> sizes[] = {
+      {"BOOL", 1}, {"U8", 1},   {"I8", 1},      {"F8_E5M2", 1},
+      {"F8_E4M3", 1}, {"I16", 2}, {"U16", 2},   {"F16", 2},
+      {"BF16", 2}, {"I32", 4},  {"U32", 4},     {"F32", 4},
+      {"F64", 8},  {"I64", 8},  {"U64", 8}};
+  for (const auto &[name, size] : sizes)
+    if (dtype == name)
+      return size;
+  return 0;
+}
+
+Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
+                                       const std::string &path) {
+  auto fail = [&](const auto &...args) {
+    return makeError(ErrorCode::Weights, path, ": ", args...);
+  };
+  if (size < 8)
+    return fail("not a safetensors file (", size,
+                " bytes, less than the 8-byte header length)");
+  uint64_t headerSize;
+  std::memcpy(&headerSize, data, 8);
+  if (headerSize > size - 8)
+    return fail("truncated (header length ", headerSize,
+                " exceeds the file's ", size - 8, " bytes after it)");
+  const char *headerBegin = reinterpret_cast<const char *>(data + 8);
+  ordered_json header;
+  if (Error e = parseJson(headerBegin, headerBegin + headerSize, path,
+                          ErrorCode::Weights, header))
+    return e;
+  if (!header.is_object())
+    return fail("the header is not a JSON object");
+
+  const uint8_t *buffer = data + 8 + headerSize;
+  const uint64_t bufferSize = size - 8 - headerSize;
+  SafeTensors result;
+  struct Range {
+    uint64_t begin, end;
+    size_t tensor;
+  };
+  std::vector<Range> ranges;
+  for (const auto &[name, value] : header.items()) {
+    if (name == "__metadata__") {
+      if (!value.is_object())
+        return fail("__metadata__ is not an object");
+      for (const auto &[key, item] : value.items()) {
+        if (!item.is_string())
+          return fail("__metadata__ entry '", key, "' is not a string");
+        result.metadata[key] = item.get<std::string>();
+      }
+      continue;
+    }
+    std::string where = cat("tensor '", name, "'");
+    if (!value.is_object())
+      return fail(where, " is not a JSON object");
+    auto dtype = value.find("dtype");
+    auto shape = value.find("shape");
+    auto offsets = value.find("data_offsets");
+    if (dtype == value.end() || !dtype->is_string())
+      return fail(where, " has no dtype string");
+    if (shape == value.end() || !shape->is_array())
+      return fail(where, " has no shape array");
+    if (offsets == value.end() || !offsets->is_array() ||
+        offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+        !(*offsets)[1].is_number_unsigned())
+      return fail(where, " has no data_offsets [begin, end]");
+    std::string type = dtype->get<std::string>();
+    if (dtypeSize(type) == 0)
+      return fail(where, " has an unknown dtype '", type, "'");
+    if (type != "F32")
+      return fail(where, " has dtype ", type, "; only F32 is supported");
+    Tensor tensor;
+    tensor.name = name;
+    uint64_t elements = 1;
+    for (const auto &dim : *shape) {
+      if (!dim.is_number_unsigned())
+        return fail(where, " has a bad shape ", shape->dump(),
+                    " (expected non-negative integers)");
+      uint64_t d = dim.get<uint64_t>();
+      if (d != 0 && elements > (uint64_t(1) << 56) / d)
+        return fail(where, " has a shape ", shape->dump(), " too large");
+      elements *= d;
+      tensor.shape.push_back(static_cast<int64_t>(d));
+    }
+    uint64_t begin = (*offsets)[0].get<uint64_t>();
+    uint64_t end = (*offsets)[1].get<uint64_t>();
+    if (begin > end || end > bufferSize)
+      return fail(where, " has data_offsets [", begin, ", ", end,
+                  "] outside the data buffer (", bufferSize, " bytes)");
+    if (end - begin != elements * 4)
+      return fail(where, " has ", end - begin, " bytes of data, but F32 ",
+                  formatShape(tensor.shape), " needs ", elements * 4);
+    tensor.data.resize(elements);
+    if (elements)
+      std::memcpy(tensor.data.data(), buffer + begin, elements * 4);
+    ranges.push_back({begin, end, result.tensors.size()});
+    result.tensors.push_back(std::move(tensor));
+  }
+
+  std::sort(ranges.begin(), ranges.end(), [](const Range &a, const Range &b) {
+    return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+  });
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i - 1].end > ranges[i].begin)
+      return fail("tensors '", result.tensors[ranges[i - 1].tensor].name,
+                  "' and '", result.tensors[ranges[i].tensor].name,
+                  "' overlap in the data buffer");
+  std::vector<Tensor> ordered;
+  ordered.reserve(ranges.size());
+  for (const Range &r : ranges)
+    ordered.push_back(std::move(result.tensors[r.tensor]));
+  result.tensors = std::move(ordered);
+  return result;
+}
+
+Error writeSafeTensors(const std::string &path,
+                       const std::vector<TensorRef> &tensors,
+                       const std::map<std::string, std::string> &metadata) {
+  ordered_json header = ordered_json::object();
+  if (!metadata.empty()) {
+    ordered_json meta = ordered_json::object();
+    for (const auto &[key, value] : metadata)
+      meta[key] = value;
+    header["__metadata__"] = meta;
+  }
+  uint64_t offset = 0;
+  for (const TensorRef &t : tensors) {
+    if (t.name == "__metadata__" || header.contains(t.name))
+      return makeError(ErrorCode::Argument, path, ": duplicate tensor name '",
+                       t.name, "'");
+    uint64_t bytes = static_cast<uint64_t>(numElements(t.shape)) * 4;
+    header[t.name] = {{"dtype", "F32"},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  // Pad with spaces so the data buffer starts 8-byte aligned.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  uint64_t headerSize = text.size();
+
+  Expected<AtomicFile> file = AtomicFile::create(path);
+  if (!file)
+    return file.takeError();
+  if (Error e = file->write(&headerSize, 8))
+    return e;
+  if (Error e = file->write(text.data(), text.size()))
+    return e;
+  for (const TensorRef &t : tensors)
+    if (Error e = file->write(t.data, static_cast<size_t>(numElements(t.shape)) *
+                                          4))
+      return e;
+  return file->commit();
+}
+
+} // namespace moec::rt

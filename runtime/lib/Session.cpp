@@ -1,0 +1,157 @@
+//===- Session.cpp - running a loaded artifact ----------------------------===//
+
+#include "moec/Runtime/Session.h"
+
+#include "moec/Runtime/Weights.h"
+
+#include <cstring>
+#include <set>
+
+namespace moec::rt {
+
+Expected<std::unique_ptr<Session>>
+Session::create(std::shared_ptr<const Artifact> artifact,
+                std::string_view deviceName, int threads) {
+  if (!artifact)
+    return makeError(ErrorCode::Argument, "no model given");
+  const Manifest &m = artifact->manifest();
+  Expected<std::unique_ptr<Device>> device = createDevice(deviceName, threads);
+  if (!device)
+    return device.takeError();
+  if (m.target != (*device)->name())
+    return makeError(ErrorCode::Argument, artifact->path(),
+                     ": the model was compiled for target '", m.target,
+                     "'; device '", (*device)->name(), "' cannot run it");
+
+  std::unique_ptr<Session> session(new Session());
+  session->artifact_ = artifact;
+  session->device_ = std::move(*device);
+  Device &dev = *session->device_;
+  if (Error e = dev.loadKernels(*artifact))
+    return e;
+
+  session->params_ = dev.allocate(m.paramBytes);
+  session->arena_ = dev.allocate(m.arenaBytes);
+  if (!session->params_ || !session->arena_)
+    return makeError(ErrorCode::Device, artifact->path(),
+                     ": cannot allocate ", m.paramBytes,
+                     " parameter bytes and ", m.arenaBytes, " arena bytes");
+  // A model without parameters needs no weights.
+  session->hasWeights_ = m.params.empty();
+
+  for (const Dispatch &d : artifact->plan().entries.at("infer")) {
+    std::vector<void *> args;
+    for (const BufferArg &arg : d.args) {
+      char *base = static_cast<char *>(arg.space == BufferArg::Space::Arena
+                                           ? session->arena_
+                                           : session->params_);
+      args.push_back(base + arg.offset);
+    }
+    session->inferArgs_.push_back(std::move(args));
+  }
+  return session;
+}
+
+Session::~Session() {
+  if (device_) {
+    device_->free(params_);
+    device_->free(arena_);
+  }
+}
+
+Error Session::loadWeights(const std::string &path) {
+  Expected<SafeTensors> weights = readSafeTensors(path);
+  if (!weights)
+    return weights.takeError();
+  return bindWeights(*weights, path);
+}
+
+Error Session::bindWeights(const SafeTensors &weights,
+                           const std::string &source) {
+  const Manifest &m = manifest();
+  std::set<std::string> expected;
+  for (const ParamSpec &p : m.params) {
+    expected.insert(p.name);
+    const Tensor *t = weights.find(p.name);
+    if (!t)
+      return makeError(ErrorCode::Weights, source, ": missing tensor '",
+                       p.name, "'");
+    if (t->shape != p.shape)
+      return makeError(ErrorCode::Weights, source, ": tensor '", p.name,
+                       "' has shape ", formatShape(t->shape),
+                       ", the model expects ", formatShape(p.shape));
+  }
+  for (const Tensor &t : weights.tensors)
+    if (!expected.count(t.name))
+      return makeError(ErrorCode::Weights, source, ": unexpected tensor '",
+                       t.name, "' (the model has no such parameter)");
+  for (const ParamSpec &p : m.params)
+    device_->upload(static_cast<char *>(params_) + p.offset,
+                    weights.find(p.name)->data.data(),
+                    static_cast<size_t>(p.count()) * 4);
+  hasWeights_ = true;
+  return Error::success();
+}
+
+void Session::initWeights(uint64_t seed) {
+  std::vector<float> values;
+  for (const ParamSpec &p : manifest().params) {
+    values.resize(static_cast<size_t>(p.count()));
+    initParameter(p, seed, values.data());
+    device_->upload(static_cast<char *>(params_) + p.offset, values.data(),
+                    values.size() * 4);
+  }
+  hasWeights_ = true;
+}
+
+std::vector<Tensor> Session::parameters() const {
+  std::vector<Tensor> tensors;
+  for (const ParamSpec &p : manifest().params) {
+    Tensor t{p.name, p.shape, std::vector<float>(p.count())};
+    device_->download(t.data.data(),
+                      static_cast<const char *>(params_) + p.offset,
+                      t.data.size() * 4);
+    tensors.push_back(std::move(t));
+  }
+  return tensors;
+}
+
+Error Session::saveWeights(const std::string &path) const {
+  if (!hasWeights_)
+    return makeError(ErrorCode::Argument, path,
+                     ": no weights to save (load or initialize them first)");
+  std::vector<Tensor> tensors = parameters();
+  std::vector<TensorRef> refs;
+  for (const Tensor &t : tensors)
+    refs.push_back({t.name, t.shape, t.data.data()});
+  return writeSafeTensors(path, refs, {{"model", manifest().model}});
+}
+
+Error Session::infer(const float *images, int64_t n, float *logits) {
+  if (n < 0)
+    return makeError(ErrorCode::Argument, "infer: negative image count ", n);
+  if (n > 0 && (!images || !logits))
+    return makeError(ErrorCode::Argument, "infer: null images or logits");
+  if (!hasWeights_)
+    return makeError(ErrorCode::Argument, artifact_->path(),
+                     ": no weights (load or initialize them before inference)");
+  const Manifest &m = manifest();
+  const EntrySpec &entry = m.infer();
+  const std::vector<Dispatch> &plan = artifact_->plan().entries.at("infer");
+  char *input = static_cast<char *>(arena_) + entry.inputs[0].offset;
+  char *output = static_cast<char *>(arena_) + entry.outputs[0].offset;
+  const size_t imageBytes = static_cast<size_t>(m.imageSize()) * 4;
+  const size_t logitBytes = static_cast<size_t>(m.classes) * 4;
+  for (int64_t done = 0; done < n;) {
+    int64_t count = std::min<int64_t>(m.batch, n - done);
+    device_->upload(input, images + done * m.imageSize(), count * imageBytes);
+    for (size_t i = 0; i < plan.size(); ++i)
+      if (Error e = device_->runDispatch(plan[i], inferArgs_[i].data(), count))
+        return e;
+    device_->download(logits + done * m.classes, output, count * logitBytes);
+    done += count;
+  }
+  return Error::success();
+}
+
+} // namespace moec::rt

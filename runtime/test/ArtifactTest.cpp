@@ -1,0 +1,300 @@
+//===- ArtifactTest.cpp - the .moec reader --------------------------------===//
+
+#include "moec/Runtime/Artifact.h"
+
+#include "TestUtil.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+
+using namespace moec::rt;
+using namespace moec::rt::test;
+using nlohmann::json;
+
+namespace {
+
+Error loadError(const std::vector<uint8_t> &bytes) {
+  Expected<std::shared_ptr<const Artifact>> a =
+      Artifact::fromBytes(bytes, "model.moec");
+  EXPECT_FALSE(a);
+  return a ? Error() : a.takeError();
+}
+
+TEST(Artifact, LoadsTheTinyModel) {
+  TempDir dir;
+  writeBytes(dir / "tiny.moec", tinyArtifact());
+  Expected<std::shared_ptr<const Artifact>> loaded =
+      Artifact::load(dir / "tiny.moec");
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  const Artifact &a = **loaded;
+  EXPECT_EQ(a.versionMajor(), 1u);
+  EXPECT_EQ(a.sections().size(), 3u);
+  const Manifest &m = a.manifest();
+  EXPECT_EQ(m.model, "tiny");
+  EXPECT_EQ(m.batch, 4);
+  EXPECT_EQ(m.imageSize(), 16);
+  EXPECT_EQ(m.classes, 3);
+  EXPECT_EQ(m.datasetKind, "image-folder");
+  ASSERT_EQ(m.params.size(), 2u);
+  EXPECT_EQ(m.params[0].name, "head.scale");
+  EXPECT_EQ(m.params[0].init, InitKind::Normal);
+  EXPECT_DOUBLE_EQ(m.params[0].std, 0.5);
+  EXPECT_EQ(m.params[1].offset, 64u);
+  EXPECT_EQ(m.infer().outputs[0].offset, 384u);
+  EXPECT_EQ(m.infer().flopsPerImage, 22);
+  EXPECT_EQ(m.spec, R"({"name":"tiny"})");
+  const std::vector<Dispatch> &plan = a.plan().entries.at("infer");
+  ASSERT_EQ(plan.size(), 3u);
+  EXPECT_EQ(plan[0].parallel, Dispatch::Parallel::Fixed);
+  EXPECT_EQ(plan[0].range(2), 3);
+  EXPECT_EQ(plan[1].range(2), 2);
+  EXPECT_EQ(plan[2].args[1].space, BufferArg::Space::Param);
+  EXPECT_EQ(a.plan().kernelNames(),
+            (std::vector<std::string>{"moec_k0", "moec_k1", "moec_k2"}));
+  EXPECT_GT(a.kernelsSize(), 0u);
+}
+
+TEST(Artifact, ContainerErrors) {
+  std::vector<uint8_t> good = tinyArtifact();
+
+  std::vector<uint8_t> truncated(good.begin(), good.end() - 1000);
+  Error e = loadError(truncated);
+  EXPECT_EQ(e.code(), ErrorCode::Format);
+  EXPECT_EQ(e.message(), cat("model.moec: truncated (header says ",
+                             good.size(), " bytes, file has ",
+                             truncated.size(), ")"));
+
+  e = loadError(std::vector<uint8_t>(good.begin(), good.begin() + 20));
+  EXPECT_EQ(e.message(), "model.moec: truncated (file has 20 bytes, less "
+                         "than the 64-byte header)");
+
+  std::vector<uint8_t> corrupted = good;
+  corrupted[good.size() / 2] ^= 0x01;
+  e = loadError(corrupted);
+  EXPECT_EQ(e.code(), ErrorCode::Checksum);
+  EXPECT_EQ(e.message(), "model.moec: checksum mismatch (file is corrupted)");
+
+  std::vector<uint8_t> badMagic = good;
+  badMagic[0] = 'X';
+  e = loadError(badMagic);
+  EXPECT_EQ(e.code(), ErrorCode::Format);
+  EXPECT_EQ(e.message(), "model.moec: not a moec artifact (bad magic)");
+
+  ArtifactBuilder v2;
+  v2.versionMajor = 2;
+  v2.add("manifest", "{}");
+  e = loadError(v2.build());
+  EXPECT_EQ(e.code(), ErrorCode::Version);
+  EXPECT_EQ(e.message(), "model.moec: artifact version 2.0 is not supported "
+                         "(this runtime reads 1.x)");
+
+  std::vector<uint8_t> trailing = good;
+  trailing.push_back(0);
+  e = loadError(trailing);
+  EXPECT_EQ(e.message(), cat("model.moec: header says ", good.size(),
+                             " bytes, but the file has ", good.size() + 1,
+                             " (trailing bytes)"));
+}
+
+TEST(Artifact, SectionErrors) {
+  ArtifactBuilder noPlan;
+  noPlan.add("manifest", tinyManifest().dump());
+  noPlan.add("kernels", kernelLibrary());
+  Error e = loadError(noPlan.build());
+  EXPECT_EQ(e.code(), ErrorCode::Format);
+  EXPECT_EQ(e.message(), "model.moec: missing required section 'plan'");
+
+  ArtifactBuilder twice;
+  twice.add("manifest", tinyManifest().dump());
+  twice.add("manifest", tinyManifest().dump());
+  EXPECT_EQ(loadError(twice.build()).message(),
+            "model.moec: duplicate section 'manifest'");
+
+  // A section entry pointing past the end.
+  std::vector<uint8_t> bytes = tinyArtifact();
+  moec::artifact::FileHeader header;
+  std::memcpy(&header, bytes.data(), sizeof(header));
+  moec::artifact::SectionEntry entry;
+  uint8_t *first = bytes.data() + header.sectionTableOffset;
+  std::memcpy(&entry, first, sizeof(entry));
+  entry.size = bytes.size();
+  std::memcpy(first, &entry, sizeof(entry));
+  fixChecksum(bytes);
+  EXPECT_EQ(loadError(bytes).message(),
+            cat("model.moec: section 'manifest' (offset 64, ", bytes.size(),
+                " bytes) lies outside the file (", bytes.size(), " bytes)"));
+
+  // Overlapping sections.
+  bytes = tinyArtifact();
+  first = bytes.data() + header.sectionTableOffset;
+  std::memcpy(&entry, first, sizeof(entry));
+  moec::artifact::SectionEntry second;
+  std::memcpy(&second, first + sizeof(entry), sizeof(second));
+  second.offset = entry.offset + 64; // inside the manifest
+  second.size = 1;
+  std::memcpy(first + sizeof(entry), &second, sizeof(second));
+  fixChecksum(bytes);
+  EXPECT_EQ(loadError(bytes).message(),
+            "model.moec: sections 'manifest' and 'plan' overlap");
+
+  // A section table beyond the file.
+  bytes = tinyArtifact();
+  std::memcpy(&header, bytes.data(), sizeof(header));
+  header.sectionCount = 1000;
+  std::memcpy(bytes.data(), &header, sizeof(header));
+  EXPECT_EQ(loadError(bytes).message(),
+            cat("model.moec: section table (offset ",
+                header.sectionTableOffset,
+                ", 1000 entries) lies outside the file (", bytes.size(),
+                " bytes)"));
+
+  ArtifactBuilder notElf;
+  notElf.add("manifest", tinyManifest().dump());
+  notElf.add("plan", tinyPlan().dump());
+  notElf.add("kernels", std::string(100, 'x'));
+  EXPECT_EQ(loadError(notElf.build()).message(),
+            "model.moec: the kernels section is not an ELF file");
+}
+
+TEST(Artifact, BadJson) {
+  ArtifactBuilder b;
+  b.add("manifest", "{\"model\": ");
+  b.add("plan", tinyPlan().dump());
+  b.add("kernels", kernelLibrary());
+  Error e = loadError(b.build());
+  EXPECT_EQ(e.code(), ErrorCode::Format);
+  EXPECT_EQ(e.message().rfind("model.moec: manifest: invalid JSON: parse "
+                              "error at line 1, column 11",
+                              0),
+            0u)
+      << e.message();
+
+  ArtifactBuilder p;
+  p.add("manifest", tinyManifest().dump());
+  p.add("plan", "[1,");
+  p.add("kernels", kernelLibrary());
+  EXPECT_EQ(loadError(p.build()).message().rfind(
+                "model.moec: plan: invalid JSON: ", 0),
+            0u);
+}
+
+/// The message for the tiny model with `edit` applied to its manifest.
+std::string manifestError(const std::function<void(json &)> &edit) {
+  json manifest = tinyManifest();
+  edit(manifest);
+  return loadError(tinyArtifact(manifest)).message();
+}
+
+std::string planError(const std::function<void(json &)> &edit) {
+  json plan = tinyPlan();
+  edit(plan);
+  return loadError(tinyArtifact(tinyManifest(), plan)).message();
+}
+
+TEST(Artifact, ManifestSchemaErrors) {
+  const std::string m = "model.moec: manifest: ";
+  EXPECT_EQ(manifestError([](json &j) { j["params"][1]["shape"] = {0}; }),
+            m + "/params/1/shape: expected an array of positive integers");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][0]["shape"] = "3"; }),
+            m + "/params/0/shape: expected an array of positive integers");
+  EXPECT_EQ(manifestError([](json &j) { j.erase("batch"); }),
+            m + "/batch: required field is missing");
+  EXPECT_EQ(manifestError([](json &j) { j["batch"] = 0; }),
+            m + "/batch: expected a positive integer, got 0");
+  EXPECT_EQ(manifestError([](json &j) { j["batch"] = 2.5; }),
+            m + "/batch: expected a positive integer, got 2.5");
+  EXPECT_EQ(manifestError([](json &j) { j["model"] = 3; }),
+            m + "/model: expected a non-empty string");
+  EXPECT_EQ(manifestError([](json &j) { j["input"].erase("height"); }),
+            m + "/input/height: required field is missing");
+  EXPECT_EQ(manifestError([](json &j) { j["input"] = 1; }),
+            m + "/input: expected an object");
+  EXPECT_EQ(manifestError([](json &j) { j["dataset"]["kind"] = "mnist"; }),
+            m + "/dataset/kind: unknown dataset kind 'mnist' (expected one "
+                "of: fashion-mnist, cifar10, image-folder)");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][1]["offset"] = 12; }),
+            m + "/params/1/offset: must be a multiple of 64, got 12");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][1]["offset"] = 128; }),
+            m + "/params/1: parameter 'head.bias' (offset 128, 12 bytes) "
+                "does not fit in param_bytes (128)");
+  EXPECT_EQ(manifestError([](json &j) {
+              j["params"][1]["offset"] = 0;
+              j["params"][1]["name"] = "head.b";
+            }),
+            m + "/params/1: parameter 'head.b' overlaps parameter "
+                "'head.scale'");
+  EXPECT_EQ(manifestError(
+                [](json &j) { j["params"][1]["name"] = "head.scale"; }),
+            m + "/params/1/name: duplicate parameter 'head.scale'");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][0]["dtype"] = "bf16"; }),
+            m + "/params/0/dtype: unsupported dtype 'bf16' (expected f32)");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][0]["init"] = "xavier"; }),
+            m + "/params/0/init: unknown init kind 'xavier' (expected one "
+                "of: zeros, ones, normal, trunc_normal)");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][0].erase("std"); }),
+            m + "/params/0/std: required field is missing");
+  EXPECT_EQ(manifestError([](json &j) { j["params"][0]["std"] = -1; }),
+            m + "/params/0/std: expected a positive number, got -1");
+  EXPECT_EQ(manifestError([](json &j) { j["param_count"] = 7; }),
+            m + "/param_count: is 7, but the parameters hold 6 values");
+  EXPECT_EQ(manifestError([](json &j) { j["active_params_per_image"] = 9; }),
+            m + "/active_params_per_image: 9 exceeds param_count (6)");
+  EXPECT_EQ(manifestError([](json &j) { j["entries"].erase("infer"); }),
+            m + "/entries/infer: required field is missing");
+  EXPECT_EQ(manifestError([](json &j) {
+              j["entries"]["infer"]["inputs"][0]["shape"] = {4, 1, 4, 5};
+            }),
+            m + "/entries/infer/inputs/0/shape: is [4, 1, 4, 5], but [batch, "
+                "channels, height, width] is [4, 1, 4, 4]");
+  EXPECT_EQ(manifestError([](json &j) {
+              j["entries"]["infer"]["outputs"][0]["offset"] = 420;
+            }),
+            m + "/entries/infer/outputs/0: tensor 'logits' (offset 420, 48 "
+                "bytes) does not fit in the arena (arena_bytes 448)");
+  EXPECT_EQ(manifestError([](json &j) {
+              j["entries"]["infer"]["outputs"] = json::array();
+            }),
+            m + "/entries/infer/outputs: expected exactly one output (the "
+                "logits), got 0");
+  EXPECT_EQ(manifestError([](json &j) {
+              j["entries"]["infer"].erase("flops_per_image");
+            }),
+            m + "/entries/infer/flops_per_image: required field is missing");
+  EXPECT_EQ(manifestError([](json &j) { j = json::array(); }),
+            "model.moec: manifest: expected an object");
+}
+
+TEST(Artifact, PlanSchemaErrors) {
+  const std::string p = "model.moec: plan: ";
+  EXPECT_EQ(planError([](json &j) { j["entries"].erase("infer"); }),
+            p + "/entries/infer: required field is missing");
+  EXPECT_EQ(planError([](json &j) { j["entries"]["train"] = json::array(); }),
+            p + "/entries/train: the manifest has no entry point 'train'");
+  EXPECT_EQ(planError([](json &j) { j["entries"]["infer"] = json::array(); }),
+            p + "/entries/infer: has no dispatches");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][1]["parallel"] = "tokens";
+            }),
+            p + "/entries/infer/1/parallel: unknown parallel kind 'tokens' "
+                "(expected one of: images, fixed)");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][2]["kernel"] = "moec k2";
+            }),
+            p + "/entries/infer/2/kernel: 'moec k2' is not a valid symbol "
+                "name");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][2]["args"][3]["offset"] = 448;
+            }),
+            p + "/entries/infer/2/args/3/offset: 448 is outside the arena "
+                "(448 bytes)");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][2]["args"][1]["space"] = "global";
+            }),
+            p + "/entries/infer/2/args/1/space: unknown buffer space "
+                "'global' (expected one of: arena, param)");
+  EXPECT_EQ(planError([](json &j) { j["entries"]["infer"][0].erase("tiles"); }),
+            p + "/entries/infer/0/tiles: required field is missing");
+}
+
+} // namespace

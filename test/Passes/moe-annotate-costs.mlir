@@ -1,0 +1,59 @@
+// RUN: moec-opt %s --split-input-file --moe-annotate-costs | FileCheck %s
+// RUN: moec-opt %s --split-input-file --moe-annotate-costs=per-op | FileCheck %s --check-prefix=PEROP
+
+// 2 * 400 rows * 64 * 128 = 6553600 FLOPs; 64 * 128 parameters, all active.
+// CHECK-LABEL: func.func @dense
+// CHECK-SAME: moe.active_params = 8192 : i64, moe.flops = 6553600 : i64, moe.params = 8192 : i64
+func.func @dense(%x: tensor<8x50x64xf32>) -> tensor<8x50x128xf32> {
+  %w = moe.param "fc.weight" init(trunc_normal, 2.000000e-02) : tensor<64x128xf32>
+  %y = moe.dense %x, %w : (tensor<8x50x64xf32>, tensor<64x128xf32>) -> tensor<8x50x128xf32>
+  return %y : tensor<8x50x128xf32>
+}
+
+// -----
+
+// A parameter read twice counts once.
+// CHECK-LABEL: func.func @shared_param
+// CHECK-SAME: moe.params = 8192 : i64
+func.func @shared_param(%x: tensor<8x50x64xf32>) -> tensor<8x50x128xf32> {
+  %w = moe.param "fc.weight" init(trunc_normal, 2.000000e-02) : tensor<64x128xf32>
+  %w2 = moe.param "fc.weight" init(trunc_normal, 2.000000e-02) : tensor<64x128xf32>
+  %y = moe.dense %x, %w : (tensor<8x50x64xf32>, tensor<64x128xf32>) -> tensor<8x50x128xf32>
+  %z = moe.dense %x, %w2 : (tensor<8x50x64xf32>, tensor<64x128xf32>) -> tensor<8x50x128xf32>
+  return %z : tensor<8x50x128xf32>
+}
+
+// -----
+
+// Top-2 of 4 experts: a token uses half of the 4288 expert parameters.
+// params = 64 (router) + 4288 = 4352, active = 64 + 2144 = 2208.
+// FLOPs: router 2*10*16*4 + 5*10*4 = 1480, dispatch (a gather) 0,
+// experts 40 rows * (4*16*32 + 2*32 + 16) = 85120, combine 2*640 = 1280.
+// CHECK-LABEL: func.func @moe_layer
+// CHECK-SAME: moe.active_params = 2208 : i64, moe.flops = 87880 : i64, moe.params = 4352 : i64
+// PEROP-LABEL: func.func @moe_layer
+// PEROP: moe.router token_choice {{.*}}moe.flops = 1480 : i64
+// PEROP: moe.dispatch {{.*}}moe.flops = 0 : i64
+// PEROP: moe.experts gelu {{.*}}moe.flops = 85120 : i64
+// PEROP: moe.combine {{.*}}moe.flops = 1280 : i64
+func.func @moe_layer(%x: tensor<2x5x16xf32>) -> tensor<2x5x16xf32> {
+  %wr = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<16x4xf32>
+  %w1 = moe.param "experts.fc1.weight" init(trunc_normal, 2.000000e-02) : tensor<4x16x32xf32>
+  %b1 = moe.param "experts.fc1.bias" init(zeros) : tensor<4x32xf32>
+  %w2 = moe.param "experts.fc2.weight" init(trunc_normal, 2.000000e-02) : tensor<4x32x16xf32>
+  %b2 = moe.param "experts.fc2.bias" init(zeros) : tensor<4x16xf32>
+  %d, %c, %l = moe.router token_choice %x, %wr {k = 2 : i64, capacity_factor = 2.0 : f64} : (tensor<2x5x16xf32>, tensor<16x4xf32>) -> (tensor<2x5x4x5xf32>, tensor<2x5x4x5xf32>, tensor<2x5x4xf32>)
+  %xs = moe.dispatch %x, %d : (tensor<2x5x16xf32>, tensor<2x5x4x5xf32>) -> tensor<4x2x5x16xf32>
+  %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x2x5x16xf32>, tensor<4x16x32xf32>, tensor<4x32xf32>, tensor<4x32x16xf32>, tensor<4x16xf32>) -> tensor<4x2x5x16xf32>
+  %y = moe.combine %ys, %c : (tensor<4x2x5x16xf32>, tensor<2x5x4x5xf32>) -> tensor<2x5x16xf32>
+  return %y : tensor<2x5x16xf32>
+}
+
+// -----
+
+// Functions without moe ops are left alone.
+// CHECK-LABEL: func.func @plain
+// CHECK-NOT: moe.flops
+func.func @plain(%x: f32) -> f32 {
+  return %x : f32
+}

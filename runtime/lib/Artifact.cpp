@@ -92,9 +92,9 @@ static bool readTensor(JsonCheck &check, const json &value,
       !check.getUInt(value, at, "offset", out.offset))
     return false;
   if (out.dtype != "f32")
-    return check.fail(jsonPointer(at, "dtype"),
-                      cat("unsupported dtype '", out.dtype,
-                          "' (expected f32)"));
+    return check.fail(
+        jsonPointer(at, "dtype"),
+        cat("unsupported dtype '", out.dtype, "' (expected f32)"));
   if (out.offset % 4 != 0)
     return check.fail(jsonPointer(at, "offset"),
                       cat("must be a multiple of 4, got ", out.offset));
@@ -145,10 +145,10 @@ static bool checkInferSignature(JsonCheck &check, const Manifest &m) {
                           infer.outputs.size()));
   std::vector<int64_t> images = {m.batch, m.channels, m.height, m.width};
   if (infer.inputs[0].shape != images)
-    return check.fail(
-        "/entries/infer/inputs/0/shape",
-        cat("is ", formatShape(infer.inputs[0].shape),
-            ", but [batch, channels, height, width] is ", formatShape(images)));
+    return check.fail("/entries/infer/inputs/0/shape",
+                      cat("is ", formatShape(infer.inputs[0].shape),
+                          ", but [batch, channels, height, width] is ",
+                          formatShape(images)));
   std::vector<int64_t> logits = {m.batch, m.classes};
   if (infer.outputs[0].shape != logits)
     return check.fail("/entries/infer/outputs/0/shape",
@@ -173,26 +173,25 @@ static bool readParams(JsonCheck &check, const json &root, Manifest &m) {
         !check.getString(value, at, "dtype", p.dtype) ||
         !check.getUInt(value, at, "offset", p.offset) ||
         !check.getEnum(value, at, "init",
-                       {"zeros", "ones", "normal", "trunc_normal"},
-                       "init kind", init))
+                       {"zeros", "ones", "normal", "trunc_normal"}, "init kind",
+                       init))
       return false;
     if (!names.insert(p.name).second)
       return check.fail(jsonPointer(at, "name"),
                         cat("duplicate parameter '", p.name, "'"));
     if (p.dtype != "f32")
-      return check.fail(jsonPointer(at, "dtype"),
-                        cat("unsupported dtype '", p.dtype,
-                            "' (expected f32)"));
+      return check.fail(
+          jsonPointer(at, "dtype"),
+          cat("unsupported dtype '", p.dtype, "' (expected f32)"));
     if (p.offset % fmt::kAlignment != 0)
-      return check.fail(jsonPointer(at, "offset"),
-                        cat("must be a multiple of ", fmt::kAlignment,
-                            ", got ", p.offset));
+      return check.fail(
+          jsonPointer(at, "offset"),
+          cat("must be a multiple of ", fmt::kAlignment, ", got ", p.offset));
     uint64_t bytes = static_cast<uint64_t>(p.count()) * 4;
     if (p.offset > m.paramBytes || bytes > m.paramBytes - p.offset)
-      return check.fail(at, cat("parameter '", p.name, "' (offset ", p.offset,
-                                ", ", bytes,
-                                " bytes) does not fit in param_bytes (",
-                                m.paramBytes, ")"));
+      return check.fail(
+          at, cat("parameter '", p.name, "' (offset ", p.offset, ", ", bytes,
+                  " bytes) does not fit in param_bytes (", m.paramBytes, ")"));
     if (init == "zeros")
       p.init = InitKind::Zeros;
     else if (init == "ones")
@@ -276,8 +275,8 @@ Expected<Manifest> parseManifest(const std::string &text,
       return check.fail("/entries/infer", "required field is missing");
     for (const auto &[name, value] : entries->items()) {
       EntrySpec entry;
-      if (!readEntry(check, value, jsonPointer("/entries", name),
-                     m.arenaBytes, entry))
+      if (!readEntry(check, value, jsonPointer("/entries", name), m.arenaBytes,
+                     entry))
         return false;
       m.entries.emplace(name, std::move(entry));
     }
@@ -331,9 +330,9 @@ static bool readDispatch(JsonCheck &check, const json &value,
     uint64_t limit =
         arg.space == BufferArg::Space::Arena ? m.arenaBytes : m.paramBytes;
     if (arg.offset >= limit)
-      return check.fail(jsonPointer(argAt, "offset"),
-                        cat(arg.offset, " is outside the ", space, " (",
-                            limit, " bytes)"));
+      return check.fail(
+          jsonPointer(argAt, "offset"),
+          cat(arg.offset, " is outside the ", space, " (", limit, " bytes)"));
     if (arg.offset % 4 != 0)
       return check.fail(jsonPointer(argAt, "offset"),
                         cat("must be a multiple of 4, got ", arg.offset));
@@ -361,8 +360,8 @@ Expected<Plan> parsePlan(const std::string &text, const Manifest &manifest,
     for (const auto &[name, value] : entries->items()) {
       std::string at = jsonPointer("/entries", name);
       if (!manifest.entries.count(name))
-        return check.fail(at, cat("the manifest has no entry point '", name,
-                                  "'"));
+        return check.fail(at,
+                          cat("the manifest has no entry point '", name, "'"));
       if (!check.isArray(value, at))
         return false;
       if (value.empty())
@@ -405,7 +404,10 @@ const SectionInfo *Artifact::section(const std::string &name) const {
 /// Checks that the kernels section is an x86-64 ELF shared object.
 static Error checkKernelsElf(const uint8_t *data, uint64_t size,
                              const std::string &path) {
-  if (size < 64 || std::memcmp(data, "\x7f" "ELF", 4) != 0)
+  if (size < 64 || std::memcmp(data,
+                               "\x7f"
+                               "ELF",
+                               4) != 0)
     return makeError(ErrorCode::Format, path,
                      ": the kernels section is not an ELF file");
   if (data[4] != 2 || data[5] != 1)
@@ -452,8 +454,10 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
     return formatError("truncated (header says ", header.fileSize,
                        " bytes, file has ", size, ")");
   if (header.fileSize < size)
-    return formatError("header says ", header.fileSize, " bytes, but the file "
-                       "has ", size, " (trailing bytes)");
+    return formatError("header says ", header.fileSize,
+                       " bytes, but the file "
+                       "has ",
+                       size, " (trailing bytes)");
   uint64_t checksum =
       fmt::fnv1a64(bytes.data() + sizeof(header), size - sizeof(header));
   if (checksum != header.checksum)
@@ -466,8 +470,8 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
   if (tableOffset < sizeof(header) || tableOffset > size ||
       header.sectionCount > (size - tableOffset) / entrySize)
     return formatError("section table (offset ", tableOffset, ", ",
-                       header.sectionCount,
-                       " entries) lies outside the file (", size, " bytes)");
+                       header.sectionCount, " entries) lies outside the file (",
+                       size, " bytes)");
   if (tableOffset % fmt::kAlignment != 0)
     return formatError("section table offset ", tableOffset,
                        " is not a multiple of ", fmt::kAlignment);
@@ -477,13 +481,11 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
   std::vector<SectionInfo> &sections = artifact->sections_;
   for (uint64_t i = 0; i < header.sectionCount; ++i) {
     fmt::SectionEntry entry;
-    std::memcpy(&entry, bytes.data() + tableOffset + i * entrySize,
-                entrySize);
+    std::memcpy(&entry, bytes.data() + tableOffset + i * entrySize, entrySize);
     size_t nameLength = strnlen(entry.name, sizeof(entry.name));
     std::string name(entry.name, nameLength);
-    bool printable = std::all_of(name.begin(), name.end(), [](char c) {
-      return c > ' ' && c < 127;
-    });
+    bool printable = std::all_of(name.begin(), name.end(),
+                                 [](char c) { return c > ' ' && c < 127; });
     if (name.empty() || !printable)
       return formatError("section ", i, " has an invalid name");
     for (const SectionInfo &s : sections)
@@ -499,8 +501,7 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
                          " is not a multiple of ", fmt::kAlignment);
     if (entry.offset < tableEnd && entry.offset + entry.size > tableOffset &&
         entry.size > 0)
-      return formatError("section '", name,
-                         "' overlaps the section table");
+      return formatError("section '", name, "' overlaps the section table");
     sections.push_back({name, entry.offset, entry.size});
   }
   std::vector<SectionInfo> sorted = sections;
@@ -537,9 +538,8 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
   if (!manifest)
     return manifest.takeError();
   artifact->manifest_ = std::move(*manifest);
-  Expected<Plan> plan =
-      parsePlan(text(fmt::kPlanSection), artifact->manifest_,
-                cat(path, ": plan"));
+  Expected<Plan> plan = parsePlan(text(fmt::kPlanSection), artifact->manifest_,
+                                  cat(path, ": plan"));
   if (!plan)
     return plan.takeError();
   artifact->plan_ = std::move(*plan);

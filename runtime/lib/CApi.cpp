@@ -45,8 +45,8 @@ template <typename Body> static moec_status guard(Body &&body) {
   } catch (const std::bad_alloc &) {
     return fail(MOEC_ERROR_DEVICE, "out of memory");
   } catch (const std::exception &e) {
-    return fail(MOEC_ERROR_INTERNAL, std::string("internal error: ") +
-                                         e.what());
+    return fail(MOEC_ERROR_INTERNAL,
+                std::string("internal error: ") + e.what());
   } catch (...) {
     return fail(MOEC_ERROR_INTERNAL, "internal error: unknown exception");
   }
@@ -119,8 +119,7 @@ moec_status moec_session_create(moec_model *model, const char *device,
 
 void moec_session_release(moec_session *session) { delete session; }
 
-moec_status moec_session_load_weights(moec_session *session,
-                                      const char *path) {
+moec_status moec_session_load_weights(moec_session *session, const char *path) {
   return guard([&]() -> Error {
     if (!session || !path)
       return makeError(ErrorCode::Argument,
@@ -139,8 +138,7 @@ moec_status moec_session_init_weights(moec_session *session, uint64_t seed) {
   });
 }
 
-moec_status moec_session_save_weights(moec_session *session,
-                                      const char *path) {
+moec_status moec_session_save_weights(moec_session *session, const char *path) {
   return guard([&]() -> Error {
     if (!session || !path)
       return makeError(ErrorCode::Argument,

@@ -15,12 +15,12 @@
 #include "moec/Runtime/FileUtil.h"
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <mutex>
 #include <new>
-#include <system_error>
 #include <sys/mman.h>
+#include <system_error>
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
@@ -51,16 +51,28 @@ public:
   std::string_view name() const override { return "cpu"; }
   int threads() const override { return pool_.size(); }
 
+  /// Anonymous mappings: page-aligned (so 64-aligned), zeroed, and
+  /// committed only as they are touched.
   void *allocate(size_t bytes) override {
-    size_t rounded = (bytes + 63) / 64 * 64;
-    if (rounded < bytes)
+    size_t length = bytes == 0 ? 1 : bytes;
+    void *ptr = ::mmap(nullptr, length, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr == MAP_FAILED)
       return nullptr;
-    void *ptr = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-    if (ptr)
-      std::memset(ptr, 0, rounded == 0 ? 64 : rounded);
+    std::lock_guard<std::mutex> lock(mutex_);
+    mappings_[ptr] = length;
     return ptr;
   }
-  void free(void *ptr) override { std::free(ptr); }
+  void free(void *ptr) override {
+    if (!ptr)
+      return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = mappings_.find(ptr);
+    if (it == mappings_.end())
+      return;
+    ::munmap(ptr, it->second);
+    mappings_.erase(it);
+  }
   void upload(void *device, const void *host, size_t bytes) override {
     if (bytes)
       std::memcpy(device, host, bytes);
@@ -79,6 +91,8 @@ private:
   int memfd_ = -1;
   void *library_ = nullptr;
   std::unordered_map<std::string, KernelFn> kernels_;
+  std::mutex mutex_;
+  std::unordered_map<void *, size_t> mappings_;
 };
 
 Error CpuDevice::loadKernels(const Artifact &artifact) {
@@ -87,9 +101,9 @@ Error CpuDevice::loadKernels(const Artifact &artifact) {
     return makeError(ErrorCode::Internal, path, ": kernels loaded twice");
   memfd_ = ::memfd_create("moec-kernels", MFD_CLOEXEC);
   if (memfd_ < 0)
-    return makeError(ErrorCode::Device, path,
-                     ": cannot create a memory file for the kernels: ",
-                     systemError(errno));
+    return makeError(
+        ErrorCode::Device, path,
+        ": cannot create a memory file for the kernels: ", systemError(errno));
   const uint8_t *data = artifact.kernelsData();
   uint64_t left = artifact.kernelsSize();
   while (left > 0) {
@@ -97,9 +111,9 @@ Error CpuDevice::loadKernels(const Artifact &artifact) {
     if (put < 0) {
       if (errno == EINTR)
         continue;
-      return makeError(ErrorCode::Device, path,
-                       ": cannot write the kernels to a memory file: ",
-                       systemError(errno));
+      return makeError(
+          ErrorCode::Device, path,
+          ": cannot write the kernels to a memory file: ", systemError(errno));
     }
     data += put;
     left -= static_cast<uint64_t>(put);

@@ -71,10 +71,11 @@ public:
     gzbuffer(file_, 1 << 17);
     return Error::success();
   }
-  /// Reads exactly `size` bytes; `what` names them in the truncation error.
-  Error read(void *out, size_t size, const char *what) {
+  /// Reads up to `size` bytes into `out`, fewer only at the end of the file;
+  /// `got` says how many.
+  Error readSome(void *out, size_t size, size_t &got) {
     auto *bytes = static_cast<uint8_t *>(out);
-    size_t got = 0;
+    got = 0;
     while (got < size) {
       unsigned chunk = static_cast<unsigned>(
           std::min<size_t>(size - got, static_cast<size_t>(1) << 30));
@@ -93,12 +94,23 @@ public:
       int errnum;
       const char *message = gzerror(file_, &errnum);
       if (errnum != Z_OK && errnum != Z_BUF_ERROR)
-        return makeError(ErrorCode::Data, path_, ": cannot decompress: ",
-                         message);
-      return makeError(ErrorCode::Data, path_, ": truncated (expected ", size,
-                       " bytes of ", what, ", got ", got, ")");
+        return makeError(ErrorCode::Data, path_,
+                         ": cannot decompress: ", message);
     }
     return Error::success();
+  }
+  /// Reads exactly `size` bytes; `what` names them in the truncation error.
+  Error read(void *out, size_t size, const char *what) {
+    size_t got;
+    if (Error e = readSome(out, size, got))
+      return e;
+    if (got < size)
+      return truncated(size, got, what);
+    return Error::success();
+  }
+  Error truncated(size_t expected, size_t got, const char *what) const {
+    return makeError(ErrorCode::Data, path_, ": truncated (expected ", expected,
+                     " bytes of ", what, ", got ", got, ")");
   }
   Error readBigEndian(uint32_t &out, const char *what) {
     uint8_t b[4];
@@ -117,9 +129,8 @@ private:
 } // namespace
 
 /// DIR/NAME.gz if it exists, else DIR/NAME if it exists.
-static Expected<std::string> findIdx(const std::string &dir,
-                                     const std::string &name,
-                                     const char *what) {
+static Expected<std::string>
+findIdx(const std::string &dir, const std::string &name, const char *what) {
   std::error_code ec;
   std::string gz = (fs::path(dir) / (name + ".gz")).string();
   if (fs::exists(gz, ec))
@@ -183,18 +194,29 @@ Expected<Dataset> loadFashionMnist(const std::string &dir,
   data.channels = 1;
   data.height = rows;
   data.width = cols;
-  data.classNames = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                     "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
-  const size_t pixels = size_t(data.n) * rows * cols;
-  std::vector<uint8_t> raw(pixels);
-  if (Error e = images.read(raw.data(), pixels, "pixels"))
-    return e;
+  data.classNames = {"T-shirt/top", "Trouser",   "Pullover", "Dress",
+                     "Coat",        "Sandal",    "Shirt",    "Sneaker",
+                     "Bag",         "Ankle boot"};
+  // Read in slices so that a header claiming more images than the file
+  // holds fails on truncation, not on a huge allocation.
+  const size_t imagePixels = size_t(rows) * cols;
+  const int64_t kSlice = 4096;
+  for (int64_t done = 0; done < data.n; done += kSlice) {
+    int64_t count = std::min(kSlice, data.n - done);
+    std::vector<uint8_t> raw(size_t(count) * imagePixels);
+    size_t got;
+    if (Error e = images.readSome(raw.data(), raw.size(), got))
+      return e;
+    if (got < raw.size())
+      return images.truncated(size_t(data.n) * imagePixels,
+                              size_t(done) * imagePixels + got, "pixels");
+    data.images.resize(size_t(done + count) * imagePixels);
+    normalize(raw.data(), raw.size(), normalizationFor("fashion-mnist"), 0,
+              data.images.data() + size_t(done) * imagePixels);
+  }
   std::vector<uint8_t> rawLabels(static_cast<size_t>(data.n));
   if (Error e = labels.read(rawLabels.data(), rawLabels.size(), "labels"))
     return e;
-  data.images.resize(pixels);
-  normalize(raw.data(), pixels, normalizationFor("fashion-mnist"), 0,
-            data.images.data());
   data.labels.resize(rawLabels.size());
   for (size_t i = 0; i < rawLabels.size(); ++i) {
     if (rawLabels[i] >= data.classNames.size())
@@ -242,8 +264,8 @@ Expected<Dataset> loadCifar10(const std::string &dir, const std::string &split,
       break;
     std::string path = (root / name).string();
     if (!fs::exists(path, ec))
-      return makeError(ErrorCode::Data, dir, ": no CIFAR-10 ", split,
-                       " batch ", name);
+      return makeError(ErrorCode::Data, dir, ": no CIFAR-10 ", split, " batch ",
+                       name);
     Expected<std::vector<uint8_t>> bytes = readFile(path);
     if (!bytes)
       return bytes.takeError();
@@ -283,15 +305,14 @@ static bool isPng(const fs::path &path) {
 
 /// Reads `path` as 8-bit RGBA and converts it to `channels` normalized
 /// planes at `out`.
-static Error readPng(const std::string &path, int64_t channels,
-                     int64_t height, int64_t width, const Normalization &norm,
-                     float *out) {
+static Error readPng(const std::string &path, int64_t channels, int64_t height,
+                     int64_t width, const Normalization &norm, float *out) {
   png_image image;
   std::memset(&image, 0, sizeof(image));
   image.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_file(&image, path.c_str()))
-    return makeError(ErrorCode::Data, path, ": cannot read PNG: ",
-                     image.message);
+    return makeError(ErrorCode::Data, path,
+                     ": cannot read PNG: ", image.message);
   if (image.width != width || image.height != height) {
     png_image_free(&image);
     return makeError(ErrorCode::Data, path, ": image is ", image.width, "x",
@@ -300,8 +321,8 @@ static Error readPng(const std::string &path, int64_t channels,
   image.format = PNG_FORMAT_RGBA;
   std::vector<uint8_t> rgba(PNG_IMAGE_SIZE(image));
   if (!png_image_finish_read(&image, nullptr, rgba.data(), 0, nullptr))
-    return makeError(ErrorCode::Data, path, ": cannot decode PNG: ",
-                     image.message);
+    return makeError(ErrorCode::Data, path,
+                     ": cannot decode PNG: ", image.message);
   const size_t pixels = size_t(height) * width;
   std::vector<uint8_t> plane(pixels);
   for (int64_t c = 0; c < channels; ++c) {
@@ -323,11 +344,13 @@ Expected<Dataset> loadImageFolder(const std::string &dir, int64_t channels,
                                   int64_t height, int64_t width,
                                   int64_t limit) {
   if (channels != 1 && channels != 3)
-    return makeError(ErrorCode::Data, dir, ": image folders hold 1- or "
-                     "3-channel images; the model expects ", channels);
+    return makeError(ErrorCode::Data, dir,
+                     ": image folders hold 1- or "
+                     "3-channel images; the model expects ",
+                     channels);
   if (height <= 0 || width <= 0)
-    return makeError(ErrorCode::Argument, dir, ": bad image size ", height,
-                     "x", width);
+    return makeError(ErrorCode::Argument, dir, ": bad image size ", height, "x",
+                     width);
   if (Error e = checkDirectory(dir))
     return e;
   std::error_code ec;
@@ -351,8 +374,8 @@ Expected<Dataset> loadImageFolder(const std::string &dir, int64_t channels,
   for (size_t label = 0; label < classDirs.size(); ++label) {
     data.classNames.push_back(classDirs[label].filename().string());
     std::vector<fs::path> images;
-    for (fs::directory_iterator it(classDirs[label], ec), end;
-         !ec && it != end; it.increment(ec))
+    for (fs::directory_iterator it(classDirs[label], ec), end; !ec && it != end;
+         it.increment(ec))
       if (isPng(it->path()) && !it->is_directory(ec))
         images.push_back(it->path());
     if (ec)

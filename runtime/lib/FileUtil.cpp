@@ -16,8 +16,8 @@ std::string systemError(int errnum) { return std::strerror(errnum); }
 Expected<std::vector<uint8_t>> readFile(const std::string &path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return makeError(ErrorCode::Io, path, ": cannot open: ",
-                     systemError(errno));
+    return makeError(ErrorCode::Io, path,
+                     ": cannot open: ", systemError(errno));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     int err = errno;
@@ -39,8 +39,8 @@ Expected<std::vector<uint8_t>> readFile(const std::string &path) {
         continue;
       int err = errno;
       ::close(fd);
-      return makeError(ErrorCode::Io, path, ": read failed: ",
-                       systemError(err));
+      return makeError(ErrorCode::Io, path,
+                       ": read failed: ", systemError(err));
     }
     if (got == 0)
       break;
@@ -54,13 +54,13 @@ Expected<AtomicFile> AtomicFile::create(const std::string &path) {
   static std::atomic<unsigned> counter{0};
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string temp = cat(path, ".tmp.", ::getpid(), ".", counter++);
-    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                    0666);
+    int fd =
+        ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd >= 0)
       return AtomicFile(path, temp, fd);
     if (errno != EEXIST)
-      return makeError(ErrorCode::Io, path, ": cannot create: ",
-                       systemError(errno));
+      return makeError(ErrorCode::Io, path,
+                       ": cannot create: ", systemError(errno));
   }
   return makeError(ErrorCode::Io, path,
                    ": cannot create a temporary file next to it");
@@ -95,8 +95,8 @@ Error AtomicFile::write(const void *data, size_t size) {
         continue;
       int err = errno;
       discard();
-      return makeError(ErrorCode::Io, path_, ": write failed: ",
-                       systemError(err));
+      return makeError(ErrorCode::Io, path_,
+                       ": write failed: ", systemError(err));
     }
     bytes += put;
     size -= static_cast<size_t>(put);
@@ -113,15 +113,15 @@ Error AtomicFile::commit() {
   fd_ = -1;
   if (err != 0) {
     discard();
-    return makeError(ErrorCode::Io, path_, ": write failed: ",
-                     systemError(err));
+    return makeError(ErrorCode::Io, path_,
+                     ": write failed: ", systemError(err));
   }
   fd_ = -1;
   if (::rename(tempPath_.c_str(), path_.c_str()) != 0) {
     int err = errno;
     discard();
-    return makeError(ErrorCode::Io, path_, ": cannot write: ",
-                     systemError(err));
+    return makeError(ErrorCode::Io, path_,
+                     ": cannot write: ", systemError(err));
   }
   tempPath_.clear();
   return Error::success();

@@ -91,9 +91,9 @@ bool JsonCheck::getEnum(const json &obj, const std::string &pointer,
     list += list.empty() ? "" : ", ";
     list += choice;
   }
-  return fail(jsonPointer(pointer, key),
-              cat("unknown ", what, " '", value, "' (expected one of: ", list,
-                  ")"));
+  return fail(
+      jsonPointer(pointer, key),
+      cat("unknown ", what, " '", value, "' (expected one of: ", list, ")"));
 }
 
 static const char *describeMin(int64_t min) {

@@ -30,10 +30,9 @@ Expected<SafeTensors> readSafeTensors(const std::string &path) {
 /// Size in bytes of one element of a safetensors dtype, 0 if unknown.
 static size_t dtypeSize(const std::string &dtype) {
   static const std::pair<const char *, size_t> sizes[] = {
-      {"BOOL", 1}, {"U8", 1},   {"I8", 1},      {"F8_E5M2", 1},
-      {"F8_E4M3", 1}, {"I16", 2}, {"U16", 2},   {"F16", 2},
-      {"BF16", 2}, {"I32", 4},  {"U32", 4},     {"F32", 4},
-      {"F64", 8},  {"I64", 8},  {"U64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"F64", 8}, {"I64", 8},     {"U64", 8}};
   for (const auto &[name, size] : sizes)
     if (dtype == name)
       return size;
@@ -51,8 +50,8 @@ Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
   uint64_t headerSize;
   std::memcpy(&headerSize, data, 8);
   if (headerSize > size - 8)
-    return fail("truncated (header length ", headerSize,
-                " exceeds the file's ", size - 8, " bytes after it)");
+    return fail("truncated (header length ", headerSize, " exceeds the file's ",
+                size - 8, " bytes after it)");
   const char *headerBegin = reinterpret_cast<const char *>(data + 8);
   ordered_json header;
   if (Error e = parseJson(headerBegin, headerBegin + headerSize, path,
@@ -177,8 +176,8 @@ Error writeSafeTensors(const std::string &path,
   if (Error e = file->write(text.data(), text.size()))
     return e;
   for (const TensorRef &t : tensors)
-    if (Error e = file->write(t.data, static_cast<size_t>(numElements(t.shape)) *
-                                          4))
+    if (Error e =
+            file->write(t.data, static_cast<size_t>(numElements(t.shape)) * 4))
       return e;
   return file->commit();
 }

@@ -33,9 +33,9 @@ Session::create(std::shared_ptr<const Artifact> artifact,
   session->params_ = dev.allocate(m.paramBytes);
   session->arena_ = dev.allocate(m.arenaBytes);
   if (!session->params_ || !session->arena_)
-    return makeError(ErrorCode::Device, artifact->path(),
-                     ": cannot allocate ", m.paramBytes,
-                     " parameter bytes and ", m.arenaBytes, " arena bytes");
+    return makeError(ErrorCode::Device, artifact->path(), ": cannot allocate ",
+                     m.paramBytes, " parameter bytes and ", m.arenaBytes,
+                     " arena bytes");
   // A model without parameters needs no weights.
   session->hasWeights_ = m.params.empty();
 
@@ -74,8 +74,8 @@ Error Session::bindWeights(const SafeTensors &weights,
     expected.insert(p.name);
     const Tensor *t = weights.find(p.name);
     if (!t)
-      return makeError(ErrorCode::Weights, source, ": missing tensor '",
-                       p.name, "'");
+      return makeError(ErrorCode::Weights, source, ": missing tensor '", p.name,
+                       "'");
     if (t->shape != p.shape)
       return makeError(ErrorCode::Weights, source, ": tensor '", p.name,
                        "' has shape ", formatShape(t->shape),

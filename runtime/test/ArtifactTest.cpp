@@ -61,9 +61,8 @@ TEST(Artifact, ContainerErrors) {
   std::vector<uint8_t> truncated(good.begin(), good.end() - 1000);
   Error e = loadError(truncated);
   EXPECT_EQ(e.code(), ErrorCode::Format);
-  EXPECT_EQ(e.message(), cat("model.moec: truncated (header says ",
-                             good.size(), " bytes, file has ",
-                             truncated.size(), ")"));
+  EXPECT_EQ(e.message(), cat("model.moec: truncated (header says ", good.size(),
+                             " bytes, file has ", truncated.size(), ")"));
 
   e = loadError(std::vector<uint8_t>(good.begin(), good.begin() + 20));
   EXPECT_EQ(e.message(), "model.moec: truncated (file has 20 bytes, less "
@@ -144,8 +143,7 @@ TEST(Artifact, SectionErrors) {
   header.sectionCount = 1000;
   std::memcpy(bytes.data(), &header, sizeof(header));
   EXPECT_EQ(loadError(bytes).message(),
-            cat("model.moec: section table (offset ",
-                header.sectionTableOffset,
+            cat("model.moec: section table (offset ", header.sectionTableOffset,
                 ", 1000 entries) lies outside the file (", bytes.size(),
                 " bytes)"));
 
@@ -224,9 +222,9 @@ TEST(Artifact, ManifestSchemaErrors) {
             }),
             m + "/params/1: parameter 'head.b' overlaps parameter "
                 "'head.scale'");
-  EXPECT_EQ(manifestError(
-                [](json &j) { j["params"][1]["name"] = "head.scale"; }),
-            m + "/params/1/name: duplicate parameter 'head.scale'");
+  EXPECT_EQ(
+      manifestError([](json &j) { j["params"][1]["name"] = "head.scale"; }),
+      m + "/params/1/name: duplicate parameter 'head.scale'");
   EXPECT_EQ(manifestError([](json &j) { j["params"][0]["dtype"] = "bf16"; }),
             m + "/params/0/dtype: unsupported dtype 'bf16' (expected f32)");
   EXPECT_EQ(manifestError([](json &j) { j["params"][0]["init"] = "xavier"; }),

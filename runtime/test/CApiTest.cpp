@@ -82,8 +82,8 @@ TEST_F(CApi, InferMatchesTheReference) {
     ASSERT_EQ(moec_session_infer(s, images.data(), n, logits.data()), MOEC_OK)
         << moec_last_error();
     for (size_t i = 0; i < expected.size(); ++i)
-      EXPECT_FLOAT_EQ(logits[i], expected[i]) << "threads " << threads
-                                              << ", logit " << i;
+      EXPECT_FLOAT_EQ(logits[i], expected[i])
+          << "threads " << threads << ", logit " << i;
     // Zero images is a no-op.
     EXPECT_EQ(moec_session_infer(s, nullptr, 0, nullptr), MOEC_OK);
     moec_session_release(s);
@@ -101,8 +101,10 @@ TEST_F(CApi, SessionsOutliveTheirModelAndRunInParallel) {
   std::vector<float> expected = tinyReference(images, n, kScale, kBias);
   std::vector<float> la(expected.size()), lb(expected.size());
   moec_status sa = MOEC_ERROR_INTERNAL, sb = MOEC_ERROR_INTERNAL;
-  std::thread ta([&] { sa = moec_session_infer(a, images.data(), n, la.data()); });
-  std::thread tb([&] { sb = moec_session_infer(b, images.data(), n, lb.data()); });
+  std::thread ta(
+      [&] { sa = moec_session_infer(a, images.data(), n, la.data()); });
+  std::thread tb(
+      [&] { sb = moec_session_infer(b, images.data(), n, lb.data()); });
   ta.join();
   tb.join();
   EXPECT_EQ(sa, MOEC_OK);
@@ -233,8 +235,8 @@ TEST_F(CApi, ArtifactErrors) {
   badJson.add("plan", tinyPlan().dump());
   badJson.add("kernels", kernelLibrary());
   EXPECT_EQ(load(badJson.build()), MOEC_ERROR_FORMAT);
-  EXPECT_EQ(std::string(moec_last_error()).rfind(
-                other + ": manifest: invalid JSON: ", 0),
+  EXPECT_EQ(std::string(moec_last_error())
+                .rfind(other + ": manifest: invalid JSON: ", 0),
             0u);
 
   moec_model *absent = reinterpret_cast<moec_model *>(1);
@@ -283,8 +285,7 @@ TEST_F(CApi, SessionErrors) {
   moec_session *ok = session();
   ASSERT_EQ(moec_session_init_weights(ok, 1), MOEC_OK);
   EXPECT_EQ(moec_session_infer(ok, nullptr, -1, nullptr), MOEC_ERROR_ARGUMENT);
-  EXPECT_EQ(std::string(moec_last_error()),
-            "infer: negative image count -1");
+  EXPECT_EQ(std::string(moec_last_error()), "infer: negative image count -1");
   EXPECT_EQ(moec_session_infer(ok, nullptr, 2, nullptr), MOEC_ERROR_ARGUMENT);
   moec_session_release(ok);
 }

@@ -118,6 +118,18 @@ TEST(Data, FashionMnistErrors) {
   writeGz(dir / "t10k-labels-idx1-ubyte.gz", idxLabels(5));
   EXPECT_EQ(error(), dir / "t10k-images-idx3-ubyte.gz: truncated (expected "
                            "60 bytes of pixels, got 50)");
+  // A header claiming far more images than the file holds.
+  images = idxImages(5, 3, 4);
+  images[4] = 0x3b; // 1'000'000'000 images
+  images[5] = 0x9a;
+  images[6] = 0xca;
+  images[7] = 0x00;
+  std::vector<uint8_t> manyLabels = idxLabels(0);
+  std::copy(images.begin() + 4, images.begin() + 8, manyLabels.begin() + 4);
+  writeGz(dir / "t10k-images-idx3-ubyte.gz", images);
+  writeGz(dir / "t10k-labels-idx1-ubyte.gz", manyLabels);
+  EXPECT_EQ(error(), dir / "t10k-images-idx3-ubyte.gz: truncated (expected "
+                           "12000000000 bytes of pixels, got 60)");
   std::vector<uint8_t> labels = idxLabels(5);
   labels.back() = 10;
   writeGz(dir / "t10k-images-idx3-ubyte.gz", idxImages(5, 3, 4));
@@ -166,9 +178,9 @@ TEST(Data, Cifar10) {
   // Training batches, in the archive's subfolder.
   std::filesystem::create_directory(dir / "cifar-10-batches-bin");
   for (int b = 1; b <= 5; ++b)
-    writeBytes(dir / ("cifar-10-batches-bin/data_batch_" + std::to_string(b) +
-                      ".bin"),
-               cifarRecords(2, b));
+    writeBytes(
+        dir / ("cifar-10-batches-bin/data_batch_" + std::to_string(b) + ".bin"),
+        cifarRecords(2, b));
   data = loadCifar10(dir.path(), "train");
   ASSERT_TRUE(data) << data.error().message();
   EXPECT_EQ(data->n, 10);
@@ -219,10 +231,9 @@ void writePng(const std::string &path, uint32_t format, int width, int height,
   image.height = png_uint_32(height);
   image.format = format;
   image.colormap_entries = png_uint_32(colormap.size() / 3);
-  ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0, pixels.data(),
-                                      0,
-                                      colormap.empty() ? nullptr
-                                                       : colormap.data()))
+  ASSERT_TRUE(
+      png_image_write_to_file(&image, path.c_str(), 0, pixels.data(), 0,
+                              colormap.empty() ? nullptr : colormap.data()))
       << image.message;
 }
 
@@ -263,10 +274,10 @@ TEST(Data, ImageFolder) {
 
   Expected<Dataset> gray = loadImageFolder(dir.path(), 1, 2, 2);
   ASSERT_TRUE(gray) << gray.error().message();
-  EXPECT_FLOAT_EQ(gray->images[4 + 2], half(102));      // gray stays gray
-  EXPECT_FLOAT_EQ(gray->images[8 + 0], half(76));       // luma of red
-  EXPECT_FLOAT_EQ(gray->images[8 + 1], half(150));      // luma of green
-  EXPECT_FLOAT_EQ(gray->images[8 + 2], half(29));       // luma of blue
+  EXPECT_FLOAT_EQ(gray->images[4 + 2], half(102)); // gray stays gray
+  EXPECT_FLOAT_EQ(gray->images[8 + 0], half(76));  // luma of red
+  EXPECT_FLOAT_EQ(gray->images[8 + 1], half(150)); // luma of green
+  EXPECT_FLOAT_EQ(gray->images[8 + 2], half(29));  // luma of blue
 
   Expected<Dataset> limited = loadImageFolder(dir.path(), 1, 2, 2, 3);
   ASSERT_TRUE(limited);
@@ -280,8 +291,8 @@ TEST(Data, ImageFolderErrors) {
     EXPECT_FALSE(data);
     return data ? std::string() : data.error().message();
   };
-  EXPECT_EQ(error(), dir.path() +
-                         ": no class folders (expected DIR/<class>/*.png)");
+  EXPECT_EQ(error(),
+            dir.path() + ": no class folders (expected DIR/<class>/*.png)");
   std::filesystem::create_directories(dir / "a");
   EXPECT_EQ(error(), dir / "a: no .png images");
   writePng(dir / "a/big.png", PNG_FORMAT_GRAY, 3, 3,
@@ -295,8 +306,7 @@ TEST(Data, ImageFolderErrors) {
 }
 
 TEST(Data, LoadDatasetDispatches) {
-  Expected<Dataset> data =
-      loadDataset("mnist", "/nowhere", "test", 1, 28, 28);
+  Expected<Dataset> data = loadDataset("mnist", "/nowhere", "test", 1, 28, 28);
   ASSERT_FALSE(data);
   EXPECT_EQ(data.error().message(),
             "unknown dataset kind 'mnist' (expected one of: fashion-mnist, "

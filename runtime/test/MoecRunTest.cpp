@@ -44,8 +44,7 @@ protected:
       std::vector<uint8_t> bytes = readBytes(path);
       return std::string(bytes.begin(), bytes.end());
     };
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text(out),
-            text(err)};
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text(out), text(err)};
   }
 
   /// An image-folder dataset of 4x4 gray PNGs: class "a" dark (sum < 0),
@@ -114,10 +113,10 @@ TEST_F(MoecRun, Inspect) {
   ASSERT_EQ(r.rc, 0) << r.err;
   for (const char *expected :
        {"model:        tiny", "target:       cpu", "version:      1.0",
-        "input   images     f32[4, 1, 4, 4]",
-        "output  logits     f32[4, 3]", "head.scale", "head.bias",
-        "param count:              6", "active params per image:  6",
-        "FLOPs per image:          22", "arena bytes:              448",
+        "input   images     f32[4, 1, 4, 4]", "output  logits     f32[4, 3]",
+        "head.scale", "head.bias", "param count:              6",
+        "active params per image:  6", "FLOPs per image:          22",
+        "arena bytes:              448",
         "kernels:                  3, section"})
     EXPECT_NE(r.out.find(expected), std::string::npos)
         << "missing '" << expected << "' in:\n"
@@ -184,8 +183,7 @@ TEST_F(MoecRun, InferOnAnImageFolder) {
   Result r = run("infer " + model + " --weights " + weights + " --data " +
                  data + " --threads 2");
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_NE(r.out.find("accuracy: 0.6667 (4/6)\n"), std::string::npos)
-      << r.out;
+  EXPECT_NE(r.out.find("accuracy: 0.6667 (4/6)\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("throughput: "), std::string::npos);
   EXPECT_NE(r.out.find(" images/s (threads 2, batch 4)"), std::string::npos)
       << r.out;
@@ -221,9 +219,9 @@ TEST_F(MoecRun, InferOnAnImageFolder) {
   r = run("infer " + model + " --weights " + weights + " --data " +
           dir / "missing");
   EXPECT_EQ(r.rc, 2);
-  EXPECT_NE(r.err.find("moec-run: error: " + dir / "missing" +
-                       ": no such directory"),
-            std::string::npos)
+  EXPECT_NE(
+      r.err.find("moec-run: error: " + dir / "missing" + ": no such directory"),
+      std::string::npos)
       << r.err;
 
   // More classes in the data than the model has.

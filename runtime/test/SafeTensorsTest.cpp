@@ -23,6 +23,13 @@ std::vector<uint8_t> rawSafeTensors(const std::string &header,
   return out;
 }
 
+/// `"NAME": {"dtype": DTYPE, "shape": SHAPE, "data_offsets": OFFSETS}`.
+std::string entry(const char *name, const char *dtype, const char *shape,
+                  const char *offsets) {
+  return std::string("\"") + name + "\": {\"dtype\": \"" + dtype +
+         "\", \"shape\": " + shape + ", \"data_offsets\": " + offsets + "}";
+}
+
 std::string parseError(const std::string &header,
                        const std::vector<float> &data = {1, 2, 3, 4}) {
   std::vector<uint8_t> bytes = rawSafeTensors(header, data);
@@ -40,10 +47,9 @@ TEST(SafeTensors, RoundTrip) {
   std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 5.0f, 6.0f};
   std::vector<float> b = {42.0f};
   std::string path = dir / "w.safetensors";
-  ASSERT_FALSE(writeSafeTensors(path,
-                                {{"z.first", {2, 3}, a.data()},
-                                 {"a.second", {1}, b.data()}},
-                                {{"model", "tiny"}}));
+  ASSERT_FALSE(writeSafeTensors(
+      path, {{"z.first", {2, 3}, a.data()}, {"a.second", {1}, b.data()}},
+      {{"model", "tiny"}}));
   // The data buffer starts 8-byte aligned.
   std::vector<uint8_t> bytes = readBytes(path);
   uint64_t headerSize;
@@ -86,8 +92,9 @@ TEST(SafeTensors, ScalarAndEmptyTensors) {
 
 TEST(SafeTensors, ReadsForeignLayouts) {
   // Header padded with spaces, tensors out of name order, __metadata__.
-  std::string header =
-      R"({"__metadata__": {"format": "pt"}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}, "a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}}   )";
+  std::string header = R"({"__metadata__": {"format": "pt"}, )" +
+                       entry("b", "F32", "[1]", "[12, 16]") + ", " +
+                       entry("a", "F32", "[3]", "[0, 12]") + "}   ";
   std::vector<uint8_t> bytes = rawSafeTensors(header, {1, 2, 3, 4});
   Expected<SafeTensors> read =
       parseSafeTensors(bytes.data(), bytes.size(), "w.safetensors");
@@ -100,29 +107,42 @@ TEST(SafeTensors, ReadsForeignLayouts) {
 }
 
 TEST(SafeTensors, Errors) {
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}})"),
-            "w.safetensors: tensor 'a' has dtype F16; only F32 is supported");
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 4]}})"),
-            "w.safetensors: tensor 'a' has an unknown dtype 'Q4'");
+  EXPECT_EQ(
+      parseError(
+          R"({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}})"),
+      "w.safetensors: tensor 'a' has dtype F16; only F32 is supported");
+  EXPECT_EQ(
+      parseError(
+          R"({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 4]}})"),
+      "w.safetensors: tensor 'a' has an unknown dtype 'Q4'");
   EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "shape": [2]}})"),
             "w.safetensors: tensor 'a' has no data_offsets [begin, end]");
   EXPECT_EQ(parseError(R"({"a": {"shape": [2], "data_offsets": [0, 8]}})"),
             "w.safetensors: tensor 'a' has no dtype string");
   EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "data_offsets": [0, 8]}})"),
             "w.safetensors: tensor 'a' has no shape array");
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})"),
-            "w.safetensors: tensor 'a' has a bad shape [-2] (expected "
-            "non-negative integers)");
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 24]}})"),
-            "w.safetensors: tensor 'a' has data_offsets [8, 24] outside the "
-            "data buffer (16 bytes)");
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 4]}})"),
-            "w.safetensors: tensor 'a' has data_offsets [8, 4] outside the "
-            "data buffer (16 bytes)");
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})"),
-            "w.safetensors: tensor 'a' has 8 bytes of data, but F32 [3] "
-            "needs 12");
-  EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})"),
+  EXPECT_EQ(
+      parseError(
+          R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})"),
+      "w.safetensors: tensor 'a' has a bad shape [-2] (expected "
+      "non-negative integers)");
+  EXPECT_EQ(
+      parseError(
+          R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 24]}})"),
+      "w.safetensors: tensor 'a' has data_offsets [8, 24] outside the "
+      "data buffer (16 bytes)");
+  EXPECT_EQ(
+      parseError(
+          R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 4]}})"),
+      "w.safetensors: tensor 'a' has data_offsets [8, 4] outside the "
+      "data buffer (16 bytes)");
+  EXPECT_EQ(
+      parseError(
+          R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})"),
+      "w.safetensors: tensor 'a' has 8 bytes of data, but F32 [3] "
+      "needs 12");
+  EXPECT_EQ(parseError("{" + entry("a", "F32", "[2]", "[0, 8]") + ", " +
+                       entry("b", "F32", "[2]", "[4, 12]") + "}"),
             "w.safetensors: tensors 'a' and 'b' overlap in the data buffer");
   EXPECT_EQ(parseError(R"({"__metadata__": {"n": 3}})"),
             "w.safetensors: __metadata__ entry 'n' is not a string");
@@ -132,9 +152,11 @@ TEST(SafeTensors, Errors) {
             "w.safetensors: the header is not a JSON object");
   EXPECT_EQ(parseError(R"({"a": 5})"),
             "w.safetensors: tensor 'a' is not a JSON object");
-  EXPECT_EQ(parseError(R"({"a": )").rfind(
-                "w.safetensors: invalid JSON: parse error at line 1, column", 0),
-            0u);
+  EXPECT_EQ(
+      parseError(R"({"a": )")
+          .rfind("w.safetensors: invalid JSON: parse error at line 1, column",
+                 0),
+      0u);
 }
 
 TEST(SafeTensors, ContainerErrors) {
@@ -162,8 +184,8 @@ TEST(SafeTensors, ContainerErrors) {
 TEST(SafeTensors, WriteErrorsKeepTheOldFile) {
   TempDir dir;
   float x = 1;
-  Error e = writeSafeTensors(dir / "missing-dir/w.safetensors",
-                             {{"x", {1}, &x}});
+  Error e =
+      writeSafeTensors(dir / "missing-dir/w.safetensors", {{"x", {1}, &x}});
   ASSERT_TRUE(e);
   EXPECT_EQ(e.code(), ErrorCode::Io);
   EXPECT_NE(e.message().find("missing-dir/w.safetensors: cannot create"),

@@ -56,8 +56,7 @@ inline std::vector<uint8_t> readBytes(const std::string &path) {
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
 }
 
-inline void writeBytes(const std::string &path, const void *data,
-                       size_t size) {
+inline void writeBytes(const std::string &path, const void *data, size_t size) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(static_cast<const char *>(data), std::streamsize(size));
 }
@@ -117,8 +116,8 @@ inline void fixChecksum(std::vector<uint8_t> &bytes) {
   using namespace moec::artifact;
   FileHeader header;
   std::memcpy(&header, bytes.data(), sizeof(header));
-  header.checksum = fnv1a64(bytes.data() + sizeof(header),
-                            bytes.size() - sizeof(header));
+  header.checksum =
+      fnv1a64(bytes.data() + sizeof(header), bytes.size() - sizeof(header));
   std::memcpy(bytes.data(), &header, sizeof(header));
 }
 
@@ -129,44 +128,41 @@ constexpr int64_t kBatch = 4;
 
 inline nlohmann::json tinyManifest() {
   using nlohmann::json;
-  return json{
-      {"model", "tiny"},
-      {"target", "cpu"},
-      {"compiler", "moec-test"},
-      {"batch", kBatch},
-      {"input", {{"channels", 1}, {"height", 4}, {"width", 4}}},
-      {"classes", kClasses},
-      {"dataset", {{"kind", "image-folder"}, {"path", ""}}},
-      {"param_bytes", 128},
-      {"param_count", 6},
-      {"active_params_per_image", 6},
-      {"arena_bytes", 448},
-      {"params",
-       json::array(
-           {{{"name", "head.scale"},
-             {"shape", {3}},
-             {"dtype", "f32"},
-             {"offset", 0},
-             {"init", "normal"},
-             {"std", 0.5}},
-            {{"name", "head.bias"},
-             {"shape", {3}},
-             {"dtype", "f32"},
-             {"offset", 64},
-             {"init", "zeros"}}})},
-      {"entries",
-       {{"infer",
-         {{"inputs", json::array({{{"name", "images"},
-                                   {"shape", {kBatch, 1, 4, 4}},
-                                   {"dtype", "f32"},
-                                   {"offset", 0}}})},
-          {"outputs", json::array({{{"name", "logits"},
-                                    {"shape", {kBatch, kClasses}},
-                                    {"dtype", "f32"},
-                                    {"offset", 384}}})},
-          {"flops", kBatch * 22},
-          {"flops_per_image", 22}}}}},
-      {"spec", {{"name", "tiny"}}}};
+  return json{{"model", "tiny"},
+              {"target", "cpu"},
+              {"compiler", "moec-test"},
+              {"batch", kBatch},
+              {"input", {{"channels", 1}, {"height", 4}, {"width", 4}}},
+              {"classes", kClasses},
+              {"dataset", {{"kind", "image-folder"}, {"path", ""}}},
+              {"param_bytes", 128},
+              {"param_count", 6},
+              {"active_params_per_image", 6},
+              {"arena_bytes", 448},
+              {"params", json::array({{{"name", "head.scale"},
+                                       {"shape", {3}},
+                                       {"dtype", "f32"},
+                                       {"offset", 0},
+                                       {"init", "normal"},
+                                       {"std", 0.5}},
+                                      {{"name", "head.bias"},
+                                       {"shape", {3}},
+                                       {"dtype", "f32"},
+                                       {"offset", 64},
+                                       {"init", "zeros"}}})},
+              {"entries",
+               {{"infer",
+                 {{"inputs", json::array({{{"name", "images"},
+                                           {"shape", {kBatch, 1, 4, 4}},
+                                           {"dtype", "f32"},
+                                           {"offset", 0}}})},
+                  {"outputs", json::array({{{"name", "logits"},
+                                            {"shape", {kBatch, kClasses}},
+                                            {"dtype", "f32"},
+                                            {"offset", 384}}})},
+                  {"flops", kBatch * 22},
+                  {"flops_per_image", 22}}}}},
+              {"spec", {{"name", "tiny"}}}};
 }
 
 inline nlohmann::json arg(const char *space, int64_t offset) {

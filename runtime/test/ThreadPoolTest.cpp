@@ -1,7 +1,7 @@
 //===- ThreadPoolTest.cpp - static splitting on the thread pool -----------===//
 
-#include "moec/Runtime/Device.h"
 #include "moec/Runtime/ThreadPool.h"
+#include "moec/Runtime/Device.h"
 
 #include <gtest/gtest.h>
 

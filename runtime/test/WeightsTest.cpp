@@ -69,8 +69,8 @@ TEST(Weights, GoldenValues) {
 }
 
 TEST(Weights, Deterministic) {
-  ParamSpec a = param("blocks.0.attn.qkv.weight", InitKind::TruncNormal, 0.02,
-                      1000);
+  ParamSpec a =
+      param("blocks.0.attn.qkv.weight", InitKind::TruncNormal, 0.02, 1000);
   EXPECT_EQ(init(a, 7), init(a, 7));
   EXPECT_NE(init(a, 7), init(a, 8));
   ParamSpec b = a;

@@ -13,8 +13,8 @@
 #include "moec/Runtime/Session.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -141,8 +141,8 @@ bool parseInteger(const std::string &flag, const std::string &text,
                 std::all_of(text.begin(), text.end(),
                             [](char c) { return c >= '0' && c <= '9'; });
   errno = 0;
-  unsigned long long value = digits ? std::strtoull(text.c_str(), nullptr, 10)
-                                    : 0;
+  unsigned long long value =
+      digits ? std::strtoull(text.c_str(), nullptr, 10) : 0;
   if (!digits || errno == ERANGE || value < min || value > max) {
     message = cat(flag, ": expected an integer in [", min, ", ", max,
                   "], got '", text, "'");
@@ -165,7 +165,7 @@ bool integerFlag(const Options &options, const char *flag, uint64_t min,
   return true;
 }
 
-/// "1.2 MiB".
+/// "1.2 MiB" (for at least 1 KiB).
 std::string humanBytes(uint64_t bytes) {
   const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double value = static_cast<double>(bytes);
@@ -175,12 +175,11 @@ std::string humanBytes(uint64_t bytes) {
     ++unit;
   }
   char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), unit ? "%.1f %s" : "%.0f %s", value,
-                units[unit]);
+  std::snprintf(buffer, sizeof(buffer), "%.1f %s", value, units[unit]);
   return buffer;
 }
 
-/// "1.23 M" style counts.
+/// "1.23 M" (for at least 1000).
 std::string humanCount(double value) {
   const char *units[] = {"", " K", " M", " G", " T"};
   int unit = 0;
@@ -189,9 +188,18 @@ std::string humanCount(double value) {
     ++unit;
   }
   char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), unit ? "%.2f%s" : "%.0f%s", value,
-                units[unit]);
+  std::snprintf(buffer, sizeof(buffer), "%.2f%s", value, units[unit]);
   return buffer;
+}
+
+/// " (1.23 M)" for counts of at least 1000, else "".
+std::string countNote(int64_t value) {
+  return value >= 1000 ? " (" + humanCount(double(value)) + ")" : "";
+}
+
+/// " (1.2 MiB)" for sizes of at least 1 KiB, else "".
+std::string bytesNote(uint64_t value) {
+  return value >= 1024 ? " (" + humanBytes(value) + ")" : "";
 }
 
 //===----------------------------------------------------------------------===//
@@ -211,20 +219,19 @@ int runInspect(const Options &options) {
   std::printf("version:      %u.%u\n", a.versionMajor(), a.versionMinor());
   std::printf("file size:    %" PRIu64 " bytes\n", a.fileSize());
   std::printf("batch:        %" PRId64 "\n", m.batch);
-  std::printf("input:        %" PRId64 "x%" PRId64 "x%" PRId64 "\n",
-              m.channels, m.height, m.width);
+  std::printf("input:        %" PRId64 "x%" PRId64 "x%" PRId64 "\n", m.channels,
+              m.height, m.width);
   std::printf("classes:      %" PRId64 "\n", m.classes);
   std::printf("dataset:      %s (%s)\n", m.datasetKind.c_str(),
               m.datasetPath.empty() ? "no path" : m.datasetPath.c_str());
   std::printf("\nentry points:\n");
   for (const auto &[name, entry] : m.entries) {
     auto dispatches = a.plan().entries.find(name);
-    std::printf("  %s (%zu dispatches, %" PRId64 " FLOPs per batch)\n",
-                name.c_str(),
-                dispatches == a.plan().entries.end()
-                    ? size_t(0)
-                    : dispatches->second.size(),
-                entry.flops);
+    std::printf(
+        "  %s (%zu dispatches, %" PRId64 " FLOPs per batch)\n", name.c_str(),
+        dispatches == a.plan().entries.end() ? size_t(0)
+                                             : dispatches->second.size(),
+        entry.flops);
     for (const TensorSpec &t : entry.inputs)
       std::printf("    input   %-10s %s%s\n", t.name.c_str(), t.dtype.c_str(),
                   formatShape(t.shape).c_str());
@@ -251,21 +258,20 @@ int runInspect(const Options &options) {
   }
   const EntrySpec &infer = m.infer();
   std::printf("\n");
-  std::printf("param count:              %" PRId64 " (%s)\n", m.paramCount,
-              humanCount(double(m.paramCount)).c_str());
-  std::printf("active params per image:  %" PRId64 " (%s)\n",
+  std::printf("param count:              %" PRId64 "%s\n", m.paramCount,
+              countNote(m.paramCount).c_str());
+  std::printf("active params per image:  %" PRId64 "%s\n",
               m.activeParamsPerImage,
-              humanCount(double(m.activeParamsPerImage)).c_str());
-  std::printf("FLOPs per image:          %" PRId64 " (%s)\n",
-              infer.flopsPerImage,
-              humanCount(double(infer.flopsPerImage)).c_str());
-  std::printf("param bytes:              %" PRIu64 " (%s)\n", m.paramBytes,
-              humanBytes(m.paramBytes).c_str());
-  std::printf("arena bytes:              %" PRIu64 " (%s)\n", m.arenaBytes,
-              humanBytes(m.arenaBytes).c_str());
-  std::printf("kernels:                  %zu, section %" PRIu64 " bytes (%s)\n",
+              countNote(m.activeParamsPerImage).c_str());
+  std::printf("FLOPs per image:          %" PRId64 "%s\n", infer.flopsPerImage,
+              countNote(infer.flopsPerImage).c_str());
+  std::printf("param bytes:              %" PRIu64 "%s\n", m.paramBytes,
+              bytesNote(m.paramBytes).c_str());
+  std::printf("arena bytes:              %" PRIu64 "%s\n", m.arenaBytes,
+              bytesNote(m.arenaBytes).c_str());
+  std::printf("kernels:                  %zu, section %" PRIu64 " bytes%s\n",
               a.plan().kernelNames().size(), a.kernelsSize(),
-              humanBytes(a.kernelsSize()).c_str());
+              bytesNote(a.kernelsSize()).c_str());
   return kExitOk;
 }
 
@@ -349,13 +355,13 @@ int runInfer(const Options &options) {
   if (batch == 0)
     batch = m.batch;
   if (batch > m.batch)
-    return usageError(cat("--batch ", batch, " exceeds the model's batch (",
-                          m.batch, ")"));
+    return usageError(
+        cat("--batch ", batch, " exceeds the model's batch (", m.batch, ")"));
   std::string dir = options.get("--data", m.datasetPath);
   if (dir.empty())
-    return usageError(
-        cat(options.model, ": the manifest names no dataset path; pass --data "
-                           "DIR"));
+    return usageError(cat(options.model,
+                          ": the manifest names no dataset path; pass --data "
+                          "DIR"));
   if (int rc = setUpWeights(options, *session, seed, /*note=*/true))
     return rc;
 
@@ -408,8 +414,8 @@ int runInfer(const Options &options) {
   std::printf("accuracy: %.4f (%" PRId64 "/%" PRId64 ")\n",
               double(correct) / double(data.n), correct, data.n);
   std::printf("throughput: %.1f images/s (threads %d, batch %" PRId64 ")\n",
-              seconds > 0 ? double(data.n) / seconds : 0.0,
-              session->threads(), batch);
+              seconds > 0 ? double(data.n) / seconds : 0.0, session->threads(),
+              batch);
   return kExitOk;
 }
 
@@ -488,11 +494,12 @@ int main(int argc, char **argv) {
       return kExitOk;
     }
   }
-  std::map<std::string, std::pair<std::set<std::string>, int (*)(const Options &)>>
+  std::map<std::string,
+           std::pair<std::set<std::string>, int (*)(const Options &)>>
       commands = {
           {"infer",
-           {{"--weights", "--seed", "--data", "--split", "--batch",
-             "--threads", "--limit"},
+           {{"--weights", "--seed", "--data", "--split", "--batch", "--threads",
+             "--limit"},
             runInfer}},
           {"inspect", {{}, runInspect}},
           {"init", {{"-o", "--seed"}, runInit}},

@@ -104,6 +104,52 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
   ];
 }
 
+def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::ModuleOp"> {
+  let summary = "Tiles every linalg op of the kernels to register tiles and vectorizes it.";
+  let description = [{
+    Runs on kernels on tensors (before bufferization). Every linalg op with
+    static shapes is tiled with scf.for loops:
+
+    * contractions (matmuls, the dispatch/combine einsums): the innermost
+      parallel dimension by the largest divisor of its size that is at most
+      `vector-width` (preferring multiples of 16 floats), the next parallel
+      dimension by the largest divisor <= `row-tile`, other parallel
+      dimensions and every reduction dimension by 1, so each K step is an
+      outer product into a register tile;
+    * other ops whose innermost loop is parallel: that dimension like a
+      contraction's, every other parallel dimension by 1;
+    * ops whose innermost loop is a reduction (layer norm and softmax
+      statistics, routing ranks): every parallel dimension by 1, the
+      reductions whole (vector reductions).
+
+    Each tile is vectorized with linalg's vectorizer (tiles divide the
+    shapes, so no masking is needed). The loop-invariant accumulator
+    reads/writes of every K loop are then hoisted out of it, so the
+    accumulators stay in registers for the whole reduction. Ops the
+    vectorizer rejects stay scalar and are lowered to loops later.
+  }];
+  let dependentDialects = ["mlir::scf::SCFDialect", "mlir::vector::VectorDialect",
+                           "mlir::tensor::TensorDialect", "mlir::arith::ArithDialect"];
+  let options = [
+    Option<"vectorWidth", "vector-width", "int64_t", /*default=*/"64",
+           "Largest tile of the innermost parallel dimension (floats)">,
+    Option<"rowTile", "row-tile", "int64_t", /*default=*/"8",
+           "Largest tile of the second innermost parallel dimension">,
+  ];
+}
+
+def LowerVectorsPass : Pass<"moe-lower-vectors"> {
+  let summary = "Lowers vector contractions, reductions and transfers for LLVM.";
+  let description = [{
+    After bufferization: `vector.contract` to outer products and FMAs,
+    multi-reductions to inner reductions, transfers to 1-D loads and stores,
+    broadcasts, transposes and shape casts to 1-D vector ops, so that
+    convert-vector-to-llvm produces plain vector FMAs.
+  }];
+  let dependentDialects = ["mlir::vector::VectorDialect", "mlir::arith::ArithDialect",
+                           "mlir::memref::MemRefDialect"];
+}
+
 def PlanMemoryPass : Pass<"moe-plan-memory", "mlir::ModuleOp"> {
   let summary = "Assigns every tensor of a plan an offset in one arena.";
   let description = [{

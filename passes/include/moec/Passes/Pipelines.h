@@ -19,6 +19,10 @@ struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions>
       *this, "max-stack-buffer-bytes",
       llvm::cl::desc("Kernel temporaries up to this size live on the stack"),
       llvm::cl::init(256 * 1024)};
+  Option<bool> vectorize{
+      *this, "vectorize",
+      llvm::cl::desc("Tile and vectorize the kernels' linalg ops"),
+      llvm::cl::init(true)};
 };
 
 /// moe -> per-image kernels + a plan function with arena offsets.

@@ -30,7 +30,7 @@ std::string formatShape(const std::vector<int64_t> &shape);
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
-  std::string dtype; ///< "f32"
+  std::string dtype;   ///< "f32"
   uint64_t offset = 0; ///< bytes from the arena's start
 };
 
@@ -42,7 +42,7 @@ const char *initKindName(InitKind kind);
 struct ParamSpec {
   std::string name;
   std::vector<int64_t> shape;
-  std::string dtype; ///< "f32"
+  std::string dtype;   ///< "f32"
   uint64_t offset = 0; ///< bytes from the parameter block's start, 64-aligned
   InitKind init = InitKind::Zeros;
   double std = 0; ///< for Normal and TruncNormal
@@ -52,16 +52,16 @@ struct ParamSpec {
 struct EntrySpec {
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
-  int64_t flops = 0;         ///< per full batch
+  int64_t flops = 0; ///< per full batch
   int64_t flopsPerImage = 0;
 };
 
 /// The "manifest" section.
 struct Manifest {
   std::string model;
-  std::string target;   ///< "cpu"
+  std::string target; ///< "cpu"
   std::string compiler;
-  int64_t batch = 0;    ///< the most images one kernel call takes
+  int64_t batch = 0; ///< the most images one kernel call takes
   int64_t channels = 0, height = 0, width = 0;
   int64_t classes = 0;
   std::string datasetKind; ///< "fashion-mnist", "cifar10" or "image-folder"
@@ -124,7 +124,8 @@ struct SectionInfo {
 class Artifact {
 public:
   /// Reads and validates `path`. Errors name `path` as given.
-  static Expected<std::shared_ptr<const Artifact>> load(const std::string &path);
+  static Expected<std::shared_ptr<const Artifact>>
+  load(const std::string &path);
   /// Validates an artifact held in memory; `displayName` stands for the
   /// file in messages.
   static Expected<std::shared_ptr<const Artifact>>

@@ -20,15 +20,15 @@ namespace moec::rt {
 /// The failure kinds; the values equal the C API's moec_status values.
 enum class ErrorCode {
   Ok = 0,
-  Io = 1,        ///< a file cannot be opened, read or written
-  Format = 2,    ///< a malformed artifact (container, manifest, plan, kernels)
-  Version = 3,   ///< an artifact of an unsupported major version
-  Checksum = 4,  ///< an artifact whose checksum does not match
-  Weights = 5,   ///< a malformed weights file or one that does not fit
-  Data = 6,      ///< a malformed or unsuitable dataset
-  Argument = 7,  ///< a bad argument to an API call
-  Device = 8,    ///< the device failed (allocation, threads, kernel loading)
-  Internal = 9,  ///< a bug in the runtime
+  Io = 1,       ///< a file cannot be opened, read or written
+  Format = 2,   ///< a malformed artifact (container, manifest, plan, kernels)
+  Version = 3,  ///< an artifact of an unsupported major version
+  Checksum = 4, ///< an artifact whose checksum does not match
+  Weights = 5,  ///< a malformed weights file or one that does not fit
+  Data = 6,     ///< a malformed or unsuitable dataset
+  Argument = 7, ///< a bad argument to an API call
+  Device = 8,   ///< the device failed (allocation, threads, kernel loading)
+  Internal = 9, ///< a bug in the runtime
 };
 
 /// A short lower-case name of `code` ("io", "format", ...).
@@ -81,7 +81,8 @@ template <typename... Args> std::string cat(const Args &...args) {
 }
 
 /// Error(code, cat(args...)).
-template <typename... Args> Error makeError(ErrorCode code, const Args &...args) {
+template <typename... Args>
+Error makeError(ErrorCode code, const Args &...args) {
   return Error(code, cat(args...));
 }
 

@@ -26,15 +26,15 @@ extern "C" {
 
 typedef enum moec_status {
   MOEC_OK = 0,
-  MOEC_ERROR_IO = 1,        /* a file cannot be opened, read or written */
-  MOEC_ERROR_FORMAT = 2,    /* malformed artifact */
-  MOEC_ERROR_VERSION = 3,   /* artifact major version not supported */
-  MOEC_ERROR_CHECKSUM = 4,  /* artifact checksum mismatch */
-  MOEC_ERROR_WEIGHTS = 5,   /* malformed or non-matching weights */
-  MOEC_ERROR_DATA = 6,      /* malformed or unsuitable dataset */
-  MOEC_ERROR_ARGUMENT = 7,  /* bad argument (null pointer, unknown device) */
-  MOEC_ERROR_DEVICE = 8,    /* device failure (memory, threads) */
-  MOEC_ERROR_INTERNAL = 9   /* a runtime bug */
+  MOEC_ERROR_IO = 1,       /* a file cannot be opened, read or written */
+  MOEC_ERROR_FORMAT = 2,   /* malformed artifact */
+  MOEC_ERROR_VERSION = 3,  /* artifact major version not supported */
+  MOEC_ERROR_CHECKSUM = 4, /* artifact checksum mismatch */
+  MOEC_ERROR_WEIGHTS = 5,  /* malformed or non-matching weights */
+  MOEC_ERROR_DATA = 6,     /* malformed or unsuitable dataset */
+  MOEC_ERROR_ARGUMENT = 7, /* bad argument (null pointer, unknown device) */
+  MOEC_ERROR_DEVICE = 8,   /* device failure (memory, threads) */
+  MOEC_ERROR_INTERNAL = 9  /* a runtime bug */
 } moec_status;
 
 /* A loaded artifact; immutable, may be shared by sessions and threads. */

@@ -30,8 +30,11 @@ import struct
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # parse_spec and the spec helpers work without torch
+    torch = F = None
 
 # ---------------------------------------------------------------------------
 # Safetensors (F32 only), with the standard library and torch
@@ -227,11 +230,15 @@ def capacity(k, S, cf, E):
 class ViMoE:
     """The moec ViT / ViMoE forward pass; call it on [N, C, H, W] images."""
 
-    def __init__(self, spec, weights, dtype=torch.float32):
+    def __init__(self, spec, weights, dtype=None, native_mha=None):
         self.s = spec if isinstance(spec, dict) else parse_spec(spec)
         s = self.s
+        dtype = torch.float32 if dtype is None else dtype
         self.dtype = dtype
         self.act = _activation(s["activation"])
+        if native_mha is None:
+            native_mha = hasattr(torch, "_native_multi_head_attention")
+        self.native_mha = native_mha
         D = s["D"]
 
         def get(name, shape):
@@ -260,6 +267,9 @@ class ViMoE:
                 "n2w": get(p + "norm2.weight", [D]), "n2b": get(p + "norm2.bias", [D]),
                 "moe": bool(moe) and i in moe["blocks"],
             }
+            if native_mha:
+                b["qkvwT"] = b["qkvw"].t().contiguous()
+                b["projwT"] = b["projw"].t().contiguous()
             if not b["moe"]:
                 Hm = s["Hm"]
                 b["w1"] = get(p + "mlp.fc1.weight", [D, Hm])
@@ -294,6 +304,14 @@ class ViMoE:
         return self._mlp(x, b["ew1"][e], b["eb1"][e], b["ew2"][e], b["eb2"][e])
 
     def _attention(self, b, h, B):
+        if self.native_mha:
+            # PyTorch's fused inference path of nn.MultiheadAttention (the
+            # same formula; weights in its [out, in] layout).
+            x = h.view(B, self.s["S"], self.s["D"])
+            out, _ = torch._native_multi_head_attention(
+                x, x, x, self.s["D"], self.s["heads"], b["qkvwT"], b["qkvb"],
+                b["projwT"], b["projb"], None, False)
+            return out.reshape(B * self.s["S"], self.s["D"])
         s = self.s
         S, D, nh = s["S"], s["D"], s["heads"]
         dh = D // nh
@@ -504,11 +522,12 @@ def blas_info():
     return info
 
 
-def set_threads(n):
+def set_threads(n, blas=None):
+    """PyTorch's intra-op threads, and OpenBLAS's own threads (default: n)."""
     torch.set_num_threads(n)
     try:
         import ctypes
-        ctypes.CDLL("libblas.so.3").openblas_set_num_threads(n)
+        ctypes.CDLL("libblas.so.3").openblas_set_num_threads(n if blas is None else blas)
     except (OSError, AttributeError):
         pass
 
@@ -534,6 +553,8 @@ def main(argv=None):
     p.add_argument("images")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="OpenBLAS threads (default: --threads)")
     p.add_argument("--warmup", type=int, default=2)
     sub.add_parser("info")
     a = ap.parse_args(argv)
@@ -545,7 +566,7 @@ def main(argv=None):
         write_safetensors(a.out, randomize(read_safetensors(a.inp), a.seed))
         return 0
 
-    set_threads(a.threads)
+    set_threads(a.threads, getattr(a, "blas_threads", None))
     spec = parse_spec(a.spec)
     dtype = torch.float64 if getattr(a, "f64", False) else torch.float32
     model = ViMoE(spec, read_safetensors(a.weights), dtype=dtype)
@@ -563,7 +584,7 @@ def main(argv=None):
         for i in range(a.warmup):
             j = (i * a.batch) % n
             model.forward(images[j:j + a.batch])
-    print(json.dumps({"ready": True, "images": n}), flush=True)
+    print(json.dumps({"ready": True, "images": n, "info": blas_info()}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "quit":

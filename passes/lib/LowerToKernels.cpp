@@ -134,7 +134,7 @@ public:
                                    arith::AddFOp::create(nb, nl, t, c(1.0)));
     }
     case Activation::Relu:
-      return arith::MaximumFOp::create(nb, nl, x, c(0.0));
+      return arith::MaxNumFOp::create(nb, nl, x, c(0.0));
     case Activation::Silu: {
       // x / (1 + exp(-x))
       Value e = math::ExpOp::create(nb, nl, arith::NegFOp::create(nb, nl, x));
@@ -255,7 +255,7 @@ public:
   Value softmaxRows(Value x, double scale, Value dest) {
     Value mx = reduceRows(
         x, -INFINITY, [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
-          return arith::MaximumFOp::create(nb, nl, acc, v);
+          return arith::MaxNumFOp::create(nb, nl, acc, v);
         });
     auto expOf = [&](OpBuilder &nb, Location nl, Value v, Value m) -> Value {
       Value s = arith::SubFOp::create(nb, nl, v, m);
@@ -507,29 +507,79 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
         ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [S, D]
         int64_t s = x[0], d = x[1], heads = o.getHeads(), dh = d / heads;
         Value qkv = ib.matmul(in[0], in[1], in[2], ib.empty({s, 3 * d}));
-        Value heads_out = ib.empty({s, d});
-        SmallVector<OpFoldResult> ones(2, b.getIndexAttr(1));
-        auto cols = [&](Value src, int64_t first, int64_t width) -> Value {
-          return tensor::ExtractSliceOp::create(
-              b, loc, ib.type({s, width}), src,
-              ArrayRef<OpFoldResult>{b.getIndexAttr(0), b.getIndexAttr(first)},
-              ArrayRef<OpFoldResult>{b.getIndexAttr(s), b.getIndexAttr(width)},
-              ones);
-        };
         double scale = 1.0 / std::sqrt(static_cast<double>(dh));
-        for (int64_t h = 0; h < heads; ++h) {
-          Value q = cols(qkv, h * dh, dh);
-          Value kt = ib.transpose(cols(qkv, d + h * dh, dh), {1, 0});
-          Value v = cols(qkv, 2 * d + h * dh, dh);
-          Value scores = ib.matmul(q, kt, Value(), ib.empty({s, s}));
-          Value probs = ib.softmaxRows(scores, scale, ib.empty({s, s}));
-          Value out = ib.matmul(probs, v, Value(), ib.empty({s, dh}));
-          heads_out = tensor::InsertSliceOp::create(
-              b, loc, out, heads_out,
-              ArrayRef<OpFoldResult>{b.getIndexAttr(0), b.getIndexAttr(h * dh)},
-              ArrayRef<OpFoldResult>{b.getIndexAttr(s), b.getIndexAttr(dh)},
-              ones);
-        }
+        // One loop over heads (not unrolled: the kernel stays small enough
+        // for the instruction cache).
+        Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+        Value numHeads = arith::ConstantIndexOp::create(b, loc, heads);
+        Value step = arith::ConstantIndexOp::create(b, loc, 1);
+        auto headLoop = scf::ForOp::create(
+            b, loc, zero, numHeads, step, ValueRange{ib.empty({s, d})},
+            [&](OpBuilder &hb, Location hl, Value h, ValueRange acc) {
+              ImageBuilder hib(hb, hl);
+              SmallVector<OpFoldResult> ones(2, hb.getIndexAttr(1));
+              Value headStart = arith::MulIOp::create(
+                  hb, hl, h, arith::ConstantIndexOp::create(hb, hl, dh));
+              auto cols = [&](Value src, int64_t block) -> Value {
+                Value first = arith::AddIOp::create(
+                    hb, hl, headStart,
+                    arith::ConstantIndexOp::create(hb, hl, block * d));
+                return tensor::ExtractSliceOp::create(
+                    hb, hl, hib.type({s, dh}), src,
+                    ArrayRef<OpFoldResult>{hb.getIndexAttr(0), first},
+                    ArrayRef<OpFoldResult>{hb.getIndexAttr(s),
+                                           hb.getIndexAttr(dh)},
+                    ones);
+              };
+              Value q = cols(qkv, 0);
+              Value kt = hib.transpose(cols(qkv, 1), {1, 0});
+              Value v = cols(qkv, 2);
+              Value scores = hib.matmul(q, kt, Value(), hib.empty({s, s}));
+              // softmax(QK^T) V with the normalisation applied to the
+              // [S, dh] output instead of the [S, S] probabilities: exp once
+              // per score, one pass less over the scores.
+              Value rowMax = hib.reduceRows(
+                  scores, -INFINITY,
+                  [](OpBuilder &nb, Location nl, Value x, Value a) -> Value {
+                    return arith::MaxNumFOp::create(nb, nl, a, x);
+                  });
+              Value exps = hib.generic(
+                  {scores, rowMax}, hib.empty({s, s}),
+                  {hib.map(2, {0, 1}), hib.map(2, {0}), hib.map(2, {0, 1})},
+                  {kPar, kPar},
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    Value centered = arith::SubFOp::create(nb, nl, a[0], a[1]);
+                    return math::ExpOp::create(
+                        nb, nl,
+                        arith::MulFOp::create(
+                            nb, nl, centered,
+                            arith::ConstantOp::create(
+                                nb, nl, nb.getF32FloatAttr(scale))));
+                  });
+              Value rowSum = hib.reduceRows(
+                  exps, 0.0,
+                  [](OpBuilder &nb, Location nl, Value x, Value a) -> Value {
+                    return arith::AddFOp::create(nb, nl, a, x);
+                  });
+              Value unnormalized =
+                  hib.matmul(exps, v, Value(), hib.empty({s, dh}));
+              SmallVector<OpFoldResult> at{hb.getIndexAttr(0), headStart};
+              SmallVector<OpFoldResult> size{hb.getIndexAttr(s),
+                                             hb.getIndexAttr(dh)};
+              Value headSlice = tensor::ExtractSliceOp::create(
+                  hb, hl, hib.type({s, dh}), acc[0], at, size, ones);
+              Value out = hib.generic(
+                  {unnormalized, rowSum}, headSlice,
+                  {hib.map(2, {0, 1}), hib.map(2, {0}), hib.map(2, {0, 1})},
+                  {kPar, kPar},
+                  [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    return arith::DivFOp::create(nb, nl, a[0], a[1]);
+                  });
+              Value updated = tensor::InsertSliceOp::create(hb, hl, out, acc[0],
+                                                            at, size, ones);
+              scf::YieldOp::create(hb, hl, updated);
+            });
+        Value heads_out = headLoop.getResult(0);
         return one(ib.matmul(heads_out, in[3], in[4], dests[0]));
       })
       .Case([&](RouterOp o) -> R { return emitRouter(o, ib, in, dests); })
@@ -653,7 +703,7 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
     Value colMax = ib.generic(
         {logits}, ib.fill({e * p}, -INFINITY), {ib.map(2, {0, 1}), ib.map(2, {1})},
         {kRed, kPar}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          return arith::MaximumFOp::create(nb, nl, a[1], a[0]);
+          return arith::MaxNumFOp::create(nb, nl, a[1], a[0]);
         });
     Value colSum = ib.generic(
         {logits, colMax}, ib.fill({e * p}, 0.0),
@@ -681,7 +731,7 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
     Value rowMax = ib.reduceRows(
         logits, -INFINITY,
         [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
-          return arith::MaximumFOp::create(nb, nl, acc, v);
+          return arith::MaxNumFOp::create(nb, nl, acc, v);
         });
     Value rowSum = ib.reduceRows(
         logits, 0.0,

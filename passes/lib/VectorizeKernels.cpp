@@ -15,6 +15,7 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/SCF/Transforms/TileUsingInterface.h"
+#include "mlir/Dialect/SCF/Transforms/Transforms.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Dialect/Tensor/Transforms/Transforms.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
@@ -50,107 +51,165 @@ struct VectorizeKernelsPass
     : public moec::impl::VectorizeKernelsPassBase<VectorizeKernelsPass> {
   using Base::Base;
 
+  static bool inKernel(Operation *op) {
+    auto fn = op->getParentOfType<func::FuncOp>();
+    return fn && fn->hasAttr("moe.kernel");
+  }
+
+  /// Tile sizes for `op` (0 = not tiled) and the loop dimension that
+  /// becomes the vector dimension (-1 if none).
+  std::pair<SmallVector<int64_t>, int64_t> chooseTiles(linalg::LinalgOp op) {
+    SmallVector<int64_t> ranges = op.getStaticLoopRanges();
+    SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
+    bool contraction =
+        linalg::isaContractionOpInterface(op) || isEinsumContraction(op);
+    SmallVector<int64_t> parallel;
+    for (auto [i, it] : llvm::enumerate(iters))
+      if (it == utils::IteratorType::parallel)
+        parallel.push_back(i);
+    SmallVector<int64_t> tiles(ranges.size(), 0);
+    int64_t vectorDim = -1;
+
+    // Transposes (attention keys): one output row segment at a time,
+    // gathered element by element from the input column and stored
+    // contiguously. (Register transposes of odd-sized blocks become element
+    // shuffles through the stack, and as plain loops LLVM turns them into
+    // scatters: both are far slower.)
+    if (isa<linalg::TransposeOp>(op)) {
+      for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel)))
+        tiles[dim] = pos == 0 ? pickTile(ranges[dim], 16, false) : 1;
+      return {tiles, -1};
+    }
+
+    bool innermostReduction = iters.back() == utils::IteratorType::reduction;
+    int64_t vectorTile = 1;
+    for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel))) {
+      if (pos == 0 && (contraction || !innermostReduction)) {
+        vectorDim = dim;
+        int64_t n = ranges[dim];
+        // Multiples of 16 floats (one AVX-512 register) only: a vector
+        // tile such as 50 lanes legalizes into a ragged tail that LLVM
+        // spills element by element. Sizes without such a divisor get
+        // 16-wide tiles and a peeled remainder.
+        if (n % 16 == 0)
+          vectorTile = pickTile(n, vectorWidth, true);
+        else if (n > 16)
+          vectorTile = 16;
+        else
+          vectorTile = n;
+        tiles[dim] = vectorTile;
+      } else if (pos == 1 && contraction) {
+        // Rows x registers-per-row accumulators: keep about 24 of the 32
+        // vector registers for them, up to `rowTile` rows, or twice as many
+        // when a row fits in one register (narrow outputs such as a head).
+        int64_t regsPerRow = (vectorTile + 15) / 16;
+        int64_t rows = std::max<int64_t>(
+            1, std::min<int64_t>(24 / regsPerRow,
+                                 regsPerRow == 1 ? 2 * rowTile : rowTile));
+        tiles[dim] = pickTile(ranges[dim], rows, false);
+      } else {
+        tiles[dim] = 1;
+      }
+    }
+    if (contraction)
+      for (auto [i, it] : llvm::enumerate(iters))
+        if (it == utils::IteratorType::reduction)
+          tiles[i] = 1;
+    return {tiles, vectorDim};
+  }
+
   void runOnOperation() override {
     MLIRContext *ctx = &getContext();
     IRRewriter rewriter(ctx);
     SmallVector<linalg::LinalgOp> ops;
     getOperation().walk([&](linalg::LinalgOp op) {
-      if (op.hasPureTensorSemantics() && op->getParentOfType<func::FuncOp>() &&
-          op->getParentOfType<func::FuncOp>()->hasAttr("moe.kernel"))
+      if (op.hasPureTensorSemantics() && inKernel(op))
         ops.push_back(op);
     });
 
-    SmallVector<scf::ForOp> reductionLoops;
+    // 1. Tile every op; peel vector loops whose tile does not divide.
     for (linalg::LinalgOp op : ops) {
-      // Transposes (of attention keys) are small; vectorized they unroll
-      // into element-wise shuffles. Loops are cheaper to compile and run.
-      if (isa<linalg::TransposeOp>(op))
-        continue;
       SmallVector<int64_t> ranges = op.getStaticLoopRanges();
       if (llvm::any_of(ranges, ShapedType::isDynamic))
         continue;
-      SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
-      bool contraction = linalg::isaContractionOpInterface(op) ||
-                         isEinsumContraction(op);
-      SmallVector<int64_t> parallel;
-      for (auto [i, it] : llvm::enumerate(iters))
-        if (it == utils::IteratorType::parallel)
-          parallel.push_back(i);
-
-      // Contractions get register tiles (rows x vector) and K steps of 1.
-      // Everything else is vectorized along its innermost loop dimension
-      // only, one row at a time: broadcasts of per-row values (softmax and
-      // layer-norm statistics) then stay 1-D instead of becoming transposes.
-      SmallVector<int64_t> tiles(ranges.size(), 0);
-      bool innermostReduction =
-          iters.back() == utils::IteratorType::reduction;
-      for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel))) {
-        if (pos == 0 && (contraction || !innermostReduction))
-          tiles[dim] = pickTile(ranges[dim], vectorWidth, true);
-        else if (pos == 1 && contraction)
-          tiles[dim] = pickTile(ranges[dim], rowTile, false);
-        else
-          tiles[dim] = 1;
-      }
-      bool tileReductions = contraction;
-      for (auto [i, it] : llvm::enumerate(iters))
-        if (it == utils::IteratorType::reduction && tileReductions)
-          tiles[i] = 1;
-      // Nothing to tile: vectorize as is.
+      auto [tiles, vectorDim] = chooseTiles(op);
       bool needsTiling = false;
       for (auto [t, r] : llvm::zip(tiles, ranges))
         needsTiling |= t != 0 && t != r;
-
-      Operation *target = op;
+      if (!needsTiling)
+        continue;
       rewriter.setInsertionPoint(op);
-      if (needsTiling) {
-        scf::SCFTilingOptions options;
-        SmallVector<OpFoldResult> sizes;
-        for (int64_t t : tiles)
-          sizes.push_back(rewriter.getIndexAttr(t));
-        options.setTileSizes(sizes);
-        FailureOr<scf::SCFTilingResult> tiled = scf::tileUsingSCF(
-            rewriter, cast<TilingInterface>(op.getOperation()), options);
-        if (failed(tiled))
-          continue;
-        rewriter.replaceOp(op, tiled->replacements);
-        target = tiled->tiledOps.back();
-        if (tileReductions && !tiled->loops.empty())
-          if (auto inner = dyn_cast<scf::ForOp>(tiled->loops.back().getOperation()))
-            reductionLoops.push_back(inner);
+      scf::SCFTilingOptions options;
+      SmallVector<OpFoldResult> sizes;
+      for (int64_t t : tiles)
+        sizes.push_back(rewriter.getIndexAttr(t));
+      options.setTileSizes(sizes);
+      FailureOr<scf::SCFTilingResult> tiled = scf::tileUsingSCF(
+          rewriter, cast<TilingInterface>(op.getOperation()), options);
+      if (failed(tiled))
+        continue;
+      rewriter.replaceOp(op, tiled->replacements);
+      // Loops are created for tiled dimensions in order.
+      if (vectorDim >= 0 && ranges[vectorDim] % tiles[vectorDim] != 0) {
+        int64_t loopIndex = 0;
+        for (int64_t d = 0; d < vectorDim; ++d)
+          loopIndex += tiles[d] != 0;
+        if (loopIndex < static_cast<int64_t>(tiled->loops.size()))
+          if (auto loop = dyn_cast<scf::ForOp>(
+                  tiled->loops[loopIndex].getOperation())) {
+            scf::ForOp partial;
+            (void)scf::peelForLoopAndSimplifyBounds(rewriter, loop, partial);
+          }
       }
-      if (failed(linalg::vectorizeOpPrecondition(target)))
-        continue;
-      rewriter.setInsertionPoint(target);
-      FailureOr<linalg::VectorizationResult> vectorized =
-          linalg::vectorize(rewriter, target);
-      if (failed(vectorized))
-        continue;
-      if (target->getNumResults())
-        rewriter.replaceOp(target, vectorized->replacements);
-      else
-        rewriter.eraseOp(target);
     }
 
-    // Clean up: transfers of extract_slice -> transfers of the source, and
-    // reductions expressed as contractions.
-    {
-      RewritePatternSet patterns(ctx);
+    // 2. Fold the peeled tiles' sizes to constants (static tile types).
+    if (failed(applyCleanupPatterns(/*vectorPatterns=*/false)))
+      return signalPassFailure();
+
+    // 3. Vectorize every static linalg op of the kernels.
+    SmallVector<linalg::LinalgOp> tiles;
+    getOperation().walk([&](linalg::LinalgOp op) {
+      if (op.hasPureTensorSemantics() && inKernel(op))
+        tiles.push_back(op);
+    });
+    for (linalg::LinalgOp op : tiles) {
+      if (failed(linalg::vectorizeOpPrecondition(op)))
+        continue;
+      rewriter.setInsertionPoint(op);
+      FailureOr<linalg::VectorizationResult> vectorized =
+          linalg::vectorize(rewriter, op);
+      if (failed(vectorized))
+        continue;
+      if (op->getNumResults())
+        rewriter.replaceOp(op, vectorized->replacements);
+      else
+        rewriter.eraseOp(op);
+    }
+
+    // 4. Transfers of extract_slice -> transfers of the source, reductions
+    // as contractions; then keep every K loop's accumulators in registers.
+    if (failed(applyCleanupPatterns(/*vectorPatterns=*/true)))
+      return signalPassFailure();
+    getOperation().walk([&](scf::ForOp loop) {
+      if (inKernel(loop))
+        (void)hoistLoopInvariantSubsets(rewriter, loop);
+    });
+  }
+
+  LogicalResult applyCleanupPatterns(bool vectorPatterns) {
+    MLIRContext *ctx = &getContext();
+    RewritePatternSet patterns(ctx);
+    if (vectorPatterns) {
       vector::populateVectorReductionToContractPatterns(patterns);
       vector::populateVectorTransferPermutationMapLoweringPatterns(patterns);
       tensor::populateFoldTensorSubsetIntoVectorTransferPatterns(patterns);
-      for (Dialect *d : ctx->getLoadedDialects())
-        d->getCanonicalizationPatterns(patterns);
-      for (RegisteredOperationName op : ctx->getRegisteredOperations())
-        op.getCanonicalizationPatterns(patterns, ctx);
-      if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
-        return signalPassFailure();
     }
-    // Keep the accumulators of every K loop in registers.
-    getOperation().walk([&](scf::ForOp loop) {
-      if (loop->getParentOfType<func::FuncOp>()->hasAttr("moe.kernel"))
-        (void)hoistLoopInvariantSubsets(rewriter, loop);
-    });
+    for (Dialect *d : ctx->getLoadedDialects())
+      d->getCanonicalizationPatterns(patterns);
+    for (RegisteredOperationName op : ctx->getRegisteredOperations())
+      op.getCanonicalizationPatterns(patterns, ctx);
+    return applyPatternsGreedily(getOperation(), std::move(patterns));
   }
 
   /// The dispatch/combine einsums: generic ops whose body is

@@ -2,6 +2,8 @@
 
 #include "moec/Runtime/Session.h"
 
+#include <chrono>
+
 #include "moec/Runtime/Weights.h"
 
 #include <cstring>
@@ -145,13 +147,24 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
   for (int64_t done = 0; done < n;) {
     int64_t count = std::min<int64_t>(m.batch, n - done);
     device_->upload(input, images + done * m.imageSize(), count * imageBytes);
-    for (size_t i = 0; i < plan.size(); ++i)
+    for (size_t i = 0; i < plan.size(); ++i) {
+      auto start = std::chrono::steady_clock::now();
       if (Error e = device_->runDispatch(plan[i], inferArgs_[i].data(), count))
         return e;
+      if (profiling_)
+        dispatchSeconds_[i] += std::chrono::duration<double>(
+                                   std::chrono::steady_clock::now() - start)
+                                   .count();
+    }
     device_->download(logits + done * m.classes, output, count * logitBytes);
     done += count;
   }
   return Error::success();
+}
+
+void Session::setProfiling(bool enabled) {
+  profiling_ = enabled;
+  dispatchSeconds_.assign(artifact_->plan().entries.at("infer").size(), 0.0);
 }
 
 } // namespace moec::rt

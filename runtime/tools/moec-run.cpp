@@ -38,7 +38,7 @@ const char *const kUsage =
     "\n"
     "commands:\n"
     "  infer MODEL [--weights W] [--seed S] [--data DIR] [--split test|train]\n"
-    "              [--batch N] [--threads N] [--limit N]\n"
+    "              [--batch N] [--threads N] [--limit N] [--profile N]\n"
     "      accuracy and throughput on the model's dataset (default: the\n"
     "      manifest's dataset, test split); random weights without --weights\n"
     "  inspect MODEL\n"
@@ -328,6 +328,44 @@ void drawProgress(int64_t done, int64_t total, double seconds) {
   std::fflush(stderr);
 }
 
+/// Time per op kind, then the `top` most expensive dispatches.
+void printProfile(const Session &session, size_t top) {
+  const std::vector<Dispatch> &plan =
+      session.artifact().plan().entries.at("infer");
+  const std::vector<double> &secs = session.dispatchSeconds();
+  double total = 0;
+  std::map<std::string, std::pair<double, int>> byOp;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    total += secs[i];
+    byOp[plan[i].op].first += secs[i];
+    byOp[plan[i].op].second += 1;
+  }
+  if (total <= 0)
+    return;
+  std::vector<std::pair<double, std::string>> ops;
+  for (auto &[op, entry] : byOp)
+    ops.push_back({entry.first, op});
+  std::sort(ops.rbegin(), ops.rend());
+  std::printf("\nprofile: %.3f s in %zu dispatches\n", total, plan.size());
+  std::printf("  %-24s %10s %7s %6s\n", "op", "seconds", "share", "count");
+  for (auto &[t, op] : ops)
+    std::printf("  %-24s %10.4f %6.1f%% %6d\n", op.c_str(), t,
+                100 * t / total, byOp[op].second);
+  std::vector<size_t> order(plan.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return secs[a] > secs[b]; });
+  std::printf("  %-10s %-24s %-28s %10s %7s\n", "kernel", "op", "name",
+              "seconds", "share");
+  for (size_t k = 0; k < std::min(top, order.size()); ++k) {
+    const Dispatch &d = plan[order[k]];
+    std::printf("  %-10s %-24s %-28s %10.4f %6.1f%%\n", d.kernel.c_str(),
+                d.op.c_str(), d.name.c_str(), secs[order[k]],
+                100 * secs[order[k]] / total);
+  }
+}
+
 int runInfer(const Options &options) {
   std::string message;
   int threads = 0;
@@ -383,6 +421,14 @@ int runInfer(const Options &options) {
   if (data.n == 0)
     return reportError(makeError(ErrorCode::Data, dir, ": no images"));
 
+  int64_t profileTop = 0;
+  {
+    std::string message;
+    if (!integerFlag(options, "--profile", 1, 1 << 20, profileTop, message))
+      return usageError(message);
+  }
+  session->setProfiling(profileTop > 0);
+
   std::vector<float> logits(size_t(batch) * m.classes);
   const bool tty = ::isatty(STDERR_FILENO);
   int64_t correct = 0;
@@ -416,6 +462,8 @@ int runInfer(const Options &options) {
   std::printf("throughput: %.1f images/s (threads %d, batch %" PRId64 ")\n",
               seconds > 0 ? double(data.n) / seconds : 0.0, session->threads(),
               batch);
+  if (profileTop > 0)
+    printProfile(*session, static_cast<size_t>(profileTop));
   return kExitOk;
 }
 
@@ -499,7 +547,7 @@ int main(int argc, char **argv) {
       commands = {
           {"infer",
            {{"--weights", "--seed", "--data", "--split", "--batch", "--threads",
-             "--limit"},
+             "--limit", "--profile"},
             runInfer}},
           {"inspect", {{}, runInspect}},
           {"init", {{"-o", "--seed"}, runInit}},

@@ -64,6 +64,9 @@ cl::opt<TargetKind> target(
     "target", cl::desc("Where the artifact runs"), cl::init(TargetKind::Cpu),
     cl::values(clEnumValN(TargetKind::Cpu, "cpu",
                           "native x86-64 code for the compiling machine's CPU")));
+cl::opt<std::string> dumpLLVMIR(
+    "dump-llvm-ir", cl::desc("Also write the optimized LLVM IR of the kernels"),
+    cl::value_desc("file"), cl::init(""));
 cl::opt<int64_t> batch("batch",
                        cl::desc("Images per call of the entry functions "
                                 "(default: the spec's /train/batch)"),
@@ -94,6 +97,8 @@ int main(int argc, char **argv) {
   const std::string outputPath = outputFilename;
   const EmitKind emitKind = emit;
   const int64_t batchSize = batch;
+  moec::CpuTargetOptions targetOptions;
+  targetOptions.dumpLLVMIRPath = dumpLLVMIR;
 
   if (positional.empty())
     return usageError("missing command");
@@ -158,7 +163,7 @@ int main(int argc, char **argv) {
   }
   if (emitKind == EmitKind::Artifact) {
     FailureOr<std::string> library =
-        moec::buildCpuKernelLibrary(*kernels, moec::CpuTargetOptions());
+        moec::buildCpuKernelLibrary(*kernels, targetOptions);
     if (failed(library))
       return kExitFailure;
     const moec::spec::Spec &spec = *parsed.spec;

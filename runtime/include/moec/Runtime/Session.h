@@ -61,6 +61,13 @@ public:
   /// classes logits; any n >= 0, in chunks of at most the manifest's batch.
   Error infer(const float *images, int64_t n, float *logits);
 
+  /// With profiling on, infer() adds each dispatch's wall time to
+  /// dispatchSeconds() (one entry per "infer" dispatch, in plan order).
+  void setProfiling(bool enabled);
+  const std::vector<double> &dispatchSeconds() const {
+    return dispatchSeconds_;
+  }
+
 private:
   Session() = default;
 
@@ -71,6 +78,8 @@ private:
   /// Per "infer" dispatch: its argument base pointers.
   std::vector<std::vector<void *>> inferArgs_;
   bool hasWeights_ = false;
+  bool profiling_ = false;
+  std::vector<double> dispatchSeconds_;
 };
 
 } // namespace moec::rt

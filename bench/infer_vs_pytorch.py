@@ -141,11 +141,15 @@ def torch_run(py, threads, *args):
 class TorchServer:
     """A moe_torch.py 'serve' child: warmed up, one timed pass per time()."""
 
-    def __init__(self, py, spec, weights, images, batch, omp, blas, passive):
-        self.name = f"omp {omp} x blas {blas}" + (", OMP_WAIT_POLICY=PASSIVE" if passive else "")
-        self.omp, self.blas, self.passive = omp, blas, passive
+    def __init__(self, py, spec, weights, images, batch, warmup, omp, blas, passive, split):
+        if split > 1:
+            self.name = f"batch split over {split} threads, 1 thread each"
+        else:
+            self.name = f"omp {omp} x blas {blas}" + (", OMP_WAIT_POLICY=PASSIVE"
+                                                       if passive else "")
         cmd = [py, MOE_TORCH, "serve", spec, weights, images, "--batch", str(batch),
-               "--threads", str(omp), "--blas-threads", str(blas)]
+               "--threads", str(omp), "--blas-threads", str(blas),
+               "--warmup", str(warmup), "--split", str(split)]
         self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True, env=torch_env(omp, blas, passive))
         ready = self._read()
@@ -453,16 +457,20 @@ def run(args, spec, tools, py, work, load0):
 
     # -- speed ----------------------------------------------------------------
     T = args.threads
-    configs = [(T, T, False)]
+    # (OpenMP threads, OpenBLAS threads, OMP_WAIT_POLICY=PASSIVE, batch split).
+    # The first is plain torch.set_num_threads(T). Debian's torch runs its
+    # own ops on libgomp threads and its matmuls on OpenBLAS's pthreads: the
+    # two pools spin-wait against each other on T cores, hence the others.
+    configs = [(T, T, False, 1)]
     if args.torch_configs == "all":
-        configs += [(T, T, True), (T, 1, True), (1, T, False)]
-    seen, uniq = set(), []
-    for c in configs:
-        key = (c[0], c[1], c[2] and c[0] > 1)
-        if key not in seen:
-            seen.add(key)
-            uniq.append((c[0], c[1], key[2]))
-    servers = [TorchServer(py, args.spec, weights, images, args.batch, *c) for c in uniq]
+        configs += [(T, T, True, 1), (T, 1, True, 1), (1, T, False, 1), (1, 1, False, T)]
+    uniq = []
+    for o, b, p, sp in configs:
+        c = (o, b, p and o > 1, sp)
+        if c not in uniq and not (sp > 1 and args.batch < sp):
+            uniq.append(c)
+    servers = [TorchServer(py, args.spec, weights, images, args.batch, args.warmup, *c)
+               for c in uniq]
     moec_rates, moec_threads = [], None
     how = ("`moec-run infer` throughput line (timed inference loop)" if fm else
            "`moec-run run` wall time, N images minus one batch (approximate)")
@@ -497,7 +505,8 @@ def run(args, spec, tools, py, work, load0):
         f"model {cpu.get('Model', '?')}), {cpu.get('CPU(s)', '?')} CPUs, "
         f"avx512f {'yes' if 'avx512f' in cpu.get('Flags', '').split() else 'no'}; "
         f"load average {load0} at start, {load1} at end")
-    log(f"torch      : {info.get('torch', '?')}; " + "; ".join(info.get("config", [])))
+    log(f"torch      : {info.get('torch', '?')}; "
+        + "; ".join(c.lstrip("- ") for c in info.get("config", [])))
     log(f"BLAS       : {', '.join(info.get('blas_libraries', [])) or '?'}; "
         f"OpenBLAS core {info.get('openblas_get_corename', '?')}; "
         f"OPENBLAS_CORETYPE={info.get('OPENBLAS_CORETYPE')} in the torch child")
@@ -508,11 +517,11 @@ def run(args, spec, tools, py, work, load0):
     log(f"PyTorch    : moe_torch.py, float32, inference_mode, {args.warmup} warm-up "
         f"batches, one timed pass over the {n} images per round")
     log("")
-    log(f"{'':<44}{'median':>10}{'best':>10}  images/s")
-    log(f"{'moec':<44}{med(moec_rates):>10.1f}{max(moec_rates):>10.1f}")
+    log(f"{'images/s':<52}{'median':>10}{'best':>10}")
+    log(f"{'moec':<52}{med(moec_rates):>10.1f}{max(moec_rates):>10.1f}")
     for s in servers:
         mark = " <- best" if s is best_srv and len(servers) > 1 else ""
-        log(f"{'PyTorch ' + s.name:<44}{med(s.rates):>10.1f}{max(s.rates):>10.1f}{mark}")
+        log(f"{'PyTorch ' + s.name:<52}{med(s.rates):>10.1f}{max(s.rates):>10.1f}{mark}")
     log("")
     ratio = med(moec_rates) / med(best_srv.rates)
     log(f"ratio moec / PyTorch (medians, best PyTorch config): {ratio:.2f}x")

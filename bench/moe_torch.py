@@ -556,6 +556,9 @@ def main(argv=None):
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OpenBLAS threads (default: --threads)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--split", type=int, default=1,
+                   help="split each batch over this many Python threads, each "
+                   "running its share (use with --threads 1 --blas-threads 1)")
     sub.add_parser("info")
     a = ap.parse_args(argv)
 
@@ -580,10 +583,26 @@ def main(argv=None):
 
     # serve: warm up, then one timed pass over all images per 'time' line.
     n = images.shape[0]
+    forward = model.forward
+    if a.split > 1:
+        # Data parallel within a batch: every image is its own routing group,
+        # so the split changes nothing in the results. torch ops release the
+        # GIL, so the threads run in parallel.
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(a.split)
+
+        def part(x):
+            with torch.inference_mode():
+                return model.forward(x)
+
+        def forward(x):
+            futs = [pool.submit(part, c) for c in x.chunk(a.split)]
+            return torch.cat([f.result() for f in futs])
+
     with torch.inference_mode():
         for i in range(a.warmup):
             j = (i * a.batch) % n
-            model.forward(images[j:j + a.batch])
+            forward(images[j:j + a.batch])
     print(json.dumps({"ready": True, "images": n, "info": blas_info()}), flush=True)
     for line in sys.stdin:
         cmd = line.strip()
@@ -595,7 +614,7 @@ def main(argv=None):
         with torch.inference_mode():
             t0 = time.perf_counter()
             for i in range(0, n, a.batch):
-                model.forward(images[i:i + a.batch])
+                forward(images[i:i + a.batch])
             dt = time.perf_counter() - t0
         print(json.dumps({"seconds": dt, "images": n}), flush=True)
     return 0

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""moec-run on broken inputs built from a real compiled model: each must fail
+with a clear message naming the file and the problem, the documented exit
+code, and no crash; no input file may be modified.
+
+usage: check_bad_inputs.py BIN_DIR SPEC WORK_DIR
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+FAILURES = []
+
+
+def run(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def expect(name, cmd, code, *needles):
+    proc = run(cmd)
+    out = proc.stderr + proc.stdout
+    if proc.returncode != code:
+        FAILURES.append(f"{name}: exit {proc.returncode}, want {code}\n{out}")
+    elif proc.returncode < 0:
+        FAILURES.append(f"{name}: crashed with signal {-proc.returncode}")
+    for needle in needles:
+        if needle not in out:
+            FAILURES.append(f"{name}: output lacks {needle!r}:\n{out}")
+    print(f"{name}: exit {proc.returncode}: {out.strip().splitlines()[0] if out.strip() else ''}")
+
+
+def main():
+    bindir, spec, work = sys.argv[1:4]
+    os.makedirs(work, exist_ok=True)
+    moec = os.path.join(bindir, "moec")
+    run_ = os.path.join(bindir, "moec-run")
+    model = os.path.join(work, "model.moec")
+    weights = os.path.join(work, "w.safetensors")
+    proc = run([moec, "compile", spec, "--batch", "4", "-o", model])
+    if proc.returncode != 0:
+        sys.exit(f"FAIL: compile: {proc.stderr}")
+    proc = run([run_, "init", model, "-o", weights])
+    if proc.returncode != 0:
+        sys.exit(f"FAIL: init: {proc.stderr}")
+    data = open(model, "rb").read()
+
+    def variant(name, payload):
+        path = os.path.join(work, name)
+        with open(path, "wb") as f:
+            f.write(payload)
+        return path
+
+    # Artifacts.
+    truncated = variant("truncated.moec", data[: len(data) // 2])
+    expect("truncated artifact", [run_, "inspect", truncated], 2,
+           "truncated.moec", "truncated")
+    flipped = bytearray(data)
+    flipped[len(flipped) // 3] ^= 0x40
+    corrupted = variant("corrupted.moec", bytes(flipped))
+    expect("corrupted artifact", [run_, "inspect", corrupted], 2,
+           "corrupted.moec", "checksum mismatch")
+    newer = bytearray(data)
+    struct.pack_into("<I", newer, 8, 2)
+    expect("wrong version", [run_, "inspect", variant("v2.moec", bytes(newer))], 2,
+           "v2.moec", "version 2.0 is not supported")
+    expect("not an artifact", [run_, "inspect", spec], 2, os.path.basename(spec))
+    expect("missing artifact", [run_, "inspect", os.path.join(work, "none.moec")],
+           2, "none.moec")
+
+    # Weights: drop one tensor / change one shape in the safetensors header.
+    raw = open(weights, "rb").read()
+    n = struct.unpack_from("<Q", raw, 0)[0]
+    header = json.loads(raw[8:8 + n])
+    body = raw[8 + n:]
+
+    def rewrite(name, mutate):
+        h = json.loads(json.dumps(header))
+        mutate(h)
+        text = json.dumps(h).encode()
+        text += b" " * (-len(text) % 8)
+        return variant(name, struct.pack("<Q", len(text)) + text + body)
+
+    missing = rewrite("missing.safetensors", lambda h: h.pop("head.bias"))
+    expect("missing tensor", [run_, "run", model, "--weights", missing,
+                              "--input", os.path.join(work, "x.f32"),
+                              "--output", os.path.join(work, "y.f32")],
+           2, "missing.safetensors", "head.bias")
+
+    def reshape(h):
+        h["head.weight"]["shape"] = list(reversed(h["head.weight"]["shape"]))
+
+    misshaped = rewrite("misshaped.safetensors", reshape)
+    expect("mis-shaped tensor", [run_, "infer", model, "--weights", misshaped,
+                                 "--limit", "4"],
+           2, "misshaped.safetensors", "head.weight", "shape")
+    expect("truncated weights", [run_, "infer", model, "--weights",
+                                 variant("short.safetensors", raw[:-100]),
+                                 "--limit", "4"], 2, "short.safetensors")
+
+    # Data.
+    empty_dir = os.path.join(work, "no-data")
+    os.makedirs(empty_dir, exist_ok=True)
+    expect("unreadable dataset", [run_, "infer", model, "--weights", weights,
+                                  "--data", empty_dir, "--limit", "4"],
+           2, "no-data")
+    bad_idx = os.path.join(work, "bad-idx")
+    shutil.rmtree(bad_idx, ignore_errors=True)
+    os.makedirs(bad_idx)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with open(os.path.join(bad_idx, name), "wb") as f:
+            f.write(struct.pack(">IIII", 1234, 10, 28, 28))
+    expect("corrupt dataset", [run_, "infer", model, "--weights", weights,
+                               "--data", bad_idx, "--limit", "4"],
+           2, "t10k-images-idx3-ubyte", "magic")
+    with open(os.path.join(work, "odd.f32"), "wb") as f:
+        f.write(b"\0" * 10)
+    expect("ragged raw input", [run_, "run", model, "--weights", weights,
+                                "--input", os.path.join(work, "odd.f32"),
+                                "--output", os.path.join(work, "y.f32")], 2,
+           "odd.f32")
+
+    # Flags.
+    expect("unknown flag", [run_, "infer", model, "--frobnicate", "1"], 2,
+           "--frobnicate")
+    expect("bad number", [run_, "infer", model, "--threads", "two"], 2,
+           "--threads")
+
+    if open(model, "rb").read() != data:
+        FAILURES.append("the artifact was modified")
+    for failure in FAILURES:
+        print("FAIL:", failure)
+    print(f"{len(FAILURES)} failures")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

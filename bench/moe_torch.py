@@ -239,6 +239,9 @@ class ViMoE:
         if native_mha is None:
             native_mha = hasattr(torch, "_native_multi_head_attention")
         self.native_mha = native_mha
+        # When a [B] tensor, forward() lowers it to each image's smallest
+        # routing margin (see _note_margin).
+        self.margin = None
         D = s["D"]
 
         def get(name, shape):
@@ -324,6 +327,16 @@ class ViMoE:
         o = torch.matmul(a, v).transpose(1, 2).reshape(B * S, D)
         return torch.addmm(b["projb"], o, b["projw"])
 
+    def _note_margin(self, g, k, dim):
+        """Records the gap between the k-th and (k+1)-th largest values of g
+        along `dim` (a discrete routing decision), per image: a routing that
+        a rounding error can flip has a tiny margin."""
+        if self.margin is None or k >= g.shape[dim]:
+            return
+        top = torch.topk(g, k + 1, dim=dim).values
+        gap = top.narrow(dim, k - 1, 1) - top.narrow(dim, k, 1)
+        self.margin = torch.minimum(self.margin, gap.reshape(g.shape[0], -1).amin(dim=1))
+
     def _moe(self, b, h, B):
         """The MoE FFN on h [B*S, D] (each image its own routing group)."""
         s, m = self.s, self.s["moe"]
@@ -340,6 +353,7 @@ class ViMoE:
                 for _ in range(m["iterations"]):
                     Q = Q * (target / Q.sum(dim=1, keepdim=True))  # columns
                     Q = Q / Q.sum(dim=2, keepdim=True)  # rows
+            self._note_margin(Q, k, 2)
             rank = stable_rank(Q)  # [B, S, E]
             C = capacity(k, S, m["cf"], E)
             # Slots are filled in (rank r, token s) order: the queue position
@@ -364,6 +378,7 @@ class ViMoE:
         elif kind == "expert-choice":
             G = torch.softmax((h @ b["router"]).view(B, S, E), dim=-1)
             C = capacity(1, S, m["cf"], E)
+            self._note_margin(G, C, 1)
             # Each expert takes its C best tokens; ties: lower token index.
             top = torch.sort(G, dim=1, descending=True, stable=True).indices[:, :C, :]
             rows = top + (torch.arange(B) * S).view(B, 1, 1)  # [B, C, E]
@@ -390,6 +405,7 @@ class ViMoE:
         else:  # per-image
             mean = h.view(B, S, D).mean(dim=1)  # [B, D]
             G = torch.softmax(mean @ b["router"], dim=-1)  # [B, E]
+            self._note_margin(G, k, 1)
             chosen = stable_rank(G) < k
             y3 = y.view(B, S, D)
             h3 = h.view(B, S, D)
@@ -543,6 +559,12 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--f64", action="store_true", help="compute in float64")
+    p = sub.add_parser("margins", help="each image's smallest routing margin, "
+                       "in float64, as a JSON list")
+    p.add_argument("spec")
+    p.add_argument("weights")
+    p.add_argument("images")
+    p.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("randomize")
     p.add_argument("inp")
     p.add_argument("out")
@@ -571,9 +593,20 @@ def main(argv=None):
 
     set_threads(a.threads, getattr(a, "blas_threads", None))
     spec = parse_spec(a.spec)
-    dtype = torch.float64 if getattr(a, "f64", False) else torch.float32
+    f64 = getattr(a, "f64", False) or a.cmd == "margins"
+    dtype = torch.float64 if f64 else torch.float32
     model = ViMoE(spec, read_safetensors(a.weights), dtype=dtype)
     images = read_images(a.images, spec)
+
+    if a.cmd == "margins":
+        out = []
+        for i in range(0, images.shape[0], 256):
+            x = images[i:i + 256]
+            model.margin = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+            model(x)
+            out += model.margin.tolist()
+        print(json.dumps(out))
+        return 0
 
     if a.cmd == "logits":
         y = forward_batched(model, images, a.batch).to(torch.float32)

@@ -414,11 +414,98 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
                                          ArrayRef<Value> in,
                                          ArrayRef<Value> dests);
 
+/// Dispatch/combine tensors of every router but soft MoE are one-hot per
+/// slot (at most one token fills a slot, a token fills at most one slot of
+/// an expert), so dispatch and combine are gathers instead of dense einsums.
+bool isHardRouted(Value dispatchOrCombine) {
+  auto router = dispatchOrCombine.getDefiningOp<RouterOp>();
+  return router && router.getKind() != RouterKind::Soft;
+}
+
+/// index[...] = sum_j j * (t[..., j] != 0) and total[...] = sum_j t[..., j]
+/// over the last dim of `t` (rank 3, reducing dim `dim` of the loop).
+std::pair<Value, Value> oneHotIndex(ImageBuilder &ib, Value t,
+                                    ArrayRef<unsigned> outDims,
+                                    ArrayRef<unsigned> tDims,
+                                    ArrayRef<int64_t> outShape,
+                                    unsigned reducedLoopDim) {
+  SmallVector<IteratorType> iters(3, kPar);
+  iters[reducedLoopDim] = kRed;
+  Value index = ib.generic(
+      {t}, ib.fill(outShape, 0.0), {ib.map(3, tDims), ib.map(3, outDims)},
+      iters, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        Value j = arith::UIToFPOp::create(
+            nb, nl, nb.getF32Type(),
+            arith::IndexCastUIOp::create(
+                nb, nl, nb.getI64Type(),
+                linalg::IndexOp::create(nb, nl, reducedLoopDim)));
+        Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+        Value nonzero = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::ONE,
+                                              a[0], zero);
+        return arith::AddFOp::create(
+            nb, nl, a[1], arith::SelectOp::create(nb, nl, nonzero, j, zero));
+      });
+  Value total = ib.generic(
+      {t}, ib.fill(outShape, 0.0), {ib.map(3, tDims), ib.map(3, outDims)},
+      iters, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        return arith::AddFOp::create(nb, nl, a[1], a[0]);
+      });
+  return {index, total};
+}
+
+Value toIndex(OpBuilder &nb, Location nl, Value f) {
+  return arith::IndexCastUIOp::create(
+      nb, nl, nb.getIndexType(),
+      arith::FPToUIOp::create(nb, nl, nb.getI64Type(), f));
+}
+
+/// out[e, c, :] = valid[e, c] * x[token[e, c], :] with token/valid read off
+/// the one-hot dispatch tensor D [S, E, C].
+Value gatherDispatch(ImageBuilder &ib, Value x, Value dispatch, Value dest) {
+  ArrayRef<int64_t> d = ImageBuilder::shape(dispatch); // [S, E, C]
+  // Loop (e, c, s): index/valid over s.
+  auto [token, valid] =
+      oneHotIndex(ib, dispatch, {0, 1}, {2, 0, 1}, {d[1], d[2]}, 2);
+  return ib.generic(
+      {valid, token}, dest,
+      {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1, 2})},
+      {kPar, kPar, kPar}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        Value s = toIndex(nb, nl, a[1]);
+        Value col = linalg::IndexOp::create(nb, nl, 2);
+        Value row = tensor::ExtractOp::create(nb, nl, x, ValueRange{s, col});
+        return arith::MulFOp::create(nb, nl, a[0], row);
+      });
+}
+
+/// out[s, :] = sum_e weight[s, e] * y[e, slot[s, e], :] with slot/weight read
+/// off the combine tensor C [S, E, C] (at most one slot per token and expert).
+Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
+  ArrayRef<int64_t> c = ImageBuilder::shape(combine); // [S, E, C]
+  // Loop (s, e, c): slot/weight over c.
+  auto [slot, weight] =
+      oneHotIndex(ib, combine, {0, 1}, {0, 1, 2}, {c[0], c[1]}, 2);
+  // Loop (s, d, e): reduce over experts.
+  return ib.generic(
+      {weight, slot}, ib.fill(dest, 0.0),
+      {ib.map(3, {0, 2}), ib.map(3, {0, 2}), ib.map(3, {0, 1})},
+      {kPar, kPar, kRed}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        Value e = linalg::IndexOp::create(nb, nl, 2);
+        Value col = linalg::IndexOp::create(nb, nl, 1);
+        Value row = tensor::ExtractOp::create(
+            nb, nl, y, ValueRange{e, toIndex(nb, nl, a[1]), col});
+        return arith::AddFOp::create(
+            nb, nl, a[2], arith::MulFOp::create(nb, nl, a[0], row));
+      });
+}
+
 /// Computes one image of `op` from per-image operands `in` into the
 /// per-image destinations `dests`; returns the per-image results.
+///
+/// `oneHot`: for dispatch/combine, whether the routing tensors come from a
+/// router other than soft MoE (decided before the router was outlined).
 FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
                                         ArrayRef<Value> in,
-                                        ArrayRef<Value> dests) {
+                                        ArrayRef<Value> dests, bool oneHot) {
   OpBuilder &b = ib.b;
   Location loc = ib.loc;
   using R = FailureOr<SmallVector<Value>>;
@@ -584,6 +671,8 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
       })
       .Case([&](RouterOp o) -> R { return emitRouter(o, ib, in, dests); })
       .Case([&](DispatchOp) -> R {
+        if (oneHot)
+          return one(gatherDispatch(ib, in[0], in[1], dests[0]));
         // out[e, c, d] = sum_s D[s, e, c] x[s, d]
         return one(ib.generic(
             {in[1], in[0]}, ib.fill(dests[0], 0.0),
@@ -603,6 +692,8 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
         return one(ib.batchMatmul(h, in[3], in[4], dests[0]));
       })
       .Case([&](CombineOp) -> R {
+        if (oneHot)
+          return one(gatherCombine(ib, in[0], in[1], dests[0]));
         // out[s, d] = sum_{e, c} C[s, e, c] y[e, c, d]
         return one(ib.generic(
             {in[1], in[0]}, ib.fill(dests[0], 0.0),
@@ -875,15 +966,25 @@ struct LowerToKernelsPass
       return signalPassFailure();
     }
 
+    // Routers are outlined before their dispatch/combine users: look at
+    // the routing kinds first.
+    DenseSet<Operation *> oneHot;
+    for (Operation *op : work) {
+      if (auto d = dyn_cast<DispatchOp>(op); d && isHardRouted(d.getDispatch()))
+        oneHot.insert(op);
+      if (auto c = dyn_cast<CombineOp>(op); c && isHardRouted(c.getCombine()))
+        oneHot.insert(op);
+    }
+
     OpBuilder b(module.getContext());
     unsigned index = 0;
     for (Operation *op : work)
-      if (failed(outline(op, index++, batch, b)))
+      if (failed(outline(op, index++, batch, oneHot.contains(op), b)))
         return signalPassFailure();
   }
 
   LogicalResult outline(Operation *op, unsigned index, int64_t batch,
-                        OpBuilder &b) {
+                        bool oneHot, OpBuilder &b) {
     ModuleOp module = getOperation();
     Location loc = op->getLoc();
     for (Type t : llvm::concat<Type>(op->getOperandTypes(),
@@ -930,7 +1031,7 @@ struct LowerToKernelsPass
                 sliceImage(lb, ll, acc[i], imageDim(op, result, true), g));
           ImageBuilder ib(lb, ll);
           FailureOr<SmallVector<Value>> images =
-              emitImage(op, ib, ins, imageDests);
+              emitImage(op, ib, ins, imageDests, oneHot);
           SmallVector<Value> yielded;
           if (failed(images)) {
             status = failure();

@@ -85,3 +85,31 @@ module {
     return
   }
 }
+
+// -----
+
+// Hard routers give one-hot dispatch/combine tensors: dispatch and combine
+// become gathers (tensor.extract at the slot's token / the token's slot).
+// Soft routing keeps the dense einsums.
+// CHECK-LABEL: func.func @infer
+// CHECK: call @moec_k1({{.*}}moe.op = "moe.dispatch"
+// CHECK: call @moec_k2({{.*}}moe.op = "moe.combine"
+// CHECK: call @moec_k4({{.*}}moe.op = "moe.dispatch"
+// CHECK-LABEL: func.func @moec_k1
+// CHECK: linalg.generic
+// CHECK: tensor.extract %{{.*}}[%{{.*}}, %{{.*}}] : tensor<5x8xf32>
+// CHECK-LABEL: func.func @moec_k2
+// CHECK: tensor.extract %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] : tensor<4x3x8xf32>
+// CHECK-LABEL: func.func @moec_k4
+// CHECK-NOT: tensor.extract %
+// CHECK: arith.mulf
+func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<2x3x2x8xf32>) {
+  %w = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
+  %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<3x5x8xf32>, tensor<8x4xf32>) -> (tensor<3x5x4x3xf32>, tensor<3x5x4x3xf32>, tensor<3x5x4xf32>)
+  %xs = moe.dispatch %x, %d : (tensor<3x5x8xf32>, tensor<3x5x4x3xf32>) -> tensor<4x3x3x8xf32>
+  %y = moe.combine %xs, %c : (tensor<4x3x3x8xf32>, tensor<3x5x4x3xf32>) -> tensor<3x5x8xf32>
+  %ws = moe.param "soft.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
+  %sd, %sc, %sl = moe.router soft %x, %ws {slots_per_expert = 2 : i64} : (tensor<3x5x8xf32>, tensor<8x4xf32>) -> (tensor<3x5x2x2xf32>, tensor<3x5x2x2xf32>, tensor<3x5x4xf32>)
+  %sx = moe.dispatch %x, %sd : (tensor<3x5x8xf32>, tensor<3x5x2x2xf32>) -> tensor<2x3x2x8xf32>
+  return %y, %sx : tensor<3x5x8xf32>, tensor<2x3x2x8xf32>
+}

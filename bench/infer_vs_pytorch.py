@@ -68,21 +68,48 @@ def die(msg):
 
 
 class Tools:
-    """The moec binaries; waits for one that is momentarily missing (the
-    build directory may be rebuilt while this runs)."""
+    """The moec binaries. They are copied into the work directory first, so
+    that a rebuild of BIN during the run cannot mix two versions; a binary
+    that is momentarily missing (being rebuilt) is waited for."""
+
+    NAMES = ("moec", "moec-run", "moec-reference")
 
     def __init__(self, bin_dir, wait_s):
         self.bin = os.path.abspath(bin_dir)
         self.wait_s = wait_s
+        self.snap = None
+        self.built = {}
 
-    def path(self, name):
-        p = os.path.join(self.bin, name)
-        deadline = time.time() + self.wait_s
+    def _wait(self, p, optional=False):
+        deadline = time.time() + (min(self.wait_s, 30) if optional else self.wait_s)
         while not (os.path.isfile(p) and os.access(p, os.X_OK)):
             if time.time() > deadline:
+                if optional:
+                    return False
                 die(f"{p} not found")
             log(f"  (waiting for {p} to reappear)")
             time.sleep(5)
+        return True
+
+    def snapshot(self, dest):
+        os.makedirs(dest, exist_ok=True)
+        for name in self.NAMES:
+            src = os.path.join(self.bin, name)
+            if not self._wait(src, optional=name == "moec-reference"):
+                continue
+            # Wait until the file has stopped changing (a link in progress).
+            while time.time() - os.path.getmtime(src) < 3:
+                time.sleep(1)
+            self.built[name] = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                             time.gmtime(os.path.getmtime(src)))
+            shutil.copy2(src, os.path.join(dest, name))
+        self.snap = dest
+
+    def path(self, name):
+        if self.snap and os.path.isfile(os.path.join(self.snap, name)):
+            return os.path.join(self.snap, name)
+        p = os.path.join(self.bin, name)
+        self._wait(p)
         return p
 
     def run(self, name, *args, retries=3):
@@ -312,9 +339,13 @@ def explain(tools, py, args, spec, weights, images, a, b, n, work, slug, worst=8
     near = [i for i in bad if margin[i] < NEAR_TIE]
     sel = bad[:worst]
     ref = os.path.join(work, f"bad-ref-{slug}.f32")
-    p = subprocess.run([tools.path("moec-reference"), args.spec, weights,
-                        subset(sel, f"worst-{slug}.f32"), ref], capture_output=True, text=True)
-    r = read_f32(ref) if p.returncode == 0 else None
+    refbin = tools.path("moec-reference") if "moec-reference" in tools.built else None
+    r, why = None, "not found"
+    if refbin:
+        p = subprocess.run([refbin, args.spec, weights, subset(sel, f"worst-{slug}.f32"), ref],
+                           capture_output=True, text=True)
+        r = read_f32(ref) if p.returncode == 0 else None
+        why = p.stderr.strip()
     for j, i in enumerate(sel):
         line = (f"    image #{i}: moec vs torch {rdi[i]:.2e}, smallest routing margin "
                 f"{margin[i]:.2e}")
@@ -324,7 +355,7 @@ def explain(tools, py, args, spec, weights, images, a, b, n, work, slug, worst=8
                      f"torch {rel_diff(b[i * K:(i + 1) * K], ri):.2e}")
         log(line)
     if r is None:
-        log(f"    (moec-reference failed: {p.stderr.strip()})")
+        log(f"    (no fp64 comparison: moec-reference {why})")
     if not near:
         return False, ""
     keep = [i for i in range(n) if margin.get(i, math.inf) >= NEAR_TIE]
@@ -445,6 +476,9 @@ def run(args, spec, tools, py, work, load0):
         f"patch {spec['P']}, width {spec['D']}, depth {spec['L']}, heads {spec['heads']}, "
         f"{spec['S']} tokens" + (f"; MoE {m['router']}, E={m['E']}, k={m['k']}, "
                                  f"blocks {sorted(m['blocks'])}" if m else "; dense"))
+    tools.snapshot(os.path.join(work, "bin"))
+    log(f"binaries: {tools.bin} (" + ", ".join(f"{k} built {v}" for k, v in tools.built.items())
+        + "), copied into the work directory")
     model = os.path.join(work, "model.moec")
     weights = os.path.join(work, "w.safetensors")
     t0 = time.perf_counter()
@@ -543,6 +577,8 @@ def run(args, spec, tools, py, work, load0):
     log(f"BLAS       : {', '.join(info.get('blas_libraries', [])) or '?'}; "
         f"OpenBLAS core {info.get('openblas_get_corename', '?')}; "
         f"OPENBLAS_CORETYPE={info.get('OPENBLAS_CORETYPE')} in the torch child")
+    log(f"binaries   : {tools.bin}, moec built {tools.built.get('moec', '?')}, "
+        f"moec-run built {tools.built.get('moec-run', '?')}")
     log(f"setting    : batch {args.batch}, threads {T}"
         + (f" (moec-run reports threads {moec_threads})" if moec_threads else "")
         + f", {n} images ({'Fashion-MNIST' if fm else 'random'}), weights: moec init seed {args.seed}")

@@ -128,6 +128,15 @@ def main():
          "--input", images, "--output", got, "--threads", str(args.threads)])
     run([os.path.join(args.bin, "moec-reference"), args.spec, weights, images, ref])
 
+    # Images are independent, so the thread count cannot change a bit.
+    single = os.path.join(args.work, name + ".logits1.f32")
+    run([os.path.join(args.bin, "moec-run"), "run", model, "--weights", weights,
+         "--input", images, "--output", single, "--threads", "1"])
+    with open(single, "rb") as a, open(got, "rb") as b:
+        if a.read() != b.read():
+            sys.exit(f"FAIL: {name}: logits differ between 1 and "
+                     f"{args.threads} threads")
+
     y, r = read_f32(got), read_f32(ref)
     if len(y) != len(r) or len(y) != args.images * manifest["classes"]:
         sys.exit(f"FAIL: {name}: {len(y)} logits, reference has {len(r)}")

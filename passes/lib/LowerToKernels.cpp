@@ -422,6 +422,14 @@ bool isHardRouted(Value dispatchOrCombine) {
   return router && router.getKind() != RouterKind::Soft;
 }
 
+/// linalg.index `dim` as an f32 (ranks and slots are counted in f32).
+Value indexAsF32(OpBuilder &nb, Location nl, unsigned dim) {
+  return arith::UIToFPOp::create(
+      nb, nl, nb.getF32Type(),
+      arith::IndexCastUIOp::create(nb, nl, nb.getI64Type(),
+                                   linalg::IndexOp::create(nb, nl, dim)));
+}
+
 /// index[...] = sum_j j * (t[..., j] != 0) and total[...] = sum_j t[..., j]
 /// over the last dim of `t` (rank 3, reducing dim `dim` of the loop).
 std::pair<Value, Value> oneHotIndex(ImageBuilder &ib, Value t,
@@ -434,11 +442,7 @@ std::pair<Value, Value> oneHotIndex(ImageBuilder &ib, Value t,
   Value index = ib.generic(
       {t}, ib.fill(outShape, 0.0), {ib.map(3, tDims), ib.map(3, outDims)},
       iters, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-        Value j = arith::UIToFPOp::create(
-            nb, nl, nb.getF32Type(),
-            arith::IndexCastUIOp::create(
-                nb, nl, nb.getI64Type(),
-                linalg::IndexOp::create(nb, nl, reducedLoopDim)));
+        Value j = indexAsF32(nb, nl, reducedLoopDim);
         Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
         Value nonzero = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::ONE,
                                               a[0], zero);
@@ -718,6 +722,32 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
       });
 }
 
+/// D[s, e, c] = cond ? 1 : 0 and C[s, e, c] = cond ? gate : 0, generics
+/// over (s, e, c). `cond` sees the element values of `ins` (read through
+/// `inMaps`) and may use linalg.index; the gate is `ins[gateInput]`.
+std::pair<Value, Value>
+emitRouting(ImageBuilder &ib, ValueRange ins, ArrayRef<AffineMap> inMaps,
+            unsigned gateInput, Value dispatchDest, Value combineDest,
+            function_ref<Value(OpBuilder &, Location, ValueRange)> cond) {
+  SmallVector<AffineMap> maps(inMaps);
+  maps.push_back(ib.map(3, {0, 1, 2}));
+  auto route = [&](Value dest, bool weighted) {
+    return ib.generic(
+        ins, dest, maps, {kPar, kPar, kPar},
+        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value on = cond(nb, nl, a);
+          Value val = weighted ? a[gateInput]
+                               : arith::ConstantOp::create(
+                                     nb, nl, nb.getF32FloatAttr(1.0))
+                                     .getResult();
+          Value zero =
+              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
+          return arith::SelectOp::create(nb, nl, on, val, zero);
+        });
+  };
+  return {route(dispatchDest, false), route(combineDest, true)};
+}
+
 /// Per-image router: logits, then dispatch and combine from parallel
 /// counting reductions (see moe.router's description for the semantics).
 FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
@@ -727,7 +757,7 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
   Location loc = ib.loc;
   Value x = in[0], w = in[1];
   ArrayRef<int64_t> xs = ImageBuilder::shape(x); // [S, D]
-  int64_t s = xs[0], e = o.getNumExperts(), cap = o.getCapacity();
+  int64_t s = xs[0], e = o.getNumExperts();
   Value dispatchDest = dests[0], combineDest = dests[1], logitsDest = dests[2];
 
   if (o.getKind() == RouterKind::PerImage) {
@@ -757,30 +787,20 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
     };
     Value rank1 = drop(rank), gates1 = drop(gates);
     int64_t k = *o.getK();
-    auto route = [&](Value dest, bool weighted) {
-      return ib.generic(
-          {rank1, gates1}, dest,
-          {ib.map(3, {1}), ib.map(3, {1}), ib.map(3, {0, 1, 2})},
-          {kPar, kPar, kPar},
-          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-            Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
-            Value chosen = arith::CmpFOp::create(
-                nb, nl, arith::CmpFPredicate::OLT, a[0], kk);
-            Value sIdx = linalg::IndexOp::create(nb, nl, 0);
-            Value cIdx = linalg::IndexOp::create(nb, nl, 2);
-            Value own = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq,
-                                              sIdx, cIdx);
-            Value on = arith::AndIOp::create(nb, nl, chosen, own);
-            Value val = weighted ? a[1]
-                                 : arith::ConstantOp::create(
-                                       nb, nl, nb.getF32FloatAttr(1.0))
-                                       .getResult();
-            Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
-            return arith::SelectOp::create(nb, nl, on, val, zero);
-          });
-    };
-    return SmallVector<Value>{route(dispatchDest, false),
-                              route(combineDest, true), logits};
+    // Chosen experts take every token into the slot of the same index.
+    auto [dispatch, combine] = emitRouting(
+        ib, {rank1, gates1}, {ib.map(3, {1}), ib.map(3, {1})}, 1, dispatchDest,
+        combineDest, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
+          Value chosen = arith::CmpFOp::create(
+              nb, nl, arith::CmpFPredicate::OLT, a[0], kk);
+          Value own = arith::CmpIOp::create(
+              nb, nl, arith::CmpIPredicate::eq,
+              linalg::IndexOp::create(nb, nl, 0),
+              linalg::IndexOp::create(nb, nl, 2));
+          return arith::AndIOp::create(nb, nl, chosen, own);
+        });
+    return SmallVector<Value>{dispatch, combine, logits};
   }
 
   Value logits = ib.matmul(x, w, Value(), logitsDest); // [S, E*P]
@@ -839,28 +859,14 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
   if (o.getKind() == RouterKind::ExpertChoice) {
     // Each expert takes its `cap` best tokens; slot = the token's rank.
     Value rank = ib.rankAlongFirstDim(gates);
-    auto route = [&](Value dest, bool weighted) {
-      return ib.generic(
-          {rank, gates}, dest,
-          {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1, 2})},
-          {kPar, kPar, kPar},
-          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-            Value cIdx = linalg::IndexOp::create(nb, nl, 2);
-            Value c = arith::UIToFPOp::create(
-                nb, nl, nb.getF32Type(),
-                arith::IndexCastUIOp::create(nb, nl, nb.getI64Type(), cIdx));
-            Value on = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
-                                             a[0], c);
-            Value val = weighted ? a[1]
-                                 : arith::ConstantOp::create(
-                                       nb, nl, nb.getF32FloatAttr(1.0))
-                                       .getResult();
-            Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
-            return arith::SelectOp::create(nb, nl, on, val, zero);
-          });
-    };
-    return SmallVector<Value>{route(dispatchDest, false),
-                              route(combineDest, true), logits};
+    auto [dispatch, combine] = emitRouting(
+        ib, {rank, gates}, {ib.map(3, {0, 1}), ib.map(3, {0, 1})}, 1,
+        dispatchDest, combineDest,
+        [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          return arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ, a[0],
+                                       indexAsF32(nb, nl, 2));
+        });
+    return SmallVector<Value>{dispatch, combine, logits};
   }
 
   // Token choice and Sinkhorn: rank experts per token by `score`.
@@ -898,34 +904,20 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
   int64_t k = *o.getK();
   Value rank = ib.rankAlongLastDim(score);
   Value pos = ib.queuePosition(rank, k);
-  auto route = [&](Value dest, bool weighted) {
-    return ib.generic(
-        {rank, pos, gates}, dest,
-        {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1}),
-         ib.map(3, {0, 1, 2})},
-        {kPar, kPar, kPar},
-        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
-          Value chosen = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OLT,
-                                               a[0], kk);
-          Value cIdx = linalg::IndexOp::create(nb, nl, 2);
-          Value c = arith::UIToFPOp::create(
-              nb, nl, nb.getF32Type(),
-              arith::IndexCastUIOp::create(nb, nl, nb.getI64Type(), cIdx));
-          Value here = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
-                                             a[1], c);
-          Value on = arith::AndIOp::create(nb, nl, chosen, here);
-          Value val = weighted ? a[2]
-                               : arith::ConstantOp::create(
-                                     nb, nl, nb.getF32FloatAttr(1.0))
-                                     .getResult();
-          Value zero = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
-          return arith::SelectOp::create(nb, nl, on, val, zero);
-        });
-  };
-  (void)cap; // positions >= capacity match no slot c < cap: dropped.
-  return SmallVector<Value>{route(dispatchDest, false), route(combineDest, true),
-                            logits};
+  // Chosen and within capacity: positions >= capacity match no slot.
+  auto [dispatch, combine] = emitRouting(
+      ib, {rank, pos, gates},
+      {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1})}, 2,
+      dispatchDest, combineDest,
+      [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
+        Value chosen = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OLT,
+                                             a[0], kk);
+        Value here = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                           a[1], indexAsF32(nb, nl, 2));
+        return arith::AndIOp::create(nb, nl, chosen, here);
+      });
+  return SmallVector<Value>{dispatch, combine, logits};
 }
 
 struct LowerToKernelsPass

@@ -417,6 +417,11 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
 /// Dispatch/combine tensors of every router but soft MoE are one-hot per
 /// slot (at most one token fills a slot, a token fills at most one slot of
 /// an expert), so dispatch and combine are gathers instead of dense einsums.
+/// Routers that fill each expert's slots from 0 up without gaps: token
+/// choice and Sinkhorn (queue positions), expert choice (ranks 0..C-1) and
+/// per image (slot = token, all or nothing).
+bool isPrefixFilled(RouterKind kind) { return kind != RouterKind::Soft; }
+
 bool isHardRouted(Value dispatchOrCombine) {
   auto router = dispatchOrCombine.getDefiningOp<RouterOp>();
   return router && router.getKind() != RouterKind::Soft;
@@ -500,6 +505,92 @@ Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
         return arith::AddFOp::create(
             nb, nl, a[2], arith::MulFOp::create(nb, nl, a[0], row));
       });
+}
+
+/// Experts over filled slots only. Top-k routers fill each expert's slots
+/// from 0 up, so expert e's filled slots are [0, n_e) with n_e the number of
+/// ones in its dispatch column; the FFN runs over row tiles of [0, n_e) and
+/// the other slots are zero (their combine weights are zero, and zeros keep
+/// the combine's products finite). `in` = input [E, C, D], fc1 w/b, fc2 w/b,
+/// dispatch [S, E, C].
+Value filledSlotExperts(ExpertsOp o, ImageBuilder &ib, ArrayRef<Value> in,
+                        Value dest) {
+  OpBuilder &b = ib.b;
+  Location loc = ib.loc;
+  ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
+  int64_t numExperts = x[0], capacity = x[1], width = x[2];
+  int64_t hidden = ImageBuilder::shape(in[1])[2];
+  int64_t rows = 1;
+  for (int64_t r = std::min<int64_t>(capacity, 8); r >= 1; --r)
+    if (capacity % r == 0) {
+      rows = r;
+      break;
+    }
+  // count[e] = sum_{s, c} D[s, e, c], loop (e, s, c).
+  Value count = ib.generic({in[5]}, ib.fill({numExperts}, 0.0),
+                           {ib.map(3, {1, 0, 2}), ib.map(3, {0})},
+                           {kPar, kRed, kRed},
+                           [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                             return arith::AddFOp::create(nb, nl, a[1], a[0]);
+                           });
+  Value zeroed = ib.fill(dest, 0.0);
+  Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
+  Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
+  Value cE = arith::ConstantIndexOp::create(b, loc, numExperts);
+  auto experts = scf::ForOp::create(
+      b, loc, c0, cE, c1, ValueRange{zeroed},
+      [&](OpBuilder &eb, Location el, Value e, ValueRange acc) {
+        Value filled = tensor::ExtractOp::create(eb, el, count, ValueRange{e});
+        Value n = arith::IndexCastUIOp::create(
+            eb, el, eb.getIndexType(),
+            arith::FPToUIOp::create(eb, el, eb.getI64Type(), filled));
+        // Row tiles covering [0, n): ceil(n / rows) * rows.
+        Value cRows = arith::ConstantIndexOp::create(eb, el, rows);
+        Value end = arith::MulIOp::create(
+            eb, el, arith::CeilDivUIOp::create(eb, el, n, cRows), cRows);
+        auto slice = [&](OpBuilder &sb, Location sl, Value src,
+                         ArrayRef<OpFoldResult> offsets,
+                         ArrayRef<int64_t> sizes, ArrayRef<int64_t> type) {
+          SmallVector<OpFoldResult> sz, st;
+          for (int64_t v : sizes) {
+            sz.push_back(sb.getIndexAttr(v));
+            st.push_back(sb.getIndexAttr(1));
+          }
+          return tensor::ExtractSliceOp::create(
+              sb, sl, RankedTensorType::get(type, sb.getF32Type()), src,
+              offsets, sz, st);
+        };
+        OpFoldResult zero = eb.getIndexAttr(0);
+        Value w1 = slice(eb, el, in[1], {e, zero, zero}, {1, width, hidden},
+                         {width, hidden});
+        Value b1 = slice(eb, el, in[2], {e, zero}, {1, hidden}, {hidden});
+        Value w2 = slice(eb, el, in[3], {e, zero, zero}, {1, hidden, width},
+                         {hidden, width});
+        Value b2 = slice(eb, el, in[4], {e, zero}, {1, width}, {width});
+        auto tiles = scf::ForOp::create(
+            eb, el, c0, end, cRows, acc,
+            [&](OpBuilder &tb, Location tl, Value row, ValueRange tacc) {
+              ImageBuilder tib(tb, tl);
+              Value xs = slice(tb, tl, in[0], {e, row, zero}, {1, rows, width},
+                               {rows, width});
+              Value h = tib.matmul(xs, w1, b1, tib.empty({rows, hidden}));
+              h = tib.activation(o.getActivation(), h,
+                                 tib.empty({rows, hidden}));
+              Value outSlice = slice(tb, tl, tacc[0], {e, row, zero},
+                                     {1, rows, width}, {rows, width});
+              Value y = tib.matmul(h, w2, b2, outSlice);
+              SmallVector<OpFoldResult> offsets{e, row, tb.getIndexAttr(0)};
+              SmallVector<OpFoldResult> sizes{tb.getIndexAttr(1),
+                                              tb.getIndexAttr(rows),
+                                              tb.getIndexAttr(width)};
+              SmallVector<OpFoldResult> strides(3, tb.getIndexAttr(1));
+              Value updated = tensor::InsertSliceOp::create(
+                  tb, tl, y, tacc[0], offsets, sizes, strides);
+              scf::YieldOp::create(tb, tl, updated);
+            });
+        scf::YieldOp::create(eb, el, tiles.getResults());
+      });
+  return experts.getResult(0);
 }
 
 /// Computes one image of `op` from per-image operands `in` into the
@@ -688,6 +779,10 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
             }));
       })
       .Case([&](ExpertsOp o) -> R {
+        // An extra input: the one-hot dispatch tensor of the router that
+        // filled the slots, so only filled slots are computed.
+        if (in.size() == 6)
+          return one(filledSlotExperts(o, ib, in, dests[0]));
         ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
         int64_t hidden = ImageBuilder::shape(in[1])[2];
         Value h = ib.batchMatmul(in[0], in[1], in[2],
@@ -968,15 +1063,34 @@ struct LowerToKernelsPass
         oneHot.insert(op);
     }
 
+    // Experts whose slots come from a one-hot dispatch and whose outputs go
+    // only to the combine of the same router: unfilled slots are never
+    // read with a nonzero weight, so the kernel computes filled slots only.
+    DenseSet<Operation *> filledSlotsOnly;
+    for (Operation *op : work) {
+      auto experts = dyn_cast<ExpertsOp>(op);
+      if (!experts || !experts->hasOneUse())
+        continue;
+      auto dispatch = experts.getInput().getDefiningOp<DispatchOp>();
+      auto combine = dyn_cast<CombineOp>(*experts->getUsers().begin());
+      if (!dispatch || !combine || !oneHot.contains(dispatch))
+        continue;
+      auto router = dispatch.getDispatch().getDefiningOp<RouterOp>();
+      if (router && combine.getCombine() == router.getCombine() &&
+          isPrefixFilled(router.getKind()))
+        filledSlotsOnly.insert(op);
+    }
+
     OpBuilder b(module.getContext());
     unsigned index = 0;
     for (Operation *op : work)
-      if (failed(outline(op, index++, batch, oneHot.contains(op), b)))
+      if (failed(outline(op, index++, batch, oneHot.contains(op),
+                         filledSlotsOnly.contains(op), b)))
         return signalPassFailure();
   }
 
   LogicalResult outline(Operation *op, unsigned index, int64_t batch,
-                        bool oneHot, OpBuilder &b) {
+                        bool oneHot, bool filledSlotsOnly, OpBuilder &b) {
     ModuleOp module = getOperation();
     Location loc = op->getLoc();
     for (Type t : llvm::concat<Type>(op->getOperandTypes(),
@@ -988,8 +1102,15 @@ struct LowerToKernelsPass
                                  << t;
     }
 
+    // Operands: the op's, plus for filled-slot experts the routing tensor
+    // (operand 1 of the dispatch kernel call that produced the slots).
+    SmallVector<Value> operands(op->getOperands());
+    if (filledSlotsOnly) {
+      auto dispatchCall = op->getOperand(0).getDefiningOp<func::CallOp>();
+      operands.push_back(dispatchCall.getOperand(1));
+    }
     // Kernel signature: operands, destinations, begin, end.
-    SmallVector<Type> argTypes(op->getOperandTypes());
+    SmallVector<Type> argTypes(ValueRange(operands).getTypes());
     llvm::append_range(argTypes, op->getResultTypes());
     argTypes.append({b.getIndexType(), b.getIndexType()});
     std::string name = "moec_k" + std::to_string(index);
@@ -1000,7 +1121,7 @@ struct LowerToKernelsPass
     Block *body = kernel.addEntryBlock();
     b.setInsertionPointToStart(body);
 
-    unsigned numOperands = op->getNumOperands();
+    unsigned numOperands = operands.size();
     unsigned numResults = op->getNumResults();
     ValueRange args = body->getArguments();
     Value begin = args[numOperands + numResults];
@@ -1013,8 +1134,11 @@ struct LowerToKernelsPass
         b, loc, begin, end, step, dests,
         [&](OpBuilder &lb, Location ll, Value g, ValueRange acc) {
           SmallVector<Value> ins, imageDests;
-          for (auto [i, operand] : llvm::enumerate(op->getOperands())) {
-            int64_t dim = imageDim(op, operand, /*isResult=*/false);
+          for (auto [i, operand] : llvm::enumerate(operands)) {
+            // The routing tensor [G, S, E, C] is per image along dim 0.
+            int64_t dim = i >= op->getNumOperands()
+                              ? 0
+                              : imageDim(op, operand, /*isResult=*/false);
             ins.push_back(dim < 0 ? args[i]
                                   : sliceImage(lb, ll, args[i], dim, g));
           }
@@ -1041,7 +1165,7 @@ struct LowerToKernelsPass
 
     // The plan: a call writing into fresh destinations.
     b.setInsertionPoint(op);
-    SmallVector<Value> callArgs(op->getOperands());
+    SmallVector<Value> callArgs(operands);
     for (Type t : op->getResultTypes()) {
       auto rt = cast<RankedTensorType>(t);
       callArgs.push_back(

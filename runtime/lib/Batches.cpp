@@ -22,8 +22,8 @@ EpochKeys epochKeys(uint64_t seed, int64_t epoch) {
 
 uint64_t uniformBelow(Xoshiro256 &rng, uint64_t bound) {
   // Lemire, "Fast Random Integer Generation in an Interval" (2019).
-  unsigned __int128 m =
-      static_cast<unsigned __int128>(rng.next()) * static_cast<unsigned __int128>(bound);
+  unsigned __int128 m = static_cast<unsigned __int128>(rng.next()) *
+                        static_cast<unsigned __int128>(bound);
   uint64_t low = static_cast<uint64_t>(m);
   if (low < bound) {
     const uint64_t threshold = (0 - bound) % bound;
@@ -77,8 +77,8 @@ Expected<BatchIterator> BatchIterator::create(const Dataset &data,
                 data.n, " images of ", data.imageSize(), " need ",
                 data.n * data.imageSize());
   if (data.labels.size() != static_cast<size_t>(data.n))
-    return fail("the dataset has ", data.labels.size(), " labels for ",
-                data.n, " images");
+    return fail("the dataset has ", data.labels.size(), " labels for ", data.n,
+                " images");
   if (options.augment.cropPadding < 0)
     return fail("negative crop padding ", options.augment.cropPadding);
   if (options.augment.cropPadding > 0) {
@@ -150,7 +150,8 @@ void BatchIterator::fillImage(int64_t index, int64_t position,
     std::memcpy(out, src, sizeof(float) * size_t(C * H * W));
     return;
   }
-  Xoshiro256 rng(augmentKey_ ^ (static_cast<uint64_t>(position) * kPositionMix));
+  Xoshiro256 rng(augmentKey_ ^
+                 (static_cast<uint64_t>(position) * kPositionMix));
   const int64_t P = aug.cropPadding;
   int64_t dy = 0, dx = 0; // window origin in the padded image
   if (P > 0) {

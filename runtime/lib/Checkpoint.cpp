@@ -38,8 +38,8 @@ static std::optional<int64_t> parseNonNegative(const std::string &text) {
                    [](char c) { return c >= '0' && c <= '9'; }))
     return std::nullopt;
   int64_t value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(),
-                                   value);
+  auto [end, ec] =
+      std::from_chars(text.data(), text.data() + text.size(), value);
   if (ec != std::errc() || end != text.data() + text.size())
     return std::nullopt;
   return value;
@@ -50,8 +50,11 @@ static bool isUtf8(const std::string &s) {
   size_t i = 0;
   while (i < s.size()) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t extra = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2
-                                                 : (c >> 3) == 30 ? 3 : 4;
+    size_t extra = c < 0x80         ? 0
+                   : (c >> 5) == 6  ? 1
+                   : (c >> 4) == 14 ? 2
+                   : (c >> 3) == 30 ? 3
+                                    : 4;
     if (extra == 4 || s.size() - i <= extra)
       return false;
     uint32_t code = extra == 0 ? c : c & (0x3f >> extra);
@@ -187,8 +190,7 @@ static Error copyTensor(const std::string &path, const Tensor *tensor,
                         const std::string &name,
                         const std::vector<int64_t> &shape, float *out) {
   if (!tensor)
-    return makeError(ErrorCode::Weights, path, ": missing tensor '", name,
-                     "'");
+    return makeError(ErrorCode::Weights, path, ": missing tensor '", name, "'");
   if (tensor->shape != shape)
     return makeError(ErrorCode::Weights, path, ": tensor '", name,
                      "' has shape ", formatShape(tensor->shape), ", expected ",
@@ -226,8 +228,8 @@ Error Checkpoint::check(const std::vector<ParamSpec> &specs,
   std::set<std::string> paramNames;
   for (const ParamSpec &spec : specs) {
     paramNames.insert(spec.name);
-    if (Error e = copyTensor(path, lookup(spec.name), spec.name, spec.shape,
-                             nullptr))
+    if (Error e =
+            copyTensor(path, lookup(spec.name), spec.name, spec.shape, nullptr))
       return e;
   }
   for (const std::string &slot : slots)
@@ -248,11 +250,10 @@ Error Checkpoint::check(const std::vector<ParamSpec> &specs,
       std::string expected;
       for (const std::string &s : slots)
         expected += (expected.empty() ? "" : ", ") + s;
-      return makeError(ErrorCode::Weights, path, ": unexpected tensor '",
-                       t.name, "' (optimizer slot '", slot, "' is not ",
-                       slots.empty() ? std::string("expected")
-                                     : "one of: " + expected,
-                       ")");
+      return makeError(
+          ErrorCode::Weights, path, ": unexpected tensor '", t.name,
+          "' (optimizer slot '", slot, "' is not ",
+          slots.empty() ? std::string("expected") : "one of: " + expected, ")");
     }
   }
   return Error::success();

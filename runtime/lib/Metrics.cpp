@@ -101,12 +101,14 @@ Expected<MetricRecord> parseMetricRecord(const std::string &line,
 static Error dropIncompleteLine(int fd, const std::string &path) {
   struct stat st;
   if (::fstat(fd, &st) != 0)
-    return makeError(ErrorCode::Io, path, ": cannot stat: ", systemError(errno));
+    return makeError(ErrorCode::Io, path,
+                     ": cannot stat: ", systemError(errno));
   if (st.st_size == 0)
     return Error::success();
   char last;
   if (::pread(fd, &last, 1, st.st_size - 1) != 1)
-    return makeError(ErrorCode::Io, path, ": read failed: ", systemError(errno));
+    return makeError(ErrorCode::Io, path,
+                     ": read failed: ", systemError(errno));
   if (last == '\n')
     return Error::success();
   off_t keep = 0;
@@ -131,7 +133,8 @@ static Error dropIncompleteLine(int fd, const std::string &path) {
 }
 
 Expected<MetricsLog> MetricsLog::open(const std::string &path, bool truncate) {
-  int flags = O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | (truncate ? O_TRUNC : 0);
+  int flags =
+      O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC | (truncate ? O_TRUNC : 0);
   int fd = ::open(path.c_str(), flags, 0666);
   if (fd < 0)
     return makeError(ErrorCode::Io, path,
@@ -259,8 +262,7 @@ Axis niceAxis(double lo, double hi, bool integer) {
   double raw = (hi - lo) / 5;
   double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
   double norm = raw / magnitude;
-  double step =
-      (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * magnitude;
+  double step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * magnitude;
   if (integer && step < 1)
     step = 1;
   Axis axis;
@@ -324,7 +326,8 @@ void drawPanel(std::string &out, const Panel &panel, double x0) {
   const double left = x0 + 70, right = x0 + kPanelWidth - 20;
   const double top = 40, bottom = kPanelHeight - 50;
   out += cat("<g id=\"", panel.id, "\">\n");
-  out += cat("<text x=\"", coord(x0 + kPanelWidth / 2), "\" y=\"24\" "
+  out += cat("<text x=\"", coord(x0 + kPanelWidth / 2),
+             "\" y=\"24\" "
              "text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">",
              escapeXml(panel.title), "</text>\n");
   out += cat("<rect x=\"", coord(left), "\" y=\"", coord(top), "\" width=\"",
@@ -334,12 +337,14 @@ void drawPanel(std::string &out, const Panel &panel, double x0) {
              coord(bottom + 40), "\" text-anchor=\"middle\">",
              escapeXml(panel.xLabel), "</text>\n");
   out += cat("<text transform=\"translate(", coord(x0 + 16), " ",
-             coord((top + bottom) / 2), ") rotate(-90)\" "
+             coord((top + bottom) / 2),
+             ") rotate(-90)\" "
              "text-anchor=\"middle\">",
              escapeXml(panel.yLabel), "</text>\n");
   if (panel.points.empty()) {
     out += cat("<text x=\"", coord((left + right) / 2), "\" y=\"",
-               coord((top + bottom) / 2), "\" text-anchor=\"middle\" "
+               coord((top + bottom) / 2),
+               "\" text-anchor=\"middle\" "
                "fill=\"#888\">no data</text>\n</g>\n");
     return;
   }
@@ -361,6 +366,14 @@ void drawPanel(std::string &out, const Panel &panel, double x0) {
   yAxis.hi = std::min(yAxis.hi, panel.yMax);
   if (!(yAxis.hi > yAxis.lo))
     yAxis = niceAxis(yLo, yHi, false);
+  if (!std::isfinite(xAxis.hi - xAxis.lo) ||
+      !std::isfinite(yAxis.hi - yAxis.lo)) {
+    out += cat("<text x=\"", coord((left + right) / 2), "\" y=\"",
+               coord((top + bottom) / 2),
+               "\" text-anchor=\"middle\" "
+               "fill=\"#888\">values out of range</text>\n</g>\n");
+    return;
+  }
   auto px = [&](double x) {
     return left + (x - xAxis.lo) / (xAxis.hi - xAxis.lo) * (right - left);
   };
@@ -390,9 +403,9 @@ void drawPanel(std::string &out, const Panel &panel, double x0) {
                coord(right), "\" y2=\"", sy, "\" stroke=\"#eee\"/>\n");
     out += cat("<line x1=\"", coord(left - 5), "\" y1=\"", sy, "\" x2=\"",
                coord(left), "\" y2=\"", sy, "\" stroke=\"#444\"/>\n");
-    out += cat("<text x=\"", coord(left - 8), "\" y=\"", coord(py(y) + 4),
-               "\" text-anchor=\"end\">", number(y, yAxis.decimals),
-               "</text>\n");
+    out +=
+        cat("<text x=\"", coord(left - 8), "\" y=\"", coord(py(y) + 4),
+            "\" text-anchor=\"end\">", number(y, yAxis.decimals), "</text>\n");
   }
 
   // Long runs: every k-th point and the last one.
@@ -402,8 +415,8 @@ void drawPanel(std::string &out, const Panel &panel, double x0) {
     if (i % stride != 0 && i + 1 != panel.points.size())
       continue;
     const auto &[x, y] = panel.points[i];
-    polyline += cat(polyline.empty() ? "" : " ", coord(px(x)), ",",
-                    coord(py(y)));
+    polyline +=
+        cat(polyline.empty() ? "" : " ", coord(px(x)), ",", coord(py(y)));
   }
   out += cat("<polyline fill=\"none\" stroke=\"", panel.color,
              "\" stroke-width=\"1.5\" points=\"", polyline, "\"/>\n");
@@ -440,14 +453,16 @@ std::string lossPlotSvg(const std::vector<MetricRecord> &records) {
       top1.points.emplace_back(double(r.epoch), *r.top1 * 100);
   }
   auto byX = [](const std::pair<double, double> &a,
-                const std::pair<double, double> &b) { return a.first < b.first; };
+                const std::pair<double, double> &b) {
+    return a.first < b.first;
+  };
   std::stable_sort(loss.points.begin(), loss.points.end(), byX);
   std::stable_sort(top1.points.begin(), top1.points.end(), byX);
 
-  std::string out = cat(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", 2 * kPanelWidth,
-      "\" height=\"", kPanelHeight, "\" viewBox=\"0 0 ", 2 * kPanelWidth, " ",
-      kPanelHeight, "\" font-family=\"sans-serif\" font-size=\"12\">\n");
+  std::string out = cat("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"",
+                        2 * kPanelWidth, "\" height=\"", kPanelHeight,
+                        "\" viewBox=\"0 0 ", 2 * kPanelWidth, " ", kPanelHeight,
+                        "\" font-family=\"sans-serif\" font-size=\"12\">\n");
   out += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   drawPanel(out, loss, 0);
   drawPanel(out, top1, kPanelWidth);

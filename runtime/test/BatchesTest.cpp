@@ -60,13 +60,12 @@ struct Epoch {
 void drain(BatchIterator &it, int64_t batch, Epoch &out) {
   const int64_t size = it.dataset().imageSize();
   std::vector<float> images(size_t(batch * size));
-  std::vector<int32_t> labels(size_t(batch));
+  std::vector<int32_t> labels(static_cast<size_t>(batch));
   while (int64_t count = it.next(batch, images.data(), labels.data())) {
     out.counts.push_back(count);
     out.images.insert(out.images.end(), images.begin(),
                       images.begin() + count * size);
-    out.labels.insert(out.labels.end(), labels.begin(),
-                      labels.begin() + count);
+    out.labels.insert(out.labels.end(), labels.begin(), labels.begin() + count);
   }
 }
 
@@ -347,7 +346,8 @@ TEST(Batches, AugmentationIndependentOfBatchSize) {
   BatchOptions options;
   options.augment.cropPadding = 2;
   options.augment.horizontalFlip = true;
-  BatchIterator a = makeIterator(data, options), b = makeIterator(data, options);
+  BatchIterator a = makeIterator(data, options),
+                b = makeIterator(data, options);
   a.startEpoch(3, 1);
   b.startEpoch(3, 1);
   Epoch byThree, bySeven;
@@ -380,7 +380,7 @@ TEST(Batches, ResumeReproducesBitwise) {
     BatchIterator first = makeIterator(data, options);
     Epoch resumed;
     std::vector<float> images(size_t(batch * 16));
-    std::vector<int32_t> labels(size_t(batch));
+    std::vector<int32_t> labels(static_cast<size_t>(batch));
     int64_t epoch = 0, done = 0;
     first.startEpoch(seed, epoch);
     while (done < stopAfter) {

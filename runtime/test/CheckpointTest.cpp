@@ -6,9 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace moec::rt;
 using namespace moec::rt::test;
@@ -95,8 +99,7 @@ void expectModel(const Checkpoint &ckpt, const FakeModel &model) {
 TEST(Checkpoint, RngStateHex) {
   std::vector<uint64_t> words = {0, 1, 0xfedcba9876543210ULL};
   std::string text = formatRngState(words);
-  EXPECT_EQ(text,
-            "0000000000000000,0000000000000001,fedcba9876543210");
+  EXPECT_EQ(text, "0000000000000000,0000000000000001,fedcba9876543210");
   Expected<std::vector<uint64_t>> back = parseRngState(text);
   ASSERT_TRUE(back);
   EXPECT_EQ(*back, words);
@@ -212,8 +215,8 @@ TEST(Checkpoint, SaveRejectsBadInput) {
   badParams[0].name = "optimizer.m.x";
   EXPECT_TRUE(contains(message(sampleState(1), badParams, {}),
                        "reserved prefix 'optimizer.'"));
-  std::vector<TensorRef> badSlot = {{"optimizer.head.weight", {2, 3},
-                                     model.mWeight.data()}};
+  std::vector<TensorRef> badSlot = {
+      {"optimizer.head.weight", {2, 3}, model.mWeight.data()}};
   // "head" is read as the slot and "weight" as the parameter.
   EXPECT_TRUE(contains(message(sampleState(1), model.params(), badSlot),
                        "names no parameter"));
@@ -293,8 +296,8 @@ TEST(Checkpoint, LoadErrorsNameTheFileAndField) {
 
   // A truncated checkpoint.
   std::string good = dir / "good.safetensors";
-  ASSERT_FALSE(saveCheckpoint(good, sampleState(3), model.params(),
-                              model.optimizer()));
+  ASSERT_FALSE(
+      saveCheckpoint(good, sampleState(3), model.params(), model.optimizer()));
   std::vector<uint8_t> bytes = readBytes(good);
   bytes.resize(bytes.size() - 10);
   std::string cut = dir / "cut.safetensors";
@@ -315,16 +318,17 @@ TEST(Checkpoint, DirectoryLatestAndKeepLast) {
   EXPECT_TRUE(contains(missing.error().message(), "no checkpoint"));
 
   for (int64_t step : {100, 200, 300, 400}) {
-    FakeModel model(float(step));
-    Expected<SavedCheckpoint> saved = checkpoints.save(
-        sampleState(step), model.params(), model.optimizer());
+    FakeModel model(static_cast<float>(step));
+    Expected<SavedCheckpoint> saved =
+        checkpoints.save(sampleState(step), model.params(), model.optimizer());
     ASSERT_TRUE(saved) << saved.error().message();
-    EXPECT_EQ(saved->path, ckdir + "/ckpt-" + std::to_string(step) +
-                               ".safetensors");
+    EXPECT_EQ(saved->path,
+              ckdir + "/ckpt-" + std::to_string(step) + ".safetensors");
     EXPECT_TRUE(saved->warnings.empty());
-    if (step == 300)
+    if (step == 300) {
       EXPECT_EQ(saved->removed,
                 std::vector<std::string>{ckdir + "/ckpt-100.safetensors"});
+    }
   }
   Expected<std::vector<int64_t>> steps = checkpoints.steps();
   ASSERT_TRUE(steps);
@@ -360,8 +364,8 @@ TEST(Checkpoint, FailedSaveKeepsThePreviousCheckpoint) {
   // The rename onto ckpt-200.safetensors fails: a directory is in the way.
   fs::create_directories(checkpoints.pathForStep(200) + "/blocker");
   FakeModel second(8);
-  Expected<SavedCheckpoint> failed = checkpoints.save(
-      sampleState(200), second.params(), second.optimizer());
+  Expected<SavedCheckpoint> failed =
+      checkpoints.save(sampleState(200), second.params(), second.optimizer());
   ASSERT_FALSE(failed);
   EXPECT_EQ(failed.error().code(), ErrorCode::Io);
   EXPECT_TRUE(contains(failed.error().message(),
@@ -401,6 +405,45 @@ TEST(Checkpoint, FailedSaveKeepsThePreviousCheckpoint) {
   ASSERT_TRUE(latest);
   EXPECT_EQ(latest->state.step, 400);
   expectModel(*latest, second);
+}
+
+TEST(Checkpoint, WriteFailureMidFileKeepsThePreviousCheckpoint) {
+  TempDir dir;
+  CheckpointDir checkpoints(dir.path(), /*keepLast=*/1);
+  FakeModel first(3);
+  ASSERT_TRUE(
+      checkpoints.save(sampleState(100), first.params(), first.optimizer()));
+  std::vector<uint8_t> before = readBytes(checkpoints.pathForStep(100));
+
+  // In a child limited to 64 KiB files, a 1 MiB checkpoint fails part way
+  // through its data (EFBIG), as a full disk would.
+  std::vector<float> big(1 << 18, 0.25f);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit = {64 << 10, 64 << 10};
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    std::vector<TensorRef> params = {{"head.weight", {1 << 18}, big.data()},
+                                     {"head.bias", {3}, first.bias.data()}};
+    Expected<SavedCheckpoint> saved =
+        checkpoints.save(sampleState(200), params);
+    bool ok = !saved && saved.error().code() == ErrorCode::Io &&
+              saved.error().message().find("write failed") != std::string::npos;
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+
+  EXPECT_EQ(readBytes(checkpoints.pathForStep(100)), before);
+  EXPECT_EQ(listDir(dir.path()),
+            (std::vector<std::string>{"ckpt-100.safetensors", "latest"}));
+  Expected<Checkpoint> latest = checkpoints.loadLatest();
+  ASSERT_TRUE(latest) << latest.error().message();
+  EXPECT_EQ(latest->state.step, 100);
+  expectModel(*latest, first);
 }
 
 TEST(Checkpoint, BadLatestFile) {

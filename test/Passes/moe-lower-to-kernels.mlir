@@ -113,3 +113,34 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<2x3x2x8xf3
   %sx = moe.dispatch %x, %sd : (tensor<3x5x8xf32>, tensor<3x5x2x2xf32>) -> tensor<2x3x2x8xf32>
   return %y, %sx : tensor<3x5x8xf32>, tensor<2x3x2x8xf32>
 }
+
+// -----
+
+// Experts between a one-hot dispatch and the same router's combine compute
+// only filled slots: the kernel also takes the routing tensor, counts each
+// expert's filled slots and runs the FFN over row tiles up to that count.
+// CHECK-LABEL: func.func @infer
+// CHECK: %[[R:.*]]:3 = call @moec_k0(
+// CHECK: %[[XS:.*]] = call @moec_k1({{.*}}moe.op = "moe.dispatch"
+// CHECK: call @moec_k2(%[[XS]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[R]]#0, %{{.*}}, %{{.*}}, %{{.*}}) {{.*}}moe.op = "moe.experts"
+// CHECK-LABEL: func.func @moec_k2
+// CHECK-SAME: tensor<3x5x4x3xf32>
+// CHECK: linalg.fill
+// CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step
+// CHECK:   tensor.extract %{{.*}}[%[[E]]] : tensor<4xf32>
+// CHECK:   arith.ceildivui
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args
+// CHECK:     linalg.matmul
+// CHECK:     linalg.matmul
+func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
+  %w = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
+  %w1 = moe.param "experts.fc1.weight" init(trunc_normal, 2.000000e-02) : tensor<4x8x16xf32>
+  %b1 = moe.param "experts.fc1.bias" init(zeros) : tensor<4x16xf32>
+  %w2 = moe.param "experts.fc2.weight" init(trunc_normal, 2.000000e-02) : tensor<4x16x8xf32>
+  %b2 = moe.param "experts.fc2.bias" init(zeros) : tensor<4x8xf32>
+  %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<3x5x8xf32>, tensor<8x4xf32>) -> (tensor<3x5x4x3xf32>, tensor<3x5x4x3xf32>, tensor<3x5x4xf32>)
+  %xs = moe.dispatch %x, %d : (tensor<3x5x8xf32>, tensor<3x5x4x3xf32>) -> tensor<4x3x3x8xf32>
+  %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x3x3x8xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> tensor<4x3x3x8xf32>
+  %y = moe.combine %ys, %c : (tensor<4x3x3x8xf32>, tensor<3x5x4x3xf32>) -> tensor<3x5x8xf32>
+  return %y : tensor<3x5x8xf32>
+}

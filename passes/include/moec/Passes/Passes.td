@@ -70,7 +70,10 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     Routing is expressed with parallel ops only: a token's rank among the
     experts (or an expert's rank among the tokens) and a token's position in
     its expert's queue are counting reductions, so dispatch and combine
-    tensors need no sequential loop.
+    tensors need no sequential loop. Dispatch and combine of one-hot routing
+    (every router but soft MoE) are gathers, and experts between such a
+    dispatch and the same router's combine compute filled slots only (their
+    kernel also takes the routing tensor).
 
     Before:
     ```mlir

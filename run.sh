@@ -22,6 +22,8 @@ fi
 model="$out/$(basename "${spec%.json}").moec"
 echo "== moec compile $spec -> $model"
 "$build/bin/moec" compile "$spec" --target=cpu -o "$model"
-"$build/bin/moec-run" inspect "$model" | sed -n '1,16p'
+"$build/bin/moec-run" inspect "$model" > "$out/inspect.txt"
+sed -n '1,10p' "$out/inspect.txt"
+tail -n 6 "$out/inspect.txt"
 echo "== moec-run infer (Fashion-MNIST test set)"
 "$build/bin/moec-run" infer "$model" "$@"

@@ -284,6 +284,22 @@ Expected<Manifest> parseManifest(const std::string &text,
       return false;
     if (const json *spec = check.member(root, "", "spec", /*required=*/false))
       m.spec = spec->dump();
+    if (const json *cpu =
+            check.member(root, "", "target_cpu", /*required=*/false)) {
+      if (!check.getString(*cpu, "/target_cpu", "name", m.targetCpu))
+        return false;
+      const json *features = check.member(*cpu, "/target_cpu", "features");
+      if (!features)
+        return false;
+      if (!features->is_array())
+        return check.fail("/target_cpu/features", "expected an array of strings");
+      for (const json &f : *features) {
+        if (!f.is_string())
+          return check.fail("/target_cpu/features",
+                            "expected an array of strings");
+        m.targetFeatures.push_back(f.get<std::string>());
+      }
+    }
     return true;
   };
   if (!parse())

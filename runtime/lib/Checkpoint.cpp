@@ -365,11 +365,13 @@ Expected<Checkpoint> loadCheckpoint(const std::string &path) {
   if (!words)
     return fail("bad metadata 'rng_state': ", words.error().message());
   ckpt.state.rngState = std::move(*words);
-  for (auto &[key, value] : meta)
+  for (auto &entry : meta) {
+    const std::string &key = entry.first;
     if (std::find_if(std::begin(kReservedKeys), std::end(kReservedKeys),
                      [&](const char *reserved) { return key == reserved; }) ==
         std::end(kReservedKeys))
-      ckpt.state.metadata[key] = value;
+      ckpt.state.metadata[key] = entry.second;
+  }
 
   std::set<std::string> paramNames;
   for (Tensor &t : file->tensors)

@@ -96,10 +96,49 @@ private:
   std::unordered_map<void *, size_t> mappings_;
 };
 
+/// ISA extensions the runtime can test for, by their LLVM feature names.
+/// Kernels compiled with one of them would fault (SIGILL) on a CPU without
+/// it; the artifact lists what its kernels may use.
+static bool hostSupports(const std::string &feature, bool &known) {
+  known = true;
+#define MOEC_FEATURE(llvmName, gccName)                                        \
+  if (feature == llvmName)                                                     \
+    return __builtin_cpu_supports(gccName);
+  MOEC_FEATURE("sse4.2", "sse4.2")
+  MOEC_FEATURE("avx", "avx")
+  MOEC_FEATURE("avx2", "avx2")
+  MOEC_FEATURE("fma", "fma")
+  MOEC_FEATURE("bmi", "bmi")
+  MOEC_FEATURE("bmi2", "bmi2")
+  MOEC_FEATURE("avx512f", "avx512f")
+  MOEC_FEATURE("avx512bw", "avx512bw")
+  MOEC_FEATURE("avx512cd", "avx512cd")
+  MOEC_FEATURE("avx512dq", "avx512dq")
+  MOEC_FEATURE("avx512vl", "avx512vl")
+  MOEC_FEATURE("avx512vnni", "avx512vnni")
+  MOEC_FEATURE("avx512bf16", "avx512bf16")
+  MOEC_FEATURE("avx512ifma", "avx512ifma")
+  MOEC_FEATURE("avx512vbmi", "avx512vbmi")
+  MOEC_FEATURE("avx512vbmi2", "avx512vbmi2")
+  MOEC_FEATURE("avx512bitalg", "avx512bitalg")
+  MOEC_FEATURE("avx512vpopcntdq", "avx512vpopcntdq")
+#undef MOEC_FEATURE
+  known = false;
+  return true;
+}
+
 Error CpuDevice::loadKernels(const Artifact &artifact) {
   const std::string &path = artifact.path();
   if (library_)
     return makeError(ErrorCode::Internal, path, ": kernels loaded twice");
+  for (const std::string &feature : artifact.manifest().targetFeatures) {
+    bool known;
+    if (!hostSupports(feature, known))
+      return makeError(ErrorCode::Format, path, ": compiled for ",
+                       artifact.manifest().targetCpu, " with ", feature,
+                       ", which this CPU lacks (compile the model on a machine "
+                       "like this one)");
+  }
   memfd_ = ::memfd_create("moec-kernels", MFD_CLOEXEC);
   if (memfd_ < 0)
     return makeError(

@@ -1,6 +1,7 @@
 //===- ArtifactTest.cpp - the .moec reader --------------------------------===//
 
 #include "moec/Runtime/Artifact.h"
+#include "moec/Runtime/Session.h"
 
 #include "TestUtil.h"
 
@@ -296,3 +297,40 @@ TEST(Artifact, PlanSchemaErrors) {
 }
 
 } // namespace
+
+// The manifest's target_cpu features are checked against this CPU before
+// the kernels are loaded: a missing ISA extension is a clear error, not a
+// SIGILL. Unknown feature names are ignored.
+TEST(Artifact, TargetCpuFeatures) {
+  TempDir dir;
+  nlohmann::json manifest = tinyManifest();
+  manifest["target_cpu"] = {{"name", "test-cpu"},
+                            {"features", {"avx512f", "some-future-feature"}}};
+  writeBytes(dir / "cpu.moec", tinyArtifact(manifest));
+  Expected<std::shared_ptr<const Artifact>> loaded =
+      Artifact::load(dir / "cpu.moec");
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  EXPECT_EQ((*loaded)->manifest().targetCpu, "test-cpu");
+  ASSERT_EQ((*loaded)->manifest().targetFeatures.size(), 2u);
+  Expected<std::unique_ptr<Session>> session =
+      Session::create(*loaded, "cpu", 1);
+  if (__builtin_cpu_supports("avx512f")) {
+    EXPECT_TRUE(session) << session.error().message();
+  } else {
+    ASSERT_FALSE(session);
+    EXPECT_NE(session.error().message().find(
+                  "compiled for test-cpu with avx512f, which this CPU lacks"),
+              std::string::npos)
+        << session.error().message();
+  }
+
+  manifest["target_cpu"]["features"] = {1, 2};
+  writeBytes(dir / "bad.moec", tinyArtifact(manifest));
+  Expected<std::shared_ptr<const Artifact>> bad =
+      Artifact::load(dir / "bad.moec");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find(
+                "/target_cpu/features: expected an array of strings"),
+            std::string::npos)
+      << bad.error().message();
+}

@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
       return kExitFailure;
   }
   if (emitKind == EmitKind::Artifact) {
-    FailureOr<std::string> library =
+    FailureOr<moec::CpuKernelLibrary> library =
         moec::buildCpuKernelLibrary(*kernels, targetOptions);
     if (failed(library))
       return kExitFailure;
@@ -175,11 +175,14 @@ int main(int argc, char **argv) {
     info.classes = spec.model.classes;
     info.datasetKind = moec::spec::toString(spec.data.dataset);
     info.datasetPath = spec.data.path;
+    info.targetCpu = library->cpu;
+    info.targetFeatures = library->features;
     auto specText = llvm::MemoryBuffer::getFile(positional[1]);
     if (specText)
       info.specJson = (*specText)->getBuffer().str();
     FailureOr<std::string> bytes =
-        moec::buildArtifact(*module, cpuOptions.entry, info, *library);
+        moec::buildArtifact(*module, cpuOptions.entry, info,
+                            library->sharedObject);
     if (failed(bytes))
       return kExitFailure;
     artifactBytes = std::move(*bytes);

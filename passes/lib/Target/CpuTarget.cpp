@@ -68,7 +68,8 @@ void addEntryWrappers(llvm::Module &m) {
 }
 
 std::unique_ptr<llvm::TargetMachine>
-createTargetMachine(const CpuTargetOptions &options, std::string &error) {
+createTargetMachine(const CpuTargetOptions &options, std::string &error,
+                    std::string &cpuName, std::vector<std::string> &enabled) {
   static std::once_flag once;
   std::call_once(once, [] {
     llvm::InitializeNativeTarget();
@@ -83,9 +84,14 @@ createTargetMachine(const CpuTargetOptions &options, std::string &error) {
   std::string features;
   if (cpu == "native") {
     cpu = llvm::sys::getHostCPUName().str();
-    for (auto &feature : llvm::sys::getHostCPUFeatures())
+    for (auto &feature : llvm::sys::getHostCPUFeatures()) {
       features += (feature.second ? "+" : "-") + feature.first().str() + ",";
+      if (feature.second)
+        enabled.push_back(feature.first().str());
+    }
+    llvm::sort(enabled);
   }
+  cpuName = cpu;
   llvm::TargetOptions targetOptions;
   return std::unique_ptr<llvm::TargetMachine>(target->createTargetMachine(
       triple, cpu, features, targetOptions, llvm::Reloc::PIC_,
@@ -121,8 +127,9 @@ struct TempFiles {
 };
 } // namespace
 
-FailureOr<std::string>
+FailureOr<CpuKernelLibrary>
 moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
+  CpuKernelLibrary library;
   DialectRegistry registry;
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
@@ -136,7 +143,8 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
   addEntryWrappers(*llvmModule);
 
   std::string error;
-  std::unique_ptr<llvm::TargetMachine> tm = createTargetMachine(options, error);
+  std::unique_ptr<llvm::TargetMachine> tm =
+      createTargetMachine(options, error, library.cpu, library.features);
   if (!tm)
     return module.emitError() << "no LLVM target for this machine: " << error;
   llvmModule->setDataLayout(tm->createDataLayout());
@@ -189,5 +197,6 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
   if (!buffer)
     return module.emitError() << "cannot read the linked kernel library: "
                               << buffer.getError().message();
-  return (*buffer)->getBuffer().str();
+  library.sharedObject = (*buffer)->getBuffer().str();
+  return library;
 }

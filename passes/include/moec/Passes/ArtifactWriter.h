@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace moec {
 
@@ -27,6 +28,9 @@ struct ArtifactModelInfo {
   std::string datasetPath;
   /// The user's spec, verbatim JSON text (kept in the manifest).
   std::string specJson;
+  /// What the kernels were compiled for (CpuKernelLibrary).
+  std::string targetCpu;
+  std::vector<std::string> targetFeatures;
 };
 
 /// Builds the artifact bytes from `plan` (a module whose function `entry`

@@ -16,6 +16,7 @@
 #include "mlir/Support/LLVM.h"
 
 #include <string>
+#include <vector>
 
 namespace moec {
 
@@ -26,9 +27,19 @@ struct CpuTargetOptions {
   std::string dumpLLVMIRPath;
 };
 
-/// Returns the bytes of the shared object, or fails after emitting a
-/// diagnostic on `module`.
-mlir::FailureOr<std::string>
+struct CpuKernelLibrary {
+  /// The ELF shared object.
+  std::string sharedObject;
+  /// The CPU the code was generated for and the ISA extensions it may use
+  /// (LLVM names such as "avx512f"); the manifest records them so the
+  /// runtime can refuse a CPU that lacks one instead of faulting.
+  std::string cpu;
+  std::vector<std::string> features;
+};
+
+/// Builds the kernel library, or fails after emitting a diagnostic on
+/// `module`.
+mlir::FailureOr<CpuKernelLibrary>
 buildCpuKernelLibrary(mlir::ModuleOp module, const CpuTargetOptions &options);
 
 } // namespace moec

@@ -61,6 +61,10 @@ struct Manifest {
   std::string model;
   std::string target; ///< "cpu"
   std::string compiler;
+  /// The CPU the kernels were generated for and the ISA extensions they
+  /// may use (LLVM feature names); empty in artifacts that do not say.
+  std::string targetCpu;
+  std::vector<std::string> targetFeatures;
   int64_t batch = 0; ///< the most images one kernel call takes
   int64_t channels = 0, height = 0, width = 0;
   int64_t classes = 0;

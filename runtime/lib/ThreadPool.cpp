@@ -4,6 +4,17 @@
 
 namespace moec::rt {
 
+namespace {
+/// About 20-100 microseconds of polling before a thread blocks.
+constexpr int kSpinIterations = 20000;
+
+inline void cpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+} // namespace
+
 ThreadPool::ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
   workers_.reserve(threads_ - 1);
   try {
@@ -51,16 +62,23 @@ void ThreadPool::parallelFor(int64_t begin, int64_t end, ChunkFn fn,
     context_ = context;
     begin_ = begin;
     end_ = end;
-    pending_ = threads_ - 1;
-    ++generation_;
+    pending_.store(threads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   int64_t b, e;
   chunk(begin, end, threads_, 0, b, e);
   if (b < e)
     fn(context, b, e);
+  for (int i = 0; i < kSpinIterations; ++i) {
+    if (pending_.load(std::memory_order_acquire) == 0)
+      return;
+    cpuRelax();
+  }
   std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [this] { return pending_ == 0; });
+  done_.wait(lock, [this] {
+    return pending_.load(std::memory_order_acquire) == 0;
+  });
 }
 
 void ThreadPool::workerLoop(int index) {
@@ -69,12 +87,25 @@ void ThreadPool::workerLoop(int index) {
     ChunkFn fn;
     void *context;
     int64_t begin, end;
+    // Poll for the next job first; sleep only if none comes soon.
+    bool polled = false;
+    for (int i = 0; i < kSpinIterations; ++i) {
+      if (generation_.load(std::memory_order_acquire) != seen) {
+        polled = true;
+        break;
+      }
+      cpuRelax();
+    }
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+      if (!polled)
+        wake_.wait(lock, [&] {
+          return stopping_ ||
+                 generation_.load(std::memory_order_acquire) != seen;
+        });
       if (stopping_)
         return;
-      seen = generation_;
+      seen = generation_.load(std::memory_order_relaxed);
       fn = fn_;
       context = context_;
       begin = begin_;
@@ -84,13 +115,12 @@ void ThreadPool::workerLoop(int index) {
     chunk(begin, end, threads_, index, b, e);
     if (b < e)
       fn(context, b, e);
-    bool last;
-    {
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // Take the lock so the caller cannot miss the notification between
+      // testing its predicate and blocking.
       std::lock_guard<std::mutex> lock(mutex_);
-      last = --pending_ == 0;
-    }
-    if (last)
       done_.notify_one();
+    }
   }
 }
 

@@ -11,6 +11,12 @@
 
 namespace moec::rt {
 
+/// Images per run of the plan. Kernels take any image range up to the
+/// artifact's batch, and a run touches only its images' slices of each
+/// buffer, so running a large batch in chunks keeps each dispatch's working
+/// set in cache (the buffers' lifetimes are per run, so this is safe).
+static constexpr int64_t kChunk = 32;
+
 Expected<std::unique_ptr<Session>>
 Session::create(std::shared_ptr<const Artifact> artifact,
                 std::string_view deviceName, int threads) {
@@ -145,7 +151,8 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
   const size_t imageBytes = static_cast<size_t>(m.imageSize()) * 4;
   const size_t logitBytes = static_cast<size_t>(m.classes) * 4;
   for (int64_t done = 0; done < n;) {
-    int64_t count = std::min<int64_t>(m.batch, n - done);
+    int64_t count = std::min<int64_t>(std::min<int64_t>(m.batch, kChunk),
+                                      n - done);
     device_->upload(input, images + done * m.imageSize(), count * imageBytes);
     for (size_t i = 0; i < plan.size(); ++i) {
       auto start = std::chrono::steady_clock::now();

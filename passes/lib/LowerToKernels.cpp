@@ -37,8 +37,6 @@ namespace {
 constexpr IteratorType kPar = IteratorType::parallel;
 constexpr IteratorType kRed = IteratorType::reduction;
 
-using BodyFn = function_ref<Value(OpBuilder &, Location, ValueRange)>;
-
 /// Builds the per-image computation of one kernel: small helpers over
 /// linalg on static f32 tensors.
 class ImageBuilder {
@@ -251,38 +249,27 @@ public:
         });
   }
 
-  /// dest = softmax over the last dim of (x * scale), x [M, N].
-  Value softmaxRows(Value x, double scale, Value dest) {
+  /// dest = softmax over the last dim of x [M, N] (router gates).
+  Value softmaxRows(Value x, Value dest) {
     Value mx = reduceRows(
         x, -INFINITY, [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
           return arith::MaxNumFOp::create(nb, nl, acc, v);
         });
-    auto expOf = [&](OpBuilder &nb, Location nl, Value v, Value m) -> Value {
-      Value s = arith::SubFOp::create(nb, nl, v, m);
-      if (scale != 1.0)
-        s = arith::MulFOp::create(
-            nb, nl, s,
-            arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale)));
-      return math::ExpOp::create(nb, nl, s);
-    };
+    // reduceRows passes x - max as `centered`.
     Value sum = reduceRows(
         x, 0.0,
-        [&](OpBuilder &nb, Location nl, Value centered, Value acc) -> Value {
-          Value s = centered;
-          if (scale != 1.0)
-            s = arith::MulFOp::create(
-                nb, nl, s,
-                arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale)));
+        [](OpBuilder &nb, Location nl, Value centered, Value acc) -> Value {
           return arith::AddFOp::create(nb, nl, acc,
-                                       math::ExpOp::create(nb, nl, s));
+                                       math::ExpOp::create(nb, nl, centered));
         },
         {mx});
     return generic({x, mx, sum}, dest,
                    {map(2, {0, 1}), map(2, {0}), map(2, {0}), map(2, {0, 1})},
                    {kPar, kPar},
-                   [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-                     return arith::DivFOp::create(nb, nl, expOf(nb, nl, a[0], a[1]),
-                                                  a[2]);
+                   [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                     Value e = math::ExpOp::create(
+                         nb, nl, arith::SubFOp::create(nb, nl, a[0], a[1]));
+                     return arith::DivFOp::create(nb, nl, e, a[2]);
                    });
   }
 
@@ -874,7 +861,7 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
         b, loc, ib.type({1, xs[1]}), mean,
         ArrayRef<ReassociationIndices>{{0, 1}});
     Value logits = ib.matmul(mean2, w, Value(), logitsDest); // [1, E]
-    Value gates = ib.softmaxRows(logits, 1.0, ib.empty({1, e}));
+    Value gates = ib.softmaxRows(logits, ib.empty({1, e}));
     Value rank = ib.rankAlongLastDim(gates);
     auto drop = [&](Value v) -> Value {
       return tensor::CollapseShapeOp::create(
@@ -949,7 +936,7 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
     return SmallVector<Value>{dispatch, combine, logits};
   }
 
-  Value gates = ib.softmaxRows(logits, 1.0, ib.empty({s, e}));
+  Value gates = ib.softmaxRows(logits, ib.empty({s, e}));
 
   if (o.getKind() == RouterKind::ExpertChoice) {
     // Each expert takes its `cap` best tokens; slot = the token's rank.

@@ -216,6 +216,9 @@ int runInspect(const Options &options) {
   std::printf("model:        %s\n", m.model.c_str());
   std::printf("target:       %s\n", m.target.c_str());
   std::printf("compiler:     %s\n", m.compiler.c_str());
+  if (!m.targetCpu.empty())
+    std::printf("target cpu:   %s (%zu ISA features)\n", m.targetCpu.c_str(),
+                m.targetFeatures.size());
   std::printf("version:      %u.%u\n", a.versionMajor(), a.versionMinor());
   std::printf("file size:    %" PRIu64 " bytes\n", a.fileSize());
   std::printf("batch:        %" PRId64 "\n", m.batch);

@@ -11,6 +11,7 @@
 #define MOEC_PASSES_MEMORYPLAN_H
 
 #include "mlir/Support/LLVM.h"
+#include "llvm/ADT/ArrayRef.h"
 
 #include <cstdint>
 

@@ -111,10 +111,16 @@ struct VectorizeKernelsPass
         tiles[dim] = 1;
       }
     }
-    if (contraction)
-      for (auto [i, it] : llvm::enumerate(iters))
-        if (it == utils::IteratorType::reduction)
-          tiles[i] = 1;
+    // Contractions step every reduction dimension by 1 (outer products).
+    // Other ops keep only the innermost loop dimension whole when it is a
+    // reduction: a second reduction dimension (e.g. counting an expert's
+    // filled slots over tokens x slots) would otherwise make one vector of
+    // their product (tens of thousands of lanes for ViT-B shapes).
+    int64_t last = static_cast<int64_t>(iters.size()) - 1;
+    for (auto [i, it] : llvm::enumerate(iters))
+      if (it == utils::IteratorType::reduction &&
+          (contraction || static_cast<int64_t>(i) != last))
+        tiles[i] = 1;
     return {tiles, vectorDim};
   }
 

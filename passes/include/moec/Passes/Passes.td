@@ -122,8 +122,9 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::ModuleOp"> {
     * other ops whose innermost loop is parallel: that dimension like a
       contraction's, every other parallel dimension by 1;
     * ops whose innermost loop is a reduction (layer norm and softmax
-      statistics, routing ranks): every parallel dimension by 1, the
-      reductions whole (vector reductions).
+      statistics, routing ranks): every parallel dimension and every outer
+      reduction dimension by 1, the innermost reduction whole (a vector
+      reduction).
 
     Each tile is vectorized with linalg's vectorizer (tiles divide the
     shapes, so no masking is needed). The loop-invariant accumulator

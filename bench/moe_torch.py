@@ -36,13 +36,22 @@ try:
 except ImportError:  # parse_spec and the spec helpers work without torch
     torch = F = None
 
+if torch is not None:
+    _ST_DTYPES_INIT = {"F32": (torch.float32, 4), "F64": (torch.float64, 8),
+                       "I32": (torch.int32, 4)}
+
 # ---------------------------------------------------------------------------
 # Safetensors (F32 only), with the standard library and torch
 # ---------------------------------------------------------------------------
 
 
-def read_safetensors(path):
-    """Returns {name: float32 tensor} for every F32 tensor of `path`."""
+# safetensors dtype -> (torch dtype, bytes per element)
+_ST_DTYPES = _ST_DTYPES_INIT if torch is not None else {}
+
+
+def read_safetensors(path, all_dtypes=False):
+    """Returns {name: float32 tensor} for every F32 tensor of `path` (with
+    all_dtypes: also I32 and F64 tensors, as int32 / float64)."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 8:
@@ -56,20 +65,22 @@ def read_safetensors(path):
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] != "F32":
+        dt = _ST_DTYPES.get(info["dtype"])
+        if dt is None or (info["dtype"] != "F32" and not all_dtypes):
             raise ValueError(f"{path}: tensor '{name}' has dtype {info['dtype']}, "
                              "only F32 is supported")
+        tdt, size = dt
         shape = [int(d) for d in info["shape"]]
         begin, end = (int(v) for v in info["data_offsets"])
         numel = math.prod(shape)
-        if end - begin != 4 * numel or base + end > len(data):
+        if end - begin != size * numel or base + end > len(data):
             raise ValueError(f"{path}: tensor '{name}': bad data_offsets")
         if numel == 0:
-            out[name] = torch.zeros(shape, dtype=torch.float32)
+            out[name] = torch.zeros(shape, dtype=tdt)
             continue
         # bytearray copy: writable and aligned for torch.frombuffer.
         buf = bytearray(data[base + begin:base + end])
-        t = torch.frombuffer(buf, dtype=torch.float32)
+        t = torch.frombuffer(buf, dtype=tdt)
         if sys.byteorder != "little":
             t = t.byteswap()  # pragma: no cover
         out[name] = t.reshape(shape).clone()
@@ -77,12 +88,18 @@ def read_safetensors(path):
 
 
 def write_safetensors(path, tensors):
-    """Writes {name: tensor} as F32 safetensors (names in sorted order)."""
+    """Writes {name: tensor} as safetensors (names in sorted order): int32
+    tensors as I32, float64 tensors as F64, everything else as F32."""
     header, chunks, offset = {}, [], 0
     for name in sorted(tensors):
-        t = tensors[name].detach().to(torch.float32).contiguous().cpu()
-        raw = t.numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
+        t = tensors[name].detach().contiguous().cpu()
+        if t.dtype == torch.int32:
+            dtype, raw = "I32", t.numpy().astype("<i4").tobytes()
+        elif t.dtype == torch.float64:
+            dtype, raw = "F64", t.numpy().astype("<f8").tobytes()
+        else:
+            dtype, raw = "F32", t.to(torch.float32).numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
@@ -140,6 +157,8 @@ def parse_spec(path_or_dict):
         "eps": float(model.get("layer_norm_eps", 1e-6)),
         "name": root.get("name", ""),
         "data": root.get("data") or {},
+        "train": root.get("train") or {},
+        "label_smoothing": float((root.get("train") or {}).get("label_smoothing", 0.0)),
     }
     # llround: round half away from zero.
     hm = float(model.get("mlp_ratio", 4)) * s["D"]
@@ -159,8 +178,10 @@ def parse_spec(path_or_dict):
     if moe:
         r = moe["router"]
         cf = moe.get("capacity_factor", 1.0)
+        cf_train = cf
         if isinstance(cf, dict):
-            cf = cf["eval"]
+            cf, cf_train = cf.get("eval", 1.0), cf.get("train", 1.0)
+        aux = moe.get("aux_loss") or {}
         m = {
             "E": int(moe["experts"]), "k": int(moe.get("top_k", 1)),
             "H": int(moe.get("expert_hidden", s["Hm"])),
@@ -168,7 +189,16 @@ def parse_spec(path_or_dict):
             "cf": float(cf), "router": r["kind"],
             "iterations": int(r.get("iterations", 3)),
             "slots": int(r.get("slots_per_expert", 1)),
+            # Training mode (ViMoETrain).
+            "cf_train": float(cf_train),
+            "noise_std": float(r.get("noise_std", 0.0)),
+            "aux": {key: float(aux.get(key, 0.0))
+                    for key in ("importance", "load", "balance", "z_loss",
+                                "super_class")},
+            "super_class_map": moe.get("super_class_map"),
         }
+        if m["super_class_map"] is not None and "super_class" not in aux:
+            m["aux"]["super_class"] = 0.3
         if m["router"] not in ("token-choice", "expert-choice", "soft", "per-image",
                                "sinkhorn"):
             raise ValueError(f"spec: unknown router kind '{m['router']}'")
@@ -451,6 +481,280 @@ class ViMoE:
         x = F.layer_norm(x, (D,), self.norm_w, self.norm_b, eps).view(B, S, D)
         feat = x[:, 0] if s["pooling"] == "cls" else x.mean(dim=1)
         return torch.addmm(self.head_b, feat, self.head_w)
+
+
+# ---------------------------------------------------------------------------
+# Training mode (autograd)
+# ---------------------------------------------------------------------------
+
+
+def param_shapes(spec):
+    """{name: shape} of every parameter of the model, as moec names them."""
+    s = spec if isinstance(spec, dict) else parse_spec(spec)
+    D, m = s["D"], s["moe"]
+    out = {"patch_embed.proj.weight": [s["C"] * s["P"] ** 2, D],
+           "patch_embed.proj.bias": [D], "pos_embed": [s["S"], D],
+           "norm.weight": [D], "norm.bias": [D],
+           "head.weight": [D, s["K"]], "head.bias": [s["K"]]}
+    if s["pooling"] == "cls":
+        out["cls_token"] = [D]
+    for i in range(s["L"]):
+        p = f"blocks.{i}."
+        out.update({p + "norm1.weight": [D], p + "norm1.bias": [D],
+                    p + "attn.qkv.weight": [D, 3 * D], p + "attn.qkv.bias": [3 * D],
+                    p + "attn.proj.weight": [D, D], p + "attn.proj.bias": [D],
+                    p + "norm2.weight": [D], p + "norm2.bias": [D]})
+        if m and i in m["blocks"]:
+            E, H = m["E"], m["H"]
+            out.update({p + "moe.router.weight": [D, E * m["slots"]],
+                        p + "moe.experts.fc1.weight": [E, D, H],
+                        p + "moe.experts.fc1.bias": [E, H],
+                        p + "moe.experts.fc2.weight": [E, H, D],
+                        p + "moe.experts.fc2.bias": [E, D]})
+            if m["shared"]:
+                out.update({p + "moe.shared.fc1.weight": [D, H],
+                            p + "moe.shared.fc1.bias": [H],
+                            p + "moe.shared.fc2.weight": [H, D],
+                            p + "moe.shared.fc2.bias": [D]})
+        else:
+            Hm = s["Hm"]
+            out.update({p + "mlp.fc1.weight": [D, Hm], p + "mlp.fc1.bias": [Hm],
+                        p + "mlp.fc2.weight": [Hm, D], p + "mlp.fc2.bias": [D]})
+    return out
+
+
+def noise_shapes(spec, batch):
+    """{`noise.<layer>`: [B, S, E]} for every router that reads noise in
+    training: token-choice routers with noise_std > 0."""
+    s = spec if isinstance(spec, dict) else parse_spec(spec)
+    m = s["moe"]
+    if not m or m["router"] != "token-choice" or m["noise_std"] <= 0:
+        return {}
+    return {f"noise.blocks.{i}.moe": [batch, s["S"], m["E"]]
+            for i in sorted(m["blocks"])}
+
+
+def no_decay(name, shape):
+    """Parameters without weight decay (docs/training-abi.md): rank 1, plus
+    cls_token and pos_embed."""
+    return len(shape) == 1 or name in ("cls_token", "pos_embed")
+
+
+def _cv2(v):
+    """Squared coefficient of variation along the last dim (population
+    variance / mean^2)."""
+    mean = v.mean(dim=-1)
+    return ((v - mean.unsqueeze(-1)) ** 2).mean(dim=-1) / mean ** 2
+
+
+def _onehot(idx, n, dtype):
+    return (idx.unsqueeze(-1) == torch.arange(n, device=idx.device)).to(dtype)
+
+
+class ViMoETrain:
+    """The training-mode forward pass with autograd, on a dict of parameter
+    tensors (moec names). `loss(...)` follows test/reference/README.md's
+    training section: train capacity, noisy token-choice gates
+    softmax(L + noise_std/E * N), the auxiliary losses per image averaged
+    over the batch and summed over MoE layers, label-smoothed
+    cross-entropy. The discrete routing decisions are constants (computed
+    on detached values); gradients flow through the gate values.
+
+        tm = ViMoETrain(spec, weights, dtype=torch.float64)
+        out = tm.loss(images, labels, noise)   # noise: {"noise.blocks.3.moe": [B,S,E]}
+        grads = torch.autograd.grad(out["loss"], list(tm.params.values()))
+    """
+
+    def __init__(self, spec, weights, dtype=torch.float32 if torch else None,
+                 requires_grad=True):
+        self.s = spec if isinstance(spec, dict) else parse_spec(spec)
+        self.dtype = dtype
+        self.act = _activation(self.s["activation"])
+        self.params = {}
+        for name, shape in param_shapes(self.s).items():
+            if name not in weights:
+                raise KeyError(f"missing tensor '{name}' (expected shape {shape})")
+            t = weights[name]
+            if list(t.shape) != list(shape):
+                raise ValueError(f"tensor '{name}' has shape {list(t.shape)}, "
+                                 f"expected {list(shape)}")
+            self.params[name] = t.detach().to(dtype).clone().requires_grad_(
+                requires_grad)
+
+    # -- pieces -------------------------------------------------------------
+
+    def _mlp(self, x, w1, b1, w2, b2):
+        return torch.addmm(b2, self.act(torch.addmm(b1, x, w1)), w2)
+
+    def _expert(self, p, e, x):
+        return self._mlp(x, p["moe.experts.fc1.weight"][e], p["moe.experts.fc1.bias"][e],
+                         p["moe.experts.fc2.weight"][e], p["moe.experts.fc2.bias"][e])
+
+    def _attention(self, p, h, B):
+        s = self.s
+        S, D, nh = s["S"], s["D"], s["heads"]
+        dh = D // nh
+        qkv = torch.addmm(p["attn.qkv.bias"], h, p["attn.qkv.weight"]).view(B, S, 3, nh, dh)
+        q = qkv[:, :, 0].transpose(1, 2)
+        k = qkv[:, :, 1].transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        a = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(dh)), dim=-1)
+        o = torch.matmul(a, v).transpose(1, 2).reshape(B * S, D)
+        return torch.addmm(p["attn.proj.bias"], o, p["attn.proj.weight"])
+
+    def _routed(self, p, h, gate, keep):
+        """y = sum over kept (row, e) of gate[row, e] * Expert_e(h[row])."""
+        y = torch.zeros_like(h)
+        for e in range(keep.shape[1]):
+            idx = keep[:, e].nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            ye = self._expert(p, e, h.index_select(0, idx))
+            y = y.index_add(0, idx, ye * gate.index_select(0, idx)[:, e:e + 1])
+        return y
+
+    def _aux(self, L, Gd, Ln, k, sn):
+        """Per-image auxiliary losses [B] of router logits L [B, R, J]; Gd:
+        dispatch gates; Ln: noisy logits (or None)."""
+        J = L.shape[-1]
+        out = {}
+        P = torch.softmax(L, dim=-1)
+        out["importance"] = _cv2(P.sum(dim=1))
+        out["z_loss"] = (torch.logsumexp(L, dim=-1) ** 2).mean(dim=1)
+        top1 = stable_rank(Gd.detach()) == 0  # argmax, ties: lower index
+        frac = top1.to(L.dtype).mean(dim=1)
+        out["balance"] = J * J * (Gd.mean(dim=1) * frac).mean(dim=-1)
+        if Ln is not None:
+            kth = (stable_rank(Ln.detach()) == k - 1).to(L.dtype)  # [B, R, J]
+            t = (Ln * kth).sum(dim=-1, keepdim=True)
+            p = 0.5 * torch.erfc((t - L) / (sn * math.sqrt(2.0)))
+            out["load"] = _cv2(p.mean(dim=1))
+        return out
+
+    def _moe(self, p, h, B, noise, labels):
+        s, m = self.s, self.s["moe"]
+        S, D, E, k = s["S"], s["D"], m["E"], m["k"]
+        kind = m["router"]
+        aux = {}
+        if kind in ("token-choice", "sinkhorn"):
+            L = (h @ p["moe.router.weight"]).view(B, S, E)
+            Gd, Ln, sn = torch.softmax(L, dim=-1), None, m["noise_std"] / E
+            if kind == "token-choice" and m["noise_std"] > 0:
+                Ln = L + sn * noise.to(L.dtype)
+                Gd = torch.softmax(Ln, dim=-1)
+            Q = Gd.detach()
+            if kind == "sinkhorn":
+                target = float(S) / float(E)
+                for _ in range(m["iterations"]):
+                    Q = Q * (target / Q.sum(dim=1, keepdim=True))
+                    Q = Q / Q.sum(dim=2, keepdim=True)
+            rank = stable_rank(Q)
+            C = capacity(k, S, m["cf_train"], E)
+            R = (rank.unsqueeze(-1) == torch.arange(k)).to(torch.int64)
+            cnt = R.sum(dim=1)
+            before = cnt.cumsum(dim=-1) - cnt
+            within = R.cumsum(dim=1) - R
+            pos = ((before.unsqueeze(1) + within) * R).sum(dim=-1)
+            keep = ((rank < k) & (pos < C)).view(B * S, E)
+            y = self._routed(p, h, Gd.reshape(B * S, E), keep)
+            aux = self._aux(L, Gd, Ln, k, sn)
+        elif kind == "expert-choice":
+            L = (h @ p["moe.router.weight"]).view(B, S, E)
+            G = torch.softmax(L, dim=-1)
+            C = capacity(1, S, m["cf_train"], E)
+            top = torch.sort(G.detach(), dim=1, descending=True, stable=True).indices[:, :C, :]
+            keep = torch.zeros(B, S, E, dtype=torch.bool)
+            keep.scatter_(1, top, True)
+            y = self._routed(p, h, G.reshape(B * S, E), keep.view(B * S, E))
+            aux = self._aux(L, G, None, 1, 0.0)
+        elif kind == "soft":
+            Ps = m["slots"]
+            J = E * Ps
+            L = (h @ p["moe.router.weight"]).view(B, S, J)
+            Dw = torch.softmax(L, dim=1)
+            Cw = torch.softmax(L, dim=2)
+            X = torch.bmm(Dw.transpose(1, 2), h.view(B, S, D))  # [B, J, D]
+            Xe = X.view(B, E, Ps, D).transpose(0, 1).reshape(E, B * Ps, D)
+            Hh = self.act(torch.baddbmm(p["moe.experts.fc1.bias"].unsqueeze(1), Xe,
+                                        p["moe.experts.fc1.weight"]))
+            Ye = torch.baddbmm(p["moe.experts.fc2.bias"].unsqueeze(1), Hh,
+                               p["moe.experts.fc2.weight"])
+            Y = Ye.view(E, B, Ps, D).transpose(0, 1).reshape(B, J, D)
+            y = torch.bmm(Cw, Y).view(B * S, D)
+            aux = self._aux(L, Cw, None, 1, 0.0)
+        else:  # per-image
+            mean = h.view(B, S, D).mean(dim=1)
+            L = mean @ p["moe.router.weight"]  # [B, E]
+            G = torch.softmax(L, dim=-1)
+            chosen = stable_rank(G.detach()) < k  # [B, E]
+            keep = chosen.unsqueeze(1).expand(B, S, E).reshape(B * S, E)
+            gate = G.unsqueeze(1).expand(B, S, E).reshape(B * S, E)
+            y = self._routed(p, h, gate, keep)
+            aux = self._aux(L.unsqueeze(1), G.unsqueeze(1), None, 1, 0.0)
+            if m["super_class_map"] is not None:
+                target = torch.tensor(m["super_class_map"], dtype=torch.int64)[labels.long()]
+                aux["super_class"] = F.cross_entropy(L, target, reduction="none")
+        if m["shared"]:
+            y = y + self._mlp(h, p["moe.shared.fc1.weight"], p["moe.shared.fc1.bias"],
+                              p["moe.shared.fc2.weight"], p["moe.shared.fc2.bias"])
+        return y, {key: v.mean() for key, v in aux.items()}
+
+    # -- forward --------------------------------------------------------------
+
+    def logits_and_aux(self, images, labels=None, noise=None, params=None):
+        """(logits [B, K], {layer: {loss kind: value}}) in training mode."""
+        s, P = self.s, params if params is not None else self.params
+        noise = noise or {}
+        B = images.shape[0]
+        C, Pp, D, S, T = s["C"], s["P"], s["D"], s["S"], s["T"]
+        gh, gw = s["H"] // Pp, s["W"] // Pp
+        x = images.to(self.dtype).reshape(B, C, gh, Pp, gw, Pp)
+        patches = x.permute(0, 2, 4, 1, 3, 5).reshape(B * T, C * Pp * Pp)
+        tok = torch.addmm(P["patch_embed.proj.bias"], patches,
+                          P["patch_embed.proj.weight"]).view(B, T, D)
+        if s["pooling"] == "cls":
+            tok = torch.cat([P["cls_token"].view(1, 1, D).expand(B, 1, D), tok], dim=1)
+        x = (tok + P["pos_embed"]).reshape(B * S, D)
+        eps = s["eps"]
+        layers = {}
+        m = s["moe"]
+        for i in range(s["L"]):
+            pre = f"blocks.{i}."
+            p = {n[len(pre):]: t for n, t in P.items() if n.startswith(pre)}
+            h = F.layer_norm(x, (D,), p["norm1.weight"], p["norm1.bias"], eps)
+            x = x + self._attention(p, h, B)
+            h = F.layer_norm(x, (D,), p["norm2.weight"], p["norm2.bias"], eps)
+            if m and i in m["blocks"]:
+                y, aux = self._moe(p, h, B, noise.get(f"noise.blocks.{i}.moe"), labels)
+                layers[f"blocks.{i}.moe"] = aux
+                x = x + y
+            else:
+                x = x + self._mlp(h, p["mlp.fc1.weight"], p["mlp.fc1.bias"],
+                                  p["mlp.fc2.weight"], p["mlp.fc2.bias"])
+        x = F.layer_norm(x, (D,), P["norm.weight"], P["norm.bias"], eps).view(B, S, D)
+        feat = x[:, 0] if s["pooling"] == "cls" else x.mean(dim=1)
+        return torch.addmm(P["head.bias"], feat, P["head.weight"]), layers
+
+    def loss(self, images, labels, noise=None, params=None):
+        """{loss, ce_loss, aux_loss, correct, importance, load, balance,
+        z_loss, super_class, layers} (tensors; loss is differentiable)."""
+        logits, layers = self.logits_and_aux(images, labels, noise, params)
+        labels = labels.long()
+        ce = F.cross_entropy(logits, labels, label_smoothing=self.s["label_smoothing"])
+        w = self.s["moe"]["aux"] if self.s["moe"] else {}
+        aux = torch.zeros((), dtype=logits.dtype)
+        totals = {}
+        for lay in layers.values():
+            for key, v in lay.items():
+                totals[key] = totals.get(key, 0.0) + v
+                if w.get(key, 0.0) > 0:
+                    aux = aux + w[key] * v
+        out = {"loss": ce + aux, "ce_loss": ce, "aux_loss": aux,
+               "correct": (stable_rank(logits.detach()) == 0)[
+                   torch.arange(labels.shape[0]), labels].sum(),
+               "layers": layers}
+        out.update(totals)
+        return out
 
 
 # ---------------------------------------------------------------------------

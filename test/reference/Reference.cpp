@@ -1,6 +1,9 @@
 //===- Reference.cpp - double-precision ViMoE reference forward pass ------===//
 //
 // moec-reference SPEC.json WEIGHTS.safetensors IMAGES.f32 OUT.f32
+// moec-reference loss SPEC.json WEIGHTS.safetensors BATCH.safetensors
+// moec-reference fdgrad SPEC.json WEIGHTS BATCH OUT.safetensors [--per-tensor K|all]
+//                [--h H] [--seed S]
 //
 // An independent reference implementation of the ViT / ViMoE forward pass,
 // computed entirely in double precision.  It shares no code with the moec
@@ -27,7 +30,9 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <functional>
 #include <numeric>
+#include <random>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -139,35 +144,74 @@ public:
       e.end = off[1].get<uint64_t>();
       if (e.end > dataSize)
         fail(where + ": data_offsets beyond the end of the file");
-      if (e.dtype == "F32" && e.end - e.begin != numel * 4)
+      const uint64_t esz = e.dtype == "F64" ? 8 : 4;
+      if ((e.dtype == "F32" || e.dtype == "F64" || e.dtype == "I32") &&
+          e.end - e.begin != numel * esz)
         fail(where + ": data_offsets span " + std::to_string(e.end - e.begin) +
              " bytes, shape " + shapeStr(e.shape) + " needs " +
-             std::to_string(numel * 4));
+             std::to_string(numel * esz));
       entries_[it.key()] = e;
     }
   }
 
   bool has(const std::string &name) const { return entries_.count(name) != 0; }
 
-  /// The tensor `name` as doubles, checking dtype F32 and the exact shape.
-  std::vector<double> get(const std::string &name,
-                          const std::vector<int64_t> &shape) const {
+  /// The shape of tensor `name` (which must exist).
+  std::vector<int64_t> shapeOf(const std::string &name) const {
     auto it = entries_.find(name);
     if (it == entries_.end())
-      fail(path_ + ": missing tensor '" + name + "' (expected shape " +
-           shapeStr(shape) + ")");
-    const Entry &e = it->second;
-    if (e.dtype != "F32")
+      fail(path_ + ": missing tensor '" + name + "'");
+    return it->second.shape;
+  }
+
+  /// The names of all tensors (sorted).
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto &kv : entries_)
+      out.push_back(kv.first);
+    return out;
+  }
+
+  /// The tensor `name` as doubles, checking dtype F32 (or F64) and the exact
+  /// shape.
+  std::vector<double> get(const std::string &name,
+                          const std::vector<int64_t> &shape) const {
+    const Entry &e = find(name, shape);
+    if (e.dtype != "F32" && e.dtype != "F64")
       fail(path_ + ": tensor '" + name + "' has dtype " + e.dtype +
-           ", only F32 is supported");
-    if (e.shape != shape)
-      fail(path_ + ": tensor '" + name + "' has shape " + shapeStr(e.shape) +
-           ", expected " + shapeStr(shape));
-    size_t numel = (e.end - e.begin) / 4;
+           ", only F32 (or F64) is supported");
+    const bool f64 = e.dtype == "F64";
+    size_t numel = (e.end - e.begin) / (f64 ? 8 : 4);
     std::vector<double> out(numel);
     const unsigned char *p = bytes_.data() + dataBegin_ + e.begin;
-    for (size_t i = 0; i < numel; ++i)
-      out[i] = double(loadF32LE(p + 4 * i));
+    for (size_t i = 0; i < numel; ++i) {
+      if (f64) {
+        uint64_t u = 0;
+        for (int b = 0; b < 8; ++b)
+          u |= uint64_t(p[8 * i + size_t(b)]) << (8 * b);
+        std::memcpy(&out[i], &u, 8);
+      } else {
+        out[i] = double(loadF32LE(p + 4 * i));
+      }
+    }
+    return out;
+  }
+
+  /// The tensor `name` as int32 values, checking dtype I32 and the shape.
+  std::vector<int32_t> getI32(const std::string &name,
+                              const std::vector<int64_t> &shape) const {
+    const Entry &e = find(name, shape);
+    if (e.dtype != "I32")
+      fail(path_ + ": tensor '" + name + "' has dtype " + e.dtype +
+           ", expected I32");
+    size_t numel = (e.end - e.begin) / 4;
+    std::vector<int32_t> out(numel);
+    const unsigned char *p = bytes_.data() + dataBegin_ + e.begin;
+    for (size_t i = 0; i < numel; ++i) {
+      uint32_t u = uint32_t(p[4 * i]) | (uint32_t(p[4 * i + 1]) << 8) |
+                   (uint32_t(p[4 * i + 2]) << 16) | (uint32_t(p[4 * i + 3]) << 24);
+      out[i] = int32_t(u);
+    }
     return out;
   }
 
@@ -177,6 +221,17 @@ private:
     std::vector<int64_t> shape;
     uint64_t begin = 0, end = 0;
   };
+  const Entry &find(const std::string &name,
+                    const std::vector<int64_t> &shape) const {
+    auto it = entries_.find(name);
+    if (it == entries_.end())
+      fail(path_ + ": missing tensor '" + name + "' (expected shape " +
+           shapeStr(shape) + ")");
+    if (it->second.shape != shape)
+      fail(path_ + ": tensor '" + name + "' has shape " +
+           shapeStr(it->second.shape) + ", expected " + shapeStr(shape));
+    return it->second;
+  }
   std::string path_;
   std::vector<unsigned char> bytes_;
   uint64_t dataBegin_ = 0;
@@ -201,8 +256,15 @@ struct Spec {
   int64_t E = 0, k = 1, Hx = 0; // experts, top_k, expert_hidden
   RouterKind router = RouterKind::TokenChoice;
   int64_t iterations = 3, slots = 1;
-  double cf = 1.0;
+  double cf = 1.0;      // eval capacity factor (inference)
+  double cfTrain = 1.0; // training capacity factor
   bool shared = false;
+  double noiseStd = 0.0;
+
+  // Training (loss / fdgrad only).
+  double wImportance = 0, wLoad = 0, wBalance = 0, wZ = 0, wSuperClass = 0;
+  std::vector<int64_t> superClassMap; // empty: none
+  double labelSmoothing = 0.0;
 };
 
 int64_t getInt(const json &obj, const std::string &key, const std::string &ctx) {
@@ -364,14 +426,53 @@ Spec parseSpec(const std::string &path) {
     }
     if (moe.contains("capacity_factor")) {
       const json &cf = moe["capacity_factor"];
-      if (cf.is_number())
-        s.cf = cf.get<double>();
-      else if (cf.is_object() && cf.contains("eval"))
-        s.cf = getNum(cf, "eval", "moe.capacity_factor.");
-      else
-        fail("spec: 'moe.capacity_factor' must be a number or an object with 'eval'");
-      if (!(s.cf > 0) || !std::isfinite(s.cf))
+      if (cf.is_number()) {
+        s.cf = s.cfTrain = cf.get<double>();
+      } else if (cf.is_object()) {
+        // {train, eval}: each defaults to 1.0.
+        if (cf.contains("eval"))
+          s.cf = getNum(cf, "eval", "moe.capacity_factor.");
+        if (cf.contains("train"))
+          s.cfTrain = getNum(cf, "train", "moe.capacity_factor.");
+      } else {
+        fail("spec: 'moe.capacity_factor' must be a number or an object");
+      }
+      if (!(s.cf > 0) || !std::isfinite(s.cf) || !(s.cfTrain > 0) ||
+          !std::isfinite(s.cfTrain))
         fail("spec: capacity_factor must be positive");
+    }
+    if (moe.contains("aux_loss")) {
+      const json &a = moe["aux_loss"];
+      if (!a.is_object())
+        fail("spec: 'moe.aux_loss' must be an object");
+      auto w = [&](const char *key, double &out) {
+        if (a.contains(key)) {
+          out = getNum(a, key, "moe.aux_loss.");
+          if (!(out >= 0) || !std::isfinite(out))
+            fail(std::string("spec: 'moe.aux_loss.") + key + "' must be >= 0");
+        }
+      };
+      w("importance", s.wImportance);
+      w("load", s.wLoad);
+      w("balance", s.wBalance);
+      w("z_loss", s.wZ);
+      w("super_class", s.wSuperClass);
+    }
+    if (moe.contains("super_class_map")) {
+      const json &mp = moe["super_class_map"];
+      if (!mp.is_array())
+        fail("spec: 'moe.super_class_map' must be an array");
+      for (const json &v : mp) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 ||
+            v.get<int64_t>() >= s.E)
+          fail("spec: 'moe.super_class_map' entries must be expert indices");
+        s.superClassMap.push_back(v.get<int64_t>());
+      }
+      if (int64_t(s.superClassMap.size()) != s.K)
+        fail("spec: 'moe.super_class_map' needs one entry per class");
+      // Default weight 0.3 when the map is given and the weight is not.
+      if (!moe.contains("aux_loss") || !moe["aux_loss"].contains("super_class"))
+        s.wSuperClass = 0.3;
     }
     if (!moe.contains("router") || !moe["router"].is_object())
       fail("spec: missing 'moe.router'");
@@ -389,6 +490,11 @@ Spec parseSpec(const std::string &path) {
       s.router = RouterKind::Sinkhorn;
     else
       fail("spec: unknown router kind '" + kind + "'");
+    if (r.contains("noise_std")) {
+      s.noiseStd = getNum(r, "noise_std", "moe.router.");
+      if (!(s.noiseStd >= 0) || !std::isfinite(s.noiseStd))
+        fail("spec: 'moe.router.noise_std' must be >= 0");
+    }
     if (r.contains("iterations"))
       s.iterations = getInt(r, "iterations", "moe.router.");
     if (s.iterations < 0)
@@ -432,6 +538,12 @@ Spec parseSpec(const std::string &path) {
     } else {
       fail("spec: unknown placement rule '" + rule + "'");
     }
+  }
+  if (root.contains("train") && root["train"].is_object() &&
+      root["train"].contains("label_smoothing")) {
+    s.labelSmoothing = getNum(root["train"], "label_smoothing", "train.");
+    if (!(s.labelSmoothing >= 0 && s.labelSmoothing < 1))
+      fail("spec: 'train.label_smoothing' must be in [0, 1)");
   }
   return s;
 }
@@ -603,20 +715,73 @@ Model loadModel(const Spec &s, const SafeTensors &st) {
   return m;
 }
 
+//===----------------------------------------------------------------------===//
+// Training-mode state
+//===----------------------------------------------------------------------===//
+
+/// The router auxiliary losses of one MoE layer (unweighted).
+struct LayerLoss {
+  double importance = 0, load = 0, balance = 0, z = 0, superClass = 0;
+};
+
+/// Training-mode state of a forward pass. A null TrainCtx* means inference
+/// (eval capacity, no noise, no losses).
+struct TrainCtx {
+  // Inputs for the current image.
+  int64_t label = 0;
+  std::map<int64_t, const double *> noise; // block -> this image's [S, E] noise
+  int64_t block = -1;                       // the block being evaluated
+  // Outputs, summed over the images.
+  std::map<int64_t, LayerLoss> layers;
+  uint64_t sig = 1469598103934665603ull; // hash of every discrete decision
+  double margin = INFINITY;              // smallest routing margin (gate units)
+
+  void mix(uint64_t v) {
+    sig ^= v + 0x9e3779b97f4a7c15ull + (sig << 6) + (sig >> 2);
+    sig *= 1099511628211ull;
+  }
+  /// Notes the gap between the k-th and (k+1)-th largest of v[i*stride],
+  /// i < n: the routing decision "top k" flips when it closes.
+  void noteMargin(const double *v, int64_t n, int64_t k, int64_t stride = 1) {
+    if (k <= 0 || k >= n)
+      return;
+    std::vector<double> c(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i)
+      c[size_t(i)] = v[i * stride];
+    std::sort(c.begin(), c.end(), std::greater<double>());
+    margin = std::min(margin, c[size_t(k - 1)] - c[size_t(k)]);
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Forward pass
+//===----------------------------------------------------------------------===//
+
 /// fc2(act(fc1(x))) for x [n, D] with explicit weight pointers.
 Vec mlp(const Vec &x, int64_t n, int64_t D, int64_t H, const double *w1,
-        const double *b1, const double *w2, const double *b2, Act act) {
+        const double *b1, const double *w2, const double *b2, Act act,
+        TrainCtx *ctx = nullptr) {
   Vec h = linear(x, n, D, w1, b1, H);
+  if (ctx && act == Act::Relu) {
+    // ReLU kinks are discrete decisions too (for finite differences).
+    uint64_t bits = 0;
+    for (size_t i = 0; i < h.size(); ++i) {
+      bits = (bits << 1) | (h[i] > 0 ? 1u : 0u);
+      if (i % 64 == 63 || i + 1 == h.size())
+        ctx->mix(bits), bits = 0;
+    }
+  }
   for (double &v : h)
     v = activate(act, v);
   return linear(h, n, H, w2, b2, D);
 }
 
 /// Expert e applied to a single vector v [D].
-Vec expert(const Model &m, const MoEWeights &w, int64_t e, const Vec &v) {
+Vec expert(const Model &m, const MoEWeights &w, int64_t e, const Vec &v,
+           TrainCtx *ctx) {
   const int64_t D = m.s.D, H = m.s.Hx;
   return mlp(v, 1, D, H, &w.w1[size_t(e * D * H)], &w.b1[size_t(e * H)],
-             &w.w2[size_t(e * H * D)], &w.b2[size_t(e * D)], m.s.act);
+             &w.w2[size_t(e * H * D)], &w.b2[size_t(e * D)], m.s.act, ctx);
 }
 
 Vec row(const Vec &x, int64_t r, int64_t d) {
@@ -628,36 +793,146 @@ void addScaled(Vec &y, int64_t r, int64_t d, double g, const Vec &v) {
     y[size_t(r * d + i)] += g * v[size_t(i)];
 }
 
+int64_t capacityOf(int64_t k, int64_t S, double cf, int64_t E) {
+  const double cap = std::ceil(double(k) * double(S) * cf / double(E));
+  return std::min<int64_t>(S, std::max<int64_t>(1, (int64_t)cap));
+}
+
 /// Capacity-limited slot filling shared by token-choice and sinkhorn:
 /// choice[s] lists token s's experts in priority order; gates G[s][e].
 Vec fillAndCombine(const Model &m, const MoEWeights &w, const Vec &h,
-                   const std::vector<std::vector<int64_t>> &choice, const Vec &G) {
+                   const std::vector<std::vector<int64_t>> &choice, const Vec &G,
+                   double cf, TrainCtx *ctx) {
   const int64_t S = m.S, D = m.s.D, E = m.s.E, k = m.s.k;
-  const double cap = std::ceil(double(k) * double(S) * m.s.cf / double(E));
-  const int64_t C = std::min<int64_t>(S, std::max<int64_t>(1, (int64_t)cap));
+  const int64_t C = capacityOf(k, S, cf, E);
   std::vector<int64_t> fill(size_t(E), 0);
   Vec y(size_t(S * D), 0.0);
   for (int64_t r = 0; r < k; ++r)
     for (int64_t s = 0; s < S; ++s) {
       int64_t e = choice[size_t(s)][size_t(r)];
-      if (fill[size_t(e)] < C) {
+      const bool take = fill[size_t(e)] < C;
+      if (ctx)
+        ctx->mix(uint64_t(take));
+      if (take) {
         ++fill[size_t(e)];
-        addScaled(y, s, D, G[size_t(s * E + e)], expert(m, w, e, row(h, s, D)));
+        addScaled(y, s, D, G[size_t(s * E + e)],
+                  expert(m, w, e, row(h, s, D), ctx));
       }
     }
   return y;
 }
 
-Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h) {
+double logSumExp(const double *v, int64_t n) {
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i)
+    mx = std::max(mx, v[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i)
+    sum += std::exp(v[i] - mx);
+  return mx + std::log(sum);
+}
+
+/// Squared coefficient of variation: population variance / mean^2.
+double cv2(const Vec &v) {
+  double mean = 0;
+  for (double x : v)
+    mean += x;
+  mean /= double(v.size());
+  double var = 0;
+  for (double x : v)
+    var += (x - mean) * (x - mean);
+  var /= double(v.size());
+  return var / (mean * mean);
+}
+
+/// The router auxiliary losses of one routing group (one image), added to
+/// `out`. L: clean router logits [R, J]; Gd: the gates used for dispatch
+/// [R, J]; Ln: the noisy logits [R, J] (noisy token-choice only, else null),
+/// with noise scale sn; k: top_k (for the load loss threshold).
+void routerAux(TrainCtx &ctx, LayerLoss &out, const Spec &s, const Vec &L,
+               int64_t R, int64_t J, const Vec &Gd, const Vec *Ln, int64_t k,
+               double sn) {
+  // importance: CV^2 over experts of the summed clean gates.
+  Vec P = L;
+  for (int64_t r = 0; r < R; ++r)
+    softmaxStrided(&P[size_t(r * J)], J, 1);
+  Vec imp(size_t(J), 0.0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t j = 0; j < J; ++j)
+      imp[size_t(j)] += P[size_t(r * J + j)];
+  out.importance += cv2(imp);
+  // z_loss: mean over rows of logsumexp(clean logits)^2.
+  double z = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    double l = logSumExp(&L[size_t(r * J)], J);
+    z += l * l;
+  }
+  out.z += z / double(R);
+  // balance: J^2 * mean_j(mean_r Gd[r][j] * fraction of rows with argmax j).
+  Vec meanG(size_t(J), 0.0), frac(size_t(J), 0.0);
+  for (int64_t r = 0; r < R; ++r) {
+    const double *g = &Gd[size_t(r * J)];
+    int64_t a = 0;
+    for (int64_t j = 0; j < J; ++j) {
+      meanG[size_t(j)] += g[j] / double(R);
+      if (g[j] > g[a])
+        a = j;
+    }
+    frac[size_t(a)] += 1.0 / double(R);
+    ctx.mix(uint64_t(a));
+    if (s.wBalance > 0)
+      ctx.noteMargin(g, J, 1);
+  }
+  double bal = 0;
+  for (int64_t j = 0; j < J; ++j)
+    bal += meanG[size_t(j)] * frac[size_t(j)];
+  out.balance += double(J) * bal; // J^2 * (bal / J)
+  // load (noisy top-k only): threshold t = k-th largest noisy logit;
+  // p = 1 - Phi((t - L) / sn); CV^2 over experts of mean_r p.
+  if (Ln) {
+    Vec pm(size_t(J), 0.0);
+    for (int64_t r = 0; r < R; ++r) {
+      const double *ln = &(*Ln)[size_t(r * J)];
+      const int64_t idx = topK(ln, J, k).back();
+      ctx.mix(uint64_t(idx));
+      const double t = ln[idx];
+      for (int64_t j = 0; j < J; ++j)
+        pm[size_t(j)] +=
+            0.5 * std::erfc((t - L[size_t(r * J + j)]) / (sn * std::sqrt(2.0))) /
+            double(R);
+    }
+    out.load += cv2(pm);
+  }
+}
+
+Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
+               TrainCtx *ctx) {
   const Spec &s = m.s;
   const int64_t S = m.S, D = s.D, E = s.E;
+  const double cf = ctx ? s.cfTrain : s.cf;
+  LayerLoss *ll = ctx ? &ctx->layers[ctx->block] : nullptr;
   Vec y(size_t(S * D), 0.0);
   switch (s.router) {
   case RouterKind::TokenChoice:
   case RouterKind::Sinkhorn: {
-    Vec G = linear(h, S, D, w.router.data(), nullptr, E);
+    Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
+    Vec G = Lg;
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
+    // Training with noise (token-choice): gates = softmax(L + sn * N).
+    const bool noisy =
+        ctx && s.router == RouterKind::TokenChoice && s.noiseStd > 0;
+    const double sn = s.noiseStd / double(E);
+    Vec Ln;
+    if (noisy) {
+      const double *N = ctx->noise.at(ctx->block);
+      Ln = Lg;
+      for (size_t i = 0; i < Ln.size(); ++i)
+        Ln[i] += sn * N[i];
+      G = Ln;
+      for (int64_t t = 0; t < S; ++t)
+        softmaxStrided(&G[size_t(t * E)], E, 1);
+    }
     Vec Q = G;
     if (s.router == RouterKind::Sinkhorn) {
       const double target = double(S) / double(E);
@@ -679,24 +954,40 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h) {
       }
     }
     std::vector<std::vector<int64_t>> choice;
-    for (int64_t t = 0; t < S; ++t)
+    for (int64_t t = 0; t < S; ++t) {
       choice.push_back(topK(&Q[size_t(t * E)], E, s.k));
-    y = fillAndCombine(m, w, h, choice, G);
+      if (ctx) {
+        ctx->noteMargin(&Q[size_t(t * E)], E, s.k);
+        for (int64_t e : choice.back())
+          ctx->mix(uint64_t(e));
+      }
+    }
+    y = fillAndCombine(m, w, h, choice, G, cf, ctx);
+    if (ctx)
+      routerAux(*ctx, *ll, s, Lg, S, E, G, noisy ? &Ln : nullptr, s.k, sn);
     break;
   }
   case RouterKind::ExpertChoice: {
-    Vec G = linear(h, S, D, w.router.data(), nullptr, E);
+    Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
+    Vec G = Lg;
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
-    const double cap = std::ceil(double(S) * s.cf / double(E));
-    const int64_t C = std::min<int64_t>(S, std::max<int64_t>(1, (int64_t)cap));
+    const int64_t C = capacityOf(1, S, cf, E);
     for (int64_t e = 0; e < E; ++e) {
       Vec col(static_cast<size_t>(S));
       for (int64_t t = 0; t < S; ++t)
         col[size_t(t)] = G[size_t(t * E + e)];
-      for (int64_t t : topK(col.data(), S, C))
-        addScaled(y, t, D, G[size_t(t * E + e)], expert(m, w, e, row(h, t, D)));
+      if (ctx)
+        ctx->noteMargin(col.data(), S, C);
+      for (int64_t t : topK(col.data(), S, C)) {
+        if (ctx)
+          ctx->mix(uint64_t(t));
+        addScaled(y, t, D, G[size_t(t * E + e)],
+                  expert(m, w, e, row(h, t, D), ctx));
+      }
     }
+    if (ctx)
+      routerAux(*ctx, *ll, s, Lg, S, E, G, nullptr, 1, 0.0);
     break;
   }
   case RouterKind::Soft: {
@@ -713,11 +1004,13 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h) {
       for (int64_t t = 0; t < S; ++t)
         for (int64_t i = 0; i < D; ++i)
           X[size_t(i)] += Dw[size_t(t * J + j)] * h[size_t(t * D + i)];
-      Y[size_t(j)] = expert(m, w, j / s.slots, X);
+      Y[size_t(j)] = expert(m, w, j / s.slots, X, ctx);
     }
     for (int64_t t = 0; t < S; ++t)
       for (int64_t j = 0; j < J; ++j)
         addScaled(y, t, D, Cw[size_t(t * J + j)], Y[size_t(j)]);
+    if (ctx)
+      routerAux(*ctx, *ll, s, Lg, S, J, Cw, nullptr, 1, 0.0);
     break;
   }
   case RouterKind::PerImage: {
@@ -727,18 +1020,31 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h) {
         mean[size_t(i)] += h[size_t(t * D + i)];
     for (double &v : mean)
       v /= double(S);
-    Vec G = linear(mean, 1, D, w.router.data(), nullptr, E);
+    Vec Lg = linear(mean, 1, D, w.router.data(), nullptr, E);
+    Vec G = Lg;
     softmaxStrided(G.data(), E, 1);
-    for (int64_t e : topK(G.data(), E, s.k))
+    if (ctx)
+      ctx->noteMargin(G.data(), E, s.k);
+    for (int64_t e : topK(G.data(), E, s.k)) {
+      if (ctx)
+        ctx->mix(uint64_t(e));
       for (int64_t t = 0; t < S; ++t)
-        addScaled(y, t, D, G[size_t(e)], expert(m, w, e, row(h, t, D)));
+        addScaled(y, t, D, G[size_t(e)], expert(m, w, e, row(h, t, D), ctx));
+    }
+    if (ctx) {
+      routerAux(*ctx, *ll, s, Lg, 1, E, G, nullptr, 1, 0.0);
+      // Mobile V-MoE super-class loss: CE(router logits, map[label]).
+      if (!s.superClassMap.empty())
+        ll->superClass += logSumExp(Lg.data(), E) -
+                          Lg[size_t(s.superClassMap[size_t(ctx->label)])];
+    }
     break;
   }
   }
   if (w.shared) {
     const FFNWeights &f = w.sharedFFN;
     Vec z = mlp(h, S, D, s.Hx, f.w1.data(), f.b1.data(), f.w2.data(), f.b2.data(),
-                s.act);
+                s.act, ctx);
     for (size_t i = 0; i < y.size(); ++i)
       y[i] += z[i];
   }
@@ -770,7 +1076,9 @@ Vec attention(const Model &m, const BlockWeights &b, const Vec &h) {
   return linear(O, S, D, b.projw.data(), b.projb.data(), D);
 }
 
-Vec forward(const Model &m, const float *img) {
+/// The logits of one image. With `ctx`: training mode (train capacity,
+/// router noise, auxiliary losses accumulated into ctx).
+Vec forward(const Model &m, const float *img, TrainCtx *ctx = nullptr) {
   const Spec &s = m.s;
   const int64_t D = s.D, P = s.P, S = m.S, gw = s.W / P, gh = s.H / P;
   const int64_t pd = s.C * P * P;
@@ -800,15 +1108,18 @@ Vec forward(const Model &m, const float *img) {
   for (size_t i = 0; i < x.size(); ++i)
     x[i] += m.pos[i];
   // 3. Blocks.
-  for (const BlockWeights &b : m.blocks) {
+  for (size_t bi = 0; bi < m.blocks.size(); ++bi) {
+    const BlockWeights &b = m.blocks[bi];
+    if (ctx)
+      ctx->block = int64_t(bi);
     Vec h = layerNorm(x, S, D, b.n1w, b.n1b, s.eps);
     Vec a = attention(m, b, h);
     for (size_t i = 0; i < x.size(); ++i)
       x[i] += a[i];
     Vec h2 = layerNorm(x, S, D, b.n2w, b.n2b, s.eps);
-    Vec f = b.moe ? moeForward(m, b.moeW, h2)
+    Vec f = b.moe ? moeForward(m, b.moeW, h2, ctx)
                   : mlp(h2, S, D, s.Hm, b.mlp.w1.data(), b.mlp.b1.data(),
-                        b.mlp.w2.data(), b.mlp.b2.data(), s.act);
+                        b.mlp.w2.data(), b.mlp.b2.data(), s.act, ctx);
     for (size_t i = 0; i < x.size(); ++i)
       x[i] += f[i];
   }
@@ -827,21 +1138,398 @@ Vec forward(const Model &m, const float *img) {
   return linear(feat, 1, D, m.headW.data(), m.headB.data(), s.K);
 }
 
-int run(int argc, char **argv) {
-  std::vector<std::string> pos;
-  bool f64 = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--f64")
-      f64 = true;
-    else if (a.size() > 1 && a[0] == '-' && a[1] == '-')
-      fail("unknown option '" + a + "'");
-    else
-      pos.push_back(a);
+//===----------------------------------------------------------------------===//
+// Training mode: loss of a batch, finite-difference gradients
+//===----------------------------------------------------------------------===//
+
+/// Whether block `i`'s router is a noisy token-choice router in training
+/// (the only router that reads a `noise.<layer>` input).
+bool noisyLayer(const Spec &s, int64_t i) {
+  return s.hasMoE && s.moeBlocks.count(i) && s.router == RouterKind::TokenChoice &&
+         s.noiseStd > 0;
+}
+
+std::string moePrefix(int64_t i) { return "blocks." + std::to_string(i) + ".moe"; }
+
+struct Batch {
+  int64_t B = 0;
+  std::vector<float> images;           // [B, C, H, W]
+  std::vector<int32_t> labels;         // [B]
+  std::map<int64_t, Vec> noise;        // block -> [B, S, E]
+  std::vector<std::string> ignoredNoise; // noise.* tensors nothing reads
+};
+
+Batch loadBatch(const Model &m, const SafeTensors &st) {
+  const Spec &s = m.s;
+  Batch bt;
+  // B from the labels' shape (the only [B] tensor).
+  const std::vector<int64_t> ls = st.shapeOf("labels");
+  const int64_t B = ls.size() == 1 ? ls[0] : -1;
+  if (B <= 0)
+    fail("batch: 'labels' must have shape [B] with B >= 1");
+  bt.B = B;
+  Vec img = st.get("images", {B, s.C, s.H, s.W});
+  bt.images.assign(img.begin(), img.end());
+  bt.labels = st.getI32("labels", {B});
+  for (int32_t l : bt.labels)
+    if (l < 0 || l >= s.K)
+      fail("batch: label " + std::to_string(l) + " is not in [0, " +
+           std::to_string(s.K) + ")");
+  std::set<std::string> used;
+  for (int64_t i = 0; i < s.L; ++i)
+    if (noisyLayer(s, i)) {
+      const std::string name = "noise." + moePrefix(i);
+      bt.noise[i] = st.get(name, {B, m.S, s.E});
+      used.insert(name);
+    }
+  for (const std::string &n : st.names())
+    if (n.rfind("noise.", 0) == 0 && !used.count(n))
+      bt.ignoredNoise.push_back(n);
+  return bt;
+}
+
+struct LossResult {
+  double loss = 0, ce = 0, aux = 0;
+  int64_t correct = 0;
+  std::map<int64_t, LayerLoss> layers; // averaged over the images
+  uint64_t sig = 0;
+  double margin = INFINITY;
+};
+
+LossResult evalLoss(const Model &m, const Batch &bt) {
+  const Spec &s = m.s;
+  const int64_t per = s.C * s.H * s.W, K = s.K;
+  TrainCtx ctx;
+  LossResult r;
+  for (int64_t i = 0; i < bt.B; ++i) {
+    ctx.label = bt.labels[size_t(i)];
+    for (const auto &kv : bt.noise)
+      ctx.noise[kv.first] = &kv.second[size_t(i * m.S * s.E)];
+    Vec z = forward(m, &bt.images[size_t(i * per)], &ctx);
+    // Cross-entropy with label smoothing: target (1-eps) onehot + eps/K.
+    const double lse = logSumExp(z.data(), K), eps = s.labelSmoothing;
+    double ce = 0;
+    for (int64_t c = 0; c < K; ++c) {
+      double t = eps / double(K) + (c == ctx.label ? 1.0 - eps : 0.0);
+      ce -= t * (z[size_t(c)] - lse);
+    }
+    r.ce += ce / double(bt.B);
+    int64_t am = 0;
+    for (int64_t c = 1; c < K; ++c)
+      if (z[size_t(c)] > z[size_t(am)])
+        am = c;
+    r.correct += am == ctx.label;
   }
+  for (auto &kv : ctx.layers) {
+    LayerLoss l = kv.second;
+    const double inv = 1.0 / double(bt.B);
+    l.importance *= inv, l.load *= inv, l.balance *= inv, l.z *= inv,
+        l.superClass *= inv;
+    r.layers[kv.first] = l;
+    r.aux += s.wImportance * l.importance + s.wLoad * l.load +
+             s.wBalance * l.balance + s.wZ * l.z + s.wSuperClass * l.superClass;
+  }
+  r.loss = r.ce + r.aux;
+  r.sig = ctx.sig;
+  r.margin = ctx.margin;
+  return r;
+}
+
+/// Every parameter of the model by name, with its shape and storage.
+struct ParamRef {
+  std::string name;
+  std::vector<int64_t> shape;
+  Vec *data;
+};
+
+std::vector<ParamRef> paramList(Model &m) {
+  const Spec &s = m.s;
+  const int64_t D = s.D;
+  std::vector<ParamRef> out;
+  auto add = [&](const std::string &n, std::vector<int64_t> shape, Vec &v) {
+    out.push_back({n, std::move(shape), &v});
+  };
+  add("patch_embed.proj.weight", {s.C * s.P * s.P, D}, m.patchW);
+  add("patch_embed.proj.bias", {D}, m.patchB);
+  if (s.clsPool)
+    add("cls_token", {D}, m.cls);
+  add("pos_embed", {m.S, D}, m.pos);
+  for (int64_t i = 0; i < s.L; ++i) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    BlockWeights &b = m.blocks[size_t(i)];
+    add(p + "norm1.weight", {D}, b.n1w);
+    add(p + "norm1.bias", {D}, b.n1b);
+    add(p + "attn.qkv.weight", {D, 3 * D}, b.qkvw);
+    add(p + "attn.qkv.bias", {3 * D}, b.qkvb);
+    add(p + "attn.proj.weight", {D, D}, b.projw);
+    add(p + "attn.proj.bias", {D}, b.projb);
+    add(p + "norm2.weight", {D}, b.n2w);
+    add(p + "norm2.bias", {D}, b.n2b);
+    if (!b.moe) {
+      add(p + "mlp.fc1.weight", {D, s.Hm}, b.mlp.w1);
+      add(p + "mlp.fc1.bias", {s.Hm}, b.mlp.b1);
+      add(p + "mlp.fc2.weight", {s.Hm, D}, b.mlp.w2);
+      add(p + "mlp.fc2.bias", {D}, b.mlp.b2);
+    } else {
+      const int64_t E = s.E, H = s.Hx;
+      const int64_t slots = s.router == RouterKind::Soft ? s.slots : 1;
+      add(p + "moe.router.weight", {D, E * slots}, b.moeW.router);
+      add(p + "moe.experts.fc1.weight", {E, D, H}, b.moeW.w1);
+      add(p + "moe.experts.fc1.bias", {E, H}, b.moeW.b1);
+      add(p + "moe.experts.fc2.weight", {E, H, D}, b.moeW.w2);
+      add(p + "moe.experts.fc2.bias", {E, D}, b.moeW.b2);
+      if (s.shared) {
+        add(p + "moe.shared.fc1.weight", {D, H}, b.moeW.sharedFFN.w1);
+        add(p + "moe.shared.fc1.bias", {H}, b.moeW.sharedFFN.b1);
+        add(p + "moe.shared.fc2.weight", {H, D}, b.moeW.sharedFFN.w2);
+        add(p + "moe.shared.fc2.bias", {D}, b.moeW.sharedFFN.b2);
+      }
+    }
+  }
+  add("norm.weight", {D}, m.normW);
+  add("norm.bias", {D}, m.normB);
+  add("head.weight", {D, s.K}, m.headW);
+  add("head.bias", {s.K}, m.headB);
+  std::sort(out.begin(), out.end(),
+            [](const ParamRef &a, const ParamRef &b) { return a.name < b.name; });
+  return out;
+}
+
+/// A safetensors file written from named tensors of raw little-endian bytes.
+struct TensorOut {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<unsigned char> bytes;
+};
+
+void writeSafeTensors(const std::string &path,
+                      const std::map<std::string, TensorOut> &tensors,
+                      const std::map<std::string, std::string> &metadata) {
+  json header = json::object();
+  if (!metadata.empty())
+    header["__metadata__"] = metadata;
+  uint64_t off = 0;
+  for (const auto &kv : tensors) {
+    header[kv.first] = {{"dtype", kv.second.dtype},
+                        {"shape", kv.second.shape},
+                        {"data_offsets", {off, off + kv.second.bytes.size()}}};
+    off += kv.second.bytes.size();
+  }
+  std::string h = header.dump();
+  while (h.size() % 8)
+    h += ' ';
+  std::ofstream o(path, std::ios::binary | std::ios::trunc);
+  if (!o)
+    fail("cannot open '" + path + "' for writing");
+  unsigned char n[8];
+  for (int i = 0; i < 8; ++i)
+    n[i] = (unsigned char)((uint64_t(h.size()) >> (8 * i)) & 0xff);
+  o.write(reinterpret_cast<const char *>(n), 8);
+  o.write(h.data(), std::streamsize(h.size()));
+  for (const auto &kv : tensors)
+    o.write(reinterpret_cast<const char *>(kv.second.bytes.data()),
+            std::streamsize(kv.second.bytes.size()));
+  o.close();
+  if (!o)
+    fail("cannot write '" + path + "'");
+}
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)v);
+  return buf;
+}
+
+json lossJson(const Model &m, const LossResult &r) {
+  const Spec &s = m.s;
+  json j;
+  j["loss"] = r.loss;
+  j["ce_loss"] = r.ce;
+  j["aux_loss"] = r.aux;
+  j["correct"] = r.correct;
+  LayerLoss tot;
+  json layers = json::object();
+  for (const auto &kv : r.layers) {
+    const LayerLoss &l = kv.second;
+    json lj = {{"importance", l.importance}, {"balance", l.balance},
+               {"z_loss", l.z}};
+    if (noisyLayer(s, kv.first))
+      lj["load"] = l.load;
+    if (s.router == RouterKind::PerImage && !s.superClassMap.empty())
+      lj["super_class"] = l.superClass;
+    layers[moePrefix(kv.first)] = lj;
+    tot.importance += l.importance, tot.load += l.load, tot.balance += l.balance,
+        tot.z += l.z, tot.superClass += l.superClass;
+  }
+  j["importance"] = tot.importance;
+  j["load"] = tot.load;
+  j["balance"] = tot.balance;
+  j["z_loss"] = tot.z;
+  j["super_class"] = tot.superClass;
+  j["weights"] = {{"importance", s.wImportance}, {"load", s.wLoad},
+                  {"balance", s.wBalance}, {"z_loss", s.wZ},
+                  {"super_class", s.wSuperClass}};
+  j["layers"] = layers;
+  j["routing_margin"] = std::isfinite(r.margin) ? json(r.margin) : json(nullptr);
+  j["routing_signature"] = hex64(r.sig);
+  return j;
+}
+
+//===----------------------------------------------------------------------===//
+// Commands
+//===----------------------------------------------------------------------===//
+
+struct Loaded {
+  Spec spec;
+  Model model;
+  Batch batch;
+};
+
+Loaded loadAll(const std::string &specPath, const std::string &wPath,
+               const std::string &batchPath) {
+  Loaded l;
+  l.spec = parseSpec(specPath);
+  if (l.spec.wSuperClass > 0 && l.spec.router != RouterKind::PerImage)
+    fail("spec: the super_class loss needs a per-image router");
+  SafeTensors st(wPath);
+  l.model = loadModel(l.spec, st);
+  SafeTensors bs(batchPath);
+  l.batch = loadBatch(l.model, bs);
+  for (const std::string &n : l.batch.ignoredNoise)
+    std::cerr << "moec-reference: warning: '" << n
+              << "' is not read (only noisy token-choice routers take noise)\n";
+  return l;
+}
+
+int cmdLoss(const std::vector<std::string> &pos) {
+  if (pos.size() != 4)
+    fail("usage: moec-reference loss SPEC.json WEIGHTS.safetensors "
+         "BATCH.safetensors");
+  Loaded l = loadAll(pos[1], pos[2], pos[3]);
+  LossResult r = evalLoss(l.model, l.batch);
+  json j = lossJson(l.model, r);
+  j["batch"] = l.batch.B;
+  std::cout << j.dump(1) << "\n";
+  return 0;
+}
+
+int cmdFdGrad(const std::vector<std::string> &pos, const std::string &perTensor,
+              double h, uint64_t seed) {
+  if (pos.size() != 5)
+    fail("usage: moec-reference fdgrad SPEC.json WEIGHTS.safetensors "
+         "BATCH.safetensors OUT.safetensors [--per-tensor K|all] [--h H] "
+         "[--seed S]");
+  if (!(h > 0) || !std::isfinite(h))
+    fail("--h must be positive");
+  const bool all = perTensor == "all";
+  int64_t K = 0;
+  if (!all) {
+    try {
+      size_t used = 0;
+      K = std::stoll(perTensor, &used);
+      if (used != perTensor.size() || K < 1)
+        throw std::invalid_argument("");
+    } catch (const std::exception &) {
+      fail("--per-tensor: expected a positive integer or 'all', got '" +
+           perTensor + "'");
+    }
+  }
+  Loaded l = loadAll(pos[1], pos[2], pos[3]);
+  Model &m = l.model;
+  const LossResult base = evalLoss(m, l.batch);
+  std::mt19937_64 rng(seed);
+  std::map<std::string, TensorOut> out;
+  int64_t nFlagged = 0, nEntries = 0;
+  for (const ParamRef &p : paramList(m)) {
+    Vec &v = *p.data;
+    const int64_t n = int64_t(v.size());
+    // Candidate order: every entry (all, or K >= n), else a seeded shuffle;
+    // entries whose +-h evaluation changes a discrete decision are flagged
+    // and replaced by the next candidate (at most K + 8 tries).
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    int64_t want = n;
+    if (!all && K < n) {
+      for (int64_t i = n - 1; i > 0; --i) {
+        std::uniform_int_distribution<int64_t> d(0, i);
+        std::swap(order[size_t(i)], order[size_t(d(rng))]);
+      }
+      want = K;
+    }
+    std::vector<int32_t> idx, flags;
+    std::vector<double> vals;
+    int64_t good = 0, tried = 0;
+    for (int64_t c = 0; c < n && good < want; ++c) {
+      if (want < n && tried >= want + 8)
+        break;
+      ++tried;
+      const int64_t i = order[size_t(c)];
+      const double w0 = v[size_t(i)];
+      v[size_t(i)] = w0 + h;
+      LossResult rp = evalLoss(m, l.batch);
+      v[size_t(i)] = w0 - h;
+      LossResult rm = evalLoss(m, l.batch);
+      v[size_t(i)] = w0;
+      int32_t flag = 0;
+      double val = (rp.loss - rm.loss) / (2 * h);
+      if (rp.sig != base.sig || rm.sig != base.sig) {
+        ++nFlagged;
+        if (rp.sig == base.sig)
+          flag = 1, val = (rp.loss - base.loss) / h;
+        else if (rm.sig == base.sig)
+          flag = 1, val = (base.loss - rm.loss) / h;
+        else
+          flag = 2, val = NAN;
+      } else {
+        ++good;
+      }
+      idx.push_back(int32_t(i));
+      flags.push_back(flag);
+      vals.push_back(val);
+    }
+    nEntries += int64_t(idx.size());
+    const int64_t cnt = int64_t(idx.size());
+    TensorOut ti{"I32", {cnt}, std::vector<unsigned char>(size_t(cnt) * 4)};
+    TensorOut tf{"I32", {cnt}, std::vector<unsigned char>(size_t(cnt) * 4)};
+    TensorOut tv{"F64", {cnt}, std::vector<unsigned char>(size_t(cnt) * 8)};
+    for (int64_t j = 0; j < cnt; ++j) {
+      for (int b = 0; b < 4; ++b) {
+        ti.bytes[size_t(4 * j + b)] =
+            (unsigned char)((uint32_t(idx[size_t(j)]) >> (8 * b)) & 0xff);
+        tf.bytes[size_t(4 * j + b)] =
+            (unsigned char)((uint32_t(flags[size_t(j)]) >> (8 * b)) & 0xff);
+      }
+      storeF64LE(&tv.bytes[size_t(8 * j)], vals[size_t(j)]);
+    }
+    out["fd." + p.name + ".index"] = std::move(ti);
+    out["fd." + p.name + ".flag"] = std::move(tf);
+    out["fd." + p.name + ".value"] = std::move(tv);
+  }
+  char hbuf[64];
+  std::snprintf(hbuf, sizeof hbuf, "%.17g", h);
+  std::map<std::string, std::string> meta = {
+      {"h", hbuf},
+      {"seed", std::to_string(seed)},
+      {"per_tensor", all ? "all" : std::to_string(K)},
+      {"loss", lossJson(m, base).dump()}};
+  writeSafeTensors(pos[4], out, meta);
+  json summary = lossJson(m, base);
+  summary["batch"] = l.batch.B;
+  summary["fd_entries"] = nEntries;
+  summary["fd_flagged"] = nFlagged;
+  std::cout << summary.dump(1) << "\n";
+  return 0;
+}
+
+int cmdLogits(const std::vector<std::string> &pos, bool f64) {
   if (pos.size() != 4)
     fail("usage: moec-reference [--f64] SPEC.json WEIGHTS.safetensors IMAGES.f32 "
-         "OUT.f32");
+         "OUT.f32\n"
+         "       moec-reference loss SPEC.json WEIGHTS.safetensors "
+         "BATCH.safetensors\n"
+         "       moec-reference fdgrad SPEC.json WEIGHTS.safetensors "
+         "BATCH.safetensors OUT.safetensors [--per-tensor K|all] [--h H] "
+         "[--seed S]");
 
   Spec spec = parseSpec(pos[0]);
   SafeTensors st(pos[1]);
@@ -881,6 +1569,51 @@ int run(int argc, char **argv) {
     fail("cannot write '" + pos[3] + "'");
   return 0;
 }
+
+int run(int argc, char **argv) {
+  std::vector<std::string> pos;
+  bool f64 = false;
+  std::string perTensor = "16";
+  double h = 1e-5;
+  uint64_t seed = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc)
+        fail("option '" + a + "' needs a value");
+      return argv[++i];
+    };
+    if (a == "--f64") {
+      f64 = true;
+    } else if (a == "--per-tensor") {
+      perTensor = value();
+    } else if (a == "--h") {
+      std::string v = value();
+      try {
+        h = std::stod(v);
+      } catch (const std::exception &) {
+        fail("--h: expected a number, got '" + v + "'");
+      }
+    } else if (a == "--seed") {
+      std::string v = value();
+      try {
+        seed = std::stoull(v);
+      } catch (const std::exception &) {
+        fail("--seed: expected an unsigned integer, got '" + v + "'");
+      }
+    } else if (a.size() > 1 && a[0] == '-' && a[1] == '-') {
+      fail("unknown option '" + a + "'");
+    } else {
+      pos.push_back(a);
+    }
+  }
+  if (!pos.empty() && pos[0] == "loss")
+    return cmdLoss(pos);
+  if (!pos.empty() && pos[0] == "fdgrad")
+    return cmdFdGrad(pos, perTensor, h, seed);
+  return cmdLogits(pos, f64);
+}
+
 
 } // namespace
 

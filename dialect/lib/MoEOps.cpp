@@ -15,6 +15,7 @@ using namespace mlir;
 using namespace moec::moe;
 
 #include "moec/Dialect/MoE/MoEEnums.cpp.inc"
+#include "moec/Dialect/MoE/MoEInterfaces.cpp.inc"
 
 namespace {
 ArrayRef<int64_t> shapeOf(Value v) {
@@ -206,6 +207,84 @@ LogicalResult RouterOp::verify() {
       failed(verifyResult(*this, shapes->combine, 1)) ||
       failed(verifyResult(*this, shapes->logits, 2)))
     return failure();
+  if (Value noise = getNoise()) {
+    if (getKind() != RouterKind::TokenChoice || !getNoiseStd())
+      return emitOpError() << "takes noise only as a token_choice router "
+                              "with noise_std";
+    ArrayRef<int64_t> in = shapeOf(getInput());
+    Shape want{in[0], in[1], dispatch[2]};
+    if (!shapesCompatible(shapeOf(noise), want))
+      return emitOpError() << "expects noise of shape " << formatShape(want)
+                           << ", got " << formatShape(shapeOf(noise));
+  }
+  return success();
+}
+
+LogicalResult AuxLossOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  ArrayRef<int64_t> logits = shapeOf(getLogits());
+  if (logits.size() != 3)
+    return emitOpError() << "expects logits [G, R, E], got "
+                         << formatShape(logits);
+  if (!shapeOf(getLoss()).empty())
+    return emitOpError() << "expects a 0-d result";
+  if (getWeight().convertToDouble() < 0)
+    return emitOpError() << "expects a weight >= 0";
+  switch (getKind()) {
+  case AuxLossKind::Load:
+    if (!getNoise() || !getNoiseStd() || !getK())
+      return emitOpError() << "load needs noise, noise_std and k";
+    if (getNoiseStd()->convertToDouble() <= 0)
+      return emitOpError() << "load needs noise_std > 0";
+    if (!shapesCompatible(shapeOf(getNoise()), logits))
+      return emitOpError() << "expects noise of shape "
+                           << formatShape(logits) << ", got "
+                           << formatShape(shapeOf(getNoise()));
+    break;
+  case AuxLossKind::SuperClass: {
+    if (!getLabels() || !getSuperClassMap())
+      return emitOpError() << "super_class needs labels and super_class_map";
+    if (shapeOf(getLabels()) != ArrayRef<int64_t>{logits[0]})
+      return emitOpError() << "expects labels [" << logits[0] << "]";
+    for (int64_t c : *getSuperClassMap())
+      if (c < 0 || c >= logits[2])
+        return emitOpError() << "super_class_map entry " << c
+                             << " is not an expert in [0, " << logits[2]
+                             << ")";
+    break;
+  }
+  case AuxLossKind::Balance:
+    if (getNoise() && (!getNoiseStd() ||
+                       !shapesCompatible(shapeOf(getNoise()), logits)))
+      return emitOpError() << "balance noise needs noise_std and the logits' "
+                              "shape";
+    break;
+  default:
+    break;
+  }
+  return success();
+}
+
+LogicalResult ClassificationMetricsOp::verify() {
+  ArrayRef<int64_t> logits = shapeOf(getLogits());
+  if (logits.size() != 2)
+    return emitOpError() << "expects logits [N, K]";
+  if (shapeOf(getLabels()) != ArrayRef<int64_t>{logits[0]})
+    return emitOpError() << "expects labels [" << logits[0] << "]";
+  if (getMask() && shapeOf(getMask()) != ArrayRef<int64_t>{logits[0]})
+    return emitOpError() << "expects mask [" << logits[0] << "]";
+  return success();
+}
+
+LogicalResult RoutingCountsOp::verify() {
+  ArrayRef<int64_t> d = shapeOf(getDispatch());
+  if (d.size() != 4)
+    return emitOpError() << "expects dispatch [G, S, E, C]";
+  if (getMask() && shapeOf(getMask()) != ArrayRef<int64_t>{d[0]})
+    return emitOpError() << "expects mask [" << d[0] << "]";
+  if (shapeOf(getResult()) != ArrayRef<int64_t>{d[2]})
+    return emitOpError() << "expects result [" << d[2] << "]";
   return success();
 }
 

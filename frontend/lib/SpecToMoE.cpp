@@ -17,6 +17,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
 
+#include <functional>
 #include <string>
 
 using namespace mlir;
@@ -190,11 +191,19 @@ private:
     auto optF64 = [&](std::optional<double> v) {
       return v ? b.getF64FloatAttr(*v) : FloatAttr();
     };
+    // Noisy top-k in training: standard normal samples are an input the
+    // runtime fills from its seeded generator before every step.
+    Value noise;
+    if (config.noiseStd && newInput)
+      noise = newInput("noise." + prefix,
+                       tensor({shape(h)[0], shape(h)[1], e}));
     auto router = RouterOp::create(
         b, routerLoc, tensor(shapes->dispatch), tensor(shapes->combine),
-        tensor(shapes->logits), config.kind, h, wRouter, optI64(config.k),
-        optF64(config.capacityFactor), optF64(config.noiseStd),
-        optI64(config.sinkhornIters), optI64(config.slotsPerExpert));
+        tensor(shapes->logits), config.kind, h, wRouter, noise,
+        optI64(config.k), optF64(config.capacityFactor),
+        optF64(config.noiseStd), optI64(config.sinkhornIters),
+        optI64(config.slotsPerExpert));
+    layers.push_back({prefix, router, noise});
 
     Location expertsLoc = loc(prefix + ".experts", "/moe/experts");
     Value xs = create<DispatchOp>(
@@ -287,6 +296,17 @@ private:
   const spec::ModelSpec &model;
   Mode mode;
   Type f32;
+
+public:
+  /// One MoE layer as emitted: its router and, in training, its noise.
+  struct MoELayer {
+    std::string prefix;
+    RouterOp router;
+    Value noise;
+  };
+  std::vector<MoELayer> layers;
+  /// Adds an input (function argument) named `name`; set by the caller.
+  std::function<Value(const std::string &, RankedTensorType)> newInput;
 };
 
 } // namespace
@@ -323,26 +343,117 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
     Value logits = emitter.emitLogits(fn.getArgument(0));
     func::ReturnOp::create(b, rootLoc, logits);
   }
-  // @train_forward: training capacity and noise, plus the loss.
+  // @train_forward: training capacity and noise, plus the losses:
+  // (loss, ce_loss, aux_loss, correct, logits).
   {
     auto fn = func::FuncOp::create(
         b, rootLoc, "train_forward",
-        b.getFunctionType({imagesType, labelsType}, {lossType, logitsType}));
+        b.getFunctionType({imagesType, labelsType},
+                          {lossType, lossType, lossType, lossType, logitsType}));
     fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
     fn.setArgAttr(1, "moe.name", b.getStringAttr("labels"));
     OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(fn.addEntryBlock());
+    Block *body = fn.addEntryBlock();
+    b.setInsertionPointToStart(body);
     ModelEmitter emitter(b, spec, Mode::Train);
+    emitter.newInput = [&](const std::string &name, RankedTensorType type) {
+      unsigned idx = fn.getNumArguments();
+      if (failed(fn.insertArgument(idx, type, {}, rootLoc)))
+        llvm::report_fatal_error("cannot add an input");
+      fn.setArgAttr(idx, "moe.name", b.getStringAttr(name));
+      fn.setArgAttr(idx, "moe.role", b.getStringAttr("normal_noise"));
+      return fn.getArgument(idx);
+    };
     Value logits = emitter.emitLogits(fn.getArgument(0));
+    Value labels = fn.getArgument(1);
     spec::SourcePos lsPos = spec.positionOf("/train/label_smoothing");
     Location lossLoc = NameLoc::get(
         b.getStringAttr("loss"),
         FileLineColLoc::get(b.getStringAttr(spec.sourceName), lsPos.line,
                             lsPos.column));
-    Value loss = SoftmaxCrossEntropyOp::create(
-        b, lossLoc, lossType, logits, fn.getArgument(1),
+    Value ce = SoftmaxCrossEntropyOp::create(
+        b, lossLoc, lossType, logits, labels,
         b.getF64FloatAttr(spec.train.labelSmoothing));
-    func::ReturnOp::create(b, rootLoc, ValueRange{loss, logits});
+
+    // Router auxiliary losses, per MoE layer, weighted as the spec says.
+    const spec::AuxLossWeights &aux = spec.moe.aux;
+    spec::SourcePos auxPos = spec.positionOf("/moe/aux_loss");
+    SmallVector<Value> auxTerms;
+    for (auto &layer : emitter.layers) {
+      RouterOp r = layer.router;
+      auto add = [&](AuxLossKind kind, double weight, bool withNoise,
+                     bool withLabels) {
+        if (weight <= 0)
+          return;
+        Location l = NameLoc::get(
+            b.getStringAttr(layer.prefix + ".aux_loss." +
+                            stringifyAuxLossKind(kind).str()),
+            FileLineColLoc::get(b.getStringAttr(spec.sourceName), auxPos.line,
+                                auxPos.column));
+        Value noise = withNoise ? layer.noise : Value();
+        auto op = AuxLossOp::create(
+            b, l, lossType, AuxLossKindAttr::get(b.getContext(), kind),
+            r.getLogits(), noise,
+            withLabels ? labels : Value(), b.getF64FloatAttr(weight),
+            noise ? r.getNoiseStdAttr() : FloatAttr(),
+            kind == AuxLossKind::Load ? r.getKAttr() : IntegerAttr(),
+            withLabels ? b.getDenseI64ArrayAttr(spec.moe.superClassMap)
+                       : DenseI64ArrayAttr());
+        auxTerms.push_back(op.getLoss());
+      };
+      add(AuxLossKind::Importance, aux.importance, false, false);
+      if (layer.noise)
+        add(AuxLossKind::Load, aux.load, true, false);
+      add(AuxLossKind::Balance, aux.balance, !!layer.noise, false);
+      add(AuxLossKind::ZLoss, aux.zLoss, false, false);
+      if (!spec.moe.superClassMap.empty())
+        add(AuxLossKind::SuperClass, aux.superClass, false, true);
+    }
+    Value auxTotal = SumLossesOp::create(b, lossLoc, lossType, auxTerms);
+    Value loss =
+        SumLossesOp::create(b, lossLoc, lossType, ValueRange{ce, auxTotal});
+    auto metrics = ClassificationMetricsOp::create(
+        b, lossLoc, TypeRange{lossType, lossType}, logits, labels, Value());
+    func::ReturnOp::create(
+        b, rootLoc,
+        ValueRange{loss, ce, auxTotal, metrics.getCorrect(), logits});
+    const char *names[] = {"loss", "ce_loss", "aux_loss", "correct", "logits"};
+    for (unsigned i = 0; i < 5; ++i)
+      fn.setResultAttr(i, "moe.name", b.getStringAttr(names[i]));
+  }
+  // @eval: evaluation capacity, no noise; sums over the masked images.
+  {
+    auto maskType = RankedTensorType::get({batch}, f32);
+    auto fn = func::FuncOp::create(
+        b, rootLoc, "eval",
+        b.getFunctionType({imagesType, labelsType, maskType}, {}));
+    fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
+    fn.setArgAttr(1, "moe.name", b.getStringAttr("labels"));
+    fn.setArgAttr(2, "moe.name", b.getStringAttr("mask"));
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(fn.addEntryBlock());
+    ModelEmitter emitter(b, spec, Mode::Infer);
+    Value logits = emitter.emitLogits(fn.getArgument(0));
+    auto metrics = ClassificationMetricsOp::create(
+        b, rootLoc, TypeRange{lossType, lossType}, logits, fn.getArgument(1),
+        fn.getArgument(2));
+    SmallVector<Value> results{metrics.getLossSum(), metrics.getCorrect()};
+    SmallVector<std::string> names{"loss_sum", "correct"};
+    for (auto &layer : emitter.layers) {
+      int64_t e = layer.router.getNumExperts();
+      results.push_back(RoutingCountsOp::create(
+          b, layer.router.getLoc(), RankedTensorType::get({e}, f32),
+          layer.router.getDispatch(), fn.getArgument(2)));
+      names.push_back("routing." + layer.prefix);
+    }
+    func::ReturnOp::create(b, rootLoc, results);
+    fn.setType(b.getFunctionType(fn.getArgumentTypes(),
+                                 ValueRange(results).getTypes()));
+    for (auto [i, name] : llvm::enumerate(names)) {
+      fn.setResultAttr(i, "moe.name", b.getStringAttr(name));
+      if (i >= 2)
+        fn.setResultAttr(i, "moe.role", b.getStringAttr("routing_counts"));
+    }
   }
 
   if (failed(verify(*module)))

@@ -67,6 +67,15 @@ def MoE_PoolKind : I32EnumAttr<"PoolKind", "how token features become one image 
   let cppNamespace = "::moec::moe";
 }
 
+def MoE_AuxLossKind : I32EnumAttr<"AuxLossKind", "router auxiliary loss", [
+    I32EnumAttrCase<"Importance", 0, "importance">,
+    I32EnumAttrCase<"Load", 1, "load">,
+    I32EnumAttrCase<"Balance", 2, "balance">,
+    I32EnumAttrCase<"ZLoss", 3, "z_loss">,
+    I32EnumAttrCase<"SuperClass", 4, "super_class">]> {
+  let cppNamespace = "::moec::moe";
+}
+
 def MoE_InitKind : I32EnumAttr<"InitKind", "parameter initialisation", [
     I32EnumAttrCase<"Zeros", 0, "zeros">,
     I32EnumAttrCase<"Ones", 1, "ones">,

@@ -16,6 +16,7 @@
 
 #include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Dialect/MoE/MoEEnums.h"
+#include "moec/Dialect/MoE/MoEInterfaces.h"
 
 #define GET_OP_CLASSES
 #include "moec/Dialect/MoE/MoEOps.h.inc"

@@ -12,6 +12,9 @@ include "moec/Dialect/MoE/MoEDialect.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 include "mlir/IR/OpBase.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
+include "moec/Dialect/MoE/MoEInterfaces.td"
+
+def MoE_Differentiable : DeclareOpInterfaceMethods<MoE_DifferentiableOpInterface>;
 
 def MoE_FloatTensor : RankedTensorOf<[AnyFloat]>;
 def MoE_LabelTensor : RankedTensorOf<[I32, I64]>;
@@ -47,7 +50,7 @@ def MoE_ParamOp : MoE_Op<"param", [Pure]> {
 // ViT ops
 //===----------------------------------------------------------------------===//
 
-def MoE_PatchEmbedOp : MoE_Op<"patch_embed", [Pure]> {
+def MoE_PatchEmbedOp : MoE_Op<"patch_embed", [Pure, MoE_Differentiable]> {
   let summary = "Splits images into patches and projects each patch linearly.";
   let description = [{
     `input` is `[N, C, H, W]`; `patch_size` P divides H and W. Every P x P
@@ -69,7 +72,7 @@ def MoE_PatchEmbedOp : MoE_Op<"patch_embed", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_ClassTokenOp : MoE_Op<"class_token", [Pure]> {
+def MoE_ClassTokenOp : MoE_Op<"class_token", [Pure, MoE_Differentiable]> {
   let summary = "Prepends a learned class token to every image's tokens.";
   let description = [{
     `input` is `[N, S, D]` and `token` is `[D]`; the result `[N, S+1, D]` has
@@ -87,7 +90,7 @@ def MoE_ClassTokenOp : MoE_Op<"class_token", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_PosEmbedOp : MoE_Op<"pos_embed", [Pure]> {
+def MoE_PosEmbedOp : MoE_Op<"pos_embed", [Pure, MoE_Differentiable]> {
   let summary = "Adds a learned position embedding to every image's tokens.";
   let description = [{
     `input` is `[N, S, D]` and `embedding` is `[S, D]`; the result is
@@ -105,7 +108,7 @@ def MoE_PosEmbedOp : MoE_Op<"pos_embed", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_LayerNormOp : MoE_Op<"layer_norm", [Pure]> {
+def MoE_LayerNormOp : MoE_Op<"layer_norm", [Pure, MoE_Differentiable]> {
   let summary = "Layer normalisation over the last dimension.";
   let description = [{
     For `input` `[..., D]`, `gamma` and `beta` `[D]`:
@@ -126,7 +129,7 @@ def MoE_LayerNormOp : MoE_Op<"layer_norm", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
+def MoE_AttentionOp : MoE_Op<"attention", [Pure, MoE_Differentiable]> {
   let summary = "Multi-head self-attention with fused QKV and output projections.";
   let description = [{
     `input` is `[N, S, D]`, `heads` divides D, `dh = D / heads`.
@@ -155,7 +158,7 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_DenseOp : MoE_Op<"dense", [Pure]> {
+def MoE_DenseOp : MoE_Op<"dense", [Pure, MoE_Differentiable]> {
   let summary = "Matrix multiplication over the last dimension, plus an optional bias.";
   let description = [{
     `input` is `[..., K]`, `weight` `[K, M]`, `bias` (optional) `[M]`:
@@ -175,7 +178,7 @@ def MoE_DenseOp : MoE_Op<"dense", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_ActivationOp : MoE_Op<"activation", [Pure, SameOperandsAndResultType]> {
+def MoE_ActivationOp : MoE_Op<"activation", [Pure, SameOperandsAndResultType, MoE_Differentiable]> {
   let summary = "Element-wise activation function.";
   let description = [{
     Applies `kind` element-wise: `gelu` (exact, with erf), `gelu_tanh` (the
@@ -190,7 +193,7 @@ def MoE_ActivationOp : MoE_Op<"activation", [Pure, SameOperandsAndResultType]> {
   let assemblyFormat = "$kind $input attr-dict `:` type($result)";
 }
 
-def MoE_AddOp : MoE_Op<"add", [Pure, Commutative, SameOperandsAndResultType]> {
+def MoE_AddOp : MoE_Op<"add", [Pure, Commutative, SameOperandsAndResultType, MoE_Differentiable]> {
   let summary = "Element-wise addition (residual connections).";
   let description = [{
     `result = lhs + rhs`; both operands and the result have one type.
@@ -204,7 +207,7 @@ def MoE_AddOp : MoE_Op<"add", [Pure, Commutative, SameOperandsAndResultType]> {
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
 }
 
-def MoE_PoolOp : MoE_Op<"pool", [Pure]> {
+def MoE_PoolOp : MoE_Op<"pool", [Pure, MoE_Differentiable]> {
   let summary = "Reduces every image's tokens to one feature vector.";
   let description = [{
     `input` is `[N, S, D]`, the result `[N, D]`: `cls` takes token 0 (the
@@ -220,7 +223,7 @@ def MoE_PoolOp : MoE_Op<"pool", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_ClassifierHeadOp : MoE_Op<"classifier_head", [Pure]> {
+def MoE_ClassifierHeadOp : MoE_Op<"classifier_head", [Pure, MoE_Differentiable]> {
   let summary = "Linear classifier producing the model's logits.";
   let description = [{
     `input` `[N, D]` (pooled features), `weight` `[D, K]`, `bias` `[K]`:
@@ -240,7 +243,7 @@ def MoE_ClassifierHeadOp : MoE_Op<"classifier_head", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_SoftmaxCrossEntropyOp : MoE_Op<"softmax_cross_entropy", [Pure]> {
+def MoE_SoftmaxCrossEntropyOp : MoE_Op<"softmax_cross_entropy", [Pure, MoE_Differentiable]> {
   let summary = "Mean softmax cross-entropy of logits against integer labels.";
   let description = [{
     `logits` `[N, K]`, `labels` `[N]` with values in `[0, K)`. With label
@@ -266,7 +269,7 @@ def MoE_SoftmaxCrossEntropyOp : MoE_Op<"softmax_cross_entropy", [Pure]> {
 // MoE ops
 //===----------------------------------------------------------------------===//
 
-def MoE_RouterOp : MoE_Op<"router", [Pure]> {
+def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
   let summary = "Computes the dispatch and combine tensors of one MoE layer.";
   let description = [{
     `input` holds the tokens `[G, S, D]` of G groups (one group per image).
@@ -302,6 +305,11 @@ def MoE_RouterOp : MoE_Op<"router", [Pure]> {
       image; the image's k best experts each receive all S tokens (`C = S`),
       weighted by the image's gate.
 
+    Training: `noise` (optional, `token_choice` with `noise_std` only) holds
+    standard normal samples `[G, S, E]`; the gates that select, fill and
+    weight become `softmax(logits + noise_std / E * noise)` (V-MoE's noisy
+    top-k). `logits` stays the clean logits.
+
     ```mlir
     %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 2.000000e+00 : f64}
         : (tensor<8x50x64xf32>, tensor<64x4xf32>)
@@ -309,7 +317,7 @@ def MoE_RouterOp : MoE_Op<"router", [Pure]> {
     ```
   }];
   let arguments = (ins MoE_RouterKind:$kind, MoE_FloatTensor:$input,
-                   MoE_FloatTensor:$weight,
+                   MoE_FloatTensor:$weight, Optional<MoE_FloatTensor>:$noise,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$k,
                    OptionalAttr<F64Attr>:$capacity_factor,
                    OptionalAttr<F64Attr>:$noise_std,
@@ -318,7 +326,7 @@ def MoE_RouterOp : MoE_Op<"router", [Pure]> {
   let results = (outs MoE_FloatTensor:$dispatch, MoE_FloatTensor:$combine,
                       MoE_FloatTensor:$logits);
   let assemblyFormat = [{
-    $kind $input `,` $weight attr-dict `:` functional-type(operands, results)
+    $kind $input `,` $weight (`noise` $noise^)? attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
@@ -329,7 +337,7 @@ def MoE_RouterOp : MoE_Op<"router", [Pure]> {
   }];
 }
 
-def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
+def MoE_DispatchOp : MoE_Op<"dispatch", [Pure, MoE_Differentiable]> {
   let summary = "Gathers tokens into expert slots with a dispatch tensor.";
   let description = [{
     `input` `[G, S, D]`, `dispatch` `[G, S, E, C]` (from `moe.router`); the
@@ -348,7 +356,7 @@ def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_ExpertsOp : MoE_Op<"experts", [Pure]> {
+def MoE_ExpertsOp : MoE_Op<"experts", [Pure, MoE_Differentiable]> {
   let summary = "E expert FFNs applied to their slots: the grouped GEMM pair.";
   let description = [{
     `input` `[E, G, C, D]` holds each expert's slots. Expert e is a two-layer
@@ -373,7 +381,7 @@ def MoE_ExpertsOp : MoE_Op<"experts", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
+def MoE_CombineOp : MoE_Op<"combine", [Pure, MoE_Differentiable]> {
   let summary = "Scatters expert outputs back to tokens with a combine tensor.";
   let description = [{
     `input` `[E, G, C, D]` (expert outputs), `combine` `[G, S, E, C]` (from
@@ -393,7 +401,7 @@ def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure]> {
+def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure, MoE_Differentiable]> {
   let summary = "The always-active expert of a ViMoE layer.";
   let description = [{
     ViMoE's shared expert: one FFN that every token passes through, its
@@ -415,6 +423,106 @@ def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure]> {
   let assemblyFormat = [{
     $activation $input `,` $fc1_weight `,` $fc1_bias `,` $fc2_weight `,` $fc2_bias
     attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Training losses and metrics
+//===----------------------------------------------------------------------===//
+
+def MoE_AuxLossOp : MoE_Op<"aux_loss", [Pure, MoE_Differentiable, AttrSizedOperandSegments]> {
+  let summary = "A router auxiliary loss, weighted (google-research/vmoe definitions).";
+  let description = [{
+    `logits` are a router's clean logits `[G, R, E]`. Each group's loss is
+    computed as below, averaged over the G groups and multiplied by `weight`:
+
+    * `importance`: CV^2 over experts of `sum_tokens softmax(logits)`.
+    * `load` (needs `noise` `[G, S, E]`, `noise_std` and `k`): with noisy
+      logits `L~ = L + s * noise`, `s = noise_std / E`, and `t` the k-th
+      largest noisy logit of a token, `p = 1 - Phi((t - L) / s)`; the loss is
+      CV^2 over experts of `mean_tokens p`.
+    * `balance` (GShard/Switch): `E^2 * mean_e(mean_tokens(g_e) * f_e)`, `g`
+      the gates used for dispatch (noisy when `noise` is given), `f_e` the
+      fraction of tokens whose largest gate is expert e.
+    * `z_loss`: `mean_tokens logsumexp(L)^2`.
+    * `super_class` (needs `labels` and `super_class_map`): cross-entropy of
+      the (per-image) logits against the super-class of the image's label.
+
+    CV^2 is `(std / mean)^2` with the population std.
+
+    ```mlir
+    %l = moe.aux_loss importance %logits {weight = 5.000000e-03 : f64}
+        : (tensor<8x50x4xf32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins MoE_AuxLossKind:$kind, MoE_FloatTensor:$logits,
+                   Optional<MoE_FloatTensor>:$noise,
+                   Optional<MoE_LabelTensor>:$labels,
+                   F64Attr:$weight, OptionalAttr<F64Attr>:$noise_std,
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$k,
+                   OptionalAttr<DenseI64ArrayAttr>:$super_class_map);
+  let results = (outs MoE_FloatTensor:$loss);
+  let assemblyFormat = [{
+    $kind $logits (`noise` $noise^)? (`labels` $labels^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_SumLossesOp : MoE_Op<"sum_losses", [Pure, MoE_Differentiable]> {
+  let summary = "Sum of scalar losses.";
+  let description = [{
+    `result = sum of the operands`, every one a 0-d tensor.
+
+    ```mlir
+    %total = moe.sum_losses %ce, %aux0, %aux1 : (tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Variadic<0DTensorOf<[F32]>>:$terms);
+  let results = (outs 0DTensorOf<[F32]>:$result);
+  let assemblyFormat = "$terms attr-dict `:` functional-type(operands, results)";
+}
+
+def MoE_ClassificationMetricsOp : MoE_Op<"classification_metrics", [Pure]> {
+  let summary = "Summed cross-entropy and number of correct top-1 predictions.";
+  let description = [{
+    `logits` `[N, K]`, `labels` `[N]`, optional `mask` `[N]` (1 counts the
+    image, 0 ignores it; all count without a mask). Returns the sum over
+    counted images of the plain cross-entropy (no label smoothing) and the
+    number of counted images whose largest logit (first on ties) is the
+    label. Not differentiable: evaluation and training metrics only.
+
+    ```mlir
+    %loss, %correct = moe.classification_metrics %logits, %labels mask %mask
+        : (tensor<8x10xf32>, tensor<8xi32>, tensor<8xf32>) -> (tensor<f32>, tensor<f32>)
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$logits, MoE_LabelTensor:$labels,
+                   Optional<MoE_FloatTensor>:$mask);
+  let results = (outs 0DTensorOf<[F32]>:$loss_sum, 0DTensorOf<[F32]>:$correct);
+  let assemblyFormat = [{
+    $logits `,` $labels (`mask` $mask^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_RoutingCountsOp : MoE_Op<"routing_counts", [Pure]> {
+  let summary = "Tokens dispatched to each expert.";
+  let description = [{
+    `dispatch` `[G, S, E, C]` from a router, optional `mask` `[G]`: result
+    `[E]`, `sum over counted groups, tokens and slots of dispatch`. For
+    one-hot routers this is the number of tokens each expert processed
+    (dropped tokens are not counted); for soft MoE the summed weights.
+
+    ```mlir
+    %n = moe.routing_counts %dispatch mask %mask
+        : (tensor<8x50x4x50xf32>, tensor<8xf32>) -> tensor<4xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$dispatch, Optional<MoE_FloatTensor>:$mask);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $dispatch (`mask` $mask^)? attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }

@@ -1,0 +1,958 @@
+//===- MoEAutodiff.cpp - vector-Jacobian products of the moe ops ----------===//
+//
+// DifferentiableOpInterface for every differentiable moe op. Each VJP is
+// whole-batch linalg on tensors, ordered so that loop dimension 0 is a
+// parallel dimension worth splitting (images, or a weight's rows), plus
+// moe.dispatch / moe.combine where routing is transposed: the transpose of
+// a dispatch is a combine with the same one-hot tensor and vice versa, so
+// the backward pass reuses the forward's gather kernels.
+//
+// Routing is differentiated as the papers do: through the gate values;
+// the top-k choice, the capacity assignment and dropped tokens are
+// constants (a dropped token's combine weight is 0, so is its gradient).
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Dialect/MoE/MoEOps.h"
+#include "moec/Dialect/MoE/MoEAutodiff.h"
+#include "moec/Dialect/MoE/TensorBuilder.h"
+
+using namespace mlir;
+using namespace moec::moe;
+
+using TB = TensorBuilder;
+
+namespace {
+constexpr auto kPar = TB::kPar;
+constexpr auto kRed = TB::kRed;
+
+Value c32(OpBuilder &b, Location l, double v) {
+  return arith::ConstantOp::create(b, l, b.getF32FloatAttr(v));
+}
+Value mulf(OpBuilder &b, Location l, Value x, Value y) {
+  return arith::MulFOp::create(b, l, x, y);
+}
+Value addf(OpBuilder &b, Location l, Value x, Value y) {
+  return arith::AddFOp::create(b, l, x, y);
+}
+Value subf(OpBuilder &b, Location l, Value x, Value y) {
+  return arith::SubFOp::create(b, l, x, y);
+}
+
+/// d act(x) / dx.
+Value activationDerivative(OpBuilder &b, Location l, Activation kind, Value x) {
+  switch (kind) {
+  case Activation::Gelu: {
+    // Phi(x) + x phi(x)
+    Value cdf = mulf(b, l, c32(b, l, 0.5),
+                     addf(b, l, c32(b, l, 1.0),
+                          math::ErfOp::create(b, l, mulf(b, l, x, c32(b, l, M_SQRT1_2)))));
+    Value pdf = mulf(b, l, c32(b, l, 0.3989422804014327),
+                     math::ExpOp::create(
+                         b, l, mulf(b, l, c32(b, l, -0.5), mulf(b, l, x, x))));
+    return addf(b, l, cdf, mulf(b, l, x, pdf));
+  }
+  case Activation::GeluTanh: {
+    // u = c (x + 0.044715 x^3), y = 0.5 x (1 + tanh u)
+    const double k = 0.7978845608028654;
+    Value x2 = mulf(b, l, x, x);
+    Value u = mulf(b, l, c32(b, l, k),
+                   addf(b, l, x, mulf(b, l, c32(b, l, 0.044715), mulf(b, l, x2, x))));
+    Value t = math::TanhOp::create(b, l, u);
+    Value du = mulf(b, l, c32(b, l, k),
+                    addf(b, l, c32(b, l, 1.0), mulf(b, l, c32(b, l, 3 * 0.044715), x2)));
+    Value sech2 = subf(b, l, c32(b, l, 1.0), mulf(b, l, t, t));
+    Value left = mulf(b, l, c32(b, l, 0.5), addf(b, l, c32(b, l, 1.0), t));
+    Value right = mulf(b, l, mulf(b, l, c32(b, l, 0.5), x), mulf(b, l, sech2, du));
+    return addf(b, l, left, right);
+  }
+  case Activation::Relu: {
+    Value pos = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, x,
+                                      c32(b, l, 0.0));
+    return arith::SelectOp::create(b, l, pos, c32(b, l, 1.0), c32(b, l, 0.0));
+  }
+  case Activation::Silu: {
+    // s (1 + x (1 - s))
+    Value s = arith::DivFOp::create(
+        b, l, c32(b, l, 1.0),
+        addf(b, l, c32(b, l, 1.0), math::ExpOp::create(b, l, arith::NegFOp::create(b, l, x))));
+    return mulf(b, l, s, addf(b, l, c32(b, l, 1.0),
+                              mulf(b, l, x, subf(b, l, c32(b, l, 1.0), s))));
+  }
+  }
+  llvm_unreachable("unknown activation");
+}
+
+} // namespace
+
+Value moec::moe::buildActivation(OpBuilder &b, Location l, Activation kind,
+                                 Value x) {
+  switch (kind) {
+  case Activation::Gelu: {
+    Value e = math::ErfOp::create(b, l, mulf(b, l, x, c32(b, l, M_SQRT1_2)));
+    return mulf(b, l, mulf(b, l, x, c32(b, l, 0.5)), addf(b, l, e, c32(b, l, 1.0)));
+  }
+  case Activation::GeluTanh: {
+    Value x3 = mulf(b, l, mulf(b, l, x, x), x);
+    Value inner = mulf(b, l, c32(b, l, 0.7978845608028654),
+                       addf(b, l, x, mulf(b, l, x3, c32(b, l, 0.044715))));
+    Value t = math::TanhOp::create(b, l, inner);
+    return mulf(b, l, mulf(b, l, x, c32(b, l, 0.5)), addf(b, l, t, c32(b, l, 1.0)));
+  }
+  case Activation::Relu:
+    return arith::MaximumFOp::create(b, l, x, c32(b, l, 0.0));
+  case Activation::Silu: {
+    Value s = arith::DivFOp::create(
+        b, l, c32(b, l, 1.0),
+        addf(b, l, c32(b, l, 1.0), math::ExpOp::create(b, l, arith::NegFOp::create(b, l, x))));
+    return mulf(b, l, x, s);
+  }
+  }
+  llvm_unreachable("unknown activation");
+}
+
+namespace {
+
+/// Gradients of y = x W (+ bias), x [L..., K], W [K, M]: dx, dW, db. The
+/// weight's transpose is materialized so dx is a plain row-major product.
+struct LinearGrads {
+  Value dx, dw, db;
+};
+LinearGrads linearVJP(TB &tb, Value x, Value w, Value dy, bool wantDx,
+                      bool wantBias) {
+  LinearGrads g;
+  unsigned r = TB::rank(x);
+  ArrayRef<int64_t> xs = TB::shape(x), ws = TB::shape(w);
+  int64_t k = ws[0], m = ws[1];
+  SmallVector<unsigned> lead;
+  for (unsigned i = 0; i + 1 < r; ++i)
+    lead.push_back(i);
+  if (wantDx) {
+    // dx[lead, k] = sum_m dy[lead, m] wT[m, k]; loops (lead..., k, m).
+    Value wT = tb.transposeLast2(w);
+    SmallVector<unsigned> dyDims(lead);
+    dyDims.push_back(r);
+    g.dx = tb.contract(dy, tb.dims(r + 1, dyDims), wT, tb.dims(r + 1, {r, r - 1}),
+                       xs, 1);
+  }
+  // dW[k, m] = sum_lead x[lead, k] dy[lead, m]; loops (k, m, lead...).
+  SmallVector<unsigned> xDims, dyDims;
+  for (unsigned i = 0; i + 1 < r; ++i) {
+    xDims.push_back(2 + i);
+    dyDims.push_back(2 + i);
+  }
+  xDims.push_back(0);
+  dyDims.push_back(1);
+  g.dw = tb.contract(x, tb.dims(r + 1, xDims), dy, tb.dims(r + 1, dyDims),
+                     {k, m}, r - 1);
+  if (wantBias)
+    g.db = tb.sumOver(dy, {r - 1});
+  return g;
+}
+
+/// y = x W + b (whole batch, recomputed in a backward pass).
+Value linearForward(TB &tb, Value x, Value w, Value bias) {
+  unsigned r = TB::rank(x);
+  SmallVector<int64_t> ys(TB::shape(x));
+  ys.back() = TB::shape(w)[1];
+  Value init;
+  if (bias) {
+    init = tb.pointwise({bias}, ys, {tb.dims(r, {r - 1})},
+                        [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  }
+  SmallVector<unsigned> xDims;
+  for (unsigned i = 0; i + 1 < r; ++i)
+    xDims.push_back(i);
+  xDims.push_back(r);
+  return tb.contract(x, tb.dims(r + 1, xDims), w, tb.dims(r + 1, {r, r - 1}), ys,
+                     1, init);
+}
+
+Value applyActivation(TB &tb, Activation kind, Value a) {
+  return tb.elementwise({a}, [&](OpBuilder &nb, Location nl, ValueRange v) {
+    return buildActivation(nb, nl, kind, v[0]);
+  });
+}
+Value activationVJP(TB &tb, Activation kind, Value a, Value dh) {
+  return tb.elementwise({a, dh}, [&](OpBuilder &nb, Location nl, ValueRange v) {
+    return mulf(nb, nl, v[1], activationDerivative(nb, nl, kind, v[0]));
+  });
+}
+
+/// Two-layer MLP backward (shared expert): x [N,S,D] -> act(x W1 + b1) W2 + b2.
+void mlpVJP(TB &tb, Activation act, Value x, Value w1, Value b1, Value w2,
+            Value dy, SmallVectorImpl<Value> &grads) {
+  Value a = linearForward(tb, x, w1, b1);
+  Value h = applyActivation(tb, act, a);
+  LinearGrads g2 = linearVJP(tb, h, w2, dy, true, true);
+  Value da = activationVJP(tb, act, a, g2.dx);
+  LinearGrads g1 = linearVJP(tb, x, w1, da, true, true);
+  grads.assign({g1.dx, g1.dw, g1.db, g2.dw, g2.db});
+}
+
+bool isHardRouter(Value routing) {
+  auto r = routing.getDefiningOp<RouterOp>();
+  return r && r.getKind() != RouterKind::Soft;
+}
+
+/// CV^2 over the last dim of `v` [G, E] and its VJP: returns (loss [G],
+/// dloss/dv [G, E]).
+std::pair<Value, Value> cv2(TB &tb, Value v) {
+  ArrayRef<int64_t> s = TB::shape(v);
+  int64_t g = s[0], e = s[1];
+  AffineMap all = tb.identity(2), row = tb.dims(2, {0});
+  Value sum = tb.sumOver(v, {0});
+  // mean = sum / E; var = sum (v - mean)^2 / E.
+  Value var = tb.reduce({v, sum}, {all, row}, {g}, 1,
+                        [&](OpBuilder &nb, Location nl, ValueRange a) {
+                          Value mean = mulf(nb, nl, a[1], c32(nb, nl, 1.0 / e));
+                          Value dv = subf(nb, nl, a[0], mean);
+                          return mulf(nb, nl, mulf(nb, nl, dv, dv),
+                                      c32(nb, nl, 1.0 / e));
+                        });
+  Value loss = tb.pointwise({var, sum}, {g}, {tb.identity(1), tb.identity(1)},
+                            [&](OpBuilder &nb, Location nl, ValueRange a) {
+                              Value mean = mulf(nb, nl, a[1], c32(nb, nl, 1.0 / e));
+                              return arith::DivFOp::create(nb, nl, a[0],
+                                                           mulf(nb, nl, mean, mean))
+                                  .getResult();
+                            });
+  // d/dv_e = 2 (v_e - mean) / (E mean^2) - 2 var / (E mean^3).
+  Value grad = tb.pointwise(
+      {v, sum, var}, {g, e}, {all, row, row},
+      [&](OpBuilder &nb, Location nl, ValueRange a) {
+        Value mean = mulf(nb, nl, a[1], c32(nb, nl, 1.0 / e));
+        Value m2 = mulf(nb, nl, mean, mean);
+        Value t1 = arith::DivFOp::create(
+            nb, nl, mulf(nb, nl, c32(nb, nl, 2.0 / e), subf(nb, nl, a[0], mean)), m2);
+        Value t2 = arith::DivFOp::create(
+            nb, nl, mulf(nb, nl, c32(nb, nl, 2.0 / e), a[2]), mulf(nb, nl, m2, mean));
+        return subf(nb, nl, t1, t2);
+      });
+  return {loss, grad};
+}
+
+/// rank[g, r, e] = #{e2 : x[g,r,e2] > x[g,r,e] or (equal and e2 < e)}.
+Value rankLast(TB &tb, Value x) {
+  ArrayRef<int64_t> s = TB::shape(x);
+  return tb.generic({x, x}, {tb.dims(4, {0, 1, 3}), tb.dims(4, {0, 1, 2})},
+                    tb.zeros(s), tb.dims(4, {0, 1, 2}), {kPar, kPar, kPar, kRed},
+                    [](OpBuilder &nb, Location nl, ValueRange a) {
+                      Value other = linalg::IndexOp::create(nb, nl, 3);
+                      Value mine = linalg::IndexOp::create(nb, nl, 2);
+                      Value gt = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OGT,
+                                                       a[0], a[1]);
+                      Value eq = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                                       a[0], a[1]);
+                      Value lt = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult,
+                                                       other, mine);
+                      Value win = arith::OrIOp::create(
+                          nb, nl, gt, arith::AndIOp::create(nb, nl, eq, lt));
+                      Value one = arith::SelectOp::create(nb, nl, win, c32(nb, nl, 1.0),
+                                                          c32(nb, nl, 0.0));
+                      return addf(nb, nl, a[2], one);
+                    });
+}
+
+/// logits + s * noise.
+Value addNoise(TB &tb, Value logits, Value noise, double s) {
+  return tb.elementwise({logits, noise}, [&](OpBuilder &nb, Location nl, ValueRange a) {
+    return addf(nb, nl, a[0], mulf(nb, nl, a[1], c32(nb, nl, s)));
+  });
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Aux losses: forward (used by the kernel lowering) and VJP share this.
+//===----------------------------------------------------------------------===//
+
+/// Per-group loss [G] and, when `wantGrad`, d(sum_g loss_g)/dlogits.
+std::pair<Value, Value> moec::moe::buildAuxLoss(OpBuilder &b, AuxLossOp op,
+                                               ValueRange operands,
+                                               bool wantGrad) {
+  TB tb(b, op.getLoc());
+  Value logits = operands[0];
+  ArrayRef<int64_t> s = TB::shape(logits);
+  int64_t g = s[0], r = s[1], e = s[2];
+  AffineMap all3 = tb.identity(3), ge = tb.dims(3, {0, 2}), gr = tb.dims(3, {0, 1});
+  Value noise = op.getNoise() ? operands[1] : Value();
+  Value labels = op.getLabels() ? operands[op.getNoise() ? 2 : 1] : Value();
+  double noiseScale =
+      op.getNoiseStd() ? op.getNoiseStd()->convertToDouble() / e : 0.0;
+  Value loss, grad;
+  switch (op.getKind()) {
+  case AuxLossKind::Importance: {
+    Value p = tb.softmaxLast(logits);
+    Value imp = tb.sumOver(p, {0, 2}); // [G, E]
+    auto [l, dimp] = cv2(tb, imp);
+    loss = l;
+    if (wantGrad) {
+      Value dp = tb.pointwise({dimp}, s, {ge},
+                              [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+      grad = tb.softmaxLastVJP(p, dp);
+    }
+    break;
+  }
+  case AuxLossKind::Load: {
+    int64_t k = *op.getK();
+    Value noisy = addNoise(tb, logits, noise, noiseScale);
+    Value rank = rankLast(tb, noisy);
+    // Threshold: the k-th largest noisy logit of each token.
+    Value thr = tb.reduce({noisy, rank}, {all3, all3}, {g, r}, 1,
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value is = arith::CmpFOp::create(
+                                nb, nl, arith::CmpFPredicate::OEQ, a[1],
+                                c32(nb, nl, double(k - 1)));
+                            return arith::SelectOp::create(nb, nl, is, a[0],
+                                                           c32(nb, nl, 0.0))
+                                .getResult();
+                          });
+    // z = (L - t) / s; p = Phi(z) = 1 - Phi((t - L) / s).
+    auto zOf = [&](OpBuilder &nb, Location nl, Value lv, Value tv) {
+      return mulf(nb, nl, subf(nb, nl, lv, tv), c32(nb, nl, 1.0 / noiseScale));
+    };
+    Value pm = tb.reduce({logits, thr}, {tb.dims(3, {0, 2, 1}), tb.dims(3, {0, 2})},
+                         {g, e}, 1, [&](OpBuilder &nb, Location nl, ValueRange a) {
+                           Value z = zOf(nb, nl, a[0], a[1]);
+                           Value cdf = mulf(
+                               nb, nl, c32(nb, nl, 0.5),
+                               addf(nb, nl, c32(nb, nl, 1.0),
+                                    math::ErfOp::create(
+                                        nb, nl, mulf(nb, nl, z, c32(nb, nl, M_SQRT1_2)))));
+                           return mulf(nb, nl, cdf, c32(nb, nl, 1.0 / r));
+                         });
+    auto [l, dpm] = cv2(tb, pm);
+    loss = l;
+    if (wantGrad) {
+      // q[g,r,e] = dpm[g,e] / R * phi(z) / s: d/dL_e = q, d/dt = -q.
+      Value q = tb.pointwise(
+          {logits, thr, dpm}, s, {all3, gr, ge},
+          [&](OpBuilder &nb, Location nl, ValueRange a) {
+            Value z = zOf(nb, nl, a[0], a[1]);
+            Value pdf = mulf(nb, nl, c32(nb, nl, 0.3989422804014327),
+                             math::ExpOp::create(
+                                 nb, nl, mulf(nb, nl, c32(nb, nl, -0.5), mulf(nb, nl, z, z))));
+            return mulf(nb, nl, mulf(nb, nl, a[2], pdf),
+                        c32(nb, nl, 1.0 / (r * noiseScale)));
+          });
+      Value qsum = tb.sumOver(q, {0, 1}); // [G, R]
+      grad = tb.pointwise({q, qsum, rank}, s, {all3, gr, all3},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value is = arith::CmpFOp::create(
+                                nb, nl, arith::CmpFPredicate::OEQ, a[2],
+                                c32(nb, nl, double(k - 1)));
+                            Value t = arith::SelectOp::create(nb, nl, is, a[1],
+                                                              c32(nb, nl, 0.0));
+                            return subf(nb, nl, a[0], t);
+                          });
+    }
+    break;
+  }
+  case AuxLossKind::Balance: {
+    Value gl = noise ? addNoise(tb, logits, noise, noiseScale) : logits;
+    Value p = tb.softmaxLast(gl);
+    Value rank = rankLast(tb, p);
+    // f[g, e] = fraction of tokens whose top-1 is e; mg = mean gate.
+    Value f = tb.reduce({rank}, {tb.dims(3, {0, 2, 1})}, {g, e}, 1,
+                        [&](OpBuilder &nb, Location nl, ValueRange a) {
+                          Value top = arith::CmpFOp::create(
+                              nb, nl, arith::CmpFPredicate::OEQ, a[0], c32(nb, nl, 0.0));
+                          return arith::SelectOp::create(nb, nl, top,
+                                                         c32(nb, nl, 1.0 / r),
+                                                         c32(nb, nl, 0.0))
+                              .getResult();
+                        });
+    Value pm = tb.scale(tb.sumOver(p, {0, 2}), 1.0 / r);
+    // E^2 * mean_e(pm * f) = E * sum_e pm f.
+    loss = tb.reduce({pm, f}, {tb.identity(2), tb.identity(2)}, {g}, 1,
+                     [&](OpBuilder &nb, Location nl, ValueRange a) {
+                       return mulf(nb, nl, mulf(nb, nl, a[0], a[1]), c32(nb, nl, double(e)));
+                     });
+    if (wantGrad) {
+      Value dp = tb.pointwise({f}, s, {ge}, [&](OpBuilder &nb, Location nl, ValueRange a) {
+        return mulf(nb, nl, a[0], c32(nb, nl, double(e) / r));
+      });
+      grad = tb.softmaxLastVJP(p, dp);
+    }
+    break;
+  }
+  case AuxLossKind::ZLoss: {
+    Value mx = tb.reduce({logits}, {all3}, {g, r}, 1,
+                         [](OpBuilder &, Location, ValueRange a) { return a[0]; },
+                         -INFINITY, true);
+    Value se = tb.reduce({logits, mx}, {all3, gr}, {g, r}, 1,
+                         [](OpBuilder &nb, Location nl, ValueRange a) {
+                           return math::ExpOp::create(nb, nl, subf(nb, nl, a[0], a[1]))
+                               .getResult();
+                         });
+    Value lse = tb.pointwise({mx, se}, {g, r}, {tb.identity(2), tb.identity(2)},
+                             [](OpBuilder &nb, Location nl, ValueRange a) {
+                               return addf(nb, nl, a[0], math::LogOp::create(nb, nl, a[1]));
+                             });
+    loss = tb.reduce({lse}, {tb.identity(2)}, {g}, 1,
+                     [&](OpBuilder &nb, Location nl, ValueRange a) {
+                       return mulf(nb, nl, mulf(nb, nl, a[0], a[0]), c32(nb, nl, 1.0 / r));
+                     });
+    if (wantGrad)
+      grad = tb.pointwise({logits, lse}, s, {all3, gr},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value p = math::ExpOp::create(nb, nl, subf(nb, nl, a[0], a[1]));
+                            return mulf(nb, nl, mulf(nb, nl, p, a[1]),
+                                        c32(nb, nl, 2.0 / r));
+                          });
+    break;
+  }
+  case AuxLossKind::SuperClass: {
+    // Target expert of image g: map[label[g]], looked up by comparison.
+    ArrayRef<int64_t> table = *op.getSuperClassMap();
+    Value p = tb.softmaxLast(logits);
+    auto target = [&](OpBuilder &nb, Location nl, Value label) {
+      Value lab = arith::IndexCastOp::create(nb, nl, nb.getIndexType(), label);
+      Value t = arith::ConstantIndexOp::create(nb, nl, 0);
+      for (auto [cls, expert] : llvm::enumerate(table)) {
+        Value is = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq, lab,
+                                         arith::ConstantIndexOp::create(nb, nl, cls));
+        t = arith::SelectOp::create(nb, nl, is,
+                                    arith::ConstantIndexOp::create(nb, nl, expert), t);
+      }
+      return t;
+    };
+    // loss_g = -mean_r log p[g, r, target].
+    loss = tb.reduce({p, labels}, {tb.dims(3, {0, 1, 2}), tb.dims(3, {0})}, {g}, 2,
+                     [&](OpBuilder &nb, Location nl, ValueRange a) {
+                       Value is = arith::CmpIOp::create(
+                           nb, nl, arith::CmpIPredicate::eq,
+                           linalg::IndexOp::create(nb, nl, 2), target(nb, nl, a[1]));
+                       Value lp = mulf(nb, nl, math::LogOp::create(nb, nl, a[0]),
+                                       c32(nb, nl, -1.0 / r));
+                       return arith::SelectOp::create(nb, nl, is, lp, c32(nb, nl, 0.0))
+                           .getResult();
+                     });
+    if (wantGrad)
+      grad = tb.pointwise({p, labels}, s, {all3, tb.dims(3, {0})},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value is = arith::CmpIOp::create(
+                                nb, nl, arith::CmpIPredicate::eq,
+                                linalg::IndexOp::create(nb, nl, 2), target(nb, nl, a[1]));
+                            Value oh = arith::SelectOp::create(nb, nl, is, c32(nb, nl, 1.0),
+                                                               c32(nb, nl, 0.0));
+                            return mulf(nb, nl, subf(nb, nl, a[0], oh),
+                                        c32(nb, nl, 1.0 / r));
+                          });
+    break;
+  }
+  }
+  return {loss, grad};
+}
+
+//===----------------------------------------------------------------------===//
+// VJPs
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// Fills `out` with nulls when nothing flows into the op.
+bool noGradient(Operation *op, ArrayRef<Value> dys, SmallVectorImpl<Value> &out) {
+  out.assign(op->getNumOperands(), Value());
+  return llvm::all_of(dys, [](Value v) { return !v; });
+}
+} // namespace
+
+LogicalResult DenseOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  LinearGrads g = linearVJP(tb, getInput(), getWeight(), dys[0], true, !!getBias());
+  grads[0] = g.dx;
+  grads[1] = g.dw;
+  if (getBias())
+    grads[2] = g.db;
+  return success();
+}
+
+LogicalResult ClassifierHeadOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                         SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  LinearGrads g = linearVJP(tb, getInput(), getWeight(), dys[0], true, true);
+  grads.assign({g.dx, g.dw, g.db});
+  return success();
+}
+
+LogicalResult ActivationOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                     SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  grads[0] = activationVJP(tb, getKind(), getInput(), dys[0]);
+  return success();
+}
+
+LogicalResult AddOp::buildVJP(OpBuilder &, ArrayRef<Value> dys,
+                              SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  grads.assign({dys[0], dys[0]});
+  return success();
+}
+
+LogicalResult PoolOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                               SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  ArrayRef<int64_t> xs = TB::shape(getInput());
+  bool cls = getKind() == PoolKind::Cls;
+  double inv = 1.0 / xs[1];
+  grads[0] = tb.pointwise({dys[0]}, xs, {tb.dims(3, {0, 2})},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                            if (!cls)
+                              return mulf(nb, nl, a[0], c32(nb, nl, inv));
+                            Value first = arith::CmpIOp::create(
+                                nb, nl, arith::CmpIPredicate::eq,
+                                linalg::IndexOp::create(nb, nl, 1),
+                                arith::ConstantIndexOp::create(nb, nl, 0));
+                            return arith::SelectOp::create(nb, nl, first, a[0],
+                                                           c32(nb, nl, 0.0));
+                          });
+  return success();
+}
+
+LogicalResult PosEmbedOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                   SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  grads.assign({dys[0], tb.sumOver(dys[0], {1, 2})});
+  return success();
+}
+
+LogicalResult ClassTokenOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                     SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  ArrayRef<int64_t> xs = TB::shape(getInput());
+  grads[0] = tb.pointwise({dys[0]}, xs,
+                          {tb.map(3, {tb.d(0), tb.d(1) + 1, tb.d(2)})},
+                          [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  // dtoken[d] = sum_n dy[n, 0, d]; loops (d, n).
+  grads[1] = tb.reduce({dys[0]}, {tb.map(2, {tb.d(1), tb.c(0), tb.d(0)})},
+                       {xs[2]}, 1,
+                       [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  return success();
+}
+
+LogicalResult PatchEmbedOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                     SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  ArrayRef<int64_t> img = TB::shape(getInput()); // [N, C, H, W]
+  int64_t p = getPatchSize(), c = img[1], wp = img[3] / p;
+  int64_t dm = TB::shape(getWeight())[1];
+  // dW4[c, pi, pj, d] = sum_{n, hi, wi} img[n, c, hi p + pi, wi p + pj]
+  //                                      * dy[n, hi wp + wi, d]
+  // loops (d, c, pi, pj, n, hi, wi): split over the embedding columns.
+  auto d = [&](unsigned i) { return tb.d(i); };
+  Value dw4 = tb.generic(
+      {getInput(), dys[0]},
+      {tb.map(7, {d(4), d(1), d(5) * p + d(2), d(6) * p + d(3)}),
+       tb.map(7, {d(4), d(5) * wp + d(6), d(0)})},
+      tb.zeros({c, p, p, dm}), tb.map(7, {d(1), d(2), d(3), d(0)}),
+      {kPar, kPar, kPar, kPar, kRed, kRed, kRed},
+      [](OpBuilder &nb, Location nl, ValueRange a) {
+        return addf(nb, nl, a[2], mulf(nb, nl, a[0], a[1]));
+      });
+  // Rows of the [C*p*p, D] weight are (c, pi, pj) in row-major order.
+  grads[1] = tb.pointwise(
+      {dw4}, {c * p * p, dm},
+      {tb.map(2, {d(0).floorDiv(p * p), (d(0) % (p * p)).floorDiv(p), d(0) % p,
+                  d(1)})},
+      [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  grads[2] = tb.sumOver(dys[0], {2});
+  return success();
+}
+
+LogicalResult LayerNormOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                    SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  Value x = getInput(), dy = dys[0];
+  ArrayRef<int64_t> xs = TB::shape(x);
+  unsigned r = xs.size();
+  int64_t dmodel = xs.back();
+  double eps = getEpsilon().convertToDouble();
+  SmallVector<int64_t> rows(xs.drop_back());
+  AffineMap all = tb.identity(r), row = tb.range(r, 0, r - 1),
+            feat = tb.dims(r, {r - 1});
+  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
+  Value sum = tb.reduce({x}, {all}, rows, 1, id);
+  Value sq = tb.reduce({x, sum}, {all, row}, rows, 1,
+                       [&](OpBuilder &nb, Location nl, ValueRange a) {
+                         Value m = mulf(nb, nl, a[1], c32(nb, nl, 1.0 / dmodel));
+                         Value dv = subf(nb, nl, a[0], m);
+                         return mulf(nb, nl, dv, dv);
+                       });
+  // rstd = 1 / sqrt(sq / D + eps), xhat = (x - mean) rstd.
+  Value rstd = tb.elementwise({sq}, [&](OpBuilder &nb, Location nl, ValueRange a) {
+    Value v = addf(nb, nl, mulf(nb, nl, a[0], c32(nb, nl, 1.0 / dmodel)),
+                   c32(nb, nl, eps));
+    return math::RsqrtOp::create(nb, nl, v).getResult();
+  });
+  Value xhat = tb.pointwise({x, sum, rstd}, xs, {all, row, row},
+                            [&](OpBuilder &nb, Location nl, ValueRange a) {
+                              Value m = mulf(nb, nl, a[1], c32(nb, nl, 1.0 / dmodel));
+                              return mulf(nb, nl, subf(nb, nl, a[0], m), a[2]);
+                            });
+  // dgamma[d] = sum dy xhat, dbeta[d] = sum dy; loops (d, rows...).
+  SmallVector<unsigned> perm{r - 1};
+  for (unsigned i = 0; i + 1 < r; ++i)
+    perm.push_back(i);
+  SmallVector<unsigned> inv(r);
+  for (unsigned j = 0; j < r; ++j)
+    inv[perm[j]] = j;
+  AffineMap byFeature = tb.dims(r, inv);
+  grads[1] = tb.reduce({dy, xhat}, {byFeature, byFeature}, {dmodel}, r - 1,
+                       [](OpBuilder &nb, Location nl, ValueRange a) {
+                         return mulf(nb, nl, a[0], a[1]);
+                       });
+  grads[2] = tb.sumOver(dy, {r - 1});
+  // g = dy gamma; dx = rstd (g - mean(g) - xhat mean(g xhat)).
+  Value gsum = tb.reduce({dy, getGamma()}, {all, feat}, rows, 1,
+                         [](OpBuilder &nb, Location nl, ValueRange a) {
+                           return mulf(nb, nl, a[0], a[1]);
+                         });
+  Value gxsum = tb.reduce({dy, getGamma(), xhat}, {all, feat, all}, rows, 1,
+                          [](OpBuilder &nb, Location nl, ValueRange a) {
+                            return mulf(nb, nl, mulf(nb, nl, a[0], a[1]), a[2]);
+                          });
+  grads[0] = tb.pointwise(
+      {dy, getGamma(), xhat, rstd, gsum, gxsum}, xs,
+      {all, feat, all, row, row, row},
+      [&](OpBuilder &nb, Location nl, ValueRange a) {
+        Value inv = c32(nb, nl, 1.0 / dmodel);
+        Value g = mulf(nb, nl, a[0], a[1]);
+        Value t = subf(nb, nl, g, mulf(nb, nl, a[4], inv));
+        t = subf(nb, nl, t, mulf(nb, nl, a[2], mulf(nb, nl, a[5], inv)));
+        return mulf(nb, nl, a[3], t);
+      });
+  return success();
+}
+
+LogicalResult AttentionOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                    SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  Value x = getInput(), dy = dys[0];
+  ArrayRef<int64_t> xs = TB::shape(x); // [N, S, D]
+  int64_t n = xs[0], s = xs[1], dm = xs[2], h = getHeads(), dh = dm / h;
+  double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  auto d = [&](unsigned i) { return tb.d(i); };
+  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
+
+  // Recompute the forward: qkv [N, S, 3D], then per-head layouts.
+  Value qkv = linearForward(tb, x, getQkvWeight(), getQkvBias());
+  // part: 0 q, 1 k, 2 v. [N, H, S, dh] (or [N, H, dh, S] transposed).
+  auto headsOf = [&](Value t3, int64_t part, bool transposed) {
+    AffineExpr col = d(1) * dh + (transposed ? d(2) : d(3)) + part * dm;
+    AffineExpr tok = transposed ? d(3) : d(2);
+    SmallVector<int64_t> shape = transposed ? SmallVector<int64_t>{n, h, dh, s}
+                                            : SmallVector<int64_t>{n, h, s, dh};
+    return tb.pointwise({t3}, shape, {tb.map(4, {d(0), tok, col})}, id);
+  };
+  Value q = headsOf(qkv, 0, false), k = headsOf(qkv, 1, false),
+        kT = headsOf(qkv, 1, true), v = headsOf(qkv, 2, false),
+        vT = headsOf(qkv, 2, true);
+  // scores[n,h,s,t] = sum_i q[n,h,s,i] kT[n,h,i,t]; loops (n,h,s,t,i).
+  Value scores = tb.contract(q, tb.dims(5, {0, 1, 2, 4}), kT,
+                             tb.dims(5, {0, 1, 4, 3}), {n, h, s, s}, 1);
+  Value p = tb.softmaxLast(tb.scale(scores, scale));
+  // o[n,h,s,i] = sum_t p v; o3[n,s,h dh + i].
+  Value o = tb.contract(p, tb.dims(5, {0, 1, 2, 4}), v, tb.dims(5, {0, 1, 4, 3}),
+                        {n, h, s, dh}, 1);
+  Value o3 = tb.pointwise({o}, {n, s, dm},
+                          {tb.map(3, {d(0), d(2).floorDiv(dh), d(1), d(2) % dh})}, id);
+
+  // Output projection.
+  LinearGrads out = linearVJP(tb, o3, getOutWeight(), dy, true, true);
+  Value dO = tb.pointwise({out.dx}, {n, h, s, dh},
+                          {tb.map(4, {d(0), d(2), d(1) * dh + d(3)})}, id);
+  // dP = dO vT; dS = P (dP - rowsum(dP P)) * scale.
+  Value dP = tb.contract(dO, tb.dims(5, {0, 1, 2, 4}), vT, tb.dims(5, {0, 1, 4, 3}),
+                         {n, h, s, s}, 1);
+  Value dS = tb.scale(tb.softmaxLastVJP(p, dP), scale);
+  // dq = dS k; dk[n,h,t,i] = sum_s dS[n,h,s,t] q[n,h,s,i]; dv = P^T dO.
+  Value dq = tb.contract(dS, tb.dims(5, {0, 1, 2, 4}), k, tb.dims(5, {0, 1, 4, 3}),
+                         {n, h, s, dh}, 1);
+  Value dk = tb.contract(dS, tb.dims(5, {0, 1, 4, 2}), q, tb.dims(5, {0, 1, 4, 3}),
+                         {n, h, s, dh}, 1);
+  Value dv = tb.contract(p, tb.dims(5, {0, 1, 4, 2}), dO, tb.dims(5, {0, 1, 4, 3}),
+                         {n, h, s, dh}, 1);
+  // dqkv[n, s, j]: j / D picks q, k or v; head (j mod D) / dh.
+  AffineExpr j = d(2) % dm;
+  AffineMap headMap = tb.map(3, {d(0), j.floorDiv(dh), d(1), j % dh});
+  Value dqkv = tb.pointwise(
+      {dq, dk, dv}, {n, s, 3 * dm}, {headMap, headMap, headMap},
+      [&](OpBuilder &nb, Location nl, ValueRange a) {
+        Value col = linalg::IndexOp::create(nb, nl, 2);
+        Value isQ = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult, col,
+                                          arith::ConstantIndexOp::create(nb, nl, dm));
+        Value isK = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult, col,
+                                          arith::ConstantIndexOp::create(nb, nl, 2 * dm));
+        Value kv = arith::SelectOp::create(nb, nl, isK, a[1], a[2]);
+        return arith::SelectOp::create(nb, nl, isQ, a[0], kv).getResult();
+      });
+  LinearGrads in = linearVJP(tb, x, getQkvWeight(), dqkv, true, true);
+  grads.assign({in.dx, in.dw, in.db, out.dw, out.db});
+  return success();
+}
+
+LogicalResult SharedExpertOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                       SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  mlpVJP(tb, getActivation(), getInput(), getFc1Weight(), getFc1Bias(),
+         getFc2Weight(), dys[0], grads);
+  return success();
+}
+
+LogicalResult ExpertsOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                  SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  Value x = getInput(), dy = dys[0]; // [E, G, C, D]
+  ArrayRef<int64_t> xs = TB::shape(x);
+  int64_t e = xs[0], g = xs[1], c = xs[2], dm = xs[3];
+  int64_t hid = TB::shape(getFc1Weight())[2];
+  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
+  // a[e,g,c,h] = b1[e,h] + sum_d x[e,g,c,d] w1[e,d,h]; loops (e,g,c,h,d).
+  Value a0 = tb.pointwise({getFc1Bias()}, {e, g, c, hid}, {tb.dims(4, {0, 3})}, id);
+  Value a = tb.contract(x, tb.dims(5, {0, 1, 2, 4}), getFc1Weight(),
+                        tb.dims(5, {0, 4, 3}), {e, g, c, hid}, 1, a0);
+  Value hact = applyActivation(tb, getActivation(), a);
+  // dW2[e,h,m] = sum_{g,c} hact[e,g,c,h] dy[e,g,c,m]; loops (e,h,m,g,c).
+  Value dw2 = tb.contract(hact, tb.dims(5, {0, 3, 4, 1}), dy, tb.dims(5, {0, 3, 4, 2}),
+                          {e, hid, dm}, 2);
+  Value db2 = tb.sumOver(dy, {0, 3});
+  // dh = dy w2T; w2T[e, m, h].
+  Value w2T = tb.transposeLast2(getFc2Weight());
+  Value dh = tb.contract(dy, tb.dims(5, {0, 1, 2, 4}), w2T, tb.dims(5, {0, 4, 3}),
+                         {e, g, c, hid}, 1);
+  Value da = activationVJP(tb, getActivation(), a, dh);
+  Value dw1 = tb.contract(x, tb.dims(5, {0, 3, 4, 1}), da, tb.dims(5, {0, 3, 4, 2}),
+                          {e, dm, hid}, 2);
+  Value db1 = tb.sumOver(da, {0, 3});
+  Value w1T = tb.transposeLast2(getFc1Weight());
+  Value dx = tb.contract(da, tb.dims(5, {0, 1, 2, 4}), w1T, tb.dims(5, {0, 4, 3}),
+                         {e, g, c, dm}, 1);
+  grads.assign({dx, dw1, db1, dw2, db2});
+  return success();
+}
+
+LogicalResult DispatchOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                   SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  Location loc = getLoc();
+  Value dxd = dys[0]; // [E, G, C, D]
+  // x~ = sum_s D x: dx = sum_{e,c} D dx~, a combine with the same tensor.
+  grads[0] = CombineOp::create(b, loc, getInput().getType(), dxd, getDispatch());
+  if (!isHardRouter(getDispatch())) {
+    // Soft routing: dD[g,s,e,c] = sum_d dx~[e,g,c,d] x[g,s,d].
+    TB tb(b, loc);
+    ArrayRef<int64_t> ds = TB::shape(getDispatch());
+    grads[1] = tb.contract(getInput(), tb.dims(5, {0, 1, 4}), dxd,
+                           tb.dims(5, {2, 0, 3, 4}), ds, 1);
+  }
+  return success();
+}
+
+LogicalResult CombineOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                  SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  Location loc = getLoc();
+  TB tb(b, loc);
+  Value dy = dys[0]; // [G, S, D]
+  // y = sum_{e,c} C y~: dy~ = a dispatch of dy with the combine weights.
+  grads[0] = DispatchOp::create(b, loc, getInput().getType(), dy, getCombine());
+  // dC[g,s,e,c] = sum_d dy[g,s,d] y~[e,g,c,d], through y~T[e,g,d,c] so the
+  // slot dimension is contiguous; loops (g,s,e,c,d).
+  ArrayRef<int64_t> ys = TB::shape(getInput());
+  Value yT = tb.pointwise({getInput()}, {ys[0], ys[1], ys[3], ys[2]},
+                          {tb.dims(4, {0, 1, 3, 2})},
+                          [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  grads[1] = tb.contract(dy, tb.dims(5, {0, 1, 4}), yT, tb.dims(5, {2, 0, 4, 3}),
+                         TB::shape(getCombine()), 1);
+  return success();
+}
+
+LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                 SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  Value x = getInput(), w = getWeight();
+  Value dDispatch = dys[0], dCombine = dys[1], dLogits = dys[2];
+  ArrayRef<int64_t> xs = TB::shape(x);
+  int64_t g = xs[0], s = xs[1];
+  ArrayRef<int64_t> ls = TB::shape(getLogits());
+  int64_t e = getNumExperts(), cap = getCapacity();
+  auto d = [&](unsigned i) { return tb.d(i); };
+  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
+
+  Value dl; // d loss / d logits [G, R, E*P]
+  if (getKind() == RouterKind::Soft) {
+    // Dispatch: softmax over tokens per slot; combine: softmax over all
+    // slots per token. Slot (e, c) is logits column e * P + c.
+    int64_t p = cap;
+    Value disp = getDispatch(), comb = getCombine();
+    AffineMap all4 = tb.identity(4);
+    Value dl4;
+    if (dDispatch) {
+      // Column softmax VJP: D (dD - sum_s dD D), sums over s.
+      Value dot = tb.reduce({disp, dDispatch}, {tb.dims(4, {0, 3, 1, 2}),
+                                                tb.dims(4, {0, 3, 1, 2})},
+                            {g, e, p}, 1, [](OpBuilder &nb, Location nl, ValueRange a) {
+                              return mulf(nb, nl, a[0], a[1]);
+                            });
+      dl4 = tb.pointwise({disp, dDispatch, dot}, {g, s, e, p},
+                         {all4, all4, tb.dims(4, {0, 2, 3})},
+                         [](OpBuilder &nb, Location nl, ValueRange a) {
+                           return mulf(nb, nl, a[0], subf(nb, nl, a[1], a[2]));
+                         });
+    }
+    if (dCombine) {
+      Value dot = tb.reduce({comb, dCombine}, {all4, all4}, {g, s}, 2,
+                            [](OpBuilder &nb, Location nl, ValueRange a) {
+                              return mulf(nb, nl, a[0], a[1]);
+                            });
+      Value part = tb.pointwise({comb, dCombine, dot}, {g, s, e, p},
+                                {all4, all4, tb.dims(4, {0, 1})},
+                                [](OpBuilder &nb, Location nl, ValueRange a) {
+                                  return mulf(nb, nl, a[0], subf(nb, nl, a[1], a[2]));
+                                });
+      dl4 = dl4 ? tb.add(dl4, part) : part;
+    }
+    if (dl4)
+      dl = tb.pointwise({dl4}, ls,
+                        {tb.map(3, {d(0), d(1), d(2).floorDiv(p), d(2) % p})}, id);
+  } else if (dCombine) {
+    // C = D * gate: dgate[g, r, e] = sum over slots (and tokens for
+    // per_image) of dC D; then the softmax VJP.
+    Value disp = getDispatch();
+    bool perImage = getKind() == RouterKind::PerImage;
+    Value dgate;
+    if (perImage)
+      dgate = tb.reduce({dCombine, disp},
+                        {tb.map(5, {d(0), d(3), d(2), d(4)}),
+                         tb.map(5, {d(0), d(3), d(2), d(4)})},
+                        {g, 1, e}, 2, [](OpBuilder &nb, Location nl, ValueRange a) {
+                          return mulf(nb, nl, a[0], a[1]);
+                        });
+    else
+      dgate = tb.reduce({dCombine, disp}, {tb.identity(4), tb.identity(4)}, {g, s, e},
+                        1, [](OpBuilder &nb, Location nl, ValueRange a) {
+                          return mulf(nb, nl, a[0], a[1]);
+                        });
+    // Recompute the gates from the (noisy) logits.
+    Value logits;
+    if (perImage) {
+      Value mean = tb.scale(tb.sumOver(x, {0, 2}), 1.0 / s); // [G, D]
+      logits = tb.contract(mean, tb.map(4, {d(0), d(3)}), w,
+                           tb.map(4, {d(3), d(2)}), {g, 1, e}, 1);
+    } else {
+      logits = linearForward(tb, x, w, Value());
+    }
+    if (Value noise = getNoise())
+      logits = addNoise(tb, logits, noise, getNoiseStd()->convertToDouble() / e);
+    Value gates = tb.softmaxLast(logits);
+    dl = tb.softmaxLastVJP(gates, dgate);
+  }
+  if (dLogits)
+    dl = dl ? tb.add(dl, dLogits) : dLogits;
+  if (!dl)
+    return success();
+
+  if (getKind() == RouterKind::PerImage) {
+    // logits[g, 0, e] = mean_s(x[g, s]) . w[:, e]
+    Value mean = tb.scale(tb.sumOver(x, {0, 2}), 1.0 / s); // [G, D]
+    int64_t dm = xs[2];
+    // dW[d, e] = sum_g mean[g, d] dl[g, 0, e]; loops (d, e, g).
+    grads[2] = Value();
+    grads[1] = tb.contract(mean, tb.dims(3, {2, 0}), dl,
+                           tb.map(3, {d(2), tb.c(0), d(1)}), {dm, e}, 1);
+    // dx[g, s, d] = (1/S) sum_e dl[g, 0, e] w[d, e]; loops (g, s, d, e).
+    grads[0] = tb.generic({dl, w}, {tb.map(4, {d(0), tb.c(0), d(3)}), tb.dims(4, {2, 3})},
+                          tb.zeros(xs), tb.dims(4, {0, 1, 2}),
+                          {kPar, kPar, kPar, kRed},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value prod = mulf(nb, nl, mulf(nb, nl, a[0], a[1]),
+                                              c32(nb, nl, 1.0 / s));
+                            return addf(nb, nl, a[2], prod);
+                          });
+    return success();
+  }
+  LinearGrads lg = linearVJP(tb, x, w, dl, true, false);
+  grads[0] = lg.dx;
+  grads[1] = lg.dw;
+  return success();
+}
+
+LogicalResult SoftmaxCrossEntropyOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                              SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  Value logits = getLogits();
+  ArrayRef<int64_t> ls = TB::shape(logits);
+  int64_t n = ls[0], k = ls[1];
+  double a = getLabelSmoothing().convertToDouble();
+  Value p = tb.softmaxLast(logits);
+  // dlogits = dloss (p - target) / N.
+  grads[0] = tb.pointwise(
+      {p, getLabels(), dys[0]}, ls,
+      {tb.identity(2), tb.dims(2, {0}), tb.scalarMap(2)},
+      [&](OpBuilder &nb, Location nl, ValueRange v) {
+        Value label = arith::IndexCastOp::create(nb, nl, nb.getIndexType(), v[1]);
+        Value is = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq,
+                                         linalg::IndexOp::create(nb, nl, 1), label);
+        Value target = arith::SelectOp::create(nb, nl, is, c32(nb, nl, 1.0 - a + a / k),
+                                               c32(nb, nl, a / k));
+        return mulf(nb, nl, mulf(nb, nl, subf(nb, nl, v[0], target), v[2]),
+                    c32(nb, nl, 1.0 / n));
+      });
+  return success();
+}
+
+LogicalResult AuxLossOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                  SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  TB tb(b, getLoc());
+  auto [loss, grad] = buildAuxLoss(b, *this, getOperands(), /*wantGrad=*/true);
+  (void)loss;
+  int64_t g = TB::shape(getLogits())[0];
+  double w = getWeight().convertToDouble() / g;
+  grads[0] = tb.pointwise({grad, dys[0]}, TB::shape(grad),
+                          {tb.identity(3), tb.scalarMap(3)},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            return mulf(nb, nl, mulf(nb, nl, a[0], a[1]), c32(nb, nl, w));
+                          });
+  return success();
+}
+
+LogicalResult SumLossesOp::buildVJP(OpBuilder &, ArrayRef<Value> dys,
+                                    SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  grads.assign(getNumOperands(), dys[0]);
+  return success();
+}

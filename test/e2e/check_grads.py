@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Compiled training gradients against the independent fp64 reference.
+
+For each spec: compile it (`moec compile SPEC --batch B`), write random
+weights (`moec-run init`, then larger values as check_reference.py does, so
+that routing is decisive), draw a random batch (images, labels, standard
+normal noise for every `normal_noise` input of `train_step`; step 0,
+total_steps 10, warmup_steps 0, lr 0 so nothing moves), run
+
+    moec-run call MODEL --entry train_step --weights W --inputs BATCH -o OUT
+
+and compare with `moec-reference` (test/reference/README.md, training mode):
+
+  * loss (and ce_loss, aux_loss): relative error < --loss-tol (1e-5);
+    `correct` must be equal;
+  * every `grad.<param>`: at --per-tensor sampled entries (default: every
+    entry of a model of at most 20000 parameters, else 32), against the
+    reference's central finite differences in double (`moec-reference
+    fdgrad`): ||g - fd|| / ||fd|| < --grad-tol (1e-3). A tensor whose sampled
+    FD norm is below 1e-3 of the largest tensor's is compared against that
+    floor instead (its gradient is ~0: relative error is meaningless);
+  * `grad_norm` = the L2 norm of all `grad.*` outputs (relative 1e-4), and
+    `lr_used` = 0.
+
+The batch is redrawn (up to --tries times) until every routing decision of
+the reference has a margin of at least --min-margin, so that float32 cannot
+route differently from float64.
+
+usage: check_grads.py SPEC [SPEC ...] [--bin DIR] [--moec PATH]
+           [--moec-run PATH] [--reference PATH] [--work DIR] [--batch B]
+           [--seed S] [--per-tensor K|all|auto] [--threads T] [--verbose]
+       (default --bin: build/bin of this checkout; the three binaries
+        default to BIN/moec, BIN/moec-run, BIN/moec-reference)
+
+Exit status: 0 if every spec passes, 1 otherwise. Python standard library
+only.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import struct
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from check_reference import (random_weights, read_manifest,  # noqa: E402
+                             read_safetensors as read_header,
+                             write_safetensors as write_f32_weights)
+
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+class Fail(Exception):
+    pass
+
+
+def run(cmd):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Fail(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                   f"{proc.stderr.strip()}")
+    return proc
+
+
+# ---------------------------------------------------------------------------
+# safetensors with F32 / F64 / I32 tensors (scalars have shape [])
+# ---------------------------------------------------------------------------
+
+_FMT = {"F32": ("f", 4), "F64": ("d", 8), "I32": ("i", 4)}
+
+
+def read_tensors(path):
+    """{name: (dtype, shape, values)} of every tensor in `path`."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8:8 + n])
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        dtype, shape = info["dtype"], info["shape"]
+        if dtype not in _FMT:
+            raise Fail(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
+        code, size = _FMT[dtype]
+        begin, end = info["data_offsets"]
+        count = math.prod(shape)
+        if end - begin != count * size:
+            raise Fail(f"{path}: tensor '{name}': {end - begin} bytes for shape {shape}")
+        out[name] = (dtype, shape,
+                     struct.unpack_from(f"<{count}{code}", data, 8 + n + begin))
+    return out
+
+
+def write_tensors(path, tensors):
+    """tensors: {name: (dtype, shape, values)}."""
+    header, offset, blobs = {}, 0, []
+    for name, (dtype, shape, values) in tensors.items():
+        code, _ = _FMT[dtype]
+        blob = struct.pack(f"<{len(values)}{code}", *values)
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+
+
+# ---------------------------------------------------------------------------
+# One spec
+# ---------------------------------------------------------------------------
+
+FIXED_SCALARS = {"step": 0.0, "total_steps": 10.0, "warmup_steps": 0.0, "lr": 0.0}
+
+
+def make_batch(entry, classes, rng):
+    """Inputs of `train_step` by name: (dtype, shape, values)."""
+    batch = {}
+    for t in entry["inputs"]:
+        name, shape = t["name"], t["shape"]
+        dtype = "I32" if t.get("dtype", "f32") == "i32" else "F32"
+        count = math.prod(shape)
+        if name == "labels":
+            if dtype != "I32":
+                raise Fail(f"train_step input 'labels' has dtype {t.get('dtype')}, "
+                           "expected i32")
+            values = [rng.randrange(classes) for _ in range(count)]
+        elif name == "images" or t.get("role") == "normal_noise":
+            values = [rng.gauss(0, 1) for _ in range(count)]
+        elif name in FIXED_SCALARS:
+            values = [FIXED_SCALARS[name]] * count
+        else:
+            raise Fail(f"train_step has an input '{name}' (role "
+                       f"{t.get('role')!r}) that docs/training-abi.md does not define")
+        batch[name] = (dtype, shape, values)
+    return batch
+
+
+def norm(v):
+    return math.sqrt(sum(x * x for x in v))
+
+
+def check_spec(spec, args):
+    name = os.path.splitext(os.path.basename(spec))[0]
+    work = args.work
+    model = os.path.join(work, name + ".moec")
+    init = os.path.join(work, name + ".init.safetensors")
+    weights = os.path.join(work, name + ".safetensors")
+    batch_path = os.path.join(work, name + ".batch.safetensors")
+    out_path = os.path.join(work, name + ".out.safetensors")
+    fd_path = os.path.join(work, name + ".fd.safetensors")
+    rng = random.Random(args.seed)
+
+    run([args.moec, "compile", spec, "--batch", str(args.batch), "-o", model])
+    run([args.moec_run, "init", model, "-o", init])
+    write_f32_weights(weights, random_weights(rng, read_header(init)))
+    manifest = read_manifest(model)
+    entry = manifest.get("entries", {}).get("train_step")
+    if entry is None:
+        raise Fail(f"{model} has no train_step entry point "
+                   f"(entries: {', '.join(manifest.get('entries', {}))})")
+    noise_inputs = sorted(t["name"] for t in entry["inputs"]
+                          if t.get("role") == "normal_noise")
+
+    # A batch whose routing is decisive in float32.
+    for attempt in range(args.tries):
+        batch = make_batch(entry, manifest["classes"], rng)
+        write_tensors(batch_path, batch)
+        proc = run([args.reference, "loss", spec, weights, batch_path])
+        ref = json.loads(proc.stdout)
+        ignored = [ln for ln in proc.stderr.splitlines() if "is not read" in ln]
+        if ignored:
+            raise Fail("the artifact takes router noise that the reference "
+                       "semantics do not use:\n  " + "\n  ".join(ignored))
+        margin = ref["routing_margin"]
+        if margin is None or margin >= args.min_margin:
+            break
+    else:
+        raise Fail(f"no batch with routing margin >= {args.min_margin} in "
+                   f"{args.tries} tries (last {margin:.2e})")
+
+    for path in (out_path, fd_path):
+        if os.path.exists(path):
+            os.remove(path)  # no stale output can pass
+    call = [args.moec_run, "call", model, "--entry", "train_step", "--weights",
+            weights, "--inputs", batch_path, "-o", out_path]
+    if args.threads is not None:
+        call += ["--threads", str(args.threads)]
+    run(call)
+    got = read_tensors(out_path)
+    per_tensor = args.per_tensor
+    if per_tensor == "auto":
+        count = sum(math.prod(p["shape"]) for p in manifest["params"])
+        per_tensor = "all" if count <= args.auto_all else "32"
+    fd_summary = json.loads(run([args.reference, "fdgrad", spec, weights, batch_path,
+                                 fd_path, "--per-tensor", per_tensor,
+                                 "--seed", str(args.seed)]).stdout)
+    fd = read_tensors(fd_path)
+
+    problems = []
+
+    def scalar(key):
+        if key not in got:
+            problems.append(f"output '{key}' missing")
+            return math.nan
+        v = got[key][2]
+        if len(v) != 1:
+            problems.append(f"output '{key}' has shape {got[key][1]}, expected []")
+        return float(v[0])
+
+    # Losses.
+    loss_report = []
+    for key in ("loss", "ce_loss", "aux_loss"):
+        g, r = scalar(key), ref[key]
+        err = abs(g - r) / abs(r) if r != 0 else abs(g)
+        loss_report.append(f"{key} {g:.7g} vs {r:.7g} (rel {err:.1e})")
+        # aux_loss can be tiny next to the loss: hold it to the loss scale.
+        scale = abs(r) if key != "aux_loss" else max(abs(r), abs(ref["loss"]))
+        if not abs(g - r) <= args.loss_tol * scale:
+            problems.append(f"{key} {g!r} vs reference {r!r}")
+    correct = scalar("correct")
+    if correct != ref["correct"]:
+        problems.append(f"correct {correct} vs reference {ref['correct']}")
+    lr_used = scalar("lr_used")
+    if lr_used != 0.0:
+        problems.append(f"lr_used {lr_used} with lr = 0")
+
+    # Gradients.
+    params = [p["name"] for p in manifest["params"]]
+    grads = {}
+    for p in manifest["params"]:
+        key = "grad." + p["name"]
+        if key not in got:
+            problems.append(f"output '{key}' missing")
+            continue
+        if got[key][1] != p["shape"]:
+            problems.append(f"'{key}' has shape {got[key][1]}, parameter {p['shape']}")
+            continue
+        grads[p["name"]] = got[key][2]
+    total = norm([x for g in grads.values() for x in g])
+    gn = scalar("grad_norm")
+    if not abs(gn - total) <= 1e-4 * max(total, 1e-30):
+        problems.append(f"grad_norm {gn!r}, but the gradients' norm is {total!r}")
+    extra = sorted(k for k in got if k.startswith("grad.") and k[5:] not in params)
+    if extra:
+        problems.append(f"gradients of unknown parameters: {', '.join(extra)}")
+
+    sampled = {}
+    for p in params:
+        if p not in grads:
+            continue
+        if f"fd.{p}.index" not in fd:
+            problems.append(f"the reference has no parameter '{p}'")
+            continue
+        idx = fd[f"fd.{p}.index"][2]
+        val = fd[f"fd.{p}.value"][2]
+        flag = fd[f"fd.{p}.flag"][2]
+        keep = [j for j in range(len(idx)) if flag[j] == 0]
+        sampled[p] = ([grads[p][idx[j]] for j in keep], [val[j] for j in keep])
+    floor = 1e-3 * max((norm(f) for _, f in sampled.values()), default=0.0)
+    worst, worst_name, floored = 0.0, "", []
+    for p, (g, f) in sampled.items():
+        if not all(math.isfinite(x) for x in g):
+            problems.append(f"grad.{p}: non-finite values")
+            continue
+        denom = norm(f)
+        if denom < floor:
+            denom = floor
+            floored.append(p)
+        err = norm([a - b for a, b in zip(g, f)]) / denom if denom > 0 else 0.0
+        if args.verbose:
+            print(f"    grad.{p}: rel err {err:.2e} (|fd| {norm(f):.3e}, "
+                  f"{len(f)} entries{', floored' if p in floored else ''})")
+        if err > worst:
+            worst, worst_name = err, p
+        if not err < args.grad_tol:
+            problems.append(f"grad.{p}: relative error {err:.2e} over {len(f)} "
+                            f"sampled entries (|fd| {norm(f):.3e})")
+
+    entries = sum(len(f) for _, f in sampled.values())
+    print(f"{'ok' if not problems else 'FAIL'}: {name}: " + "; ".join(loss_report) +
+          f"; max grad rel err {worst:.2e} ({worst_name}) over {entries} FD entries "
+          f"in {len(sampled)} tensors ({fd_summary['fd_flagged']} flagged); "
+          f"routing margin {margin if margin is None else f'{margin:.1e}'}"
+          + (f"; noise inputs: {', '.join(noise_inputs)}" if noise_inputs else ""))
+    for p in problems:
+        print(f"    {p}")
+    return not problems, worst
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("specs", nargs="+")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "build", "bin"))
+    ap.add_argument("--moec")
+    ap.add_argument("--moec-run")
+    ap.add_argument("--reference")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--per-tensor", default="auto",
+                    help="entries per tensor for the finite differences: K, "
+                    "'all', or 'auto' (all when the model has at most "
+                    "--auto-all parameters, else 32)")
+    ap.add_argument("--auto-all", type=int, default=20000)
+    ap.add_argument("--loss-tol", type=float, default=1e-5)
+    ap.add_argument("--grad-tol", type=float, default=1e-3)
+    ap.add_argument("--min-margin", type=float, default=1e-4)
+    ap.add_argument("--tries", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="passed to moec-run call (default: not passed)")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    args = ap.parse_args()
+    args.moec = args.moec or os.path.join(args.bin, "moec")
+    args.moec_run = args.moec_run or os.path.join(args.bin, "moec-run")
+    args.reference = args.reference or os.path.join(args.bin, "moec-reference")
+    if args.work is None:
+        import tempfile
+        args.work = tempfile.mkdtemp(prefix="moec-check-grads-")
+    os.makedirs(args.work, exist_ok=True)
+
+    failed, worst = [], 0.0
+    for spec in args.specs:
+        name = os.path.splitext(os.path.basename(spec))[0]
+        try:
+            ok, err = check_spec(spec, args)
+            worst = max(worst, err)
+        except Fail as e:
+            print(f"FAIL: {name}: {e}")
+            ok = False
+        if not ok:
+            failed.append(name)
+    print(f"{'PASS' if not failed else 'FAIL'}: {len(args.specs) - len(failed)}/"
+          f"{len(args.specs)} specs; worst gradient relative error {worst:.2e} "
+          f"(limit {args.grad_tol:g})" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -580,6 +580,19 @@ class ViMoETrain:
                                  f"expected {list(shape)}")
             self.params[name] = t.detach().to(dtype).clone().requires_grad_(
                 requires_grad)
+        # The smallest routing margin of the last call (gate units): the gap
+        # between the last chosen and the best unchosen candidate of every
+        # top-k / top-C / argmax decision (as moec-reference's
+        # routing_margin). A float32 run may route differently below ~1e-5.
+        self.margin = math.inf
+
+    def _note(self, g, k, dim):
+        g = g.detach()
+        if k <= 0 or k >= g.shape[dim]:
+            return
+        top = torch.topk(g, k + 1, dim=dim).values
+        gap = top.narrow(dim, k - 1, 1) - top.narrow(dim, k, 1)
+        self.margin = min(self.margin, float(gap.min()))
 
     # -- pieces -------------------------------------------------------------
 
@@ -622,6 +635,8 @@ class ViMoETrain:
         out["importance"] = _cv2(P.sum(dim=1))
         out["z_loss"] = (torch.logsumexp(L, dim=-1) ** 2).mean(dim=1)
         top1 = stable_rank(Gd.detach()) == 0  # argmax, ties: lower index
+        if self.s["moe"]["aux"]["balance"] > 0:
+            self._note(Gd, 1, -1)
         frac = top1.to(L.dtype).mean(dim=1)
         out["balance"] = J * J * (Gd.mean(dim=1) * frac).mean(dim=-1)
         if Ln is not None:
@@ -649,6 +664,7 @@ class ViMoETrain:
                     Q = Q * (target / Q.sum(dim=1, keepdim=True))
                     Q = Q / Q.sum(dim=2, keepdim=True)
             rank = stable_rank(Q)
+            self._note(Q, k, 2)
             C = capacity(k, S, m["cf_train"], E)
             R = (rank.unsqueeze(-1) == torch.arange(k)).to(torch.int64)
             cnt = R.sum(dim=1)
@@ -662,6 +678,7 @@ class ViMoETrain:
             L = (h @ p["moe.router.weight"]).view(B, S, E)
             G = torch.softmax(L, dim=-1)
             C = capacity(1, S, m["cf_train"], E)
+            self._note(G, C, 1)
             top = torch.sort(G.detach(), dim=1, descending=True, stable=True).indices[:, :C, :]
             keep = torch.zeros(B, S, E, dtype=torch.bool)
             keep.scatter_(1, top, True)
@@ -687,6 +704,7 @@ class ViMoETrain:
             L = mean @ p["moe.router.weight"]  # [B, E]
             G = torch.softmax(L, dim=-1)
             chosen = stable_rank(G.detach()) < k  # [B, E]
+            self._note(G, k, 1)
             keep = chosen.unsqueeze(1).expand(B, S, E).reshape(B * S, E)
             gate = G.unsqueeze(1).expand(B, S, E).reshape(B * S, E)
             y = self._routed(p, h, gate, keep)
@@ -705,6 +723,7 @@ class ViMoETrain:
         """(logits [B, K], {layer: {loss kind: value}}) in training mode."""
         s, P = self.s, params if params is not None else self.params
         noise = noise or {}
+        self.margin = math.inf
         B = images.shape[0]
         C, Pp, D, S, T = s["C"], s["P"], s["D"], s["S"], s["T"]
         gh, gw = s["H"] // Pp, s["W"] // Pp

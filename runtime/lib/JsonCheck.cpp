@@ -149,6 +149,38 @@ bool JsonCheck::getPositiveNumber(const json &obj, const std::string &pointer,
   return true;
 }
 
+bool JsonCheck::getNumber(const json &obj, const std::string &pointer,
+                          const char *key, double min, double max,
+                          double &out) {
+  const json *value = member(obj, pointer, key);
+  if (!value)
+    return false;
+  if (!value->is_number() || !std::isfinite(value->get<double>()) ||
+      value->get<double>() < min || value->get<double>() > max) {
+    std::string range =
+        max == std::numeric_limits<double>::max()
+            ? (min == 0 ? std::string("a non-negative number")
+                        : cat("a number >= ", min))
+            : cat("a number in [", min, ", ", max, "]");
+    return fail(jsonPointer(pointer, key),
+                cat("expected ", range, ", got ", value->dump()));
+  }
+  out = value->get<double>();
+  return true;
+}
+
+bool JsonCheck::getBool(const json &obj, const std::string &pointer,
+                        const char *key, bool &out) {
+  const json *value = member(obj, pointer, key);
+  if (!value)
+    return false;
+  if (!value->is_boolean())
+    return fail(jsonPointer(pointer, key),
+                cat("expected true or false, got ", value->dump()));
+  out = value->get<bool>();
+  return true;
+}
+
 bool JsonCheck::getShape(const json &obj, const std::string &pointer,
                          const char *key, std::vector<int64_t> &out) {
   const json *value = member(obj, pointer, key);

@@ -80,6 +80,12 @@ public:
   /// A finite number > 0.
   bool getPositiveNumber(const json &obj, const std::string &pointer,
                          const char *key, double &out);
+  /// A finite number >= `min` (and <= `max`).
+  bool getNumber(const json &obj, const std::string &pointer, const char *key,
+                 double min, double max, double &out);
+  /// true or false.
+  bool getBool(const json &obj, const std::string &pointer, const char *key,
+               bool &out);
   /// An array of positive integers whose product fits easily in int64.
   bool getShape(const json &obj, const std::string &pointer, const char *key,
                 std::vector<int64_t> &out);

@@ -13,6 +13,10 @@ namespace moec::rt {
 
 using ordered_json = nlohmann::ordered_json;
 
+const char *dtypeName(DType dtype) {
+  return dtype == DType::F32 ? "F32" : "I32";
+}
+
 const Tensor *SafeTensors::find(const std::string &name) const {
   for (const Tensor &t : tensors)
     if (t.name == name)
@@ -20,11 +24,12 @@ const Tensor *SafeTensors::find(const std::string &name) const {
   return nullptr;
 }
 
-Expected<SafeTensors> readSafeTensors(const std::string &path) {
+Expected<SafeTensors> readSafeTensors(const std::string &path,
+                                      TensorTypes types) {
   Expected<std::vector<uint8_t>> bytes = readFile(path);
   if (!bytes)
     return bytes.takeError();
-  return parseSafeTensors(bytes->data(), bytes->size(), path);
+  return parseSafeTensors(bytes->data(), bytes->size(), path, types);
 }
 
 /// Size in bytes of one element of a safetensors dtype, 0 if unknown.
@@ -40,7 +45,8 @@ static size_t dtypeSize(const std::string &dtype) {
 }
 
 Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
-                                       const std::string &path) {
+                                       const std::string &path,
+                                       TensorTypes types) {
   auto fail = [&](const auto &...args) {
     return makeError(ErrorCode::Weights, path, ": ", args...);
   };
@@ -96,10 +102,14 @@ Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
     std::string type = dtype->get<std::string>();
     if (dtypeSize(type) == 0)
       return fail(where, " has an unknown dtype '", type, "'");
-    if (type != "F32")
-      return fail(where, " has dtype ", type, "; only F32 is supported");
+    const bool allowI32 = types == TensorTypes::F32AndI32;
+    if (type != "F32" && !(allowI32 && type == "I32"))
+      return fail(where, " has dtype ", type,
+                  allowI32 ? "; only F32 and I32 are supported"
+                           : "; only F32 is supported");
     Tensor tensor;
     tensor.name = name;
+    tensor.dtype = type == "F32" ? DType::F32 : DType::I32;
     uint64_t elements = 1;
     for (const auto &dim : *shape) {
       if (!dim.is_number_unsigned())
@@ -117,11 +127,17 @@ Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
       return fail(where, " has data_offsets [", begin, ", ", end,
                   "] outside the data buffer (", bufferSize, " bytes)");
     if (end - begin != elements * 4)
-      return fail(where, " has ", end - begin, " bytes of data, but F32 ",
-                  formatShape(tensor.shape), " needs ", elements * 4);
-    tensor.data.resize(elements);
-    if (elements)
-      std::memcpy(tensor.data.data(), buffer + begin, elements * 4);
+      return fail(where, " has ", end - begin, " bytes of data, but ", type,
+                  " ", formatShape(tensor.shape), " needs ", elements * 4);
+    if (tensor.dtype == DType::F32) {
+      tensor.data.resize(elements);
+      if (elements)
+        std::memcpy(tensor.data.data(), buffer + begin, elements * 4);
+    } else {
+      tensor.ints.resize(elements);
+      if (elements)
+        std::memcpy(tensor.ints.data(), buffer + begin, elements * 4);
+    }
     ranges.push_back({begin, end, result.tensors.size()});
     result.tensors.push_back(std::move(tensor));
   }
@@ -158,7 +174,7 @@ Error writeSafeTensors(const std::string &path,
       return makeError(ErrorCode::Argument, path, ": duplicate tensor name '",
                        t.name, "'");
     uint64_t bytes = static_cast<uint64_t>(numElements(t.shape)) * 4;
-    header[t.name] = {{"dtype", "F32"},
+    header[t.name] = {{"dtype", dtypeName(t.dtype)},
                       {"shape", t.shape},
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
@@ -176,8 +192,8 @@ Error writeSafeTensors(const std::string &path,
   if (Error e = file->write(text.data(), text.size()))
     return e;
   for (const TensorRef &t : tensors)
-    if (Error e =
-            file->write(t.data, static_cast<size_t>(numElements(t.shape)) * 4))
+    if (Error e = file->write(t.bytes(),
+                              static_cast<size_t>(numElements(t.shape)) * 4))
       return e;
   return file->commit();
 }

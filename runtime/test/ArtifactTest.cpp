@@ -334,3 +334,322 @@ TEST(Artifact, TargetCpuFeatures) {
             std::string::npos)
       << bad.error().message();
 }
+
+//===----------------------------------------------------------------------===//
+// Artifact 1.1: state, optimizer, train, i32 tensors, roles, train_step and
+// eval signatures (docs/training-abi.md)
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+std::string trainManifestError(const std::function<void(json &)> &edit) {
+  json manifest = trainManifest();
+  edit(manifest);
+  Expected<std::shared_ptr<const Artifact>> a =
+      Artifact::fromBytes(trainArtifact(manifest), "model.moec");
+  EXPECT_FALSE(a) << "the edited manifest was accepted";
+  return a ? std::string() : a.error().message();
+}
+
+json &trainInput(json &j, size_t i) {
+  return j["entries"]["train_step"]["inputs"][i];
+}
+json &trainOutput(json &j, size_t i) {
+  return j["entries"]["train_step"]["outputs"][i];
+}
+
+TEST(Artifact, LoadsTrainingFields) {
+  Expected<std::shared_ptr<const Artifact>> loaded =
+      Artifact::fromBytes(trainArtifact(), "train.moec");
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  const Artifact &a = **loaded;
+  EXPECT_EQ(a.versionMinor(), 1u);
+  const Manifest &m = a.manifest();
+  ASSERT_EQ(m.state.size(), 2u);
+  EXPECT_EQ(m.state[0].name, "optimizer.momentum.w");
+  EXPECT_EQ(m.state[0].offset, 128u);
+  EXPECT_EQ(m.state[0].init, InitKind::Zeros);
+  EXPECT_EQ(m.state[1].shape, (std::vector<int64_t>{1}));
+  ASSERT_TRUE(m.optimizer);
+  EXPECT_EQ(m.optimizer->kind, "sgd");
+  EXPECT_DOUBLE_EQ(m.optimizer->lr, 0.001);
+  EXPECT_DOUBLE_EQ(m.optimizer->momentum, 0.9);
+  EXPECT_DOUBLE_EQ(m.optimizer->beta1, 0); // absent
+  ASSERT_TRUE(m.train);
+  EXPECT_EQ(m.train->batch, 4);
+  EXPECT_EQ(m.train->epochs, 3);
+  EXPECT_DOUBLE_EQ(m.train->warmupEpochs, 1);
+  EXPECT_EQ(m.train->schedule, "cosine");
+  EXPECT_EQ(m.train->cropPadding, 1);
+  EXPECT_TRUE(m.train->horizontalFlip);
+  const EntrySpec *train = m.entry("train_step");
+  ASSERT_TRUE(train);
+  ASSERT_TRUE(train->input("labels"));
+  EXPECT_EQ(train->input("labels")->dtype, "i32");
+  EXPECT_EQ(train->input("noise.blocks.0")->role, "normal_noise");
+  EXPECT_EQ(train->input("lr")->shape, std::vector<int64_t>{});
+  EXPECT_EQ(train->output("grad.w")->role, "gradient");
+  EXPECT_EQ(train->output("loss")->role, "");
+  EXPECT_FALSE(train->output("nope"));
+  EXPECT_EQ(m.entry("eval")->output("routing.blocks.0")->role,
+            "routing_counts");
+  EXPECT_FALSE(m.entry("backward"));
+  EXPECT_EQ(a.plan().entries.at("train_step").size(), 2u);
+
+  // A 1.0 manifest has none of it.
+  Expected<std::shared_ptr<const Artifact>> tiny =
+      Artifact::fromBytes(tinyArtifact(), "tiny.moec");
+  ASSERT_TRUE(tiny) << tiny.error().message();
+  EXPECT_TRUE((*tiny)->manifest().state.empty());
+  EXPECT_FALSE((*tiny)->manifest().optimizer);
+  EXPECT_FALSE((*tiny)->manifest().train);
+
+  // Unknown fields are ignored; optional ones may be left out.
+  json manifest = trainManifest();
+  manifest["train"]["future"] = {1, 2};
+  manifest["optimizer"]["schedule_details"] = "x";
+  trainInput(manifest, 0)["layout"] = "nchw";
+  manifest["train"].erase("augment");
+  manifest["train"].erase("seed");
+  manifest["optimizer"].erase("grad_clip");
+  Expected<std::shared_ptr<const Artifact>> lenient =
+      Artifact::fromBytes(trainArtifact(manifest), "train.moec");
+  ASSERT_TRUE(lenient) << lenient.error().message();
+  EXPECT_EQ((*lenient)->manifest().train->cropPadding, 0);
+  EXPECT_FALSE((*lenient)->manifest().train->horizontalFlip);
+
+  // A model may have eval without train_step, and no state at all.
+  manifest = trainManifest();
+  manifest.erase("state");
+  manifest.erase("optimizer");
+  manifest.erase("train");
+  manifest["entries"].erase("train_step");
+  json plan = trainPlan();
+  plan["entries"].erase("train_step");
+  Expected<std::shared_ptr<const Artifact>> evalOnly =
+      Artifact::fromBytes(trainArtifact(manifest, plan), "eval.moec");
+  ASSERT_TRUE(evalOnly) << evalOnly.error().message();
+}
+
+TEST(Artifact, StateSchemaErrors) {
+  const std::string m = "model.moec: manifest: ";
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["state"] = json::array({1}); }),
+      m + "/state/0: expected an object");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"] = 3; }),
+            m + "/state: expected an array");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][0]["offset"] = 100; }),
+            m + "/state/0/offset: must be a multiple of 64, got 100");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][1]["offset"] = 256; }),
+            m + "/state/1: state tensor 'optimizer.momentum.b' (offset 256, 4 "
+                "bytes) does not fit in param_bytes (256)");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][1]["offset"] = 64; }),
+            m + "/state/1: state tensor 'optimizer.momentum.b' overlaps "
+                "parameter 'b'");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][1]["offset"] = 0; }),
+            m + "/state/1: state tensor 'optimizer.momentum.b' overlaps "
+                "parameter 'w'");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][1]["offset"] = 128; }),
+            m + "/state/1: state tensor 'optimizer.momentum.b' overlaps "
+                "state tensor 'optimizer.momentum.w'");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][0]["init"] = "ones"; }),
+            m + "/state/0/init: unknown state init 'ones' (expected one of: "
+                "zeros)");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][0].erase("init"); }),
+            m + "/state/0/init: required field is missing");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][0]["dtype"] = "i32"; }),
+            m + "/state/0/dtype: unsupported dtype 'i32' (expected f32)");
+  EXPECT_EQ(trainManifestError([](json &j) { j["state"][0]["name"] = "m.w"; }),
+            m + "/state/0/name: state tensor 'm.w' is not named "
+                "optimizer.<slot>.<param>");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["state"][0]["name"] = "optimizer.w"; }),
+      m + "/state/0/name: state tensor 'optimizer.w' is not named "
+          "optimizer.<slot>.<param>");
+  EXPECT_EQ(trainManifestError(
+                [](json &j) { j["state"][0]["name"] = "optimizer.m.head"; }),
+            m + "/state/0/name: state tensor 'optimizer.m.head' names no "
+                "parameter ('head' is not a parameter)");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["state"][1]["name"] = "optimizer.momentum.w";
+            }),
+            m + "/state/1/name: duplicate state tensor "
+                "'optimizer.momentum.w'");
+}
+
+TEST(Artifact, OptimizerAndTrainSchemaErrors) {
+  const std::string m = "model.moec: manifest: ";
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"].erase("lr"); }),
+            m + "/optimizer/lr: required field is missing");
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["lr"] = 0; }),
+            m + "/optimizer/lr: expected a positive number, got 0");
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["kind"] = ""; }),
+            m + "/optimizer/kind: expected a non-empty string");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["optimizer"]["momentum"] = -0.5; }),
+      m + "/optimizer/momentum: expected a non-negative number, got -0.5");
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["eps"] = "1"; }),
+            m + "/optimizer/eps: expected a non-negative number, got \"1\"");
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"] = 1; }),
+            m + "/optimizer: expected an object");
+  EXPECT_EQ(trainManifestError([](json &j) { j["train"]["batch"] = 8; }),
+            m + "/train/batch: is 8, but /batch is 4 (the artifact's batch "
+                "is the train batch)");
+  EXPECT_EQ(trainManifestError([](json &j) { j["train"].erase("epochs"); }),
+            m + "/train/epochs: required field is missing");
+  EXPECT_EQ(trainManifestError([](json &j) { j["train"]["epochs"] = 0; }),
+            m + "/train/epochs: expected a positive integer, got 0");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["train"]["warmup_epochs"] = -1; }),
+      m + "/train/warmup_epochs: expected a non-negative number, got -1");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["train"]["label_smoothing"] = 1.5; }),
+      m + "/train/label_smoothing: expected a number in [0, 1], got 1.5");
+  EXPECT_EQ(trainManifestError([](json &j) { j["train"]["seed"] = -3; }),
+            m + "/train/seed: expected a non-negative integer, got -3");
+  EXPECT_EQ(trainManifestError(
+                [](json &j) { j["train"]["augment"]["crop_padding"] = 1.5; }),
+            m + "/train/augment/crop_padding: expected a non-negative "
+                "integer, got 1.5");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["train"]["augment"]["horizontal_flip"] = 1;
+            }),
+            m + "/train/augment/horizontal_flip: expected true or false, got "
+                "1");
+  EXPECT_EQ(trainManifestError([](json &j) { j.erase("train"); }),
+            m + "/train: required when the model has a train_step entry "
+                "point");
+  EXPECT_EQ(trainManifestError([](json &j) { j.erase("optimizer"); }),
+            m + "/optimizer: required when the model has a train_step entry "
+                "point");
+}
+
+TEST(Artifact, TrainStepSignatureErrors) {
+  const std::string m = "model.moec: manifest: ";
+  const std::string at = m + "/entries/train_step/";
+  EXPECT_EQ(trainManifestError([](json &j) { trainInput(j, 1)["dtype"] = "u8"; }),
+            at + "inputs/1/dtype: unsupported dtype 'u8' (expected f32 or "
+                 "i32)");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainInput(j, 1)["dtype"] = "f32"; }),
+      at + "inputs/1/dtype: 'labels' must be i32, got f32");
+  EXPECT_EQ(trainManifestError([](json &j) { trainInput(j, 1)["shape"] = {3}; }),
+            at + "inputs/1/shape: is [3], but [batch] is [4]");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              trainInput(j, 0)["shape"] = {4, 1, 4, 3};
+            }),
+            at + "inputs/0/shape: is [4, 1, 4, 3], but [batch, channels, "
+                 "height, width] is [4, 1, 4, 4]");
+  EXPECT_EQ(trainManifestError([](json &j) { trainInput(j, 5)["shape"] = {1}; }),
+            at + "inputs/5/shape: is [1], but a scalar is []");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["train_step"]["inputs"].erase(3);
+            }),
+            at + "inputs: missing input 'total_steps' (a scalar f32)");
+  EXPECT_EQ(trainManifestError([](json &j) { trainInput(j, 6).erase("role"); }),
+            at + "inputs/6: input 'noise.blocks.0' is neither one the runtime "
+                 "fills by name (images, labels, step, total_steps, "
+                 "warmup_steps, lr) nor of role normal_noise");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainInput(j, 6)["dtype"] = "i32"; }),
+      at + "inputs/6/dtype: role normal_noise needs f32, got i32");
+  EXPECT_EQ(trainManifestError([](json &j) { trainInput(j, 6)["role"] = 7; }),
+            at + "inputs/6/role: expected a non-empty string");
+  EXPECT_EQ(trainManifestError([](json &j) { trainInput(j, 6)["offset"] = 0; }),
+            at + "inputs/6: input 'noise.blocks.0' overlaps input 'images' "
+                 "in the arena");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainInput(j, 6)["name"] = "lr"; }),
+      at + "inputs/6/name: duplicate input 'lr'");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["train_step"]["outputs"].erase(4);
+            }),
+            at + "outputs: missing output 'grad_norm' (a scalar f32)");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["train_step"]["outputs"].erase(3);
+            }),
+            at + "outputs: missing output 'correct' (a scalar f32 or i32)");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainOutput(j, 5)["shape"] = {4}; }),
+      at + "outputs/5/shape: is [4], but a scalar is []");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainOutput(j, 7)["name"] = "grad.c"; }),
+      at + "outputs/7/name: gradient 'grad.c' is not named grad.<param> of a "
+           "parameter");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainOutput(j, 7)["name"] = "gb"; }),
+      at + "outputs/7/name: gradient 'gb' is not named grad.<param> of a "
+           "parameter");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainOutput(j, 7)["shape"] = {2}; }),
+      at + "outputs/7/shape: is [2], but parameter 'b' is [1]");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainOutput(j, 6)["dtype"] = "i32"; }),
+      at + "outputs/6/dtype: role gradient needs f32, got i32");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { trainOutput(j, 7)["offset"] = 400; }),
+      at + "outputs/7: output 'grad.b' overlaps output 'grad.w' in the arena");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              trainOutput(j, 7)["offset"] = 672;
+            }),
+            at + "outputs/7: tensor 'grad.b' (offset 672, 4 bytes) does not "
+                 "fit in the arena (arena_bytes 672)");
+  // The i32 dtype is for training entries; infer stays f32.
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["infer"]["inputs"][0]["dtype"] = "i32";
+            }),
+            m + "/entries/infer/inputs/0/dtype: the images must be f32, got "
+                "i32");
+}
+
+TEST(Artifact, EvalSignatureErrors) {
+  const std::string at = "model.moec: manifest: /entries/eval/";
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["eval"]["inputs"].erase(2);
+            }),
+            at + "inputs: missing input 'mask' ([batch] f32)");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["eval"]["inputs"].push_back(
+                  tensor("noise.blocks.0", {4, 1, 2}, "f32", 288,
+                         "normal_noise"));
+            }),
+            at + "inputs/3: input 'noise.blocks.0' is not one eval takes "
+                 "(images, labels, mask)");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["eval"]["inputs"][2]["dtype"] = "i32";
+            }),
+            at + "inputs/2/dtype: 'mask' must be f32, got i32");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["eval"]["outputs"].erase(0);
+            }),
+            at + "outputs: missing output 'loss_sum' (a scalar f32)");
+  EXPECT_EQ(trainManifestError([](json &j) {
+              j["entries"]["eval"]["outputs"][2]["shape"] = {2, 1};
+            }),
+            at + "outputs/2/shape: is [2, 1], but routing counts are "
+                 "[experts]");
+  // correct may be i32.
+  json manifest = trainManifest();
+  manifest["entries"]["eval"]["outputs"][1]["dtype"] = "i32";
+  EXPECT_TRUE(Artifact::fromBytes(trainArtifact(manifest), "m.moec"));
+}
+
+TEST(Artifact, TrainingPlanErrors) {
+  json plan = trainPlan();
+  plan["entries"].erase("eval");
+  Expected<std::shared_ptr<const Artifact>> a =
+      Artifact::fromBytes(trainArtifact(trainManifest(), plan), "model.moec");
+  ASSERT_FALSE(a);
+  EXPECT_EQ(a.error().message(),
+            "model.moec: plan: /entries/eval: the manifest's entry point "
+            "'eval' has no dispatches in the plan");
+  plan = trainPlan();
+  plan["entries"]["train_step"][1]["args"][9]["offset"] = 256;
+  a = Artifact::fromBytes(trainArtifact(trainManifest(), plan), "model.moec");
+  ASSERT_FALSE(a);
+  EXPECT_EQ(a.error().message(),
+            "model.moec: plan: /entries/train_step/1/args/9/offset: 256 is "
+            "outside the param (256 bytes)");
+}
+
+} // namespace

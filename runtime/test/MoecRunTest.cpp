@@ -19,10 +19,7 @@ using nlohmann::json;
 
 namespace {
 
-struct Result {
-  int rc;
-  std::string out, err;
-};
+using Result = CommandResult;
 
 class MoecRun : public ::testing::Test {
 protected:
@@ -35,17 +32,7 @@ protected:
   }
 
   /// Runs `moec-run ARGS` (ARGS is shell text).
-  Result run(const std::string &args) {
-    std::string out = dir / "stdout", err = dir / "stderr";
-    std::string command = std::string("'") + MOEC_RUN_PATH + "' " + args +
-                          " >'" + out + "' 2>'" + err + "' </dev/null";
-    int status = std::system(command.c_str());
-    auto text = [](const std::string &path) {
-      std::vector<uint8_t> bytes = readBytes(path);
-      return std::string(bytes.begin(), bytes.end());
-    };
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text(out), text(err)};
-  }
+  Result run(const std::string &args) { return runMoecRun(args, dir.path()); }
 
   /// An image-folder dataset of 4x4 gray PNGs: class "a" dark (sum < 0),
   /// "b" dark, "c" bright; with scale (1, 2, 3) and zero bias the model

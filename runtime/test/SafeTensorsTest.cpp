@@ -79,6 +79,55 @@ TEST(SafeTensors, RoundTrip) {
   EXPECT_EQ(files, 1);
 }
 
+// Entry point inputs and outputs (moec-run call) may be I32; weights stay
+// F32 unless the caller asks for I32.
+TEST(SafeTensors, I32Tensors) {
+  TempDir dir;
+  std::vector<int32_t> labels = {3, -1, 2147483647, 0};
+  std::vector<float> x = {0.5f, 1.5f};
+  std::string path = dir / "io.safetensors";
+  ASSERT_FALSE(writeSafeTensors(
+      path, {TensorRef("labels", {4}, labels.data()), {"x", {2}, x.data()}}));
+  std::vector<uint8_t> bytes = readBytes(path);
+  std::string text(bytes.begin(), bytes.end());
+  EXPECT_NE(text.find(R"("labels":{"dtype":"I32","shape":[4])"),
+            std::string::npos)
+      << text;
+
+  Expected<SafeTensors> read = readSafeTensors(path, TensorTypes::F32AndI32);
+  ASSERT_TRUE(read) << read.error().message();
+  const Tensor *t = read->find("labels");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->dtype, DType::I32);
+  EXPECT_EQ(t->ints, labels);
+  EXPECT_TRUE(t->data.empty());
+  EXPECT_EQ(read->find("x")->dtype, DType::F32);
+  EXPECT_EQ(read->find("x")->data, x);
+
+  Expected<SafeTensors> f32Only = readSafeTensors(path);
+  ASSERT_FALSE(f32Only);
+  EXPECT_EQ(f32Only.error().message(),
+            path + ": tensor 'labels' has dtype I32; only F32 is supported");
+
+  std::vector<uint8_t> f16 = rawSafeTensors(
+      R"({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}})",
+      {1});
+  Expected<SafeTensors> both = parseSafeTensors(
+      f16.data(), f16.size(), "io.safetensors", TensorTypes::F32AndI32);
+  ASSERT_FALSE(both);
+  EXPECT_EQ(both.error().message(), "io.safetensors: tensor 'a' has dtype "
+                                    "F16; only F32 and I32 are supported");
+  std::vector<uint8_t> shortI32 = rawSafeTensors(
+      R"({"a": {"dtype": "I32", "shape": [2], "data_offsets": [0, 4]}})",
+      {1});
+  Expected<SafeTensors> bad = parseSafeTensors(
+      shortI32.data(), shortI32.size(), "io.safetensors",
+      TensorTypes::F32AndI32);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message(), "io.safetensors: tensor 'a' has 4 bytes of "
+                                   "data, but I32 [2] needs 8");
+}
+
 TEST(SafeTensors, ScalarAndEmptyTensors) {
   TempDir dir;
   float x = 7;

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sys/wait.h>
 #include <iterator>
 #include <string>
 #include <utility>
@@ -234,6 +235,223 @@ inline std::vector<float> tinyImages(int64_t n) {
   for (size_t i = 0; i < images.size(); ++i)
     images[i] = float(int(i * 37 % 23) - 11) / 8.0f;
   return images;
+}
+
+// The trainable model (TestKernels.c, "The trainable model"): 1x4x4
+// images, 10 classes (a fashion-mnist artifact, so that tiny IDX files make
+// its dataset), batch 4, parameters w [16] and b [1], SGD momentum state.
+constexpr int64_t kTrainClasses = 10;
+
+inline nlohmann::json tensor(const char *name, std::vector<int64_t> shape,
+                             const char *dtype, int64_t offset,
+                             const char *role = nullptr) {
+  nlohmann::json t = {{"name", name},
+                      {"shape", shape},
+                      {"dtype", dtype},
+                      {"offset", offset}};
+  if (role)
+    t["role"] = role;
+  return t;
+}
+
+inline nlohmann::json trainManifest() {
+  using nlohmann::json;
+  return json{
+      {"model", "tinytrain"},
+      {"target", "cpu"},
+      {"compiler", "moec-test"},
+      {"batch", kBatch},
+      {"input", {{"channels", 1}, {"height", 4}, {"width", 4}}},
+      {"classes", kTrainClasses},
+      {"dataset", {{"kind", "fashion-mnist"}, {"path", ""}}},
+      {"param_bytes", 256},
+      {"param_count", 17},
+      {"active_params_per_image", 17},
+      {"arena_bytes", 672},
+      {"params", json::array({{{"name", "w"},
+                               {"shape", {16}},
+                               {"dtype", "f32"},
+                               {"offset", 0},
+                               {"init", "normal"},
+                               {"std", 0.1}},
+                              {{"name", "b"},
+                               {"shape", {1}},
+                               {"dtype", "f32"},
+                               {"offset", 64},
+                               {"init", "zeros"}}})},
+      {"state", json::array({{{"name", "optimizer.momentum.w"},
+                              {"shape", {16}},
+                              {"dtype", "f32"},
+                              {"offset", 128},
+                              {"init", "zeros"}},
+                             {{"name", "optimizer.momentum.b"},
+                              {"shape", {1}},
+                              {"dtype", "f32"},
+                              {"offset", 192},
+                              {"init", "zeros"}}})},
+      {"optimizer",
+       {{"kind", "sgd"},
+        {"lr", 0.001},
+        {"weight_decay", 0.0},
+        {"momentum", 0.9},
+        {"grad_clip", 0.0}}},
+      {"train",
+       {{"batch", kBatch},
+        {"epochs", 3},
+        {"warmup_epochs", 1},
+        {"label_smoothing", 0.0},
+        {"seed", 0},
+        {"schedule", "cosine"},
+        {"augment", {{"crop_padding", 1}, {"horizontal_flip", true}}}}},
+      {"entries",
+       {{"infer",
+         {{"inputs", json::array({tensor("images", {kBatch, 1, 4, 4}, "f32",
+                                         0)})},
+          {"outputs", json::array({tensor("logits", {kBatch, kTrainClasses},
+                                          "f32", 512)})},
+          {"flops", kBatch * 40},
+          {"flops_per_image", 40}}},
+        {"train_step",
+         {{"inputs",
+           json::array({tensor("images", {kBatch, 1, 4, 4}, "f32", 0),
+                        tensor("labels", {kBatch}, "i32", 256),
+                        tensor("step", {}, "f32", 272),
+                        tensor("total_steps", {}, "f32", 276),
+                        tensor("warmup_steps", {}, "f32", 280),
+                        tensor("lr", {}, "f32", 284),
+                        tensor("noise.blocks.0", {kBatch, 1, 2}, "f32", 288,
+                               "normal_noise")})},
+          {"outputs", json::array({tensor("loss", {}, "f32", 336),
+                                   tensor("ce_loss", {}, "f32", 340),
+                                   tensor("aux_loss", {}, "f32", 344),
+                                   tensor("correct", {}, "f32", 348),
+                                   tensor("grad_norm", {}, "f32", 352),
+                                   tensor("lr_used", {}, "f32", 356),
+                                   tensor("grad.w", {16}, "f32", 384,
+                                          "gradient"),
+                                   tensor("grad.b", {1}, "f32", 448,
+                                          "gradient")})},
+          {"flops", kBatch * 120},
+          {"flops_per_image", 120}}},
+        {"eval",
+         {{"inputs",
+           json::array({tensor("images", {kBatch, 1, 4, 4}, "f32", 0),
+                        tensor("labels", {kBatch}, "i32", 256),
+                        tensor("mask", {kBatch}, "f32", 464)})},
+          {"outputs",
+           json::array({tensor("loss_sum", {}, "f32", 480),
+                        tensor("correct", {}, "f32", 484),
+                        tensor("routing.blocks.0", {2}, "f32", 488,
+                               "routing_counts")})},
+          {"flops", kBatch * 40},
+          {"flops_per_image", 40}}}}},
+      {"spec", {{"name", "tinytrain"}}}};
+}
+
+inline nlohmann::json trainPlan() {
+  using nlohmann::json;
+  auto dispatch = [](const char *kernel, const char *name, bool images,
+                     json args) {
+    return json{{"kernel", kernel},
+                {"op", std::string("test.") + name},
+                {"name", name},
+                {"parallel", images ? "images" : "fixed"},
+                {"tiles", images ? kBatch : 1},
+                {"args", std::move(args)}};
+  };
+  json train = json::array(
+      {dispatch("moec_t0", "score", true,
+                {arg("arena", 0), arg("param", 0), arg("param", 64),
+                 arg("arena", 288), arg("arena", 320)}),
+       dispatch("moec_t1", "update", false,
+                {arg("arena", 320), arg("arena", 256), arg("arena", 0),
+                 arg("arena", 272), arg("arena", 276), arg("arena", 280),
+                 arg("arena", 284), arg("param", 0), arg("param", 64),
+                 arg("param", 128), arg("param", 192), arg("arena", 336),
+                 arg("arena", 340), arg("arena", 344), arg("arena", 348),
+                 arg("arena", 352), arg("arena", 356), arg("arena", 384),
+                 arg("arena", 448)})});
+  json eval = json::array(
+      {dispatch("moec_e0", "score", true,
+                {arg("arena", 0), arg("param", 0), arg("param", 64),
+                 arg("arena", 320)}),
+       dispatch("moec_e1", "eval", false,
+                {arg("arena", 320), arg("arena", 256), arg("arena", 464),
+                 arg("arena", 480), arg("arena", 484), arg("arena", 488)})});
+  json infer = json::array({dispatch("moec_i0", "logits", true,
+                                     {arg("arena", 0), arg("param", 0),
+                                      arg("param", 64), arg("arena", 512)})});
+  return json{{"entries",
+               {{"infer", infer}, {"train_step", train}, {"eval", eval}}}};
+}
+
+/// The trainable model's artifact (version 1.1).
+inline std::vector<uint8_t>
+trainArtifact(const nlohmann::json &manifest = trainManifest(),
+              const nlohmann::json &plan = trainPlan()) {
+  ArtifactBuilder builder;
+  builder.versionMinor = 1;
+  builder.add("manifest", manifest.dump());
+  builder.add("plan", plan.dump());
+  builder.add("kernels", kernelLibrary());
+  return builder.build();
+}
+
+/// Big-endian IDX files of 4x4 images: DIR/{prefix}-images-idx3-ubyte and
+/// DIR/{prefix}-labels-idx1-ubyte (prefix "train" or "t10k").
+inline void writeIdx(const std::string &dir, const std::string &prefix,
+                     const std::vector<uint8_t> &pixels,
+                     const std::vector<uint8_t> &labels) {
+  auto be32 = [](std::vector<uint8_t> &out, uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+      out.push_back(uint8_t(v >> shift));
+  };
+  std::vector<uint8_t> images, labelBytes;
+  be32(images, 2051);
+  be32(images, uint32_t(labels.size()));
+  be32(images, 4);
+  be32(images, 4);
+  images.insert(images.end(), pixels.begin(), pixels.end());
+  be32(labelBytes, 2049);
+  be32(labelBytes, uint32_t(labels.size()));
+  labelBytes.insert(labelBytes.end(), labels.begin(), labels.end());
+  writeBytes(dir + "/" + prefix + "-images-idx3-ubyte", images);
+  writeBytes(dir + "/" + prefix + "-labels-idx1-ubyte", labelBytes);
+}
+
+/// `n` 4x4 images whose brightness follows the label, labels cycling
+/// through `labels`.
+inline void makeIdxSplit(const std::string &dir, const std::string &prefix,
+                         int n, const std::vector<uint8_t> &labels) {
+  std::vector<uint8_t> pixels, ys;
+  for (int i = 0; i < n; ++i) {
+    uint8_t y = labels[size_t(i) % labels.size()];
+    ys.push_back(y);
+    for (int p = 0; p < 16; ++p)
+      pixels.push_back(uint8_t((y * 25 + p * 3 + i * 7) % 256));
+  }
+  writeIdx(dir, prefix, pixels, ys);
+}
+
+/// The result of running a command.
+struct CommandResult {
+  int rc;
+  std::string out, err;
+};
+
+/// Runs `moec-run ARGS` (ARGS is shell text), capturing stdout and stderr
+/// in files under `scratch`.
+inline CommandResult runMoecRun(const std::string &args,
+                                const std::string &scratch) {
+  std::string out = scratch + "/stdout", err = scratch + "/stderr";
+  std::string command = std::string("'") + MOEC_RUN_PATH + "' " + args +
+                        " >'" + out + "' 2>'" + err + "' </dev/null";
+  int status = std::system(command.c_str());
+  auto text = [](const std::string &path) {
+    std::vector<uint8_t> bytes = readBytes(path);
+    return std::string(bytes.begin(), bytes.end());
+  };
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text(out), text(err)};
 }
 
 } // namespace moec::rt::test

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,13 +27,28 @@ int64_t numElements(const std::vector<int64_t> &shape);
 /// "[64, 4]".
 std::string formatShape(const std::vector<int64_t> &shape);
 
-/// An entry point's input or output: a f32 tensor in the arena.
+/// An entry point's input or output: a f32 or i32 tensor in the arena.
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
-  std::string dtype;   ///< "f32"
+  std::string dtype;   ///< "f32" or "i32" (both 4 bytes per element)
   uint64_t offset = 0; ///< bytes from the arena's start
+  /// What the runtime does with it (docs/training-abi.md): "normal_noise",
+  /// "gradient", "routing_counts"; empty when the manifest gives none.
+  std::string role;
+  int64_t count() const { return numElements(shape); }
+  uint64_t bytes() const { return static_cast<uint64_t>(count()) * 4; }
 };
+
+/// Entry point names.
+constexpr const char *kEntryInfer = "infer";
+constexpr const char *kEntryTrainStep = "train_step";
+constexpr const char *kEntryEval = "eval";
+
+/// Tensor roles of docs/training-abi.md.
+constexpr const char *kRoleNormalNoise = "normal_noise";
+constexpr const char *kRoleGradient = "gradient";
+constexpr const char *kRoleRoutingCounts = "routing_counts";
 
 enum class InitKind { Zeros, Ones, Normal, TruncNormal };
 /// "zeros", "ones", "normal", "trunc_normal".
@@ -54,6 +70,31 @@ struct EntrySpec {
   std::vector<TensorSpec> outputs;
   int64_t flops = 0; ///< per full batch
   int64_t flopsPerImage = 0;
+
+  /// The input / output named `name`, or nullptr.
+  const TensorSpec *input(const std::string &name) const;
+  const TensorSpec *output(const std::string &name) const;
+};
+
+/// The manifest's "optimizer" object (artifact 1.1): the spec's settings,
+/// for display and as defaults of `moec-run train`. Absent fields are 0.
+struct OptimizerSpec {
+  std::string kind; ///< "adamw", "sgd", ...
+  double lr = 0;
+  double weightDecay = 0, beta1 = 0, beta2 = 0, eps = 0, momentum = 0,
+         gradClip = 0;
+};
+
+/// The manifest's "train" object (artifact 1.1).
+struct TrainSpec {
+  int64_t batch = 0; ///< equals Manifest::batch
+  int64_t epochs = 0;
+  double warmupEpochs = 0;
+  double labelSmoothing = 0;
+  uint64_t seed = 0;
+  std::string schedule; ///< "cosine", "constant", ... ("" if absent)
+  int64_t cropPadding = 0;
+  bool horizontalFlip = false;
 };
 
 /// The "manifest" section.
@@ -75,6 +116,12 @@ struct Manifest {
   int64_t activeParamsPerImage = 0;
   uint64_t arenaBytes = 0;
   std::vector<ParamSpec> params;
+  /// Persistent non-parameter tensors (optimizer slots, named
+  /// optimizer.<slot>.<param>) in the parameter block; init is always
+  /// zeros. Empty before artifact 1.1.
+  std::vector<ParamSpec> state;
+  std::optional<OptimizerSpec> optimizer;
+  std::optional<TrainSpec> train;
   std::map<std::string, EntrySpec> entries;
   std::string spec; ///< the model spec, as compact JSON ("" if absent)
 
@@ -82,6 +129,11 @@ struct Manifest {
   int64_t imageSize() const { return channels * height * width; }
   /// The "infer" entry point (always present in a loaded artifact).
   const EntrySpec &infer() const { return entries.at("infer"); }
+  /// The entry point `name`, or nullptr.
+  const EntrySpec *entry(const std::string &name) const {
+    auto it = entries.find(name);
+    return it == entries.end() ? nullptr : &it->second;
+  }
 };
 
 /// A kernel buffer argument: a base pointer into the arena or the

@@ -557,10 +557,16 @@ LogicalResult PatchEmbedOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   //                                      * dy[n, hi wp + wi, d]
   // loops (d, c, pi, pj, n, hi, wi): split over the embedding columns.
   auto d = [&](unsigned i) { return tb.d(i); };
+  // dy as [N, hp, wp, D] first, so every loop dimension has an operand
+  // dimension of its own.
+  int64_t hp = img[2] / p;
+  Value dy4 = tb.pointwise({dys[0]}, {img[0], hp, wp, dm},
+                           {tb.map(4, {d(0), d(1) * wp + d(2), d(3)})},
+                           [](OpBuilder &, Location, ValueRange a) { return a[0]; });
   Value dw4 = tb.generic(
-      {getInput(), dys[0]},
+      {getInput(), dy4},
       {tb.map(7, {d(4), d(1), d(5) * p + d(2), d(6) * p + d(3)}),
-       tb.map(7, {d(4), d(5) * wp + d(6), d(0)})},
+       tb.dims(7, {4, 5, 6, 0})},
       tb.zeros({c, p, p, dm}), tb.map(7, {d(1), d(2), d(3), d(0)}),
       {kPar, kPar, kPar, kPar, kRed, kRed, kRed},
       [](OpBuilder &nb, Location nl, ValueRange a) {

@@ -417,6 +417,21 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
     func::ReturnOp::create(
         b, rootLoc,
         ValueRange{loss, ce, auxTotal, metrics.getCorrect(), logits});
+    // The optimizer moe-autodiff builds into train_step.
+    const spec::OptimizerSpec &opt = spec.train.optimizer;
+    const spec::ScheduleSpec &sched = spec.train.schedule;
+    NamedAttrList o;
+    o.append("kind", b.getStringAttr(spec::toString(opt.kind)));
+    o.append("lr", b.getF64FloatAttr(opt.lr));
+    o.append("weight_decay", b.getF64FloatAttr(opt.weightDecay));
+    o.append("beta1", b.getF64FloatAttr(opt.beta1));
+    o.append("beta2", b.getF64FloatAttr(opt.beta2));
+    o.append("eps", b.getF64FloatAttr(opt.eps));
+    o.append("momentum", b.getF64FloatAttr(opt.momentum));
+    o.append("grad_clip", b.getF64FloatAttr(opt.gradClip));
+    o.append("schedule", b.getStringAttr(spec::toString(sched.kind)));
+    o.append("min_lr_ratio", b.getF64FloatAttr(sched.minLrRatio));
+    fn->setAttr("moe.optimizer", o.getDictionary(b.getContext()));
     const char *names[] = {"loss", "ce_loss", "aux_loss", "correct", "logits"};
     for (unsigned i = 0; i < 5; ++i)
       fn.setResultAttr(i, "moe.name", b.getStringAttr(names[i]));

@@ -50,6 +50,43 @@ def AnnotateCostsPass : Pass<"moe-annotate-costs", "mlir::ModuleOp"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Training
+//===----------------------------------------------------------------------===//
+
+def AutodiffPass : Pass<"moe-autodiff", "mlir::ModuleOp"> {
+  let summary = "Builds a train_step entry (forward, backward, optimizer) from train_forward.";
+  let description = [{
+    Clones `forward` (results `(loss, ce_loss, aux_loss, correct, ...)`) into
+    `entry` and appends:
+
+    * a reverse sweep from the loss: every op on the path asks its
+      `DifferentiableOpInterface` for the VJP, cotangents of values used
+      twice are summed, parameter gradients are gathered per parameter name;
+    * the global gradient norm, the learning rate of this step (linear
+      warm-up, then cosine decay to `min_lr_ratio`, or constant) and the
+      clipping factor `min(1, grad_clip / (norm + 1e-6))`;
+    * one update per parameter (AdamW with decoupled weight decay, or SGD
+      with momentum, as the forward function's `moe.optimizer` dictionary
+      says), whose outputs are the parameter and its optimizer state
+      (`moe.param "optimizer.<slot>.<name>"` marked `moe.state`): the
+      kernels write them in place.
+
+    New inputs: `step`, `total_steps`, `warmup_steps`, `lr` (0-d f32). Results:
+    `loss, ce_loss, aux_loss, correct, grad_norm, lr_used` and one
+    `grad.<param>` per parameter (role `gradient`). Weight decay skips
+    rank-1 parameters, `cls_token` and `pos_embed`.
+  }];
+  let options = [
+    Option<"forward", "forward", "std::string", /*default=*/"\"train_forward\"",
+           "The forward function (loss first)">,
+    Option<"entry", "entry", "std::string", /*default=*/"\"train_step\"",
+           "Name of the function to build">,
+  ];
+  let dependentDialects = ["mlir::linalg::LinalgDialect", "mlir::arith::ArithDialect",
+                           "mlir::math::MathDialect", "mlir::tensor::TensorDialect"];
+}
+
+//===----------------------------------------------------------------------===//
 // CPU lowering
 //===----------------------------------------------------------------------===//
 

@@ -7,6 +7,7 @@
 #include "moec/Runtime/Weights.h"
 
 #include <cstring>
+#include <map>
 #include <set>
 
 namespace moec::rt {
@@ -47,16 +48,23 @@ Session::create(std::shared_ptr<const Artifact> artifact,
   // A model without parameters needs no weights.
   session->hasWeights_ = m.params.empty();
 
-  for (const Dispatch &d : artifact->plan().entries.at("infer")) {
-    std::vector<void *> args;
-    for (const BufferArg &arg : d.args) {
-      char *base = static_cast<char *>(arg.space == BufferArg::Space::Arena
-                                           ? session->arena_
-                                           : session->params_);
-      args.push_back(base + arg.offset);
+  for (const auto &[name, dispatches] : artifact->plan().entries) {
+    std::vector<std::vector<void *>> &entryArgs = session->entryArgs_[name];
+    for (const Dispatch &d : dispatches) {
+      std::vector<void *> args;
+      for (const BufferArg &arg : d.args) {
+        char *base = static_cast<char *>(arg.space == BufferArg::Space::Arena
+                                             ? session->arena_
+                                             : session->params_);
+        args.push_back(base + arg.offset);
+      }
+      entryArgs.push_back(std::move(args));
     }
-    session->inferArgs_.push_back(std::move(args));
   }
+  session->inferArgs_ = &session->entryArgs_.at("infer");
+  // allocate() zeroes memory; say so explicitly for the state tensors,
+  // which the training entry points read before they first write them.
+  session->resetState();
   return session;
 }
 
@@ -84,6 +92,10 @@ Error Session::bindWeights(const SafeTensors &weights,
     if (!t)
       return makeError(ErrorCode::Weights, source, ": missing tensor '", p.name,
                        "'");
+    if (t->dtype != DType::F32)
+      return makeError(ErrorCode::Weights, source, ": tensor '", p.name,
+                       "' has dtype ", dtypeName(t->dtype),
+                       ", the model expects F32");
     if (t->shape != p.shape)
       return makeError(ErrorCode::Weights, source, ": tensor '", p.name,
                        "' has shape ", formatShape(t->shape),
@@ -135,6 +147,168 @@ Error Session::saveWeights(const std::string &path) const {
   return writeSafeTensors(path, refs, {{"model", manifest().model}});
 }
 
+std::vector<Tensor> Session::state() const {
+  std::vector<Tensor> tensors;
+  for (const ParamSpec &p : manifest().state) {
+    Tensor t{p.name, p.shape, std::vector<float>(p.count())};
+    device_->download(t.data.data(),
+                      static_cast<const char *>(params_) + p.offset,
+                      t.data.size() * 4);
+    tensors.push_back(std::move(t));
+  }
+  return tensors;
+}
+
+void Session::resetState() {
+  std::vector<float> zeros;
+  for (const ParamSpec &p : manifest().state) {
+    zeros.assign(static_cast<size_t>(p.count()), 0.0f);
+    device_->upload(static_cast<char *>(params_) + p.offset, zeros.data(),
+                    zeros.size() * 4);
+  }
+}
+
+/// Checks that `tensors` hold exactly `specs` (names, F32, shapes); `what`
+/// names the kind in "unexpected tensor" messages.
+static Error checkExactly(const std::vector<ParamSpec> &specs,
+                          const std::vector<Tensor> &tensors,
+                          const std::string &source, const char *what) {
+  std::map<std::string, const Tensor *> byName;
+  for (const Tensor &t : tensors)
+    byName[t.name] = &t;
+  std::set<std::string> expected;
+  for (const ParamSpec &p : specs) {
+    expected.insert(p.name);
+    auto it = byName.find(p.name);
+    if (it == byName.end())
+      return makeError(ErrorCode::Weights, source, ": missing tensor '", p.name,
+                       "'");
+    if (it->second->dtype != DType::F32)
+      return makeError(ErrorCode::Weights, source, ": tensor '", p.name,
+                       "' has dtype ", dtypeName(it->second->dtype),
+                       ", the model expects F32");
+    if (it->second->shape != p.shape)
+      return makeError(ErrorCode::Weights, source, ": tensor '", p.name,
+                       "' has shape ", formatShape(it->second->shape),
+                       ", the model expects ", formatShape(p.shape));
+  }
+  for (const Tensor &t : tensors)
+    if (!expected.count(t.name))
+      return makeError(ErrorCode::Weights, source, ": unexpected tensor '",
+                       t.name, "' (the model has no such ", what, ")");
+  return Error::success();
+}
+
+/// Uploads the tensors named by `specs` (checked by checkExactly).
+static void uploadAll(Device &device, void *block,
+                      const std::vector<ParamSpec> &specs,
+                      const std::vector<Tensor> &tensors) {
+  for (const ParamSpec &p : specs)
+    for (const Tensor &t : tensors)
+      if (t.name == p.name)
+        device.upload(static_cast<char *>(block) + p.offset, t.data.data(),
+                      static_cast<size_t>(p.count()) * 4);
+}
+
+Error Session::bindState(const SafeTensors &state, const std::string &source) {
+  if (Error e =
+          checkExactly(manifest().state, state.tensors, source, "state tensor"))
+    return e;
+  uploadAll(*device_, params_, manifest().state, state.tensors);
+  return Error::success();
+}
+
+Error Session::loadState(const std::string &path) {
+  Expected<SafeTensors> state = readSafeTensors(path);
+  if (!state)
+    return state.takeError();
+  return bindState(*state, path);
+}
+
+Error Session::restoreCheckpoint(const Checkpoint &checkpoint) {
+  const Manifest &m = manifest();
+  if (Error e = checkExactly(m.params, checkpoint.params, checkpoint.path,
+                             "parameter"))
+    return e;
+  if (Error e = checkExactly(m.state, checkpoint.optimizer, checkpoint.path,
+                             "state tensor"))
+    return e;
+  uploadAll(*device_, params_, m.params, checkpoint.params);
+  uploadAll(*device_, params_, m.state, checkpoint.optimizer);
+  hasWeights_ = true;
+  return Error::success();
+}
+
+Error Session::checkEntry(const std::string &entry) const {
+  if (manifest().entry(entry) && entryArgs_.count(entry))
+    return Error::success();
+  std::string names;
+  for (const auto &[name, spec] : manifest().entries)
+    names += cat(names.empty() ? "" : ", ", name);
+  return makeError(ErrorCode::Argument, artifact_->path(),
+                   ": the model has no entry point '", entry, "' (it has: ",
+                   names, ")");
+}
+
+EntryTensor Session::view(const TensorSpec &spec) const {
+  return {&spec, static_cast<char *>(arena_) + spec.offset};
+}
+
+Expected<EntryTensor> Session::input(const std::string &entry,
+                                     const std::string &name) {
+  if (Error e = checkEntry(entry))
+    return e;
+  const TensorSpec *spec = manifest().entry(entry)->input(name);
+  if (!spec)
+    return makeError(ErrorCode::Argument, artifact_->path(), ": entry point '",
+                     entry, "' has no input '", name, "'");
+  return view(*spec);
+}
+
+Expected<EntryTensor> Session::output(const std::string &entry,
+                                      const std::string &name) {
+  if (Error e = checkEntry(entry))
+    return e;
+  const TensorSpec *spec = manifest().entry(entry)->output(name);
+  if (!spec)
+    return makeError(ErrorCode::Argument, artifact_->path(), ": entry point '",
+                     entry, "' has no output '", name, "'");
+  return view(*spec);
+}
+
+std::vector<EntryTensor> Session::inputs(const std::string &entry) {
+  std::vector<EntryTensor> out;
+  for (const TensorSpec &spec : manifest().entries.at(entry).inputs)
+    out.push_back(view(spec));
+  return out;
+}
+
+std::vector<EntryTensor> Session::outputs(const std::string &entry) {
+  std::vector<EntryTensor> out;
+  for (const TensorSpec &spec : manifest().entries.at(entry).outputs)
+    out.push_back(view(spec));
+  return out;
+}
+
+Error Session::run(const std::string &entry, int64_t n) {
+  if (Error e = checkEntry(entry))
+    return e;
+  const Manifest &m = manifest();
+  if (n < 1 || n > m.batch)
+    return makeError(ErrorCode::Argument, entry, ": image count ", n,
+                     " is outside [1, ", m.batch, "] (the model's batch)");
+  if (!hasWeights_)
+    return makeError(ErrorCode::Argument, artifact_->path(),
+                     ": no weights (load or initialize them before running '",
+                     entry, "')");
+  const std::vector<Dispatch> &plan = artifact_->plan().entries.at(entry);
+  std::vector<std::vector<void *>> &args = entryArgs_.at(entry);
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (Error e = device_->runDispatch(plan[i], args[i].data(), n))
+      return e;
+  return Error::success();
+}
+
 Error Session::infer(const float *images, int64_t n, float *logits) {
   if (n < 0)
     return makeError(ErrorCode::Argument, "infer: negative image count ", n);
@@ -156,7 +330,8 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
     device_->upload(input, images + done * m.imageSize(), count * imageBytes);
     for (size_t i = 0; i < plan.size(); ++i) {
       auto start = std::chrono::steady_clock::now();
-      if (Error e = device_->runDispatch(plan[i], inferArgs_[i].data(), count))
+      if (Error e = device_->runDispatch(plan[i], (*inferArgs_)[i].data(),
+                                         count))
         return e;
       if (profiling_)
         dispatchSeconds_[i] += std::chrono::duration<double>(

@@ -5,6 +5,7 @@
 #include "moec/Runtime/ArtifactFormat.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace moec::rt {
 
@@ -54,6 +55,39 @@ double NormalSampler::next() {
   spare_ = radius * std::sin(angle);
   hasSpare_ = true;
   return radius * std::cos(angle);
+}
+
+Xoshiro256 Xoshiro256::fromState(const std::array<uint64_t, 4> &state) {
+  Xoshiro256 rng;
+  for (int i = 0; i < 4; ++i)
+    rng.s_[i] = state[size_t(i)];
+  return rng;
+}
+
+std::vector<uint64_t> NormalSampler::toWords() const {
+  std::array<uint64_t, 4> s = rng_.state();
+  uint64_t spareBits;
+  std::memcpy(&spareBits, &spare_, sizeof(spareBits));
+  return {kNormalSamplerTag, s[0], s[1], s[2], s[3],
+          hasSpare_ ? 1u : 0u, spareBits};
+}
+
+Expected<NormalSampler>
+NormalSampler::fromWords(const std::vector<uint64_t> &words) {
+  if (words.size() != 7)
+    return makeError(ErrorCode::Argument, "normal sampler state has ",
+                     words.size(), " words (expected 7)");
+  if (words[0] != kNormalSamplerTag)
+    return makeError(ErrorCode::Argument,
+                     "normal sampler state does not start with its tag");
+  if (words[5] > 1)
+    return makeError(ErrorCode::Argument,
+                     "normal sampler state has a bad spare flag ", words[5]);
+  NormalSampler sampler(
+      Xoshiro256::fromState({words[1], words[2], words[3], words[4]}));
+  sampler.hasSpare_ = words[5] == 1;
+  std::memcpy(&sampler.spare_, &words[6], sizeof(double));
+  return sampler;
 }
 
 uint64_t parameterSeed(uint64_t seed, const std::string &name) {

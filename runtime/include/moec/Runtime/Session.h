@@ -1,9 +1,11 @@
 //===- Session.h - running a loaded artifact --------------------*- C++ -*-===//
 //
 // A Session binds an Artifact to a Device: it owns the parameter block
-// (manifest param_bytes) and the arena (arena_bytes) in device memory, and
-// runs the "infer" entry point. A session serves one call at a time; use
-// one session per thread to run in parallel.
+// (manifest param_bytes: the parameters and the state tensors) and the arena
+// (arena_bytes) in device memory, and runs the "infer" entry point
+// (infer()) or any entry point by name (run(), with input() and output()
+// giving the tensors in the arena). A session serves one call at a time;
+// use one session per thread to run in parallel.
 //
 //===----------------------------------------------------------------------===//
 
@@ -11,17 +13,39 @@
 #define MOEC_RUNTIME_SESSION_H
 
 #include "moec/Runtime/Artifact.h"
+#include "moec/Runtime/Checkpoint.h"
 #include "moec/Runtime/Device.h"
 #include "moec/Runtime/Error.h"
 #include "moec/Runtime/SafeTensors.h"
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace moec::rt {
+
+/// An entry point's input or output in a session's arena. The cpu device's
+/// memory is host memory: write an input's values to `data` before
+/// Session::run() and read an output's after it. Valid while the session
+/// lives.
+struct EntryTensor {
+  const TensorSpec *spec = nullptr;
+  void *data = nullptr;
+
+  int64_t count() const { return spec->count(); }
+  size_t bytes() const { return static_cast<size_t>(spec->bytes()); }
+  bool isI32() const { return spec->dtype == "i32"; }
+  DType dtype() const { return isI32() ? DType::I32 : DType::F32; }
+  float *f32() const { return static_cast<float *>(data); }
+  int32_t *i32() const { return static_cast<int32_t *>(data); }
+  /// Element i as a double, whatever the dtype.
+  double value(int64_t i = 0) const {
+    return isI32() ? double(i32()[i]) : double(f32()[i]);
+  }
+};
 
 class Session {
 public:
@@ -57,6 +81,38 @@ public:
   /// Writes the current parameters as safetensors, in manifest order.
   Error saveWeights(const std::string &path) const;
 
+  /// The current state tensors (manifest "state", the optimizer slots), in
+  /// manifest order. Sessions start with them zeroed.
+  std::vector<Tensor> state() const;
+  /// Zeroes the state tensors.
+  void resetState();
+  /// Copies `state` into the state tensors: every manifest state tensor
+  /// with its exact shape, and nothing else; Weights errors name `source`
+  /// and the tensor. On error the state is unchanged.
+  Error bindState(const SafeTensors &state, const std::string &source);
+  /// Reads a safetensors file and binds it (bindState).
+  Error loadState(const std::string &path);
+  /// Copies a checkpoint's parameters and optimizer tensors into the
+  /// parameters and state: exactly the manifest's parameters and state
+  /// tensors, with their shapes (errors name the checkpoint file). On error
+  /// nothing is changed.
+  Error restoreCheckpoint(const Checkpoint &checkpoint);
+
+  /// Runs the dispatches of entry point `entry` once: "images" dispatches
+  /// over [0, n), "fixed" ones over [0, tiles); 1 <= n <= batch. Inputs
+  /// are what was written to input(); outputs are read from output().
+  /// Argument errors: an unknown entry, n out of range, no weights.
+  Error run(const std::string &entry, int64_t n);
+  /// Input / output `name` of entry point `entry`; Argument errors name
+  /// the model, the entry and the tensor.
+  Expected<EntryTensor> input(const std::string &entry,
+                              const std::string &name);
+  Expected<EntryTensor> output(const std::string &entry,
+                               const std::string &name);
+  /// Every input / output of `entry` (which must exist), in manifest order.
+  std::vector<EntryTensor> inputs(const std::string &entry);
+  std::vector<EntryTensor> outputs(const std::string &entry);
+
   /// Runs "infer" on `n` images (n x C x H x W floats, NCHW), writing n x
   /// classes logits; any n >= 0, in chunks of at most the manifest's batch.
   Error infer(const float *images, int64_t n, float *logits);
@@ -75,8 +131,12 @@ private:
   std::unique_ptr<Device> device_;
   void *params_ = nullptr;
   void *arena_ = nullptr;
-  /// Per "infer" dispatch: its argument base pointers.
-  std::vector<std::vector<void *>> inferArgs_;
+  Error checkEntry(const std::string &entry) const;
+  EntryTensor view(const TensorSpec &spec) const;
+
+  /// Per entry point, per dispatch: its argument base pointers.
+  std::map<std::string, std::vector<std::vector<void *>>> entryArgs_;
+  std::vector<std::vector<void *>> *inferArgs_ = nullptr;
   bool hasWeights_ = false;
   bool profiling_ = false;
   std::vector<double> dispatchSeconds_;

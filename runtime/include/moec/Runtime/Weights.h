@@ -18,7 +18,9 @@
 
 #include "moec/Runtime/Artifact.h"
 
+#include <array>
 #include <cstdint>
+#include <vector>
 
 namespace moec::rt {
 
@@ -33,9 +35,17 @@ public:
   /// A uniform double in [0, 1) with 53 random bits.
   double uniform();
 
+  /// The four state words, and a generator continuing from them.
+  std::array<uint64_t, 4> state() const { return {s_[0], s_[1], s_[2], s_[3]}; }
+  static Xoshiro256 fromState(const std::array<uint64_t, 4> &state);
+
 private:
+  Xoshiro256() = default;
   uint64_t s_[4];
 };
+
+/// The first word of NormalSampler::toWords() ("moecnrm1").
+constexpr uint64_t kNormalSamplerTag = 0x6d6f65636e726d31ULL;
 
 /// Standard normal deviates by Box-Muller.
 class NormalSampler {
@@ -43,7 +53,14 @@ public:
   explicit NormalSampler(uint64_t seed) : rng_(seed) {}
   double next();
 
+  /// {kNormalSamplerTag, s0, s1, s2, s3, hasSpare, bits of the spare
+  /// double}: the whole state, for TrainState::rngState.
+  std::vector<uint64_t> toWords() const;
+  /// The inverse of toWords(); Argument errors for a wrong size or tag.
+  static Expected<NormalSampler> fromWords(const std::vector<uint64_t> &words);
+
 private:
+  explicit NormalSampler(Xoshiro256 rng) : rng_(rng) {}
   Xoshiro256 rng_;
   bool hasSpare_ = false;
   double spare_ = 0;

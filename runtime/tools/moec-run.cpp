@@ -1,6 +1,6 @@
 //===- moec-run.cpp - run compiled moec models ----------------------------===//
 //
-// moec-run infer|inspect|init|run MODEL ...; see usage() and
+// moec-run infer|inspect|init|run|call|train MODEL ...; see kUsage and
 // docs/runtime.md. Exit codes: 0 success, 1 runtime failure (device,
 // internal, writing outputs), 2 bad usage or bad input (flags, artifact,
 // weights, data).
@@ -8,18 +8,27 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Runtime/Artifact.h"
+#include "moec/Runtime/Batches.h"
+#include "moec/Runtime/Checkpoint.h"
 #include "moec/Runtime/Data.h"
 #include "moec/Runtime/FileUtil.h"
+#include "moec/Runtime/Finite.h"
+#include "moec/Runtime/Metrics.h"
+#include "moec/Runtime/Weights.h"
+#include "moec/Runtime/SafeTensors.h"
 #include "moec/Runtime/Session.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <unistd.h>
@@ -47,6 +56,18 @@ const char *const kUsage =
     "      write the random initial weights\n"
     "  run MODEL --weights W --input X.f32 --output Y.f32 [--threads N]\n"
     "      logits (n x classes f32) of raw images (n x C x H x W f32)\n"
+    "  call MODEL --entry E --weights W --inputs IN.safetensors\n"
+    "             -o OUT.safetensors [--state S.safetensors] [--threads N]\n"
+    "      run entry point E once on a full batch: inputs and outputs by\n"
+    "      their manifest names (train_step also writes updated.<param> and\n"
+    "      the state tensors)\n"
+    "  train MODEL [--data DIR] [--epochs N] [--batch N] [--lr X] [--seed S]\n"
+    "              [--threads N] [--checkpoint-dir D] [--resume D]\n"
+    "              [--keep-checkpoints K] [--weights W] [--log F.jsonl]\n"
+    "              [--plot F.svg] [--log-every N] [--max-steps K]\n"
+    "              [--eval-every-epoch on|off] [-o FINAL.safetensors]\n"
+    "      train with the model's train_step and eval entry points; prints\n"
+    "      the final 'test accuracy: XX.XX%'\n"
     "\n"
     "  --threads 0 (the default) uses every core; --seed defaults to 0.\n";
 
@@ -314,6 +335,25 @@ int setUpWeights(const Options &options, Session &session, uint64_t seed,
   return kExitOk;
 }
 
+/// Data errors for a dataset (loaded from `dir`) the model cannot take:
+/// other image geometry, more classes than the model has, no images.
+Error checkDatasetFits(const Manifest &m, const Dataset &data,
+                       const std::string &dir) {
+  if (data.channels != m.channels || data.height != m.height ||
+      data.width != m.width)
+    return makeError(ErrorCode::Data, dir, ": ", m.datasetKind, " images are ",
+                     data.channels, "x", data.height, "x", data.width,
+                     ", but the model expects ", m.channels, "x", m.height,
+                     "x", m.width);
+  if (int64_t(data.classNames.size()) > m.classes)
+    return makeError(ErrorCode::Data, dir, ": the dataset has ",
+                     data.classNames.size(), " classes, but the model has ",
+                     m.classes);
+  if (data.n == 0)
+    return makeError(ErrorCode::Data, dir, ": no images");
+  return Error::success();
+}
+
 //===----------------------------------------------------------------------===//
 // infer
 //===----------------------------------------------------------------------===//
@@ -411,18 +451,8 @@ int runInfer(const Options &options) {
   if (!loaded)
     return reportError(loaded.error());
   const Dataset &data = *loaded;
-  if (data.channels != m.channels || data.height != m.height ||
-      data.width != m.width)
-    return reportError(makeError(
-        ErrorCode::Data, dir, ": ", m.datasetKind, " images are ",
-        data.channels, "x", data.height, "x", data.width,
-        ", but the model expects ", m.channels, "x", m.height, "x", m.width));
-  if (int64_t(data.classNames.size()) > m.classes)
-    return reportError(makeError(ErrorCode::Data, dir, ": the dataset has ",
-                                 data.classNames.size(),
-                                 " classes, but the model has ", m.classes));
-  if (data.n == 0)
-    return reportError(makeError(ErrorCode::Data, dir, ": no images"));
+  if (Error e = checkDatasetFits(m, data, dir))
+    return reportError(e);
 
   int64_t profileTop = 0;
   {
@@ -532,6 +562,724 @@ int runRun(const Options &options) {
   return kExitOk;
 }
 
+//===----------------------------------------------------------------------===//
+// call
+//===----------------------------------------------------------------------===//
+
+int runCall(const Options &options) {
+  std::string message;
+  int threads = 0;
+  if (!integerFlag(options, "--threads", 0, 4096, threads, message))
+    return usageError(message);
+  for (const char *required : {"--entry", "--weights", "--inputs", "-o"})
+    if (!options.has(required))
+      return usageError(cat("'call' needs ", required));
+  std::unique_ptr<Session> session;
+  if (int rc = openSession(options, threads, session))
+    return rc;
+  const Manifest &m = session->manifest();
+  const std::string entryName = options.get("--entry");
+  if (Error e = session->checkEntry(entryName))
+    return reportError(e);
+  const EntrySpec &entry = *m.entry(entryName);
+  if (int rc = setUpWeights(options, *session, 0, /*note=*/false))
+    return rc;
+  if (options.has("--state"))
+    if (Error e = session->loadState(options.get("--state")))
+      return reportError(e);
+
+  // Every input by its manifest name, with its dtype and shape.
+  const std::string inputsPath = options.get("--inputs");
+  Expected<SafeTensors> file =
+      readSafeTensors(inputsPath, TensorTypes::F32AndI32);
+  if (!file)
+    return reportError(file.error());
+  auto dataError = [&](const auto &...args) {
+    return reportError(makeError(ErrorCode::Data, inputsPath, ": ", args...));
+  };
+  for (const TensorSpec &spec : entry.inputs) {
+    const Tensor *t = file->find(spec.name);
+    const char *dtype = spec.dtype == "i32" ? "I32" : "F32";
+    if (!t)
+      return dataError("missing input '", spec.name, "' of entry point '",
+                       entryName, "' (", dtype, " ", formatShape(spec.shape),
+                       ")");
+    if (std::string(dtypeName(t->dtype)) != dtype)
+      return dataError("input '", spec.name, "' has dtype ",
+                       dtypeName(t->dtype), ", entry point '", entryName,
+                       "' expects ", dtype);
+    if (t->shape != spec.shape)
+      return dataError("input '", spec.name, "' has shape ",
+                       formatShape(t->shape), ", entry point '", entryName,
+                       "' expects ", formatShape(spec.shape));
+  }
+  for (const Tensor &t : file->tensors)
+    if (!entry.input(t.name))
+      return dataError("unexpected tensor '", t.name, "' (entry point '",
+                       entryName, "' has no such input)");
+  for (const TensorSpec &spec : entry.inputs) {
+    Expected<EntryTensor> in = session->input(entryName, spec.name);
+    if (!in)
+      return reportError(in.error());
+    if (in->bytes())
+      std::memcpy(in->data, file->find(spec.name)->bytes(), in->bytes());
+  }
+
+  if (Error e = session->run(entryName, m.batch))
+    return reportError(e);
+
+  // The outputs, then (train_step) the updated parameters and state.
+  std::vector<TensorRef> refs;
+  for (const EntryTensor &out : session->outputs(entryName)) {
+    if (out.isI32())
+      refs.emplace_back(out.spec->name, out.spec->shape, out.i32());
+    else
+      refs.emplace_back(out.spec->name, out.spec->shape, out.f32());
+  }
+  std::vector<Tensor> params, state;
+  if (entryName == kEntryTrainStep) {
+    params = session->parameters();
+    state = session->state();
+    for (const Tensor &t : params)
+      refs.emplace_back("updated." + t.name, t.shape, t.data.data());
+    for (const Tensor &t : state)
+      refs.emplace_back(t.name, t.shape, t.data.data());
+  }
+  if (Error e = writeSafeTensors(options.get("-o"), refs,
+                                 {{"model", m.model}, {"entry", entryName}}))
+    return reportWriteError(e);
+  return kExitOk;
+}
+
+//===----------------------------------------------------------------------===//
+// train
+//===----------------------------------------------------------------------===//
+
+/// Parses a finite number > 0; false (with `message`) if not.
+bool parsePositiveNumber(const std::string &flag, const std::string &text,
+                         double &out, std::string &message) {
+  char *end = nullptr;
+  errno = 0;
+  double value = text.empty() ? 0 : std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno == ERANGE ||
+      !std::isfinite(value) || value <= 0) {
+    message = cat(flag, ": expected a positive number, got '", text, "'");
+    return false;
+  }
+  out = value;
+  return true;
+}
+
+/// "%.17g": a double that reads back exactly.
+std::string exactNumber(double value) {
+  char buffer[40];
+  std::snprintf(buffer, sizeof(buffer), "%.17g", value);
+  return buffer;
+}
+
+/// The train or test split of the manifest's dataset in `dir`; an
+/// image-folder dataset has one folder per split, DIR/train and DIR/test.
+Expected<Dataset> loadSplit(const Manifest &m, const std::string &dir,
+                            const std::string &split) {
+  std::string from = m.datasetKind == "image-folder" ? dir + "/" + split : dir;
+  Expected<Dataset> data = loadDataset(m.datasetKind, from, split, m.channels,
+                                       m.height, m.width);
+  if (!data)
+    return data.takeError();
+  if (Error e = checkDatasetFits(m, *data, from))
+    return e;
+  return data;
+}
+
+/// What one pass of "eval" over a dataset gives.
+struct EvalResult {
+  double lossSum = 0;
+  double correct = 0;
+  int64_t images = 0;
+  /// Per output of role routing_counts: its name and summed counts.
+  std::vector<std::pair<std::string, std::vector<double>>> routing;
+
+  double loss() const { return images ? lossSum / double(images) : 0; }
+  double top1() const { return images ? correct / double(images) : 0; }
+};
+
+/// Runs "eval" over `data` in batches of the model's batch; the last batch
+/// is padded with zero images, label 0 and mask 0.
+Expected<EvalResult> evaluate(Session &session, const Dataset &data) {
+  const Manifest &m = session.manifest();
+  const int64_t batch = m.batch, size = m.imageSize();
+  Expected<EntryTensor> images = session.input(kEntryEval, "images");
+  Expected<EntryTensor> labels = session.input(kEntryEval, "labels");
+  Expected<EntryTensor> mask = session.input(kEntryEval, "mask");
+  Expected<EntryTensor> lossSum = session.output(kEntryEval, "loss_sum");
+  Expected<EntryTensor> correct = session.output(kEntryEval, "correct");
+  for (auto *t : {&images, &labels, &mask, &lossSum, &correct})
+    if (!*t)
+      return t->takeError();
+  std::vector<EntryTensor> routing;
+  EvalResult result;
+  for (const EntryTensor &out : session.outputs(kEntryEval))
+    if (out.spec->role == kRoleRoutingCounts) {
+      routing.push_back(out);
+      result.routing.push_back(
+          {out.spec->name, std::vector<double>(size_t(out.count()), 0.0)});
+    }
+  for (int64_t done = 0; done < data.n; done += batch) {
+    const int64_t count = std::min(batch, data.n - done);
+    std::memcpy(images->f32(), data.images.data() + done * size,
+                size_t(count * size) * 4);
+    std::fill(images->f32() + count * size, images->f32() + batch * size,
+              0.0f);
+    for (int64_t i = 0; i < batch; ++i) {
+      labels->i32()[i] = i < count ? data.labels[size_t(done + i)] : 0;
+      mask->f32()[i] = i < count ? 1.0f : 0.0f;
+    }
+    if (Error e = session.run(kEntryEval, batch))
+      return e;
+    result.lossSum += lossSum->value();
+    result.correct += correct->value();
+    for (size_t r = 0; r < routing.size(); ++r)
+      for (int64_t e = 0; e < routing[r].count(); ++e)
+        result.routing[r].second[size_t(e)] += routing[r].value(e);
+  }
+  result.images = data.n;
+  return result;
+}
+
+/// The words of TrainState::rngState: the batch iterator's, then the noise
+/// sampler's.
+std::vector<uint64_t> rngWords(const BatchIteratorState &batches,
+                               const NormalSampler &noise) {
+  std::vector<uint64_t> words = batches.toWords();
+  std::vector<uint64_t> noiseWords = noise.toWords();
+  words.insert(words.end(), noiseWords.begin(), noiseWords.end());
+  return words;
+}
+
+/// The metadata a run keeps in its checkpoints and checks on resume.
+struct RunSettings {
+  uint64_t seed = 0;
+  int64_t epochs = 0;
+  double lr = 0;
+  int64_t batch = 0;
+  int64_t stepsPerEpoch = 0;
+  int threads = 0;
+};
+
+std::map<std::string, std::string> runMetadata(const Manifest &m,
+                                               const RunSettings &run) {
+  return {{"model", m.model},
+          {"optimizer", m.optimizer->kind},
+          {"seed", std::to_string(run.seed)},
+          {"epochs", std::to_string(run.epochs)},
+          {"lr", exactNumber(run.lr)},
+          {"batch", std::to_string(run.batch)},
+          {"steps_per_epoch", std::to_string(run.stepsPerEpoch)},
+          {"threads", std::to_string(run.threads)}};
+}
+
+/// A checkpoint's metadata value `key` as an unsigned integer / a number.
+bool metadataInteger(const Checkpoint &ckpt, const char *key, uint64_t &out,
+                     std::string &message) {
+  auto it = ckpt.state.metadata.find(key);
+  std::string text = it == ckpt.state.metadata.end() ? "" : it->second;
+  std::string ignored;
+  if (!parseInteger(key, text, 0, std::numeric_limits<uint64_t>::max(), out,
+                    ignored)) {
+    message = cat(ckpt.path, ": not a moec-run train checkpoint (metadata '",
+                  key, "' is '", text, "')");
+    return false;
+  }
+  return true;
+}
+
+int runTrain(const Options &options) {
+  std::string message;
+  int threads = 0;
+  uint64_t seed = 0;
+  int64_t epochs = 0, batch = 0, maxSteps = 0, keep = 3, logEvery = 10;
+  double lr = 0;
+  if (!integerFlag(options, "--threads", 0, 4096, threads, message) ||
+      !integerFlag(options, "--seed", 0, std::numeric_limits<uint64_t>::max(),
+                   seed, message) ||
+      !integerFlag(options, "--epochs", 1, 1u << 30, epochs, message) ||
+      !integerFlag(options, "--batch", 1, 1u << 30, batch, message) ||
+      !integerFlag(options, "--max-steps", 1,
+                   std::numeric_limits<int64_t>::max(), maxSteps, message) ||
+      !integerFlag(options, "--keep-checkpoints", 0, 1u << 30, keep,
+                   message) ||
+      !integerFlag(options, "--log-every", 1, 1u << 30, logEvery, message))
+    return usageError(message);
+  if (options.has("--lr") &&
+      !parsePositiveNumber("--lr", options.get("--lr"), lr, message))
+    return usageError(message);
+  bool evalEveryEpoch = true;
+  if (options.has("--eval-every-epoch")) {
+    std::string value = options.get("--eval-every-epoch");
+    if (value != "on" && value != "off")
+      return usageError(
+          cat("--eval-every-epoch: expected on or off, got '", value, "'"));
+    evalEveryEpoch = value == "on";
+  }
+  if (options.has("--resume") && options.has("--weights"))
+    return usageError("--weights sets the starting weights of a new run; a "
+                      "run continued with --resume starts from its "
+                      "checkpoint");
+
+  std::unique_ptr<Session> session;
+  if (int rc = openSession(options, threads, session))
+    return rc;
+  const Manifest &m = session->manifest();
+  for (const char *entry : {kEntryTrainStep, kEntryEval})
+    if (!m.entry(entry))
+      return reportError(makeError(
+          ErrorCode::Argument, options.model,
+          ": the model has no '", entry,
+          "' entry point, so it cannot be trained (compile a trainable spec; "
+          "see docs/training-abi.md)"));
+  if (options.has("--batch") && batch != m.batch)
+    return usageError(cat("--batch ", batch, ": ", options.model,
+                          " was compiled for batch ", m.batch,
+                          "; the batch is fixed at compile time, recompile "
+                          "with `moec compile --batch ",
+                          batch, "` to train with batch ", batch));
+  batch = m.batch;
+  std::string dir = options.get("--data", m.datasetPath);
+  if (dir.empty())
+    return usageError(cat(options.model,
+                          ": the manifest names no dataset path; pass --data "
+                          "DIR"));
+
+  // The run's settings: the flags, else the manifest's defaults; a resumed
+  // run keeps the ones it started with.
+  std::optional<Checkpoint> resumed;
+  const std::string resumeDir = options.get("--resume");
+  if (options.has("--resume")) {
+    Expected<Checkpoint> ckpt = loadLatestCheckpoint(resumeDir);
+    if (!ckpt)
+      return reportError(ckpt.error());
+    resumed = std::move(*ckpt);
+  }
+  RunSettings run;
+  run.batch = batch;
+  run.threads = session->threads();
+  run.seed = options.has("--seed") ? seed : m.train->seed;
+  run.epochs = options.has("--epochs") ? epochs : m.train->epochs;
+  run.lr = options.has("--lr") ? lr : m.optimizer->lr;
+  if (resumed) {
+    auto meta = resumed->state.metadata;
+    if (meta["model"] != m.model)
+      return reportError(makeError(
+          ErrorCode::Weights, resumed->path, ": a checkpoint of model '",
+          meta["model"], "', not '", m.model, "'"));
+    uint64_t storedSeed, storedEpochs, storedBatch, storedThreads;
+    if (!metadataInteger(*resumed, "seed", storedSeed, message) ||
+        !metadataInteger(*resumed, "epochs", storedEpochs, message) ||
+        !metadataInteger(*resumed, "batch", storedBatch, message) ||
+        !metadataInteger(*resumed, "threads", storedThreads, message))
+      return reportError(makeError(ErrorCode::Weights, message));
+    char *end = nullptr;
+    double storedLr = std::strtod(meta["lr"].c_str(), &end);
+    if (meta["lr"].empty() || *end != '\0')
+      return reportError(makeError(
+          ErrorCode::Weights, resumed->path,
+          ": not a moec-run train checkpoint (metadata 'lr' is '", meta["lr"],
+          "')"));
+    auto differs = [&](const char *flag, const std::string &given,
+                       const std::string &stored) {
+      return usageError(cat(flag, " ", given, " differs from the run being "
+                                              "resumed (",
+                            stored,
+                            "); a resumed run keeps the settings it started "
+                            "with"));
+    };
+    if (options.has("--seed") && seed != storedSeed)
+      return differs("--seed", options.get("--seed"),
+                     std::to_string(storedSeed));
+    if (options.has("--epochs") && uint64_t(epochs) != storedEpochs)
+      return differs("--epochs", options.get("--epochs"),
+                     std::to_string(storedEpochs));
+    if (options.has("--lr") && lr != storedLr)
+      return differs("--lr", options.get("--lr"), meta["lr"]);
+    if (int64_t(storedBatch) != batch)
+      return reportError(makeError(ErrorCode::Weights, resumed->path,
+                                   ": the run used batch ", storedBatch,
+                                   ", the model's batch is ", batch));
+    if (int(storedThreads) != session->threads())
+      std::fprintf(stderr,
+                   "moec-run: note: the run used %d threads, this one %d; "
+                   "reductions split over threads may round differently "
+                   "from an uninterrupted run\n",
+                   int(storedThreads), session->threads());
+    run.seed = storedSeed;
+    run.epochs = int64_t(storedEpochs);
+    run.lr = storedLr;
+  }
+
+  Expected<Dataset> train = loadSplit(m, dir, "train");
+  if (!train)
+    return reportError(train.error());
+  Expected<Dataset> test = loadSplit(m, dir, "test");
+  if (!test)
+    return reportError(test.error());
+  if (train->n < batch)
+    return reportError(makeError(ErrorCode::Data, dir, ": the train split has ",
+                                 train->n, " images, fewer than one batch (",
+                                 batch, ")"));
+  run.stepsPerEpoch = train->n / batch;
+  const int64_t totalSteps = run.epochs * run.stepsPerEpoch;
+  const int64_t warmupSteps =
+      std::llround(m.train->warmupEpochs * double(run.stepsPerEpoch));
+
+  BatchOptions batchOptions;
+  batchOptions.shuffle = true;
+  batchOptions.dropLast = true;
+  batchOptions.augment.cropPadding = m.train->cropPadding;
+  batchOptions.augment.horizontalFlip = m.train->horizontalFlip;
+  batchOptions.normalization = normalizationFor(m.datasetKind);
+  Expected<BatchIterator> batches = BatchIterator::create(*train, batchOptions);
+  if (!batches)
+    return reportError(batches.error());
+  BatchIterator &it = *batches;
+  NormalSampler noise(parameterSeed(run.seed, "moec-run.train.noise"));
+
+  const std::string ckptDirName =
+      options.get("--checkpoint-dir", options.get("--resume"));
+  std::optional<CheckpointDir> ckptDir;
+  if (!ckptDirName.empty())
+    ckptDir.emplace(ckptDirName, keep);
+  int64_t step = 0;
+  std::string lastCheckpoint;
+  if (resumed) {
+    const Checkpoint &ckpt = *resumed;
+    const std::vector<uint64_t> &words = ckpt.state.rngState;
+    auto inconsistent = [&](const std::string &what) {
+      return reportError(makeError(ErrorCode::Weights, ckpt.path,
+                                   ": cannot resume: ", what));
+    };
+    if (words.size() != 12)
+      return inconsistent(cat("rng_state has ", words.size(),
+                              " words, a moec-run train checkpoint 12"));
+    Expected<BatchIteratorState> batchState = BatchIteratorState::fromWords(
+        std::vector<uint64_t>(words.begin(), words.begin() + 5));
+    if (!batchState)
+      return inconsistent(batchState.error().message());
+    Expected<NormalSampler> noiseState = NormalSampler::fromWords(
+        std::vector<uint64_t>(words.begin() + 5, words.end()));
+    if (!noiseState)
+      return inconsistent(noiseState.error().message());
+    if (Error e = it.restore(*batchState))
+      return inconsistent(cat(e.message(), " (the train split has ", train->n,
+                              " images now)"));
+    if (batchState->seed != run.seed || batchState->position % batch != 0 ||
+        ckpt.state.step != batchState->epoch * run.stepsPerEpoch +
+                               batchState->position / batch ||
+        ckpt.state.step > totalSteps)
+      return inconsistent(cat("step ", ckpt.state.step, " does not match epoch ",
+                              batchState->epoch, " position ",
+                              batchState->position, " (", run.stepsPerEpoch,
+                              " steps per epoch of batch ", batch, ")"));
+    noise = *noiseState;
+    if (Error e = session->restoreCheckpoint(ckpt))
+      return reportError(e);
+    step = ckpt.state.step;
+    lastCheckpoint = ckpt.path;
+    std::fprintf(stderr, "moec-run: resuming %s at step %" PRId64 "/%" PRId64
+                         " (epoch %" PRId64 ")\n",
+                 ckpt.path.c_str(), step, totalSteps, batchState->epoch + 1);
+  } else {
+    if (ckptDir) {
+      Expected<std::optional<std::string>> latest =
+          findLatestCheckpoint(ckptDir->dir());
+      if (!latest)
+        return reportError(latest.error());
+      if (*latest)
+        return usageError(cat(ckptDir->dir(),
+                              " already holds a training run (latest: ",
+                              **latest, "); continue it with --resume ",
+                              ckptDir->dir(),
+                              " or choose another --checkpoint-dir"));
+    }
+    if (int rc = setUpWeights(options, *session, run.seed, /*note=*/false))
+      return rc;
+    it.startEpoch(run.seed, 0);
+  }
+
+  // Metrics: a JSONL log and its plot, in the checkpoint directory unless
+  // --log / --plot say where.
+  std::string logPath = options.get(
+      "--log", ckptDir ? ckptDir->dir() + "/metrics.jsonl" : std::string());
+  std::string plotPath = options.get(
+      "--plot", ckptDir ? ckptDir->dir() + "/metrics.svg" : std::string());
+  if (ckptDir) {
+    std::error_code ec;
+    std::filesystem::create_directories(ckptDir->dir(), ec);
+    if (ec)
+      return reportWriteError(makeError(ErrorCode::Io, ckptDir->dir(),
+                                        ": cannot create directory: ",
+                                        ec.message()));
+  }
+  std::vector<MetricRecord> records;
+  std::optional<MetricsLog> log;
+  if (!logPath.empty()) {
+    if (resumed) {
+      if (Error e = truncateMetricsLog(logPath, step))
+        return reportWriteError(e);
+      if (std::filesystem::exists(logPath)) {
+        Expected<std::vector<MetricRecord>> old = readMetricsLog(logPath);
+        if (!old)
+          return reportError(old.error());
+        records = std::move(*old);
+      }
+    }
+    Expected<MetricsLog> opened = MetricsLog::open(logPath, !resumed);
+    if (!opened)
+      return reportWriteError(opened.error());
+    log.emplace(std::move(*opened));
+  }
+  auto record = [&](const MetricRecord &r) -> Error {
+    records.push_back(r);
+    if (log)
+      return log->append(r);
+    return Error::success();
+  };
+
+  // The train_step tensors.
+  const std::string trainEntry = kEntryTrainStep;
+  auto in = [&](const char *name) { return *session->input(trainEntry, name); };
+  auto out = [&](const char *name) {
+    return *session->output(trainEntry, name);
+  };
+  EntryTensor imagesIn = in("images"), labelsIn = in("labels"),
+              stepIn = in("step"), totalIn = in("total_steps"),
+              warmupIn = in("warmup_steps"), lrIn = in("lr");
+  EntryTensor lossOut = out("loss"), ceOut = out("ce_loss"),
+              auxOut = out("aux_loss"), correctOut = out("correct"),
+              normOut = out("grad_norm"), lrOut = out("lr_used");
+  std::vector<EntryTensor> noiseIn;
+  for (const EntryTensor &t : session->inputs(trainEntry))
+    if (t.spec->role == kRoleNormalNoise)
+      noiseIn.push_back(t);
+  std::vector<TensorRef> finiteChecked = {
+      {lossOut.spec->name, lossOut.spec->shape, lossOut.f32()}};
+  for (const EntryTensor &t : session->outputs(trainEntry))
+    if (t.spec->role == kRoleGradient)
+      finiteChecked.push_back({t.spec->name, t.spec->shape, t.f32()});
+
+  auto writeCheckpoint = [&](const BatchIteratorState &batchState,
+                            int64_t epoch, int64_t position) -> Error {
+    if (!ckptDir)
+      return Error::success();
+    TrainState state;
+    state.step = step;
+    state.epoch = epoch;
+    state.positionInEpoch = position;
+    state.rngState = rngWords(batchState, noise);
+    state.metadata = runMetadata(m, run);
+    std::vector<Tensor> params = session->parameters();
+    std::vector<Tensor> slots = session->state();
+    std::vector<TensorRef> paramRefs, slotRefs;
+    for (const Tensor &t : params)
+      paramRefs.push_back({t.name, t.shape, t.data.data()});
+    for (const Tensor &t : slots)
+      slotRefs.push_back({t.name, t.shape, t.data.data()});
+    Expected<SavedCheckpoint> saved = ckptDir->save(state, paramRefs, slotRefs);
+    if (!saved)
+      return saved.takeError();
+    for (const std::string &warning : saved->warnings)
+      std::fprintf(stderr, "moec-run: warning: %s\n", warning.c_str());
+    lastCheckpoint = saved->path;
+    return Error::success();
+  };
+
+  using Clock = std::chrono::steady_clock;
+  const bool tty = ::isatty(STDERR_FILENO);
+  const int64_t epochImages = run.stepsPerEpoch * batch;
+  const auto runStart = Clock::now();
+  int64_t stepsThisRun = 0;
+  double lastDraw = -1;
+  // Interval accumulators (metrics log) and epoch ones (progress line).
+  double intervalLoss = 0, intervalCe = 0, intervalAux = 0, intervalNorm = 0,
+         intervalCorrect = 0, intervalSeconds = 0, lastLr = 0;
+  int64_t intervalSteps = 0;
+  std::optional<EvalResult> lastEval; // of the current weights
+  bool stopped = false;
+
+  // One train record for the steps since the last one.
+  auto flushInterval = [&](int64_t epoch) -> Error {
+    if (intervalSteps == 0)
+      return Error::success();
+    MetricRecord r;
+    r.step = step;
+    r.epoch = epoch + 1;
+    r.loss = intervalLoss / double(intervalSteps);
+    r.lr = lastLr;
+    r.imagesPerSec = intervalSeconds > 0
+                         ? double(intervalSteps * batch) / intervalSeconds
+                         : 0.0;
+    r.extra = {{"ce_loss", intervalCe / double(intervalSteps)},
+               {"aux_loss", intervalAux / double(intervalSteps)},
+               {"grad_norm", intervalNorm / double(intervalSteps)},
+               {"accuracy", intervalCorrect / double(intervalSteps * batch)}};
+    intervalLoss = intervalCe = intervalAux = intervalNorm = intervalCorrect =
+        intervalSeconds = 0;
+    intervalSteps = 0;
+    return record(r);
+  };
+  auto seconds = [](Clock::time_point from) {
+    return std::chrono::duration<double>(Clock::now() - from).count();
+  };
+  auto printEval = [&](const EvalResult &r, const char *what) {
+    std::printf("%s: test loss %.4f, test top-1 %.2f%% (%.0f/%" PRId64 ")\n",
+                what, r.loss(), 100 * r.top1(), r.correct, r.images);
+    for (const auto &[name, counts] : r.routing) {
+      std::printf("  %s:", name.c_str());
+      for (double c : counts)
+        std::printf(" %.0f", c);
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  };
+
+  for (int64_t epoch = it.epoch(); epoch < run.epochs && !stopped; ++epoch) {
+    if (epoch != it.epoch())
+      it.startEpoch(run.seed, epoch);
+    double epochLoss = 0, epochSeconds = 0;
+    int64_t epochSteps = 0;
+    while (!it.epochDone(batch)) {
+      if (maxSteps > 0 && step >= maxSteps) {
+        stopped = true;
+        break;
+      }
+      auto start = Clock::now();
+      it.next(batch, imagesIn.f32(), labelsIn.i32());
+      stepIn.f32()[0] = float(step);
+      totalIn.f32()[0] = float(totalSteps);
+      warmupIn.f32()[0] = float(warmupSteps);
+      lrIn.f32()[0] = float(run.lr);
+      for (const EntryTensor &t : noiseIn)
+        for (int64_t k = 0; k < t.count(); ++k)
+          t.f32()[k] = float(noise.next());
+      if (Error e = session->run(trainEntry, batch))
+        return reportError(e);
+      if (Error e = checkFinite(step, finiteChecked)) {
+        if (tty)
+          std::fprintf(stderr, "\n");
+        std::string kept =
+            lastCheckpoint.empty()
+                ? std::string("no checkpoint was written")
+                : cat("the last checkpoint, ", lastCheckpoint,
+                      ", is untouched");
+        std::fprintf(stderr,
+                     "moec-run: error: %s (train_step); training stopped, "
+                     "%s\n",
+                     e.message().c_str(), kept.c_str());
+        return kExitFailure;
+      }
+      const double stepSeconds = seconds(start);
+      ++step;
+      ++stepsThisRun;
+      lastEval.reset();
+      const double loss = lossOut.value();
+      epochLoss += loss;
+      epochSeconds += stepSeconds;
+      ++epochSteps;
+      intervalLoss += loss;
+      intervalCe += ceOut.value();
+      intervalAux += auxOut.value();
+      intervalNorm += normOut.value();
+      intervalCorrect += correctOut.value();
+      intervalSeconds += stepSeconds;
+      lastLr = lrOut.value();
+      ++intervalSteps;
+      if (step % logEvery == 0)
+        if (Error e = flushInterval(epoch))
+          return reportWriteError(e);
+      const double elapsed = seconds(runStart);
+      if (tty && (elapsed - lastDraw >= 0.1 || it.epochDone(batch))) {
+        double perStep = elapsed / double(stepsThisRun);
+        std::fprintf(stderr, "\r%s\033[K",
+                     formatProgress(epoch + 1, run.epochs, it.position(),
+                                    epochImages, epochLoss / double(epochSteps),
+                                    double(epochSteps * batch) / epochSeconds,
+                                    perStep * double(totalSteps - step))
+                         .c_str());
+        std::fflush(stderr);
+        lastDraw = elapsed;
+      }
+    }
+    if (Error e = flushInterval(epoch))
+      return reportWriteError(e);
+    if (stopped)
+      break;
+
+    // The end of an epoch: progress, evaluation, checkpoint, plot.
+    if (epochSteps > 0) {
+      double perStep = seconds(runStart) / double(stepsThisRun);
+      std::string line =
+          formatProgress(epoch + 1, run.epochs, epochImages, epochImages,
+                         epochLoss / double(epochSteps),
+                         double(epochSteps * batch) / epochSeconds,
+                         perStep * double(totalSteps - step));
+      if (tty)
+        std::fprintf(stderr, "\r%s\033[K\n", line.c_str());
+      else
+        std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    if (evalEveryEpoch) {
+      Expected<EvalResult> result = evaluate(*session, *test);
+      if (!result)
+        return reportError(result.error());
+      lastEval = *result;
+      printEval(*result, cat("epoch ", epoch + 1, "/", run.epochs).c_str());
+      MetricRecord r;
+      r.step = step;
+      r.epoch = epoch + 1;
+      r.split = "eval";
+      r.loss = result->loss();
+      r.top1 = result->top1();
+      if (Error e = record(r))
+        return reportWriteError(e);
+    }
+    BatchIteratorState next = it.state();
+    next.epoch = epoch + 1;
+    next.position = 0;
+    if (Error e = writeCheckpoint(next, epoch + 1, 0))
+      return reportWriteError(e);
+    if (!plotPath.empty())
+      if (Error e = writeLossPlotSvg(records, plotPath))
+        return reportWriteError(e);
+  }
+
+  if (stopped) {
+    if (Error e = writeCheckpoint(it.state(), it.epoch(), it.position()))
+      return reportWriteError(e);
+    if (tty)
+      std::fprintf(stderr, "\n");
+    std::fprintf(stderr,
+                 "moec-run: stopped after step %" PRId64 " (--max-steps)%s%s\n",
+                 step, ckptDir ? "; continue with --resume " : "",
+                 ckptDir ? ckptDir->dir().c_str() : "");
+    if (!plotPath.empty())
+      if (Error e = writeLossPlotSvg(records, plotPath))
+        return reportWriteError(e);
+  }
+
+  if (!lastEval) {
+    Expected<EvalResult> result = evaluate(*session, *test);
+    if (!result)
+      return reportError(result.error());
+    lastEval = *result;
+    if (!evalEveryEpoch || stopped || stepsThisRun == 0)
+      printEval(*result, cat("step ", step).c_str());
+  }
+  std::printf("test accuracy: %.2f%%\n", 100 * lastEval->top1());
+  if (options.has("-o"))
+    if (Error e = session->saveWeights(options.get("-o")))
+      return reportWriteError(e);
+  return kExitOk;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -555,6 +1303,15 @@ int main(int argc, char **argv) {
           {"inspect", {{}, runInspect}},
           {"init", {{"-o", "--seed"}, runInit}},
           {"run", {{"--weights", "--input", "--output", "--threads"}, runRun}},
+          {"train",
+           {{"--data", "--epochs", "--batch", "--lr", "--seed", "--threads",
+             "--checkpoint-dir", "--resume", "--weights", "--log", "--plot",
+             "--max-steps", "--eval-every-epoch", "-o", "--keep-checkpoints",
+             "--log-every"},
+            runTrain}},
+          {"call",
+           {{"--entry", "--weights", "--inputs", "-o", "--threads", "--state"},
+            runCall}},
       };
   auto it = commands.find(command);
   if (it == commands.end())

@@ -98,6 +98,9 @@ public:
   /// nothing is changed.
   Error restoreCheckpoint(const Checkpoint &checkpoint);
 
+  /// Success if the model has entry point `entry`, else an Argument error
+  /// "MODEL: the model has no entry point 'x' (it has: eval, infer, ...)".
+  Error checkEntry(const std::string &entry) const;
   /// Runs the dispatches of entry point `entry` once: "images" dispatches
   /// over [0, n), "fixed" ones over [0, tiles); 1 <= n <= batch. Inputs
   /// are what was written to input(); outputs are read from output().
@@ -131,7 +134,6 @@ private:
   std::unique_ptr<Device> device_;
   void *params_ = nullptr;
   void *arena_ = nullptr;
-  Error checkEntry(const std::string &entry) const;
   EntryTensor view(const TensorSpec &spec) const;
 
   /// Per entry point, per dispatch: its argument base pointers.

@@ -17,6 +17,7 @@
 #include "moec/Runtime/Session.h"
 
 #include <gtest/gtest.h>
+#include <png.h>
 
 #include <regex>
 
@@ -605,6 +606,71 @@ TEST_F(MoecRunTrain, EvalOnlyAtTheEnd) {
                         R"(\([0-9]/6\)\n  routing.blocks.0: [0-9]+ [0-9]+\n)"
                         R"(test accuracy: [0-9.]+%\n$)")))
       << r.out;
+}
+
+TEST_F(MoecRunTrain, InspectShowsTheTrainingFields) {
+  CommandResult r = run("inspect " + model);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  for (const char *expected :
+       {"version:      1.1", "input   labels     i32[4]\n",
+        "input   noise.blocks.0 f32[4, 1, 2] (normal_noise)",
+        "output  grad.w     f32[16] (gradient)",
+        "output  routing.blocks.0 f32[2] (routing_counts)",
+        "optimizer:    sgd, lr 0.001, weight decay 0, betas (0, 0), eps 0, "
+        "momentum 0.9, grad clip 0",
+        "train:        batch 4, 3 epochs, warm-up 1 epochs, schedule cosine, "
+        "label smoothing 0, seed 0, crop padding 1, flip on",
+        "state: 2 tensors, 17 values (optimizer.momentum.w, ...)"})
+    EXPECT_TRUE(contains(r.out, expected)) << "missing '" << expected
+                                           << "' in:\n"
+                                           << r.out;
+}
+
+// An image-folder model trains from DIR/train and evaluates on DIR/test.
+TEST_F(MoecRunTrain, TrainsOnAnImageFolder) {
+  json manifest = trainManifest();
+  manifest["dataset"] = {{"kind", "image-folder"}, {"path", ""}};
+  std::string folderModel = dir / "folder.moec";
+  writeBytes(folderModel, trainArtifact(manifest));
+  std::string root = dir / "pngs";
+  for (const char *split : {"train", "test"})
+    for (int cls = 0; cls < 3; ++cls) {
+      std::string folder = root + "/" + split + "/" + char('a' + cls);
+      fs::create_directories(folder);
+      for (int i = 0; i < 3; ++i) {
+        png_image image;
+        std::memset(&image, 0, sizeof(image));
+        image.version = PNG_IMAGE_VERSION;
+        image.width = 4;
+        image.height = 4;
+        image.format = PNG_FORMAT_GRAY;
+        std::vector<uint8_t> pixels(16, uint8_t(40 + 80 * cls + i));
+        std::string path = folder + "/" + std::to_string(i) + ".png";
+        ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0,
+                                            pixels.data(), 0, nullptr));
+      }
+    }
+  CommandResult r = run("train " + folderModel + " --data " + root +
+                        " --epochs 1 --threads 1");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  // 9 train images: 2 steps; 9 test images: 3 eval batches, the last
+  // padded.
+  EXPECT_TRUE(contains(r.err, "epoch 1/1 [####################] 8/8 loss "))
+      << r.err;
+  std::smatch routing;
+  ASSERT_TRUE(std::regex_search(
+      r.out, routing,
+      std::regex(R"(epoch 1/1: test loss [0-9.]+, test top-1 )"
+                 R"([0-9.]+% \([0-9]/9\)\n  routing.blocks.0: )"
+                 R"(([0-9]+) ([0-9]+)\n)")))
+      << r.out;
+  // The padding of the last batch is masked out of the counts.
+  EXPECT_EQ(std::stoi(routing[1]) + std::stoi(routing[2]), 9) << r.out;
+
+  fs::remove_all(root + "/test");
+  r = run("train " + folderModel + " --data " + root + " --epochs 1");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_TRUE(contains(r.err, root + "/test: no such directory")) << r.err;
 }
 
 } // namespace

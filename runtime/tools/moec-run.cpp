@@ -2,8 +2,8 @@
 //
 // moec-run infer|inspect|init|run|call|train MODEL ...; see kUsage and
 // docs/runtime.md. Exit codes: 0 success, 1 runtime failure (device,
-// internal, writing outputs), 2 bad usage or bad input (flags, artifact,
-// weights, data).
+// internal, writing outputs, a non-finite loss or gradient in training), 2
+// bad usage or bad input (flags, artifact, weights, data, checkpoints).
 //
 //===----------------------------------------------------------------------===//
 
@@ -256,12 +256,34 @@ int runInspect(const Options &options) {
         dispatches == a.plan().entries.end() ? size_t(0)
                                              : dispatches->second.size(),
         entry.flops);
+    auto role = [](const TensorSpec &t) {
+      return t.role.empty() ? std::string() : " (" + t.role + ")";
+    };
     for (const TensorSpec &t : entry.inputs)
-      std::printf("    input   %-10s %s%s\n", t.name.c_str(), t.dtype.c_str(),
-                  formatShape(t.shape).c_str());
+      std::printf("    input   %-10s %s%s%s\n", t.name.c_str(),
+                  t.dtype.c_str(), formatShape(t.shape).c_str(),
+                  role(t).c_str());
     for (const TensorSpec &t : entry.outputs)
-      std::printf("    output  %-10s %s%s\n", t.name.c_str(), t.dtype.c_str(),
-                  formatShape(t.shape).c_str());
+      std::printf("    output  %-10s %s%s%s\n", t.name.c_str(),
+                  t.dtype.c_str(), formatShape(t.shape).c_str(),
+                  role(t).c_str());
+  }
+  if (m.optimizer) {
+    const OptimizerSpec &o = *m.optimizer;
+    std::printf("\noptimizer:    %s, lr %g, weight decay %g, betas (%g, %g), "
+                "eps %g, momentum %g, grad clip %g\n",
+                o.kind.c_str(), o.lr, o.weightDecay, o.beta1, o.beta2, o.eps,
+                o.momentum, o.gradClip);
+  }
+  if (m.train) {
+    const TrainSpec &t = *m.train;
+    std::printf("train:        batch %" PRId64 ", %" PRId64
+                " epochs, warm-up %g epochs, schedule %s, label smoothing "
+                "%g, seed %" PRIu64 ", crop padding %" PRId64 ", flip %s\n",
+                t.batch, t.epochs, t.warmupEpochs,
+                t.schedule.empty() ? "-" : t.schedule.c_str(),
+                t.labelSmoothing, t.seed, t.cropPadding,
+                t.horizontalFlip ? "on" : "off");
   }
 
   size_t nameWidth = 4, shapeWidth = 5;
@@ -279,6 +301,13 @@ int runInspect(const Options &options) {
     std::printf("  %-*s  %-*s  %12" PRId64 "  %s\n", int(nameWidth),
                 p.name.c_str(), int(shapeWidth), formatShape(p.shape).c_str(),
                 p.count(), init.c_str());
+  }
+  if (!m.state.empty()) {
+    int64_t values = 0;
+    for (const ParamSpec &p : m.state)
+      values += p.count();
+    std::printf("\nstate: %zu tensors, %" PRId64 " values (%s, ...)\n",
+                m.state.size(), values, m.state[0].name.c_str());
   }
   const EntrySpec &infer = m.infer();
   std::printf("\n");

@@ -95,6 +95,7 @@ void moec::buildCpuPlanPipeline(OpPassManager &pm,
                                 const CpuPipelineOptions &options) {
   LowerToKernelsPassOptions lower;
   lower.entry = options.entry;
+  lower.kernelPrefix = options.kernelPrefix;
   pm.addPass(createLowerToKernelsPass(lower));
   PlanMemoryPassOptions plan;
   plan.entry = options.entry;

@@ -9,7 +9,9 @@
 
 #include "moec/Passes/Passes.h"
 
+#include "moec/Dialect/MoE/MoEAutodiff.h"
 #include "moec/Dialect/MoE/MoEOps.h"
+#include "moec/Dialect/MoE/TensorBuilder.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -19,6 +21,8 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <cmath>
@@ -936,7 +940,21 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
     return SmallVector<Value>{dispatch, combine, logits};
   }
 
-  Value gates = ib.softmaxRows(logits, ib.empty({s, e}));
+  // Noisy top-k (training): the gates come from logits + s * noise; the
+  // logits result stays clean for the auxiliary losses.
+  Value gateLogits = logits;
+  if (o.getNoise()) {
+    double scale = o.getNoiseStd()->convertToDouble() / e;
+    gateLogits = ib.generic(
+        {logits, in[2]}, ib.empty({s, e}),
+        {ib.map(2, {0, 1}), ib.map(2, {0, 1}), ib.map(2, {0, 1})}, {kPar, kPar},
+        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value k = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale));
+          return arith::AddFOp::create(nb, nl, a[0],
+                                       arith::MulFOp::create(nb, nl, a[1], k));
+        });
+  }
+  Value gates = ib.softmaxRows(gateLogits, ib.empty({s, e}));
 
   if (o.getKind() == RouterKind::ExpertChoice) {
     // Each expert takes its `cap` best tokens; slot = the token's rank.
@@ -1002,6 +1020,211 @@ FailureOr<SmallVector<Value>> emitRouter(RouterOp o, ImageBuilder &ib,
   return SmallVector<Value>{dispatch, combine, logits};
 }
 
+/// Batch-level moe ops (losses and metrics) reduce over images: they
+/// become whole-batch linalg, which is outlined like the backward pass.
+LogicalResult decomposeBatchOp(Operation *op) {
+  OpBuilder b(op);
+  Location loc = op->getLoc();
+  TensorBuilder tb(b, loc);
+  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
+  auto cst = [](OpBuilder &nb, Location nl, double v) -> Value {
+    return arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v));
+  };
+  // Row max and sum of exp(x - max) of logits [N, K].
+  auto rowStats = [&](Value logits) {
+    int64_t n = TensorBuilder::shape(logits)[0];
+    AffineMap all = tb.identity(2), row = tb.dims(2, {0});
+    Value mx = tb.reduce({logits}, {all}, {n}, 1, id, -INFINITY, true);
+    Value se = tb.reduce({logits, mx}, {all, row}, {n}, 1,
+                         [](OpBuilder &nb, Location nl, ValueRange a) {
+                           return math::ExpOp::create(
+                                      nb, nl, arith::SubFOp::create(nb, nl, a[0], a[1]))
+                               .getResult();
+                         });
+    return std::make_pair(mx, se);
+  };
+  auto isLabel = [](OpBuilder &nb, Location nl, Value label, unsigned dim) {
+    Value l = arith::IndexCastOp::create(nb, nl, nb.getIndexType(), label);
+    return arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq,
+                                 linalg::IndexOp::create(nb, nl, dim), l);
+  };
+  SmallVector<Value> repl;
+  if (auto ce = dyn_cast<SoftmaxCrossEntropyOp>(op)) {
+    Value logits = ce.getLogits(), labels = ce.getLabels();
+    int64_t n = TensorBuilder::shape(logits)[0], k = TensorBuilder::shape(logits)[1];
+    double a = ce.getLabelSmoothing().convertToDouble();
+    auto [mx, se] = rowStats(logits);
+    // sum_k target_k logit_k
+    Value dot = tb.reduce({logits, labels}, {tb.identity(2), tb.dims(2, {0})}, {n}, 1,
+                          [&](OpBuilder &nb, Location nl, ValueRange v) {
+                            Value t = arith::SelectOp::create(
+                                nb, nl, isLabel(nb, nl, v[1], 1), cst(nb, nl, 1 - a + a / k),
+                                cst(nb, nl, a / k));
+                            return arith::MulFOp::create(nb, nl, t, v[0]).getResult();
+                          });
+    AffineMap n1 = tb.identity(1);
+    repl.push_back(tb.reduce({mx, se, dot}, {n1, n1, n1}, {}, 1,
+                             [&](OpBuilder &nb, Location nl, ValueRange v) {
+                               Value lse = arith::AddFOp::create(
+                                   nb, nl, v[0], math::LogOp::create(nb, nl, v[1]));
+                               Value l = arith::SubFOp::create(nb, nl, lse, v[2]);
+                               return arith::MulFOp::create(nb, nl, l, cst(nb, nl, 1.0 / n))
+                                   .getResult();
+                             }));
+  } else if (auto m = dyn_cast<ClassificationMetricsOp>(op)) {
+    Value logits = m.getLogits(), labels = m.getLabels(), mask = m.getMask();
+    int64_t n = TensorBuilder::shape(logits)[0];
+    auto [mx, se] = rowStats(logits);
+    AffineMap all = tb.identity(2), row = tb.dims(2, {0});
+    Value lab = tb.reduce({logits, labels}, {all, row}, {n}, 1,
+                          [&](OpBuilder &nb, Location nl, ValueRange v) {
+                            return arith::SelectOp::create(nb, nl, isLabel(nb, nl, v[1], 1),
+                                                           v[0], cst(nb, nl, 0.0))
+                                .getResult();
+                          });
+    // Logits equal to the max before the label's column (first wins ties).
+    Value before = tb.reduce(
+        {logits, labels, mx}, {all, row, row}, {n}, 1,
+        [&](OpBuilder &nb, Location nl, ValueRange v) {
+          Value l = arith::IndexCastOp::create(nb, nl, nb.getIndexType(), v[1]);
+          Value lt = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult,
+                                           linalg::IndexOp::create(nb, nl, 1), l);
+          Value eq = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ, v[0], v[2]);
+          return arith::SelectOp::create(nb, nl, arith::AndIOp::create(nb, nl, lt, eq),
+                                         cst(nb, nl, 1.0), cst(nb, nl, 0.0))
+              .getResult();
+        });
+    SmallVector<Value> ins{mx, se, lab, before};
+    if (mask)
+      ins.push_back(mask);
+    SmallVector<AffineMap> maps(ins.size(), tb.identity(1));
+    auto weightOf = [&](OpBuilder &nb, Location nl, ValueRange v) {
+      return mask ? v[4] : cst(nb, nl, 1.0);
+    };
+    repl.push_back(tb.reduce(ins, maps, {}, 1, [&](OpBuilder &nb, Location nl, ValueRange v) {
+      Value lse = arith::AddFOp::create(nb, nl, v[0], math::LogOp::create(nb, nl, v[1]));
+      return arith::MulFOp::create(nb, nl, arith::SubFOp::create(nb, nl, lse, v[2]),
+                                   weightOf(nb, nl, v))
+          .getResult();
+    }));
+    repl.push_back(tb.reduce(ins, maps, {}, 1, [&](OpBuilder &nb, Location nl, ValueRange v) {
+      Value top = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ, v[2], v[0]);
+      Value first = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ, v[3],
+                                          cst(nb, nl, 0.0));
+      Value ok = arith::AndIOp::create(nb, nl, top, first);
+      return arith::SelectOp::create(nb, nl, ok, weightOf(nb, nl, v), cst(nb, nl, 0.0))
+          .getResult();
+    }));
+  } else if (auto rc = dyn_cast<RoutingCountsOp>(op)) {
+    Value d = rc.getDispatch(), mask = rc.getMask();
+    ArrayRef<int64_t> ds = TensorBuilder::shape(d);
+    // counts[e] = sum_{g,s,c} mask[g] D[g,s,e,c]; loops (e, g, s, c).
+    SmallVector<Value> ins{d};
+    SmallVector<AffineMap> maps{tb.dims(4, {1, 2, 0, 3})};
+    if (mask) {
+      ins.push_back(mask);
+      maps.push_back(tb.dims(4, {1}));
+    }
+    repl.push_back(tb.reduce(ins, maps, {ds[2]}, 3, [&](OpBuilder &nb, Location nl, ValueRange v) {
+      return mask ? arith::MulFOp::create(nb, nl, v[0], v[1]).getResult() : v[0];
+    }));
+  } else if (auto sum = dyn_cast<SumLossesOp>(op)) {
+    if (sum.getTerms().empty()) {
+      repl.push_back(tb.zeros({}));
+    } else {
+      SmallVector<AffineMap> maps(sum.getTerms().size(), tb.scalarMap(0));
+      repl.push_back(tb.pointwise(sum.getTerms(), {}, maps,
+                                  [](OpBuilder &nb, Location nl, ValueRange v) {
+                                    Value acc = v[0];
+                                    for (Value t : v.drop_front().drop_back())
+                                      acc = arith::AddFOp::create(nb, nl, acc, t);
+                                    return acc;
+                                  }));
+    }
+  } else if (auto aux = dyn_cast<AuxLossOp>(op)) {
+    auto [perGroup, unused] = buildAuxLoss(b, aux, aux->getOperands(), false);
+    (void)unused;
+    int64_t g = TensorBuilder::shape(perGroup)[0];
+    double w = aux.getWeight().convertToDouble() / g;
+    repl.push_back(tb.reduce({perGroup}, {tb.identity(1)}, {}, 1,
+                             [&](OpBuilder &nb, Location nl, ValueRange v) {
+                               return arith::MulFOp::create(nb, nl, v[0], cst(nb, nl, w))
+                                   .getResult();
+                             }));
+  } else {
+    return success();
+  }
+  op->replaceAllUsesWith(repl);
+  op->erase();
+  return success();
+}
+
+/// The outermost loop dimension splits a whole-batch linalg op into tiles
+/// when it is parallel and every operand either indexes it as a plain
+/// dimension or not at all: tiles then write disjoint output slices. Returns
+/// for every operand the position of d0 in its map (-1: not indexed).
+std::optional<SmallVector<int64_t>> splitPositions(linalg::LinalgOp op) {
+  if (op.getNumLoops() == 0 ||
+      op.getIteratorTypesArray()[0] != utils::IteratorType::parallel)
+    return std::nullopt;
+  SmallVector<int64_t> pos;
+  for (OpOperand &operand : op->getOpOperands()) {
+    AffineMap m = op.getMatchingIndexingMap(&operand);
+    int64_t at = -1;
+    for (auto [i, e] : llvm::enumerate(m.getResults())) {
+      if (auto d = dyn_cast<AffineDimExpr>(e); d && d.getPosition() == 0) {
+        if (at >= 0)
+          return std::nullopt;
+        at = i;
+      } else if (e.isFunctionOfDim(0)) {
+        return std::nullopt;
+      }
+    }
+    if (at < 0 && op.isDpsInit(&operand))
+      return std::nullopt;
+    pos.push_back(at);
+  }
+  return pos;
+}
+
+Value sliceDim(OpBuilder &b, Location loc, Value full, int64_t dim,
+               Value offset, int64_t size) {
+  auto type = cast<RankedTensorType>(full.getType());
+  SmallVector<OpFoldResult> offsets(type.getRank(), b.getIndexAttr(0));
+  SmallVector<OpFoldResult> sizes, strides(type.getRank(), b.getIndexAttr(1));
+  SmallVector<int64_t> shape(type.getShape());
+  shape[dim] = size;
+  for (int64_t s : shape)
+    sizes.push_back(b.getIndexAttr(s));
+  offsets[dim] = offset;
+  return tensor::ExtractSliceOp::create(
+      b, loc, RankedTensorType::get(shape, type.getElementType()), full, offsets,
+      sizes, strides);
+}
+
+Value insertDim(OpBuilder &b, Location loc, Value slice, Value full,
+                int64_t dim, Value offset) {
+  auto type = cast<RankedTensorType>(slice.getType());
+  SmallVector<OpFoldResult> offsets(type.getRank(), b.getIndexAttr(0));
+  SmallVector<OpFoldResult> sizes, strides(type.getRank(), b.getIndexAttr(1));
+  for (int64_t s : type.getShape())
+    sizes.push_back(b.getIndexAttr(s));
+  offsets[dim] = offset;
+  return tensor::InsertSliceOp::create(b, loc, slice, full, offsets, sizes,
+                                       strides);
+}
+
+/// A fill of a constant into tensor.empty whose only use is `user`'s init:
+/// the kernel fills its own tile instead.
+linalg::FillOp fusableFill(Value init) {
+  auto fill = init.getDefiningOp<linalg::FillOp>();
+  if (!fill || !fill->hasOneUse() ||
+      !fill.getOutputs()[0].getDefiningOp<tensor::EmptyOp>() ||
+      !fill.getInputs()[0].getDefiningOp<arith::ConstantOp>())
+    return {};
+  return fill;
+}
+
 struct LowerToKernelsPass
     : public moec::impl::LowerToKernelsPassBase<LowerToKernelsPass> {
   using Base::Base;
@@ -1019,25 +1242,50 @@ struct LowerToKernelsPass
       if (fn != entryFn)
         fn.erase();
 
-    SmallVector<Operation *> work;
-    for (Operation &op : entryFn.getBody().front())
-      if (isa<MoEDialect>(op.getDialect()) && !isa<ParamOp>(op))
-        work.push_back(&op);
-
     int64_t batch = -1;
     for (Type t : entryFn.getArgumentTypes()) {
       auto rt = dyn_cast<RankedTensorType>(t);
-      if (!rt || !rt.hasStaticShape() || !rt.getElementType().isF32()) {
-        entryFn.emitError() << "expects statically shaped f32 tensor "
+      if (!rt || !rt.hasStaticShape() ||
+          !(rt.getElementType().isF32() || rt.getElementType().isInteger(32))) {
+        entryFn.emitError() << "expects statically shaped f32 or i32 tensor "
                                "arguments, got "
                             << t;
         return signalPassFailure();
       }
-      batch = rt.getDimSize(0);
+      if (batch < 0 && rt.getRank() > 0)
+        batch = rt.getDimSize(0);
     }
     if (batch <= 0) {
       entryFn.emitError() << "expects an images argument";
       return signalPassFailure();
+    }
+
+    // Losses and metrics become whole-batch linalg first.
+    SmallVector<Operation *> batchOps;
+    for (Operation &op : entryFn.getBody().front())
+      if (isa<SoftmaxCrossEntropyOp, AuxLossOp, SumLossesOp,
+              ClassificationMetricsOp, RoutingCountsOp>(op))
+        batchOps.push_back(&op);
+    for (Operation *op : batchOps)
+      if (failed(decomposeBatchOp(op)))
+        return signalPassFailure();
+
+    // Work: moe compute ops (per-image kernels) and linalg ops (whole-batch
+    // kernels), in program order. A fill that only initializes one linalg
+    // op is done inside that op's kernel.
+    SmallVector<Operation *> work;
+    for (Operation &op : entryFn.getBody().front()) {
+      if (isa<MoEDialect>(op.getDialect()) && !isa<ParamOp>(op))
+        work.push_back(&op);
+      if (auto fill = dyn_cast<linalg::FillOp>(op)) {
+        Operation *user = fill->hasOneUse() ? *fill->getUsers().begin() : nullptr;
+        auto lop = dyn_cast_or_null<linalg::LinalgOp>(user);
+        if (fusableFill(fill.getResult(0)) && lop &&
+            lop.isDpsInit(&*fill->getUses().begin()))
+          continue;
+      }
+      if (isa<linalg::LinalgOp>(op))
+        work.push_back(&op);
     }
 
     // Routers are outlined before their dispatch/combine users: look at
@@ -1070,11 +1318,181 @@ struct LowerToKernelsPass
 
     OpBuilder b(module.getContext());
     unsigned index = 0;
-    for (Operation *op : work)
-      if (failed(outline(op, index++, batch, oneHot.contains(op),
-                         filledSlotsOnly.contains(op), b)))
+    for (Operation *op : work) {
+      LogicalResult done =
+          isa<linalg::LinalgOp>(op)
+              ? outlineLinalg(cast<linalg::LinalgOp>(op), index++, b)
+              : outline(op, index++, batch, oneHot.contains(op),
+                        filledSlotsOnly.contains(op), b);
+      if (failed(done))
         return signalPassFailure();
+    }
+    // What the kernels absorbed (fused fills, their constants and empties).
+    SmallVector<Operation *> all;
+    for (Operation &op : entryFn.getBody().front().without_terminator())
+      all.push_back(&op);
+    for (Operation *op : llvm::reverse(all))
+      if (op->use_empty() && isMemoryEffectFree(op) && !isa<func::CallOp>(op))
+        op->erase();
   }
+
+  /// Outlines a whole-batch linalg op into a kernel over tiles of its
+  /// outermost loop dimension ("fixed" parallelism), or one tile when that
+  /// dimension cannot be split.
+  LogicalResult outlineLinalg(linalg::LinalgOp op, unsigned index,
+                              OpBuilder &b) {
+    ModuleOp module = getOperation();
+    Location loc = op->getLoc();
+    enum class InitKind { Fresh, Fill, InPlace, CopyIn };
+    SmallVector<InitKind> initKinds;
+    // Tensor inputs are kernel arguments; scalar inputs (a fill's value)
+    // must be constants and are rebuilt in the kernel.
+    SmallVector<Value> operands;
+    SmallVector<Operation *> scalarConstants;
+    for (Value in : op.getDpsInputs()) {
+      if (isa<RankedTensorType>(in.getType())) {
+        operands.push_back(in);
+        continue;
+      }
+      Operation *def = in.getDefiningOp();
+      if (!def || !def->hasTrait<OpTrait::ConstantLike>())
+        return op->emitOpError() << "kernel lowering expects scalar inputs "
+                                    "to be constants";
+      scalarConstants.push_back(def);
+    }
+    SmallVector<int64_t> copyInOperand;
+    for (Value init : op.getDpsInits()) {
+      if (fusableFill(init)) {
+        initKinds.push_back(InitKind::Fill);
+      } else if (init.getDefiningOp<ParamOp>()) {
+        initKinds.push_back(InitKind::InPlace);
+      } else if (init.getDefiningOp<tensor::EmptyOp>()) {
+        initKinds.push_back(InitKind::Fresh);
+      } else {
+        initKinds.push_back(InitKind::CopyIn);
+        copyInOperand.push_back(operands.size());
+        operands.push_back(init);
+        continue;
+      }
+      copyInOperand.push_back(-1);
+    }
+    unsigned numInputs = op.getNumDpsInputs();
+    unsigned numOperands = operands.size();
+    unsigned numResults = op->getNumResults();
+
+    std::optional<SmallVector<int64_t>> pos = splitPositions(op);
+    int64_t extent = pos ? op.getStaticLoopRanges()[0] : 1;
+    int64_t tile = extent;
+    if (pos)
+      for (int64_t t = 1; t <= extent; ++t)
+        if (extent % t == 0 && extent / t <= kMaxTiles) {
+          tile = t;
+          break;
+        }
+    int64_t tiles = extent / tile;
+
+    SmallVector<Type> argTypes(ValueRange(operands).getTypes());
+    llvm::append_range(argTypes, op->getResultTypes());
+    argTypes.append({b.getIndexType(), b.getIndexType()});
+    std::string name = kernelPrefix + std::to_string(index);
+    b.setInsertionPointToEnd(module.getBody());
+    auto kernel = func::FuncOp::create(
+        b, loc, name, b.getFunctionType(argTypes, op->getResultTypes()));
+    kernel->setAttr("moe.kernel", b.getUnitAttr());
+    Block *body = kernel.addEntryBlock();
+    b.setInsertionPointToStart(body);
+    ValueRange args = body->getArguments();
+    Value begin = args[numOperands + numResults];
+    Value end = args[numOperands + numResults + 1];
+    Value one = arith::ConstantIndexOp::create(b, loc, 1);
+    SmallVector<Value> dests(args.slice(numOperands, numResults));
+
+    auto loop = scf::ForOp::create(
+        b, loc, begin, end, one, dests,
+        [&](OpBuilder &lb, Location ll, Value t, ValueRange acc) {
+          Value offset = arith::MulIOp::create(
+              lb, ll, t, arith::ConstantIndexOp::create(lb, ll, tile));
+          auto piece = [&](Value full, unsigned operandNumber) -> Value {
+            if (!pos || (*pos)[operandNumber] < 0)
+              return full;
+            return sliceDim(lb, ll, full, (*pos)[operandNumber], offset, tile);
+          };
+          IRMapping mapping;
+          for (Operation *c : scalarConstants)
+            mapping.map(c->getResult(0), lb.clone(*c)->getResult(0));
+          for (unsigned i = 0, arg = 0; i < numInputs; ++i) {
+            Value in = op->getOperand(i);
+            if (!isa<RankedTensorType>(in.getType()))
+              continue;
+            mapping.map(in, piece(args[arg++], i));
+          }
+          SmallVector<Value> tileDests;
+          for (unsigned r = 0; r < numResults; ++r) {
+            unsigned operandNumber = numInputs + r;
+            Value d = piece(acc[r], operandNumber);
+            tileDests.push_back(d);
+            Value init = op.getDpsInits()[r];
+            switch (initKinds[r]) {
+            case InitKind::Fill: {
+              auto fill = init.getDefiningOp<linalg::FillOp>();
+              Operation *c = lb.clone(*fill.getInputs()[0].getDefiningOp());
+              d = linalg::FillOp::create(lb, ll, c->getResult(0), d).getResult(0);
+              break;
+            }
+            case InitKind::CopyIn:
+              d = linalg::CopyOp::create(
+                      lb, ll, piece(args[copyInOperand[r]], operandNumber), d)
+                      .getResult(0);
+              break;
+            default:
+              break;
+            }
+            mapping.map(init, d);
+          }
+          Operation *tiled = lb.clone(*op, mapping);
+          SmallVector<Value> yielded;
+          for (unsigned r = 0; r < numResults; ++r) {
+            tiled->getResult(r).setType(tileDests[r].getType());
+            unsigned operandNumber = numInputs + r;
+            yielded.push_back(!pos ? tiled->getResult(r)
+                                   : insertDim(lb, ll, tiled->getResult(r), acc[r],
+                                               (*pos)[operandNumber], offset));
+          }
+          scf::YieldOp::create(lb, ll, yielded);
+        });
+    func::ReturnOp::create(b, loc, loop.getResults());
+
+    b.setInsertionPoint(op);
+    SmallVector<Value> callArgs(operands);
+    for (auto [r, result] : llvm::enumerate(op->getResults())) {
+      Value init = op.getDpsInits()[r];
+      if (initKinds[r] == InitKind::InPlace) {
+        callArgs.push_back(init);
+        continue;
+      }
+      auto rt = cast<RankedTensorType>(result.getType());
+      callArgs.push_back(
+          tensor::EmptyOp::create(b, loc, rt.getShape(), rt.getElementType()));
+    }
+    callArgs.push_back(arith::ConstantIndexOp::create(b, loc, 0));
+    callArgs.push_back(arith::ConstantIndexOp::create(b, loc, tiles));
+    auto call = func::CallOp::create(b, loc, kernel, callArgs);
+    call->setAttr("moe.op", b.getStringAttr(op->getName().getStringRef()));
+    std::string role;
+    if (auto nameLoc = dyn_cast<NameLoc>(loc))
+      role = nameLoc.getName().str();
+    if (auto n = op->getAttrOfType<StringAttr>("moe.name"))
+      role = n.str();
+    call->setAttr("moe.name", b.getStringAttr(role));
+    call->setAttr("moe.parallel", b.getStringAttr("fixed"));
+    call->setAttr("moe.tiles", b.getI64IntegerAttr(tiles));
+    op->replaceAllUsesWith(call.getResults());
+    op->erase();
+    return success();
+  }
+
+  /// Whole-batch kernels split into at most this many tiles.
+  static constexpr int64_t kMaxTiles = 16;
 
   LogicalResult outline(Operation *op, unsigned index, int64_t batch,
                         bool oneHot, bool filledSlotsOnly, OpBuilder &b) {
@@ -1100,7 +1518,7 @@ struct LowerToKernelsPass
     SmallVector<Type> argTypes(ValueRange(operands).getTypes());
     llvm::append_range(argTypes, op->getResultTypes());
     argTypes.append({b.getIndexType(), b.getIndexType()});
-    std::string name = "moec_k" + std::to_string(index);
+    std::string name = kernelPrefix + std::to_string(index);
     b.setInsertionPointToEnd(module.getBody());
     auto kernel = func::FuncOp::create(
         b, loc, name, b.getFunctionType(argTypes, op->getResultTypes()));

@@ -84,12 +84,17 @@ struct PlanMemoryPass
     // Parameters, in declaration order; a name read twice shares a slot.
     llvm::StringMap<int64_t> paramOffsets;
     int64_t paramBytes = 0;
-    fn.walk([&](moe::ParamOp p) {
-      auto [it, inserted] = paramOffsets.try_emplace(p.getName(), paramBytes);
-      if (inserted)
-        paramBytes += alignBytes(tensorBytes(p.getType()));
-      p->setAttr("moe.param_offset", b.getI64IntegerAttr(it->second));
-    });
+    // Optimizer state (`moe.state`) goes after every parameter, so the
+    // parameters have the same offsets in every entry point.
+    for (bool state : {false, true})
+      fn.walk([&](moe::ParamOp p) {
+        if (p->hasAttr("moe.state") != state)
+          return;
+        auto [it, inserted] = paramOffsets.try_emplace(p.getName(), paramBytes);
+        if (inserted)
+          paramBytes += alignBytes(tensorBytes(p.getType()));
+        p->setAttr("moe.param_offset", b.getI64IntegerAttr(it->second));
+      });
 
     // Arena buffers: the entry's arguments and every call destination. A
     // call's results live in its destinations.
@@ -114,6 +119,9 @@ struct PlanMemoryPass
       }
       for (unsigned r = 0; r < numDests; ++r) {
         Value dest = call.getOperand(firstDest + r);
+        // Updates write parameters and optimizer state in place.
+        if (dest.getDefiningOp<moe::ParamOp>())
+          continue;
         if (!dest.getDefiningOp<tensor::EmptyOp>()) {
           call.emitOpError() << "expects a tensor.empty destination for "
                                 "result #"
@@ -141,7 +149,8 @@ struct PlanMemoryPass
       unsigned numDests = call.getNumResults();
       unsigned firstDest = call.getNumOperands() - 2 - numDests;
       for (unsigned r = 0; r < numDests; ++r)
-        call.getOperand(firstDest + r).getDefiningOp()->setAttr(
+        if (call.getOperand(firstDest + r).getDefiningOp<tensor::EmptyOp>())
+          call.getOperand(firstDest + r).getDefiningOp()->setAttr(
             "moe.arena_offset",
             b.getI64IntegerAttr(buffers[bufferOf[call.getResult(r)]].offset));
     }

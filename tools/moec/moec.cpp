@@ -67,6 +67,10 @@ cl::opt<TargetKind> target(
 cl::opt<std::string> dumpLLVMIR(
     "dump-llvm-ir", cl::desc("Also write the optimized LLVM IR of the kernels"),
     cl::value_desc("file"), cl::init(""));
+cl::opt<std::string> entriesOpt(
+    "entries",
+    cl::desc("Comma-separated entry points to compile: infer, train_step, eval"),
+    cl::init("infer,train_step,eval"));
 cl::opt<int64_t> batch("batch",
                        cl::desc("Images per call of the entry functions "
                                 "(default: the spec's /train/batch)"),
@@ -78,7 +82,8 @@ constexpr int kExitUsage = 2;
 int usageError(const llvm::Twine &message) {
   llvm::errs() << "moec: error: " << message
                << "\nusage: moec compile SPEC [-o OUT] "
-                  "[--emit=mlir|plan|llvm|artifact] [--target=cpu] [--batch N]\n";
+                  "[--emit=mlir|plan|llvm|artifact] [--target=cpu] [--batch N]\n"
+                  "       [--entries=infer,train_step,eval]\n";
   return kExitUsage;
 }
 } // namespace
@@ -97,6 +102,24 @@ int main(int argc, char **argv) {
   const std::string outputPath = outputFilename;
   const EmitKind emitKind = emit;
   const int64_t batchSize = batch;
+  SmallVector<std::string> entries;
+  {
+    SmallVector<StringRef> parts;
+    StringRef(entriesOpt).split(parts, ',', -1, /*KeepEmpty=*/false);
+    for (StringRef e : parts) {
+      e = e.trim();
+      if (e != "infer" && e != "train_step" && e != "eval")
+        return usageError("unknown entry point '" + e +
+                          "' in --entries (expected infer, train_step, eval)");
+      if (llvm::is_contained(entries, e.str()))
+        return usageError("entry point '" + e + "' is listed twice in --entries");
+      entries.push_back(e.str());
+    }
+    if (entries.empty())
+      return usageError("--entries names no entry point");
+    if (entries.front() != "infer" && llvm::is_contained(entries, "infer"))
+      return usageError("--entries must list infer first");
+  }
   moec::CpuTargetOptions targetOptions;
   targetOptions.dumpLLVMIRPath = dumpLLVMIR;
 
@@ -148,14 +171,31 @@ int main(int argc, char **argv) {
   std::string artifactBytes;
   moec::CpuPipelineOptions cpuOptions;
   OwningOpRef<ModuleOp> kernels;
+  // Each entry point is planned on its own copy of the module (train_step
+  // first goes through moe-autodiff); the plans and their kernels, named
+  // per entry, are then gathered into one module.
+  OwningOpRef<ModuleOp> plan;
   if (emitKind != EmitKind::Mlir) {
-    if (failed(runPipeline(*module, [&](OpPassManager &pm) {
-          moec::buildCpuPlanPipeline(pm, cpuOptions);
-        })))
-      return kExitFailure;
+    plan = ModuleOp::create(module->getLoc(), module->getName());
+    for (const std::string &entry : entries) {
+      OwningOpRef<ModuleOp> copy = module->clone();
+      moec::CpuPipelineOptions options;
+      options.entry = entry;
+      options.kernelPrefix = entry == "infer" ? "moec_k" : entry + "_k";
+      if (failed(runPipeline(*copy, [&](OpPassManager &pm) {
+            if (entry == "train_step")
+              pm.addPass(moec::createAutodiffPass());
+            moec::buildCpuPlanPipeline(pm, options);
+          })))
+        return kExitFailure;
+      for (Operation &op : llvm::make_early_inc_range(copy->getOps())) {
+        op.remove();
+        plan->push_back(&op);
+      }
+    }
   }
   if (emitKind == EmitKind::Llvm || emitKind == EmitKind::Artifact) {
-    kernels = module->clone();
+    kernels = plan->clone();
     if (failed(runPipeline(*kernels, [&](OpPassManager &pm) {
           moec::buildCpuCodegenPipeline(pm, cpuOptions);
         })))
@@ -177,12 +217,33 @@ int main(int argc, char **argv) {
     info.datasetPath = spec.data.path;
     info.targetCpu = library->cpu;
     info.targetFeatures = library->features;
+    if (llvm::is_contained(entries, "train_step")) {
+      const auto &t = spec.train;
+      moec::ArtifactTrainInfo train;
+      train.optimizer = moec::spec::toString(t.optimizer.kind);
+      train.lr = t.optimizer.lr;
+      train.weightDecay = t.optimizer.weightDecay;
+      train.beta1 = t.optimizer.beta1;
+      train.beta2 = t.optimizer.beta2;
+      train.eps = t.optimizer.eps;
+      train.momentum = t.optimizer.momentum;
+      train.gradClip = t.optimizer.gradClip;
+      train.schedule = moec::spec::toString(t.schedule.kind);
+      train.warmupEpochs = t.schedule.warmupEpochs;
+      train.minLrRatio = t.schedule.minLrRatio;
+      train.batch = t.batch;
+      train.epochs = t.epochs;
+      train.labelSmoothing = t.labelSmoothing;
+      train.seed = t.seed;
+      train.cropPadding = spec.data.cropPadding;
+      train.horizontalFlip = spec.data.horizontalFlip;
+      info.train = train;
+    }
     auto specText = llvm::MemoryBuffer::getFile(positional[1]);
     if (specText)
       info.specJson = (*specText)->getBuffer().str();
     FailureOr<std::string> bytes =
-        moec::buildArtifact(*module, cpuOptions.entry, info,
-                            library->sharedObject);
+        moec::buildArtifact(*plan, entries, info, library->sharedObject);
     if (failed(bytes))
       return kExitFailure;
     artifactBytes = std::move(*bytes);
@@ -193,8 +254,11 @@ int main(int argc, char **argv) {
           outputPath, [&](llvm::raw_ostream &os) -> llvm::Error {
             switch (emitKind) {
             case EmitKind::Mlir:
-            case EmitKind::Plan:
               module->print(os);
+              os << "\n";
+              break;
+            case EmitKind::Plan:
+              plan->print(os);
               os << "\n";
               break;
             case EmitKind::Llvm:

@@ -7,7 +7,9 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
-#include "llvm/ADT/StringSet.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <algorithm>
 
 #include <nlohmann/json.hpp>
 
@@ -40,96 +42,135 @@ void appendSection(std::string &out, std::vector<artifact::SectionEntry> &table,
 }
 } // namespace
 
-FailureOr<std::string> moec::buildArtifact(ModuleOp plan, StringRef entry,
+FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
+                                           ArrayRef<std::string> entries,
                                            const ArtifactModelInfo &info,
                                            StringRef kernelLibrary) {
-  auto fn = plan.lookupSymbol<func::FuncOp>(entry);
-  if (!fn || !fn->hasAttr("moe.arena_bytes"))
-    return plan.emitError() << "no memory-planned entry '" << entry << "'";
+  json params = json::array(), state = json::array();
+  llvm::StringMap<int64_t> paramOffsets;
+  json manifestEntries = json::object(), planEntries = json::object();
+  int64_t arenaBytes = 0, paramBytes = 0, batch = 0, paramCount = 0,
+          activeParams = 0;
 
-  // Where every tensor of the plan lives.
-  DenseMap<Value, json> where;
-  for (BlockArgument arg : fn.getArguments()) {
-    auto off = fn.getArgAttrOfType<IntegerAttr>(arg.getArgNumber(),
-                                                "moe.arena_offset");
-    where[arg] = json{{"space", "arena"}, {"offset", off.getInt()}};
-  }
-  json params = json::array();
-  llvm::StringSet<> seenParams;
-  for (auto p : fn.getOps<moe::ParamOp>()) {
-    int64_t off = intAttr(p, "moe.param_offset");
-    where[p.getResult()] = json{{"space", "param"}, {"offset", off}};
-    if (!seenParams.insert(p.getName()).second)
-      continue;
-    json entryJson{{"name", p.getName().str()},
-                   {"shape", shapeOf(p.getType())},
-                   {"dtype", "f32"},
-                   {"offset", off},
-                   {"init", moe::stringifyInitKind(p.getInit()).str()}};
-    if (auto std = p.getStd())
-      entryJson["std"] = std->convertToDouble();
-    params.push_back(std::move(entryJson));
-  }
+  for (const std::string &entry : entries) {
+    auto fn = plan.lookupSymbol<func::FuncOp>(entry);
+    if (!fn || !fn->hasAttr("moe.arena_bytes"))
+      return plan.emitError() << "no memory-planned entry '" << entry << "'";
+    arenaBytes = std::max(arenaBytes, intAttr(fn, "moe.arena_bytes"));
+    paramBytes = std::max(paramBytes, intAttr(fn, "moe.param_bytes"));
+    if (entry == entries.front()) {
+      paramCount = intAttr(fn, "moe.params");
+      activeParams = intAttr(fn, "moe.active_params");
+    }
 
-  json dispatches = json::array();
-  for (auto call : fn.getOps<func::CallOp>()) {
-    unsigned numDests = call.getNumResults();
-    unsigned numArgs = call.getNumOperands() - 2; // drop begin, end
-    for (unsigned r = 0; r < numDests; ++r) {
-      Value dest = call.getOperand(numArgs - numDests + r);
-      auto empty = dest.getDefiningOp<tensor::EmptyOp>();
-      if (!empty || !empty->hasAttr("moe.arena_offset"))
-        return call.emitOpError() << "destination #" << r
-                                  << " has no arena offset";
-      json loc{{"space", "arena"},
-               {"offset", intAttr(empty, "moe.arena_offset")}};
-      where[dest] = loc;
-      where[call.getResult(r)] = loc;
+    // Where every tensor of the plan lives.
+    DenseMap<Value, json> where;
+    for (BlockArgument arg : fn.getArguments()) {
+      auto off = fn.getArgAttrOfType<IntegerAttr>(arg.getArgNumber(),
+                                                  "moe.arena_offset");
+      where[arg] = json{{"space", "arena"}, {"offset", off.getInt()}};
     }
-    json args = json::array();
-    for (unsigned i = 0; i < numArgs; ++i) {
-      auto it = where.find(call.getOperand(i));
-      if (it == where.end())
-        return call.emitOpError() << "operand #" << i
-                                  << " is not a planned buffer";
-      args.push_back(it->second);
+    for (auto p : fn.getOps<moe::ParamOp>()) {
+      int64_t off = intAttr(p, "moe.param_offset");
+      where[p.getResult()] = json{{"space", "param"}, {"offset", off}};
+      auto [it, inserted] = paramOffsets.try_emplace(p.getName(), off);
+      if (!inserted) {
+        if (it->second != off)
+          return p.emitOpError()
+                 << "has offset " << off << " in '" << entry
+                 << "' but another entry point puts it at " << it->second;
+        continue;
+      }
+      json entryJson{{"name", p.getName().str()},
+                     {"shape", shapeOf(p.getType())},
+                     {"dtype", "f32"},
+                     {"offset", off},
+                     {"init", moe::stringifyInitKind(p.getInit()).str()}};
+      if (auto std = p.getStd())
+        entryJson["std"] = std->convertToDouble();
+      (p->hasAttr("moe.state") ? state : params).push_back(std::move(entryJson));
     }
-    auto str = [&](StringRef name) {
-      auto a = call->getAttrOfType<StringAttr>(name);
-      return a ? a.str() : std::string();
+
+    json dispatches = json::array();
+    for (auto call : fn.getOps<func::CallOp>()) {
+      unsigned numDests = call.getNumResults();
+      unsigned numArgs = call.getNumOperands() - 2; // drop begin, end
+      for (unsigned r = 0; r < numDests; ++r) {
+        Value dest = call.getOperand(numArgs - numDests + r);
+        if (dest.getDefiningOp<moe::ParamOp>()) {
+          where[call.getResult(r)] = where[dest];
+          continue;
+        }
+        auto empty = dest.getDefiningOp<tensor::EmptyOp>();
+        if (!empty || !empty->hasAttr("moe.arena_offset"))
+          return call.emitOpError() << "destination #" << r
+                                    << " has no arena offset";
+        json loc{{"space", "arena"},
+                 {"offset", intAttr(empty, "moe.arena_offset")}};
+        where[dest] = loc;
+        where[call.getResult(r)] = loc;
+      }
+      json args = json::array();
+      for (unsigned i = 0; i < numArgs; ++i) {
+        auto it = where.find(call.getOperand(i));
+        if (it == where.end())
+          return call.emitOpError() << "operand #" << i << " of a call to '"
+                                    << call.getCallee() << "' in '" << entry
+                                    << "' is not a planned buffer";
+        args.push_back(it->second);
+      }
+      auto str = [&](StringRef name) {
+        auto a = call->getAttrOfType<StringAttr>(name);
+        return a ? a.str() : std::string();
+      };
+      dispatches.push_back(json{{"kernel", call.getCallee().str()},
+                                {"op", str("moe.op")},
+                                {"name", str("moe.name")},
+                                {"parallel", str("moe.parallel")},
+                                {"tiles", intAttr(call, "moe.tiles")},
+                                {"args", std::move(args)}});
+    }
+
+    auto tensorJson = [&](StringAttr name, StringAttr role, Type t,
+                          int64_t offset, StringRef fallback) {
+      auto rt = cast<RankedTensorType>(t);
+      json j{{"name", name ? name.str() : fallback.str()},
+             {"shape", shapeOf(t)},
+             {"dtype", rt.getElementType().isInteger(32) ? "i32" : "f32"},
+             {"offset", offset}};
+      if (role)
+        j["role"] = role.str();
+      return j;
     };
-    dispatches.push_back(json{{"kernel", call.getCallee().str()},
-                              {"op", str("moe.op")},
-                              {"name", str("moe.name")},
-                              {"parallel", str("moe.parallel")},
-                              {"tiles", intAttr(call, "moe.tiles")},
-                              {"args", std::move(args)}});
+    json inputs = json::array(), outputs = json::array();
+    for (BlockArgument arg : fn.getArguments()) {
+      unsigned i = arg.getArgNumber();
+      inputs.push_back(tensorJson(fn.getArgAttrOfType<StringAttr>(i, "moe.name"),
+                                  fn.getArgAttrOfType<StringAttr>(i, "moe.role"),
+                                  arg.getType(), where[arg]["offset"], "input"));
+    }
+    for (auto [i, t] : llvm::enumerate(fn.getResultTypes())) {
+      auto off = fn.getResultAttrOfType<IntegerAttr>(i, "moe.arena_offset");
+      outputs.push_back(
+          tensorJson(fn.getResultAttrOfType<StringAttr>(i, "moe.name"),
+                     fn.getResultAttrOfType<StringAttr>(i, "moe.role"), t,
+                     off ? off.getInt() : -1, i == 0 ? "logits" : "output"));
+    }
+    auto images = cast<RankedTensorType>(fn.getArgumentTypes()[0]);
+    batch = images.getDimSize(0);
+    int64_t flops = intAttr(fn, "moe.flops");
+    manifestEntries[entry] = {{"inputs", std::move(inputs)},
+                              {"outputs", std::move(outputs)},
+                              {"flops", flops},
+                              {"flops_per_image", batch > 0 ? flops / batch : 0}};
+    planEntries[entry] = std::move(dispatches);
   }
-
-  auto images = cast<RankedTensorType>(fn.getArgumentTypes()[0]);
-  int64_t batch = images.getDimSize(0);
-  json inputs = json::array(), outputs = json::array();
-  for (BlockArgument arg : fn.getArguments()) {
-    auto name = fn.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "moe.name");
-    inputs.push_back(json{{"name", name ? name.str() : "input"},
-                          {"shape", shapeOf(arg.getType())},
-                          {"dtype", "f32"},
-                          {"offset", where[arg]["offset"]}});
-  }
-  for (auto [i, t] : llvm::enumerate(fn.getResultTypes())) {
-    auto off = fn.getResultAttrOfType<IntegerAttr>(i, "moe.arena_offset");
-    outputs.push_back(json{{"name", i == 0 ? "logits" : "output"},
-                           {"shape", shapeOf(t)},
-                           {"dtype", "f32"},
-                           {"offset", off ? off.getInt() : -1}});
-  }
-  int64_t flops = intAttr(fn, "moe.flops");
 
   json spec = json::parse(info.specJson, nullptr, /*allow_exceptions=*/false);
   json manifest{
       {"model", info.model},
       {"target", info.target},
-      {"compiler", "moec 0.1.0"},
+      {"compiler", "moec 0.2.0"},
       {"target_cpu",
        {{"name", info.targetCpu}, {"features", info.targetFeatures}}},
       {"batch", batch},
@@ -137,19 +178,33 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan, StringRef entry,
        {{"channels", info.channels}, {"height", info.height}, {"width", info.width}}},
       {"classes", info.classes},
       {"dataset", {{"kind", info.datasetKind}, {"path", info.datasetPath}}},
-      {"param_bytes", intAttr(fn, "moe.param_bytes")},
-      {"param_count", intAttr(fn, "moe.params")},
-      {"active_params_per_image", intAttr(fn, "moe.active_params")},
-      {"arena_bytes", intAttr(fn, "moe.arena_bytes")},
-      {"params", std::move(params)},
-      {"entries",
-       {{entry.str(),
-         {{"inputs", std::move(inputs)},
-          {"outputs", std::move(outputs)},
-          {"flops", flops},
-          {"flops_per_image", batch > 0 ? flops / batch : 0}}}}},
-      {"spec", spec.is_discarded() ? json::object() : spec}};
-  json planJson{{"entries", {{entry.str(), std::move(dispatches)}}}};
+      {"param_bytes", paramBytes},
+      {"param_count", paramCount},
+      {"active_params_per_image", activeParams},
+      {"arena_bytes", arenaBytes},
+      {"params", std::move(params)}};
+  if (!state.empty())
+    manifest["state"] = std::move(state);
+  if (info.train) {
+    const ArtifactTrainInfo &t = *info.train;
+    manifest["optimizer"] = {{"kind", t.optimizer}, {"lr", t.lr},
+                             {"weight_decay", t.weightDecay}, {"beta1", t.beta1},
+                             {"beta2", t.beta2}, {"eps", t.eps},
+                             {"momentum", t.momentum}, {"grad_clip", t.gradClip}};
+    manifest["train"] = {{"batch", t.batch},
+                         {"epochs", t.epochs},
+                         {"warmup_epochs", t.warmupEpochs},
+                         {"label_smoothing", t.labelSmoothing},
+                         {"seed", t.seed},
+                         {"schedule", t.schedule},
+                         {"min_lr_ratio", t.minLrRatio},
+                         {"augment",
+                          {{"crop_padding", t.cropPadding},
+                           {"horizontal_flip", t.horizontalFlip}}}};
+  }
+  manifest["entries"] = std::move(manifestEntries);
+  manifest["spec"] = spec.is_discarded() ? json::object() : spec;
+  json planJson{{"entries", std::move(planEntries)}};
 
   std::string out(sizeof(artifact::FileHeader), '\0');
   std::vector<artifact::SectionEntry> table;

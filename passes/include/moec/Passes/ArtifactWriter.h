@@ -13,10 +13,23 @@
 #include "mlir/Support/LLVM.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace moec {
+
+/// The spec's training settings (manifest "optimizer" and "train").
+struct ArtifactTrainInfo {
+  std::string optimizer, schedule;
+  double lr = 0, weightDecay = 0, beta1 = 0, beta2 = 0, eps = 0,
+         momentum = 0, gradClip = 0;
+  int64_t batch = 0, epochs = 0;
+  double warmupEpochs = 0, labelSmoothing = 0, minLrRatio = 0;
+  uint64_t seed = 0;
+  int64_t cropPadding = 0;
+  bool horizontalFlip = false;
+};
 
 /// What the manifest says about the model beyond the plan itself.
 struct ArtifactModelInfo {
@@ -31,13 +44,17 @@ struct ArtifactModelInfo {
   /// What the kernels were compiled for (CpuKernelLibrary).
   std::string targetCpu;
   std::vector<std::string> targetFeatures;
+  /// Present when the artifact has training entry points.
+  std::optional<ArtifactTrainInfo> train;
 };
 
-/// Builds the artifact bytes from `plan` (a module whose function `entry`
-/// went through moe-lower-to-kernels and moe-plan-memory) and the kernel
-/// library. Fails with a diagnostic on `plan` if the plan is malformed.
+/// Builds the artifact bytes from `plan` (a module holding, for each of
+/// `entries`, a function that went through moe-lower-to-kernels and
+/// moe-plan-memory) and the kernel library. Parameters must have the same
+/// offsets in every entry point. Fails with a diagnostic on `plan` if the
+/// plan is malformed.
 mlir::FailureOr<std::string>
-buildArtifact(mlir::ModuleOp plan, llvm::StringRef entry,
+buildArtifact(mlir::ModuleOp plan, llvm::ArrayRef<std::string> entries,
               const ArtifactModelInfo &info, llvm::StringRef kernelLibrary);
 
 } // namespace moec

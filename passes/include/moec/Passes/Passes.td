@@ -141,6 +141,8 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
   let options = [
     Option<"entry", "entry", "std::string", /*default=*/"\"infer\"",
            "The entry function to turn into a plan">,
+    Option<"kernelPrefix", "kernel-prefix", "std::string", /*default=*/"\"moec_k\"",
+           "Kernel names are this prefix plus a number">,
   ];
 }
 

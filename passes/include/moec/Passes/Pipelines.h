@@ -15,6 +15,10 @@ struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions>
   Option<std::string> entry{*this, "entry",
                             llvm::cl::desc("The entry function to compile"),
                             llvm::cl::init("infer")};
+  Option<std::string> kernelPrefix{
+      *this, "kernel-prefix",
+      llvm::cl::desc("Kernel names are this prefix plus a number"),
+      llvm::cl::init("moec_k")};
   Option<int64_t> maxStackBufferBytes{
       *this, "max-stack-buffer-bytes",
       llvm::cl::desc("Kernel temporaries up to this size live on the stack"),

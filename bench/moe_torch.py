@@ -40,8 +40,31 @@ if torch is not None:
     _ST_DTYPES_INIT = {"F32": (torch.float32, 4), "F64": (torch.float64, 8),
                        "I32": (torch.int32, 4)}
 
+
+def ensure_torch_python(passive=False):
+    """Re-executes the running script under a Python that can import torch
+    (this one, else /usr/bin/python3) and without OPENBLAS_CORETYPE
+    (/work/shared/CPU-NOTES.md: it forces OpenBLAS onto its AVX2 kernels).
+    With `passive`, also with OMP_WAIT_POLICY=PASSIVE unless it is set:
+    libgomp's spinning threads and OpenBLAS's fight over 2 cores otherwise
+    (up to 10x slower training, see bench/README.md)."""
+    py = sys.executable
+    if torch is None:
+        py = "/usr/bin/python3"
+        if os.path.realpath(sys.executable) == os.path.realpath(py):
+            sys.exit("error: PyTorch is not installed (bench/setup.sh)")
+    want_passive = passive and "OMP_WAIT_POLICY" not in os.environ
+    if (py != sys.executable or os.environ.get("OPENBLAS_CORETYPE") is not None
+            or want_passive):
+        env = dict(os.environ)
+        env.pop("OPENBLAS_CORETYPE", None)
+        if want_passive:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execve(py, [py] + sys.argv, env)
+
+
 # ---------------------------------------------------------------------------
-# Safetensors (F32 only), with the standard library and torch
+# Safetensors, with the standard library and torch
 # ---------------------------------------------------------------------------
 
 
@@ -599,18 +622,18 @@ class ViMoETrain:
     def _mlp(self, x, w1, b1, w2, b2):
         return torch.addmm(b2, self.act(torch.addmm(b1, x, w1)), w2)
 
-    def _expert(self, p, e, x):
-        return self._mlp(x, p["moe.experts.fc1.weight"][e], p["moe.experts.fc1.bias"][e],
-                         p["moe.experts.fc2.weight"][e], p["moe.experts.fc2.bias"][e])
+    def _expert_weights(self, p):
+        """Per expert (w1, b1, w2, b2); unbind: one backward op, where
+        indexing would allocate a full-size zero gradient per expert."""
+        return list(zip(*(p[f"moe.experts.{n}"].unbind(0) for n in
+                          ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))))
 
     def _attention(self, p, h, B):
         s = self.s
         S, D, nh = s["S"], s["D"], s["heads"]
         dh = D // nh
         qkv = torch.addmm(p["attn.qkv.bias"], h, p["attn.qkv.weight"]).view(B, S, 3, nh, dh)
-        q = qkv[:, :, 0].transpose(1, 2)
-        k = qkv[:, :, 1].transpose(1, 2)
-        v = qkv[:, :, 2].transpose(1, 2)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [B, nh, S, dh]
         a = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(dh)), dim=-1)
         o = torch.matmul(a, v).transpose(1, 2).reshape(B * S, D)
         return torch.addmm(p["attn.proj.bias"], o, p["attn.proj.weight"])
@@ -618,11 +641,12 @@ class ViMoETrain:
     def _routed(self, p, h, gate, keep):
         """y = sum over kept (row, e) of gate[row, e] * Expert_e(h[row])."""
         y = torch.zeros_like(h)
+        ws = self._expert_weights(p)
         for e in range(keep.shape[1]):
             idx = keep[:, e].nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            ye = self._expert(p, e, h.index_select(0, idx))
+            ye = self._mlp(h.index_select(0, idx), *ws[e])
             y = y.index_add(0, idx, ye * gate.index_select(0, idx)[:, e:e + 1])
         return y
 

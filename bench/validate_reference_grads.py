@@ -31,6 +31,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import moe_torch  # noqa: E402
+moe_torch.ensure_torch_python()
 from moe_torch import torch  # noqa: E402
 
 ROOT = os.path.dirname(HERE)

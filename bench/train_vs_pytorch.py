@@ -5,20 +5,23 @@ Both train the spec's model on Fashion-MNIST from the same initial weights
 (`moec-run init`), with the spec's recipe (AdamW, batch = the spec's
 train.batch, 128 for examples/vimoe-tiny-fmnist.json, label smoothing,
 random crop + horizontal flip, router noise) on the same number of threads,
-for --steps steps each, one run each. moec's rate is the images/s that
-`moec-run train` prints; PyTorch's (bench/torch_train.py, float32, OpenBLAS,
-OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE unless set) is measured over the steps after its first 3, with
-augmentation, forward, backward, clipping and the optimizer step included.
+for --steps steps each, one run each. moec's rate is what `moec-run train`
+logs (below); PyTorch's (bench/torch_train.py, float32, OpenBLAS,
+OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY=PASSIVE unless set) is measured
+over the steps after its first 3. Both include the batch preparation
+(augmentation, noise), forward, backward, clipping and the optimizer step.
 Prints both and the ratio moec / PyTorch.
 
-usage: env -u OPENBLAS_CORETYPE /usr/bin/python3 bench/train_vs_pytorch.py
+usage: python3 bench/train_vs_pytorch.py
            --bin build/bin [--spec examples/vimoe-tiny-fmnist.json]
            [--steps 200] [--threads 2] [--seed 0] [--data DIR] [--work DIR]
            [--moec-args '...'] [--skip-moec | --skip-torch]
 
-The moec command is `moec-run train MODEL --weights INIT --steps N
---threads T --seed S --data DIR` plus --moec-args; its output must contain a
-line with `<number> images/s` (the last one counts).
+The moec command is `moec-run train MODEL --weights INIT --max-steps N
+--threads T --seed S --data DIR --log LOG.jsonl --log-every 10
+--eval-every-epoch off` plus --moec-args. Its rate is computed from the
+train records of LOG.jsonl (steps x batch / the summed step times that
+moec-run reports), leaving out the first 10 steps as warm-up.
 
 For a full-accuracy PyTorch run (test accuracy per epoch, 20 minutes):
 `bench/torch_train.py --spec SPEC --minutes 20 --threads 2`.
@@ -26,7 +29,6 @@ For a full-accuracy PyTorch run (test accuracy per epoch, 20 minutes):
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -53,6 +55,28 @@ def run(cmd):
     return p.stdout + p.stderr, time.perf_counter() - t0
 
 
+def moec_rate_from_log(path, batch):
+    """images/s of `moec-run train --log` train records, leaving out the
+    first interval (warm-up) when there are several; (rate, timed steps)."""
+    recs = []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("split", "train") == "train" and r.get("images_per_s"):
+                recs.append(r)
+    if not recs:
+        return None, 0
+    prev, parts = 0, []
+    for r in recs:
+        steps = r["step"] - prev
+        prev = r["step"]
+        parts.append((steps, steps * batch / r["images_per_s"]))
+    if len(parts) > 1:
+        parts = parts[1:]
+    steps = sum(p[0] for p in parts)
+    return steps * batch / sum(p[1] for p in parts), steps
+
+
 def loadavg():
     try:
         with open("/proc/loadavg") as f:
@@ -73,6 +97,8 @@ def main():
     ap.add_argument("--data", default=None)
     ap.add_argument("--work", default=None)
     ap.add_argument("--moec-args", default="", help="extra arguments of moec-run train")
+    ap.add_argument("--log-every", type=int, default=10,
+                    help="moec-run train --log-every (its first interval is warm-up)")
     ap.add_argument("--skip-moec", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
     args = ap.parse_args()
@@ -96,16 +122,21 @@ def main():
 
     moec_rate = torch_rate = None
     if not args.skip_moec:
-        cmd = [moec_run, "train", model, "--weights", init, "--steps", str(args.steps),
-               "--threads", str(args.threads), "--seed", str(args.seed), "--data", data]
+        log_path = os.path.join(work, "moec-train.jsonl")
+        if os.path.exists(log_path):
+            os.remove(log_path)
+        cmd = [moec_run, "train", model, "--weights", init, "--max-steps", str(args.steps),
+               "--threads", str(args.threads), "--seed", str(args.seed), "--data", data,
+               "--log", log_path, "--log-every", str(args.log_every),
+               "--eval-every-epoch", "off"]
         cmd += shlex.split(args.moec_args)
         out, wall = run(cmd)
-        rates = re.findall(r"([0-9][0-9.eE+-]*)\s*(?:images|img)/s", out)
-        if not rates:
-            sys.exit(f"FAIL: no 'images/s' in the output of {' '.join(cmd)}:\n{out[-3000:]}")
-        moec_rate = float(rates[-1])
-        print(f"moec-run train: {moec_rate:.1f} images/s ({wall:.1f} s wall); "
-              f"load average {loadavg()}")
+        moec_rate, timed = moec_rate_from_log(log_path, B)
+        if moec_rate is None:
+            sys.exit(f"FAIL: no train records with images_per_s in {log_path}:\n{out[-3000:]}")
+        print(f"moec-run train: {moec_rate:.1f} images/s over {timed} timed steps "
+              f"({wall:.1f} s wall, final test evaluation included); load average "
+              f"{loadavg()}")
     if not args.skip_torch:
         r = torch_train.train(args.spec, moe_torch.read_safetensors(init), data,
                               steps=args.steps, threads=args.threads, seed=args.seed,

@@ -21,7 +21,7 @@ it differently.
 
 usage: env -u OPENBLAS_CORETYPE /usr/bin/python3 bench/verify_train_vs_pytorch.py
            --bin build/bin [--spec examples/vimoe-tiny-fmnist.json]
-           [--batch 32] [--seed 0] [--tol 1e-4] [--threads 2] [--work DIR]
+           [--batch B] [--seed 0] [--tol 1e-4] [--threads 2] [--work DIR]
            [--weights both|init|random] [--verbose]
 """
 import argparse
@@ -196,7 +196,9 @@ def main():
     ap.add_argument("--moec")
     ap.add_argument("--moec-run")
     ap.add_argument("--spec", default=os.path.join(ROOT, "examples", "vimoe-tiny-fmnist.json"))
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="compile batch (default: the spec's train.batch; an "
+                    "artifact with train_step needs exactly that)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--min-margin", type=float, default=1e-5)
@@ -215,7 +217,8 @@ def main():
     os.makedirs(work, exist_ok=True)
     spec = moe_torch.parse_spec(args.spec)
     model = os.path.join(work, "model.moec")
-    run([args.moec, "compile", args.spec, "--batch", str(args.batch), "-o", model])
+    batch = args.batch or torch_train.train_settings(args.spec)["batch"]
+    run([args.moec, "compile", args.spec, "--batch", str(batch), "-o", model])
     manifest = read_manifest(model)
     init_path = os.path.join(work, "init.safetensors")
     run([args.moec_run, "init", model, "-o", init_path, "--seed", str(args.seed)])

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compiled training gradients against the independent fp64 reference.
 
-For each spec: compile it (`moec compile SPEC --batch B`), write random
+For each spec: compile it (`moec compile SPEC --batch B`, B = the spec's
+train.batch unless --batch is given), write random
 weights (`moec-run init`, then larger values as check_reference.py does, so
 that routing is decisive), draw a random batch (images, labels, standard
 normal noise for every `normal_noise` input of `train_step`; step 0,
@@ -158,7 +159,11 @@ def check_spec(spec, args):
     fd_path = os.path.join(work, name + ".fd.safetensors")
     rng = random.Random(args.seed)
 
-    run([args.moec, "compile", spec, "--batch", str(args.batch), "-o", model])
+    batch_size = args.batch
+    if batch_size is None:  # the artifact's batch is the spec's train batch
+        with open(spec) as f:
+            batch_size = int((json.load(f).get("train") or {}).get("batch", 128))
+    run([args.moec, "compile", spec, "--batch", str(batch_size), "-o", model])
     run([args.moec_run, "init", model, "-o", init])
     write_f32_weights(weights, random_weights(rng, read_header(init)))
     manifest = read_manifest(model)
@@ -303,7 +308,8 @@ def main():
     ap.add_argument("--moec-run")
     ap.add_argument("--reference")
     ap.add_argument("--work", default=None)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="compile batch (default: the spec's train.batch)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-tensor", default="auto",
                     help="entries per tensor for the finite differences: K, "

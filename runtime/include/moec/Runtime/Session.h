@@ -129,12 +129,12 @@ public:
 
 private:
   Session() = default;
+  EntryTensor view(const TensorSpec &spec) const;
 
   std::shared_ptr<const Artifact> artifact_;
   std::unique_ptr<Device> device_;
   void *params_ = nullptr;
   void *arena_ = nullptr;
-  EntryTensor view(const TensorSpec &spec) const;
 
   /// Per entry point, per dispatch: its argument base pointers.
   std::map<std::string, std::vector<std::vector<void *>>> entryArgs_;

@@ -21,7 +21,14 @@ and compare with `moec-reference` (test/reference/README.md, training mode):
     FD norm is below 1e-3 of the largest tensor's is compared against that
     floor instead (its gradient is ~0: relative error is meaningless);
   * `grad_norm` = the L2 norm of all `grad.*` outputs (relative 1e-4), and
-    `lr_used` = 0.
+    `lr_used` = 0;
+  * then one more train_step with step 2, total_steps 10, warmup_steps 4,
+    lr 0.01 (unless --no-optimizer-check): lr_used = 0.0075, and the
+    `updated.<param>` and optimizer state outputs against the AdamW / SGD
+    formulas of docs/training-abi.md (global-norm clipping, no decay for
+    rank-1 parameters, cls_token and pos_embed, bias correction with
+    step + 1) applied to that call's own gradients from zero state: update
+    relative error < 1e-3, state < 1e-4.
 
 The batch is redrawn (up to --tries times) until every routing decision of
 the reference has a margin of at least --min-margin, so that float32 cannot
@@ -146,6 +153,110 @@ def make_batch(entry, classes, rng):
 
 def norm(v):
     return math.sqrt(sum(x * x for x in v))
+
+
+# The optimizer step checked by check_optimizer: step 2 of 10 with 4 warm-up
+# steps (lr_t = lr * 3/4, bias corrections 1 - beta^3), from zero state.
+OPT_SCALARS = {"step": 2.0, "total_steps": 10.0, "warmup_steps": 4.0, "lr": 0.01}
+
+
+def no_decay(name, shape):
+    """docs/training-abi.md: no weight decay for rank-1 parameters,
+    cls_token and pos_embed."""
+    return len(shape) == 1 or name in ("cls_token", "pos_embed")
+
+
+def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):
+    """One train_step with lr > 0 and zero optimizer state: lr_used, the
+    updated parameters and the state tensors against docs/training-abi.md's
+    formulas, applied to the step's own gradient outputs. Returns problems."""
+    problems = []
+    opt = manifest.get("optimizer")
+    if not opt:
+        return ["the manifest has no 'optimizer' object"]
+    b2 = dict(batch)
+    for k, v in OPT_SCALARS.items():
+        if k in b2:
+            b2[k] = ("F32", b2[k][1], [v] * len(b2[k][2]))
+    in_path, out_path = stem + ".opt.batch.safetensors", stem + ".opt.out.safetensors"
+    write_tensors(in_path, b2)
+    if os.path.exists(out_path):
+        os.remove(out_path)
+    call = [args.moec_run, "call", model, "--entry", "train_step", "--weights",
+            weights_path, "--inputs", in_path, "-o", out_path]
+    if args.threads is not None:
+        call += ["--threads", str(args.threads)]
+    run(call)
+    got = read_tensors(out_path)
+    w = read_tensors(weights_path)
+    t = OPT_SCALARS["step"]
+    lr_t = OPT_SCALARS["lr"] * (t + 1) / OPT_SCALARS["warmup_steps"]
+    if "lr_used" in got and not abs(got["lr_used"][2][0] - lr_t) <= 1e-6 * lr_t:
+        problems.append(f"optimizer step: lr_used {got['lr_used'][2][0]!r}, "
+                        f"expected {lr_t!r} (step 2, warm-up 4, lr 0.01)")
+    grads = {p["name"]: got.get("grad." + p["name"], (None, None, None))[2]
+             for p in manifest["params"]}
+    if any(g is None for g in grads.values()):
+        return problems  # reported by the main check
+    gn = norm([x for g in grads.values() for x in g])
+    clip = float(opt.get("grad_clip", 0.0))
+    coef = min(1.0, clip / (gn + 1e-6)) if clip > 0 else 1.0
+    kind = opt.get("kind", "adamw")
+    wd = float(opt.get("weight_decay", 0.0))
+    b1 = float(opt.get("beta1", 0.9))
+    b2_ = float(opt.get("beta2", 0.999))
+    eps = float(opt.get("eps", 1e-8))
+    state_names = {st["name"] for st in manifest.get("state", [])}
+    worst_p = worst_s = 0.0
+    for p in manifest["params"]:
+        n, shape = p["name"], p["shape"]
+        pv, g = w[n][2], grads[n]
+        gc = [x * coef for x in g]
+        decay = 0.0 if no_decay(n, shape) else wd
+        slots = {}
+        if kind == "sgd":
+            # buf = momentum * 0 + g' on the first step from zero state.
+            buf = [a + decay * b for a, b in zip(gc, pv)]
+            slots["momentum"] = buf
+            delta = [-lr_t * x for x in buf]
+        else:
+            m = [(1 - b1) * x for x in gc]
+            v = [(1 - b2_) * x * x for x in gc]
+            c1, c2 = 1 - b1 ** (t + 1), 1 - b2_ ** (t + 1)
+            slots["m"], slots["v"] = m, v
+            delta = [-lr_t * (decay * pp + (mm / c1) / (math.sqrt(vv / c2) + eps))
+                     for pp, mm, vv in zip(pv, m, v)]
+        key = "updated." + n
+        if key not in got:
+            problems.append(f"optimizer step: output '{key}' missing")
+        else:
+            d_got = [a - b for a, b in zip(got[key][2], pv)]
+            # float32 rounding of p + delta: a few ulps of |p|.
+            slack = norm([4 * 2.0 ** -24 * abs(x) for x in pv])
+            err = max(0.0, norm([a - b for a, b in zip(d_got, delta)]) - slack)
+            err /= max(norm(delta), 1e-30)
+            worst_p = max(worst_p, err)
+            if not err < 1e-3:
+                problems.append(f"optimizer step: {key}: relative error {err:.2e} "
+                                f"of the update (|update| {norm(delta):.3e})")
+        for slot, val in slots.items():
+            sname = f"optimizer.{slot}.{n}"
+            if sname not in state_names:
+                problems.append(f"optimizer step: the manifest has no state '{sname}'")
+                continue
+            if sname not in got:
+                problems.append(f"optimizer step: output '{sname}' missing")
+                continue
+            den = norm(val)
+            diff = norm([a - b for a, b in zip(got[sname][2], val)])
+            err = diff / den if den else diff
+            worst_s = max(worst_s, err)
+            if not err < 1e-4:
+                problems.append(f"optimizer step: {sname}: relative error {err:.2e}")
+    if args.verbose:
+        print(f"    optimizer step ({kind}, clip coefficient {coef:.4g}): updates max rel "
+              f"err {worst_p:.2e}, state max rel err {worst_s:.2e}")
+    return problems
 
 
 def check_spec(spec, args):
@@ -289,6 +400,10 @@ def check_spec(spec, args):
             problems.append(f"grad.{p}: relative error {err:.2e} over {len(f)} "
                             f"sampled entries (|fd| {norm(f):.3e})")
 
+    if not args.no_optimizer_check:
+        problems += check_optimizer(args, manifest, entry, batch, weights, model,
+                                    os.path.join(work, name))
+
     entries = sum(len(f) for _, f in sampled.values())
     print(f"{'ok' if not problems else 'FAIL'}: {name}: " + "; ".join(loss_report) +
           f"; max grad rel err {worst:.2e} ({worst_name}) over {entries} FD entries "
@@ -322,6 +437,9 @@ def main():
     ap.add_argument("--tries", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None,
                     help="passed to moec-run call (default: not passed)")
+    ap.add_argument("--no-optimizer-check", action="store_true",
+                    help="skip the second train_step call (lr > 0) that checks "
+                    "lr_used, updated.<param> and the optimizer state")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args()
     args.moec = args.moec or os.path.join(args.bin, "moec")

@@ -87,7 +87,7 @@ def resolve(spec):
         c["iters"] = r.get("iterations", 3)
         c["slots"] = r.get("slots_per_expert", 1) if r["kind"] == "soft" else 1
         cf = moe.get("capacity_factor", 1.0)
-        c["cf"] = cf["eval"] if isinstance(cf, dict) else cf
+        c["cf"] = cf.get("eval", 1.0) if isinstance(cf, dict) else cf
         c["shared"] = moe.get("shared_expert", False)
     c["T"] = (c["H"] // c["P"]) * (c["W"] // c["P"])
     c["S"] = c["T"] + (1 if c["pool"] == "cls" else 0)
@@ -610,6 +610,147 @@ def error_cases(exe, tmp, rng):
     return ok
 
 
+# --------------------------------------------------------------------------
+# Training mode (loss): the noise-free forward at the train capacity, with
+# the label-smoothed cross-entropy, against the python model above. The
+# auxiliary losses and router noise are checked against PyTorch autograd by
+# bench/validate_reference_grads.py.
+# --------------------------------------------------------------------------
+
+def write_batch(path, c, images, labels, extra=None):
+    """images: list of flat CHW lists; labels: ints (I32); extra: {name:
+    (dtype, shape, values)}."""
+    tensors = {"images": ("F32", [len(images), c["C"], c["H"], c["W"]],
+                          [v for im in images for v in im]),
+               "labels": ("I32", [len(labels)], labels)}
+    tensors.update(extra or {})
+    header, blobs, off = {}, [], 0
+    for name, (dtype, shape, vals) in tensors.items():
+        blob = struct.pack("<%d%s" % (len(vals), "i" if dtype == "I32" else "f"), *vals)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(blob)]}
+        blobs.append(blob)
+        off += len(blob)
+    hb = json.dumps(header).encode()
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+
+
+TRAIN_CASES = [
+    # name, moe section (capacity train != eval), label smoothing
+    ("train-token-choice-drops", moe({"kind": "token-choice"}, top_k=2,
+                                      capacity_factor={"train": 0.5, "eval": 4.0}), 0.1),
+    ("train-expert-choice", moe({"kind": "expert-choice"},
+                                capacity_factor={"train": 0.6, "eval": 2.0}), 0.0),
+    ("train-sinkhorn", moe({"kind": "sinkhorn", "iterations": 2}, top_k=2,
+                           capacity_factor={"train": 0.7}), 0.3),
+    ("train-soft", moe({"kind": "soft", "slots_per_expert": 2}), 0.1),
+    ("train-per-image", moe({"kind": "per-image"}, top_k=2, shared_expert=True), 0.1),
+]
+
+
+def train_cases(exe, tmp, rng):
+    ok = True
+    for name, moe_sec, eps in TRAIN_CASES:
+        spec = {"name": name, "model": base_model(), "moe": moe_sec,
+                "train": {"label_smoothing": eps}}
+        c = resolve(spec)
+        cf = moe_sec.get("capacity_factor", 1.0)
+        if isinstance(cf, dict):
+            c["cf"] = cf.get("train", 1.0)  # training capacity
+        weights = random_weights(c, rng)
+        per = c["C"] * c["H"] * c["W"]
+        imgs = [[f32(rng.uniform(-1.0, 1.0)) for _ in range(per)] for _ in range(3)]
+        labels = [rng.randrange(c["K"]) for _ in imgs]
+        sp, wp, bp = (os.path.join(tmp, name + ext) for ext in (".json", ".safetensors",
+                                                                 ".batch"))
+        with open(sp, "w") as f:
+            json.dump(spec, f)
+        write_safetensors(wp, weights)
+        write_batch(bp, c, imgs, labels)
+        r = subprocess.run([exe, "loss", sp, wp, bp], capture_output=True, text=True)
+        if r.returncode != 0:
+            print("FAIL %s: exited %d: %s" % (name, r.returncode, r.stderr))
+            ok = False
+            continue
+        got = json.loads(r.stdout)
+        stats = Stats()
+        ce, correct = 0.0, 0
+        for img, lab in zip(imgs, labels):
+            z = model_forward(c, weights, img, stats)
+            m = max(z)
+            lse = m + math.log(sum(math.exp(v - m) for v in z))
+            ce -= sum((eps / c["K"] + (1 - eps) * (k == lab)) * (z[k] - lse)
+                      for k in range(c["K"]))
+            correct += max(range(c["K"]), key=lambda k: (z[k], -k)) == lab
+        ce /= len(imgs)
+        err = rel_err(got["ce_loss"], ce)
+        bad = err > REL_TOL or got["correct"] != correct or got["aux_loss"] != 0 or \
+            got["loss"] != got["ce_loss"]
+        if isinstance(cf, dict):
+            # The case must tell the train capacity from the eval one.
+            c_eval = dict(c, cf=cf.get("eval", 1.0))
+            if all(model_forward(c_eval, weights, img, Stats()) ==
+                   model_forward(c, weights, img, Stats()) for img in imgs):
+                print("FAIL %s: train and eval capacity give the same logits" % name)
+                bad = True
+        print("%s %-30s ce_loss rel err %.2e, correct %d/%d (dropped %d)"
+              % ("FAIL" if bad else "ok  ", name, err, got["correct"], correct, stats.drops))
+        ok &= not bad
+    return ok
+
+
+def train_error_cases(exe, tmp, rng):
+    spec = {"name": "errt", "model": base_model(),
+            "moe": moe({"kind": "token-choice", "noise_std": 1.0},
+                       placement={"rule": "blocks", "blocks": [1]})}
+    c = resolve(spec)
+    sp = os.path.join(tmp, "errt.json")
+    with open(sp, "w") as f:
+        json.dump(spec, f)
+    wp = os.path.join(tmp, "errt.safetensors")
+    write_safetensors(wp, random_weights(c, rng))
+    per = c["C"] * c["H"] * c["W"]
+    img = [[0.5] * per] * 2
+    noise = ("F32", [2, c["S"], c["E"]], [0.1] * (2 * c["S"] * c["E"]))
+    ok = True
+    bp = os.path.join(tmp, "nonoise.batch")
+    write_batch(bp, c, img, [0, 1])
+    ok &= expect_error(exe, tmp, "loss-missing-noise", ["loss", sp, wp, bp],
+                       "noise.blocks.1.moe")
+    bp = os.path.join(tmp, "badlabel.batch")
+    write_batch(bp, c, img, [0, c["K"]], {"noise.blocks.1.moe": noise})
+    ok &= expect_error(exe, tmp, "loss-label-range", ["loss", sp, wp, bp], "is not in [0, 3)")
+    bp = os.path.join(tmp, "good.batch")
+    write_batch(bp, c, img, [0, 1], {"noise.blocks.1.moe": noise})
+    ok &= expect_error(exe, tmp, "fdgrad-per-tensor", ["fdgrad", sp, wp, bp,
+                       os.path.join(tmp, "fd.out"), "--per-tensor", "x"], "--per-tensor")
+    sp2 = os.path.join(tmp, "errt-sc.json")
+    with open(sp2, "w") as f:
+        json.dump(dict(spec, moe=dict(spec["moe"], super_class_map=[0, 1, 2])), f)
+    ok &= expect_error(exe, tmp, "super-class-router", ["loss", sp2, wp, bp], "per-image")
+    # fdgrad writes index / value / flag per parameter.
+    fd = os.path.join(tmp, "fd.safetensors")
+    r = subprocess.run([exe, "fdgrad", sp, wp, bp, fd, "--per-tensor", "2"],
+                       capture_output=True, text=True)
+    names = set()
+    if r.returncode == 0:
+        with open(fd, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            names = set(json.loads(f.read(n))) - {"__metadata__"}
+    want = {"fd.%s.%s" % (p, k) for p in param_shapes(c) for k in ("index", "value", "flag")}
+    if r.returncode != 0 or names != want:
+        print("FAIL fdgrad-output: exit %d, %s" % (r.returncode, r.stderr.strip()
+                                                   or sorted(names ^ want)[:4]))
+        ok = False
+    else:
+        print("ok   fdgrad-output                  %d tensors" % len(names))
+    return ok
+
+
 def main():
     if len(sys.argv) != 2:
         print("usage: selfcheck.py PATH/TO/moec-reference", file=sys.stderr)
@@ -620,6 +761,8 @@ def main():
         for i, (name, spec, opts) in enumerate(CASES):
             ok &= run_case(exe, tmp, name, spec, opts, 1000 + i)
         ok &= error_cases(exe, tmp, random.Random(7))
+        ok &= train_cases(exe, tmp, random.Random(11))
+        ok &= train_error_cases(exe, tmp, random.Random(13))
     print("selfcheck: %s" % ("PASS" if ok else "FAIL"))
     return 0 if ok else 1
 

@@ -31,14 +31,23 @@ using namespace mlir;
 using namespace moec;
 
 namespace {
-/// Renames every defined `moec_k*` function to `*_impl` (internal) and adds
+/// Kernel names: a prefix ending in `_k` (`moec_k` for infer, `<entry>_k`
+/// for the other entry points) and a number.
+bool isKernelName(llvm::StringRef name) {
+  size_t k = name.rfind("_k");
+  if (k == llvm::StringRef::npos || k + 2 == name.size())
+    return false;
+  return llvm::all_of(name.drop_front(k + 2), llvm::isDigit);
+}
+
+/// Renames every defined kernel function to `*_impl` (internal) and adds
 /// the exported entry `void name(void **args, int64_t begin, int64_t end)`
 /// that unpacks the buffer pointers.
 void addEntryWrappers(llvm::Module &m) {
   llvm::LLVMContext &ctx = m.getContext();
   SmallVector<llvm::Function *> kernels;
   for (llvm::Function &f : m)
-    if (!f.isDeclaration() && f.getName().starts_with("moec_k"))
+    if (!f.isDeclaration() && isKernelName(f.getName()))
       kernels.push_back(&f);
   auto *ptrTy = llvm::PointerType::getUnqual(ctx);
   auto *i64Ty = llvm::Type::getInt64Ty(ctx);

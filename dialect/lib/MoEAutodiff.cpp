@@ -573,11 +573,7 @@ LogicalResult PatchEmbedOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
         return addf(nb, nl, a[2], mulf(nb, nl, a[0], a[1]));
       });
   // Rows of the [C*p*p, D] weight are (c, pi, pj) in row-major order.
-  grads[1] = tb.pointwise(
-      {dw4}, {c * p * p, dm},
-      {tb.map(2, {d(0).floorDiv(p * p), (d(0) % (p * p)).floorDiv(p), d(0) % p,
-                  d(1)})},
-      [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  grads[1] = tb.collapse(dw4, {{0, 1, 2}, {3}});
   grads[2] = tb.sumOver(dys[0], {2});
   return success();
 }
@@ -661,33 +657,35 @@ LogicalResult AttentionOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   auto d = [&](unsigned i) { return tb.d(i); };
   auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
 
-  // Recompute the forward: qkv [N, S, 3D], then per-head layouts.
+  // Recompute the forward: qkv [N, S, 3D] viewed as [N, S, 3, H, dh], then
+  // per-head layouts (every map a plain permutation: tiling and
+  // vectorization need dimensions that are not split by div/mod).
   Value qkv = linearForward(tb, x, getQkvWeight(), getQkvBias());
+  Value qkv5 = tb.expand(qkv, {n, s, 3, h, dh}, {{0}, {1}, {2, 3, 4}});
   // part: 0 q, 1 k, 2 v. [N, H, S, dh] (or [N, H, dh, S] transposed).
-  auto headsOf = [&](Value t3, int64_t part, bool transposed) {
-    AffineExpr col = d(1) * dh + (transposed ? d(2) : d(3)) + part * dm;
-    AffineExpr tok = transposed ? d(3) : d(2);
+  auto headsOf = [&](int64_t part, bool transposed) {
+    AffineExpr tok = transposed ? d(3) : d(2), col = transposed ? d(2) : d(3);
     SmallVector<int64_t> shape = transposed ? SmallVector<int64_t>{n, h, dh, s}
                                             : SmallVector<int64_t>{n, h, s, dh};
-    return tb.pointwise({t3}, shape, {tb.map(4, {d(0), tok, col})}, id);
+    return tb.pointwise({qkv5}, shape,
+                        {tb.map(4, {d(0), tok, tb.c(part), d(1), col})}, id);
   };
-  Value q = headsOf(qkv, 0, false), k = headsOf(qkv, 1, false),
-        kT = headsOf(qkv, 1, true), v = headsOf(qkv, 2, false),
-        vT = headsOf(qkv, 2, true);
+  Value q = headsOf(0, false), k = headsOf(1, false), kT = headsOf(1, true),
+        v = headsOf(2, false), vT = headsOf(2, true);
   // scores[n,h,s,t] = sum_i q[n,h,s,i] kT[n,h,i,t]; loops (n,h,s,t,i).
   Value scores = tb.contract(q, tb.dims(5, {0, 1, 2, 4}), kT,
                              tb.dims(5, {0, 1, 4, 3}), {n, h, s, s}, 1);
   Value p = tb.softmaxLast(tb.scale(scores, scale));
-  // o[n,h,s,i] = sum_t p v; o3[n,s,h dh + i].
+  // o[n,h,s,i] = sum_t p v; then [N, S, H, dh] viewed as [N, S, D].
   Value o = tb.contract(p, tb.dims(5, {0, 1, 2, 4}), v, tb.dims(5, {0, 1, 4, 3}),
                         {n, h, s, dh}, 1);
-  Value o3 = tb.pointwise({o}, {n, s, dm},
-                          {tb.map(3, {d(0), d(2).floorDiv(dh), d(1), d(2) % dh})}, id);
+  Value o4 = tb.pointwise({o}, {n, s, h, dh}, {tb.dims(4, {0, 2, 1, 3})}, id);
+  Value o3 = tb.collapse(o4, {{0}, {1}, {2, 3}});
 
   // Output projection.
   LinearGrads out = linearVJP(tb, o3, getOutWeight(), dy, true, true);
-  Value dO = tb.pointwise({out.dx}, {n, h, s, dh},
-                          {tb.map(4, {d(0), d(2), d(1) * dh + d(3)})}, id);
+  Value dO4 = tb.expand(out.dx, {n, s, h, dh}, {{0}, {1}, {2, 3}});
+  Value dO = tb.pointwise({dO4}, {n, h, s, dh}, {tb.dims(4, {0, 2, 1, 3})}, id);
   // dP = dO vT; dS = P (dP - rowsum(dP P)) * scale.
   Value dP = tb.contract(dO, tb.dims(5, {0, 1, 2, 4}), vT, tb.dims(5, {0, 1, 4, 3}),
                          {n, h, s, s}, 1);
@@ -699,20 +697,20 @@ LogicalResult AttentionOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
                          {n, h, s, dh}, 1);
   Value dv = tb.contract(p, tb.dims(5, {0, 1, 4, 2}), dO, tb.dims(5, {0, 1, 4, 3}),
                          {n, h, s, dh}, 1);
-  // dqkv[n, s, j]: j / D picks q, k or v; head (j mod D) / dh.
-  AffineExpr j = d(2) % dm;
-  AffineMap headMap = tb.map(3, {d(0), j.floorDiv(dh), d(1), j % dh});
-  Value dqkv = tb.pointwise(
-      {dq, dk, dv}, {n, s, 3 * dm}, {headMap, headMap, headMap},
+  // dqkv[n, s, part, h, i], viewed as [N, S, 3D].
+  AffineMap headMap = tb.dims(5, {0, 3, 1, 4});
+  Value dqkv5 = tb.pointwise(
+      {dq, dk, dv}, {n, s, 3, h, dh}, {headMap, headMap, headMap},
       [&](OpBuilder &nb, Location nl, ValueRange a) {
-        Value col = linalg::IndexOp::create(nb, nl, 2);
-        Value isQ = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult, col,
-                                          arith::ConstantIndexOp::create(nb, nl, dm));
-        Value isK = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult, col,
-                                          arith::ConstantIndexOp::create(nb, nl, 2 * dm));
+        Value part = linalg::IndexOp::create(nb, nl, 2);
+        Value isQ = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq, part,
+                                          arith::ConstantIndexOp::create(nb, nl, 0));
+        Value isK = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq, part,
+                                          arith::ConstantIndexOp::create(nb, nl, 1));
         Value kv = arith::SelectOp::create(nb, nl, isK, a[1], a[2]);
         return arith::SelectOp::create(nb, nl, isQ, a[0], kv).getResult();
       });
+  Value dqkv = tb.collapse(dqkv5, {{0}, {1}, {2, 3, 4}});
   LinearGrads in = linearVJP(tb, x, getQkvWeight(), dqkv, true, true);
   grads.assign({in.dx, in.dw, in.db, out.dw, out.db});
   return success();
@@ -848,8 +846,7 @@ LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
       dl4 = dl4 ? tb.add(dl4, part) : part;
     }
     if (dl4)
-      dl = tb.pointwise({dl4}, ls,
-                        {tb.map(3, {d(0), d(1), d(2).floorDiv(p), d(2) % p})}, id);
+      dl = tb.collapse(dl4, {{0}, {1}, {2, 3}});
   } else if (dCombine) {
     // C = D * gate: dgate[g, r, e] = sum over slots (and tokens for
     // per_image) of dC D; then the softmax VJP.

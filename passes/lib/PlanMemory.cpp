@@ -105,7 +105,16 @@ struct PlanMemoryPass
       buffers.push_back({tensorBytes(arg.getType()), 0, 0, 0});
     }
     SmallVector<func::CallOp> calls;
-    for (auto call : fn.getOps<func::CallOp>()) {
+    for (Operation &op : fn.getBody().front()) {
+      // Reshapes of contiguous tensors are views of their source's buffer.
+      if (isa<tensor::CollapseShapeOp, tensor::ExpandShapeOp>(op)) {
+        if (auto it = bufferOf.find(op.getOperand(0)); it != bufferOf.end())
+          bufferOf[op.getResult(0)] = it->second;
+        continue;
+      }
+      auto call = dyn_cast<func::CallOp>(op);
+      if (!call)
+        continue;
       int64_t step = calls.size();
       calls.push_back(call);
       unsigned numDests = call.getNumResults();

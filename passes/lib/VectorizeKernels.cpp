@@ -111,6 +111,24 @@ struct VectorizeKernelsPass
         tiles[dim] = 1;
       }
     }
+    // Tiles of a dimension that an operand reads through mod/floordiv would
+    // be indexed wrongly (tiling assumes maps are linear), and a vector over
+    // it is not contiguous: such dimensions go one element at a time.
+    for (AffineMap m : op.getIndexingMapsArray())
+      for (AffineExpr e : m.getResults())
+        e.walk([&](AffineExpr sub) {
+          auto bin = dyn_cast<AffineBinaryOpExpr>(sub);
+          if (!bin || (sub.getKind() != AffineExprKind::Mod &&
+                       sub.getKind() != AffineExprKind::FloorDiv &&
+                       sub.getKind() != AffineExprKind::CeilDiv))
+            return;
+          for (unsigned d = 0; d < ranges.size(); ++d)
+            if (bin.getLHS().isFunctionOfDim(d)) {
+              tiles[d] = 1;
+              if (vectorDim == static_cast<int64_t>(d))
+                vectorDim = -1;
+            }
+        });
     // Contractions step every reduction dimension by 1 (outer products).
     // Other ops keep only the innermost loop dimension whole when it is a
     // reduction: a second reduction dimension (e.g. counting an expert's

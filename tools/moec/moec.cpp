@@ -71,6 +71,9 @@ cl::opt<std::string> entriesOpt(
     "entries",
     cl::desc("Comma-separated entry points to compile: infer, train_step, eval"),
     cl::init("infer,train_step,eval"));
+cl::opt<bool> vectorizeOpt(
+    "vectorize", cl::desc("Tile and vectorize the kernels (default on)"),
+    cl::init(true));
 cl::opt<int64_t> batch("batch",
                        cl::desc("Images per call of the entry functions "
                                 "(default: the spec's /train/batch)"),
@@ -102,6 +105,7 @@ int main(int argc, char **argv) {
   const std::string outputPath = outputFilename;
   const EmitKind emitKind = emit;
   const int64_t batchSize = batch;
+  const bool vectorizeKernels = vectorizeOpt;
   SmallVector<std::string> entries;
   {
     SmallVector<StringRef> parts;
@@ -170,6 +174,7 @@ int main(int argc, char **argv) {
 
   std::string artifactBytes;
   moec::CpuPipelineOptions cpuOptions;
+  cpuOptions.vectorize = vectorizeKernels;
   OwningOpRef<ModuleOp> kernels;
   // Each entry point is planned on its own copy of the module (train_step
   // first goes through moe-autodiff); the plans and their kernels, named

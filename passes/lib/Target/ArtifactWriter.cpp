@@ -92,7 +92,20 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
     }
 
     json dispatches = json::array();
-    for (auto call : fn.getOps<func::CallOp>()) {
+    for (Operation &op : fn.getBody().front()) {
+      // Views share their source's bytes.
+      if (isa<tensor::CollapseShapeOp, tensor::ExpandShapeOp>(op)) {
+        auto it = where.find(op.getOperand(0));
+        if (it == where.end())
+          return op.emitOpError() << "reshapes a tensor that is not a planned "
+                                     "buffer";
+        json loc = it->second;
+        where[op.getResult(0)] = loc;
+        continue;
+      }
+      auto call = dyn_cast<func::CallOp>(op);
+      if (!call)
+        continue;
       unsigned numDests = call.getNumResults();
       unsigned numArgs = call.getNumOperands() - 2; // drop begin, end
       for (unsigned r = 0; r < numDests; ++r) {

@@ -233,6 +233,18 @@ public:
                });
   }
 
+  /// Reshapes that only regroup contiguous dimensions: the plan keeps them
+  /// as views of their source's buffer (no kernel, no copy).
+  mlir::Value collapse(mlir::Value x,
+                       llvm::ArrayRef<mlir::ReassociationIndices> groups) {
+    return mlir::tensor::CollapseShapeOp::create(b, loc, x, groups);
+  }
+  mlir::Value expand(mlir::Value x, llvm::ArrayRef<int64_t> shape,
+                     llvm::ArrayRef<mlir::ReassociationIndices> groups) {
+    auto type = mlir::RankedTensorType::get(shape, b.getF32Type());
+    return mlir::tensor::ExpandShapeOp::create(b, loc, type, x, groups);
+  }
+
   mlir::Value cst(mlir::OpBuilder &nb, mlir::Location nl, double v) {
     return mlir::arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v));
   }

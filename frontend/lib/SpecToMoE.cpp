@@ -171,7 +171,10 @@ private:
     if (usesCapacity)
       config.capacityFactor = mode == Mode::Train ? moe.capacityFactorTrain
                                                   : moe.capacityFactorEval;
-    if (mode == Mode::Train && moe.router.noiseStd > 0.0)
+    // Noisy top-k is a token-choice training feature (the router's noise
+    // operand); other routers ignore noise_std.
+    if (mode == Mode::Train && moe.router.noiseStd > 0.0 &&
+        config.kind == RouterKind::TokenChoice)
       config.noiseStd = moe.router.noiseStd;
     if (config.kind == RouterKind::Sinkhorn)
       config.sinkhornIters = moe.router.sinkhornIters;
@@ -194,7 +197,7 @@ private:
     // Noisy top-k in training: standard normal samples are an input the
     // runtime fills from its seeded generator before every step.
     Value noise;
-    if (config.noiseStd && newInput)
+    if (config.noiseStd && newInput && config.kind == RouterKind::TokenChoice)
       noise = newInput("noise." + prefix,
                        tensor({shape(h)[0], shape(h)[1], e}));
     auto router = RouterOp::create(

@@ -1131,6 +1131,8 @@ LogicalResult decomposeBatchOp(Operation *op) {
   } else if (auto sum = dyn_cast<SumLossesOp>(op)) {
     if (sum.getTerms().empty()) {
       repl.push_back(tb.zeros({}));
+    } else if (sum.getTerms().size() == 1) {
+      repl.push_back(sum.getTerms()[0]);
     } else {
       SmallVector<AffineMap> maps(sum.getTerms().size(), tb.scalarMap(0));
       repl.push_back(tb.pointwise(sum.getTerms(), {}, maps,

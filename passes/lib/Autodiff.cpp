@@ -217,6 +217,21 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
       return arith::MinimumFOp::create(nb, nl, s, cf(nb, nl, 1.0)).getResult();
     });
 
+    // AdamW's bias corrections 1 - beta^(t+1), once per step.
+    auto correction = [&](double beta) {
+      return tb.elementwise({hyper[0]}, [&](OpBuilder &nb, Location nl, ValueRange a) {
+        Value t = arith::AddFOp::create(nb, nl, a[0], cf(nb, nl, 1.0));
+        return arith::SubFOp::create(nb, nl, cf(nb, nl, 1.0),
+                                     math::PowFOp::create(nb, nl, cf(nb, nl, beta), t))
+            .getResult();
+      });
+    };
+    Value bc1, bc2;
+    if (config.kind == "adamw") {
+      bc1 = correction(config.beta1);
+      bc2 = correction(config.beta2);
+    }
+
     // The update: one generic per parameter, writing the parameter and its
     // state in place (its outputs are the moe.param values).
     bool adam = config.kind == "adamw";
@@ -243,9 +258,12 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
         ins.push_back(stateParam("momentum"));
       }
       outs.append(ins.begin() + 2, ins.end());
-      ins.append({lrNow, clipScale, hyper[0]});
-      SmallVector<AffineMap> maps(ins.size() - 3, tb.identity(r));
-      maps.append(3, tb.scalarMap(r));
+      ins.append({lrNow, clipScale});
+      if (adam)
+        ins.append({bc1, bc2});
+      unsigned numScalars = adam ? 4 : 2;
+      SmallVector<AffineMap> maps(ins.size() - numScalars, tb.identity(r));
+      maps.append(numScalars, tb.scalarMap(r));
       maps.append(outs.size(), tb.identity(r));
       SmallVector<utils::IteratorType> iters(r, utils::IteratorType::parallel);
       auto update = linalg::GenericOp::create(
@@ -254,9 +272,8 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
             Value pv = a[0], gv = arith::MulFOp::create(nb, nl, a[1], adam ? a[5] : a[4]);
             Value lr = adam ? a[4] : a[3];
             if (adam) {
-              Value m = a[2], v = a[3], step = a[6];
+              Value m = a[2], v = a[3], bc1 = a[6], bc2 = a[7];
               Value b1 = cf(nb, nl, config.beta1), b2 = cf(nb, nl, config.beta2);
-              Value one = cf(nb, nl, 1.0);
               Value m2 = arith::AddFOp::create(
                   nb, nl, arith::MulFOp::create(nb, nl, b1, m),
                   arith::MulFOp::create(nb, nl, cf(nb, nl, 1 - config.beta1), gv));
@@ -264,9 +281,6 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
                   nb, nl, arith::MulFOp::create(nb, nl, b2, v),
                   arith::MulFOp::create(nb, nl, cf(nb, nl, 1 - config.beta2),
                                         arith::MulFOp::create(nb, nl, gv, gv)));
-              Value t = arith::AddFOp::create(nb, nl, step, one);
-              Value bc1 = arith::SubFOp::create(nb, nl, one, math::PowFOp::create(nb, nl, b1, t));
-              Value bc2 = arith::SubFOp::create(nb, nl, one, math::PowFOp::create(nb, nl, b2, t));
               Value mhat = arith::DivFOp::create(nb, nl, m2, bc1);
               Value vhat = arith::DivFOp::create(nb, nl, v2, bc2);
               Value upd = arith::DivFOp::create(

@@ -1318,17 +1318,48 @@ struct LowerToKernelsPass
         filledSlotsOnly.insert(op);
     }
 
+    // Consecutive whole-batch linalg ops split the same way share one
+    // kernel (their tiles run back to back, in cache); moe ops get their
+    // per-image kernels.
     OpBuilder b(module.getContext());
     unsigned index = 0;
+    SmallVector<linalg::LinalgOp> group;
+    SmallVector<Split> splits;
+    auto flush = [&]() -> LogicalResult {
+      if (group.empty())
+        return success();
+      LogicalResult done = outlineGroup(group, splits, index++, b);
+      group.clear();
+      splits.clear();
+      return done;
+    };
     for (Operation *op : work) {
-      LogicalResult done =
-          isa<linalg::LinalgOp>(op)
-              ? outlineLinalg(cast<linalg::LinalgOp>(op), index++, b)
-              : outline(op, index++, batch, oneHot.contains(op),
-                        filledSlotsOnly.contains(op), b);
-      if (failed(done))
-        return signalPassFailure();
+      auto lop = dyn_cast<linalg::LinalgOp>(op);
+      if (!lop) {
+        if (failed(flush()) ||
+            failed(outline(op, index++, batch, oneHot.contains(op),
+                           filledSlotsOnly.contains(op), b)))
+          return signalPassFailure();
+        continue;
+      }
+      Split sp = splitOf(lop);
+      // The kernel call replaces the group where its last op was: nothing
+      // between its ops (a view, say) may use a result of the group.
+      bool between = false;
+      if (!group.empty())
+        for (Operation *it = group.back()->getNextNode(); it && it != op;
+             it = it->getNextNode())
+          for (Value v : it->getOperands())
+            if (auto r = dyn_cast<OpResult>(v))
+              between |= llvm::is_contained(group, r.getOwner());
+      if (!fuseKernels || between || !canJoin(group, splits, lop, sp))
+        if (failed(flush()))
+          return signalPassFailure();
+      group.push_back(lop);
+      splits.push_back(sp);
     }
+    if (failed(flush()))
+      return signalPassFailure();
     // What the kernels absorbed (fused fills, their constants and empties).
     SmallVector<Operation *> all;
     for (Operation &op : entryFn.getBody().front().without_terminator())
@@ -1338,68 +1369,127 @@ struct LowerToKernelsPass
         op->erase();
   }
 
-  /// Outlines a whole-batch linalg op into a kernel over tiles of its
-  /// outermost loop dimension ("fixed" parallelism), or one tile when that
-  /// dimension cannot be split.
-  LogicalResult outlineLinalg(linalg::LinalgOp op, unsigned index,
-                              OpBuilder &b) {
-    ModuleOp module = getOperation();
-    Location loc = op->getLoc();
-    enum class InitKind { Fresh, Fill, InPlace, CopyIn };
-    SmallVector<InitKind> initKinds;
-    // Tensor inputs are kernel arguments; scalar inputs (a fill's value)
-    // must be constants and are rebuilt in the kernel.
-    SmallVector<Value> operands;
-    SmallVector<Operation *> scalarConstants;
-    for (Value in : op.getDpsInputs()) {
-      if (isa<RankedTensorType>(in.getType())) {
-        operands.push_back(in);
-        continue;
+  /// How a whole-batch linalg op is split: the position of loop dimension
+  /// 0 in every operand's map (-1: not indexed), its extent and tile size.
+  struct Split {
+    std::optional<SmallVector<int64_t>> pos;
+    int64_t extent = 1, tile = 1;
+    int64_t tiles() const { return extent / tile; }
+  };
+  static Split splitOf(linalg::LinalgOp op) {
+    Split sp;
+    sp.pos = splitPositions(op);
+    if (!sp.pos)
+      return sp;
+    sp.extent = op.getStaticLoopRanges()[0];
+    sp.tile = sp.extent;
+    for (int64_t t = 1; t <= sp.extent; ++t)
+      if (sp.extent % t == 0 && sp.extent / t <= kMaxTiles) {
+        sp.tile = t;
+        break;
       }
-      Operation *def = in.getDefiningOp();
-      if (!def || !def->hasTrait<OpTrait::ConstantLike>())
-        return op->emitOpError() << "kernel lowering expects scalar inputs "
-                                    "to be constants";
-      scalarConstants.push_back(def);
-    }
-    SmallVector<int64_t> copyInOperand;
-    for (Value init : op.getDpsInits()) {
-      if (fusableFill(init)) {
-        initKinds.push_back(InitKind::Fill);
-      } else if (init.getDefiningOp<ParamOp>()) {
-        initKinds.push_back(InitKind::InPlace);
-      } else if (init.getDefiningOp<tensor::EmptyOp>()) {
-        initKinds.push_back(InitKind::Fresh);
-      } else {
-        initKinds.push_back(InitKind::CopyIn);
-        copyInOperand.push_back(operands.size());
-        operands.push_back(init);
-        continue;
-      }
-      copyInOperand.push_back(-1);
-    }
-    unsigned numInputs = op.getNumDpsInputs();
-    unsigned numOperands = operands.size();
-    unsigned numResults = op->getNumResults();
+    return sp;
+  }
 
-    std::optional<SmallVector<int64_t>> pos = splitPositions(op);
-    int64_t extent = pos ? op.getStaticLoopRanges()[0] : 1;
-    int64_t tile = extent;
-    if (pos)
-      for (int64_t t = 1; t <= extent; ++t)
-        if (extent % t == 0 && extent / t <= kMaxTiles) {
-          tile = t;
-          break;
+  /// Whether `op` can join the kernel of `group`: both split the same way,
+  /// and every value it reads from the group is read at the tile the group
+  /// wrote (loop dimension 0 at the same position), so a tile of the fused
+  /// kernel computes `op`'s tile right after its producers', in cache.
+  static bool canJoin(ArrayRef<linalg::LinalgOp> group,
+                      ArrayRef<Split> splits, linalg::LinalgOp op,
+                      const Split &sp) {
+    if (group.empty() || !sp.pos || !splits.front().pos ||
+        sp.extent != splits.front().extent || sp.tile != splits.front().tile ||
+        sp.tiles() == 1)
+      return false;
+    for (OpOperand &operand : op->getOpOperands()) {
+      auto res = dyn_cast<OpResult>(operand.get());
+      if (!res)
+        continue;
+      auto it = llvm::find(group, res.getOwner());
+      if (it == group.end())
+        continue;
+      if (op.isDpsInit(&operand))
+        return false;
+      const Split &producer = splits[it - group.begin()];
+      unsigned producerOperand =
+          cast<linalg::LinalgOp>(res.getOwner()).getNumDpsInputs() +
+          res.getResultNumber();
+      if ((*producer.pos)[producerOperand] !=
+              (*sp.pos)[operand.getOperandNumber()] ||
+          (*sp.pos)[operand.getOperandNumber()] < 0)
+        return false;
+    }
+    return true;
+  }
+
+  /// Outlines a group of whole-batch linalg ops into one kernel over tiles
+  /// of their outermost loop dimension ("fixed" parallelism); one op that
+  /// cannot be split runs as a single tile. Every result is a destination.
+  LogicalResult outlineGroup(ArrayRef<linalg::LinalgOp> group,
+                             ArrayRef<Split> splits, unsigned index,
+                             OpBuilder &b) {
+    ModuleOp module = getOperation();
+    linalg::LinalgOp first = group.front();
+    Location loc = first->getLoc();
+    enum class InitKind { Fresh, Fill, InPlace, CopyIn };
+    DenseSet<Operation *> members;
+    for (linalg::LinalgOp op : group)
+      members.insert(op);
+
+    // External tensor operands (deduplicated), scalar constants, and per
+    // result its init kind.
+    SmallVector<Value> operands;
+    DenseMap<Value, unsigned> operandIndex;
+    SmallVector<Operation *> scalarConstants;
+    auto addOperand = [&](Value v) {
+      auto [it, inserted] = operandIndex.try_emplace(v, operands.size());
+      if (inserted)
+        operands.push_back(v);
+      return it->second;
+    };
+    SmallVector<InitKind> initKinds;
+    SmallVector<Value> results, inits;
+    for (linalg::LinalgOp op : group) {
+      for (Value in : op.getDpsInputs()) {
+        if (auto r = dyn_cast<OpResult>(in); r && members.contains(r.getOwner()))
+          continue;
+        if (isa<RankedTensorType>(in.getType())) {
+          addOperand(in);
+          continue;
         }
-    int64_t tiles = extent / tile;
+        Operation *def = in.getDefiningOp();
+        if (!def || !def->hasTrait<OpTrait::ConstantLike>())
+          return op->emitOpError() << "kernel lowering expects scalar inputs "
+                                      "to be constants";
+        scalarConstants.push_back(def);
+      }
+      for (Value init : op.getDpsInits()) {
+        inits.push_back(init);
+        if (fusableFill(init)) {
+          initKinds.push_back(InitKind::Fill);
+        } else if (init.getDefiningOp<ParamOp>()) {
+          initKinds.push_back(InitKind::InPlace);
+        } else if (init.getDefiningOp<tensor::EmptyOp>()) {
+          initKinds.push_back(InitKind::Fresh);
+        } else {
+          initKinds.push_back(InitKind::CopyIn);
+          addOperand(init);
+        }
+      }
+      llvm::append_range(results, op->getResults());
+    }
+    unsigned numOperands = operands.size(), numResults = results.size();
+    int64_t tile = splits.front().tile, tiles = splits.front().tiles();
 
     SmallVector<Type> argTypes(ValueRange(operands).getTypes());
-    llvm::append_range(argTypes, op->getResultTypes());
+    llvm::append_range(argTypes, ValueRange(results).getTypes());
     argTypes.append({b.getIndexType(), b.getIndexType()});
     std::string name = kernelPrefix + std::to_string(index);
     b.setInsertionPointToEnd(module.getBody());
     auto kernel = func::FuncOp::create(
-        b, loc, name, b.getFunctionType(argTypes, op->getResultTypes()));
+        b, loc, name,
+        b.getFunctionType(argTypes, ValueRange(results).getTypes()));
     kernel->setAttr("moe.kernel", b.getUnitAttr());
     Block *body = kernel.addEntryBlock();
     b.setInsertionPointToStart(body);
@@ -1414,62 +1504,77 @@ struct LowerToKernelsPass
         [&](OpBuilder &lb, Location ll, Value t, ValueRange acc) {
           Value offset = arith::MulIOp::create(
               lb, ll, t, arith::ConstantIndexOp::create(lb, ll, tile));
-          auto piece = [&](Value full, unsigned operandNumber) -> Value {
-            if (!pos || (*pos)[operandNumber] < 0)
-              return full;
-            return sliceDim(lb, ll, full, (*pos)[operandNumber], offset, tile);
-          };
           IRMapping mapping;
           for (Operation *c : scalarConstants)
-            mapping.map(c->getResult(0), lb.clone(*c)->getResult(0));
-          for (unsigned i = 0, arg = 0; i < numInputs; ++i) {
-            Value in = op->getOperand(i);
-            if (!isa<RankedTensorType>(in.getType()))
-              continue;
-            mapping.map(in, piece(args[arg++], i));
-          }
-          SmallVector<Value> tileDests;
-          for (unsigned r = 0; r < numResults; ++r) {
-            unsigned operandNumber = numInputs + r;
-            Value d = piece(acc[r], operandNumber);
-            tileDests.push_back(d);
-            Value init = op.getDpsInits()[r];
-            switch (initKinds[r]) {
-            case InitKind::Fill: {
-              auto fill = init.getDefiningOp<linalg::FillOp>();
-              Operation *c = lb.clone(*fill.getInputs()[0].getDefiningOp());
-              d = linalg::FillOp::create(lb, ll, c->getResult(0), d).getResult(0);
-              break;
+            if (!mapping.contains(c->getResult(0)))
+              mapping.map(c->getResult(0), lb.clone(*c)->getResult(0));
+          SmallVector<Value> tileResults;
+          unsigned resultBase = 0;
+          for (auto [groupOp, groupSplit] : llvm::zip(group, splits)) {
+            linalg::LinalgOp op = groupOp;
+            const Split &sp = groupSplit;
+            auto piece = [&](Value full, unsigned operandNumber) -> Value {
+              if (!sp.pos || (*sp.pos)[operandNumber] < 0)
+                return full;
+              return sliceDim(lb, ll, full, (*sp.pos)[operandNumber], offset,
+                              tile);
+            };
+            unsigned numInputs = op.getNumDpsInputs();
+            for (unsigned i = 0; i < numInputs; ++i) {
+              Value in = op->getOperand(i);
+              if (!isa<RankedTensorType>(in.getType()))
+                continue;
+              auto r = dyn_cast<OpResult>(in);
+              if (r && members.contains(r.getOwner()))
+                continue; // mapped to the producer's tile result already
+              mapping.map(in, piece(args[operandIndex.lookup(in)], i));
             }
-            case InitKind::CopyIn:
-              d = linalg::CopyOp::create(
-                      lb, ll, piece(args[copyInOperand[r]], operandNumber), d)
-                      .getResult(0);
-              break;
-            default:
-              break;
+            SmallVector<Value> tileDests;
+            for (unsigned r = 0; r < op->getNumResults(); ++r) {
+              unsigned g = resultBase + r, operandNumber = numInputs + r;
+              Value d = piece(acc[g], operandNumber);
+              tileDests.push_back(d);
+              Value init = inits[g];
+              switch (initKinds[g]) {
+              case InitKind::Fill: {
+                auto fill = init.getDefiningOp<linalg::FillOp>();
+                Operation *c = lb.clone(*fill.getInputs()[0].getDefiningOp());
+                d = linalg::FillOp::create(lb, ll, c->getResult(0), d)
+                        .getResult(0);
+                break;
+              }
+              case InitKind::CopyIn:
+                d = linalg::CopyOp::create(
+                        lb, ll, piece(args[operandIndex.lookup(init)], operandNumber), d)
+                        .getResult(0);
+                break;
+              default:
+                break;
+              }
+              mapping.map(init, d);
             }
-            mapping.map(init, d);
+            Operation *tiled = lb.clone(*op, mapping);
+            for (unsigned r = 0; r < op->getNumResults(); ++r) {
+              tiled->getResult(r).setType(tileDests[r].getType());
+              mapping.map(op->getResult(r), tiled->getResult(r));
+              unsigned operandNumber = numInputs + r;
+              tileResults.push_back(
+                  !sp.pos ? tiled->getResult(r)
+                          : insertDim(lb, ll, tiled->getResult(r),
+                                      acc[resultBase + r],
+                                      (*sp.pos)[operandNumber], offset));
+            }
+            resultBase += op->getNumResults();
           }
-          Operation *tiled = lb.clone(*op, mapping);
-          SmallVector<Value> yielded;
-          for (unsigned r = 0; r < numResults; ++r) {
-            tiled->getResult(r).setType(tileDests[r].getType());
-            unsigned operandNumber = numInputs + r;
-            yielded.push_back(!pos ? tiled->getResult(r)
-                                   : insertDim(lb, ll, tiled->getResult(r), acc[r],
-                                               (*pos)[operandNumber], offset));
-          }
-          scf::YieldOp::create(lb, ll, yielded);
+          scf::YieldOp::create(lb, ll, tileResults);
         });
     func::ReturnOp::create(b, loc, loop.getResults());
 
-    b.setInsertionPoint(op);
+    b.setInsertionPoint(group.back());
     SmallVector<Value> callArgs(operands);
-    for (auto [r, result] : llvm::enumerate(op->getResults())) {
-      Value init = op.getDpsInits()[r];
-      if (initKinds[r] == InitKind::InPlace) {
-        callArgs.push_back(init);
+    for (auto [g, result] : llvm::enumerate(results)) {
+      if (initKinds[g] == InitKind::InPlace) {
+        callArgs.push_back(inits[g]);
         continue;
       }
       auto rt = cast<RankedTensorType>(result.getType());
@@ -1479,17 +1584,21 @@ struct LowerToKernelsPass
     callArgs.push_back(arith::ConstantIndexOp::create(b, loc, 0));
     callArgs.push_back(arith::ConstantIndexOp::create(b, loc, tiles));
     auto call = func::CallOp::create(b, loc, kernel, callArgs);
-    call->setAttr("moe.op", b.getStringAttr(op->getName().getStringRef()));
+    call->setAttr("moe.op", b.getStringAttr(first->getName().getStringRef()));
     std::string role;
     if (auto nameLoc = dyn_cast<NameLoc>(loc))
       role = nameLoc.getName().str();
-    if (auto n = op->getAttrOfType<StringAttr>("moe.name"))
+    if (auto n = first->getAttrOfType<StringAttr>("moe.name"))
       role = n.str();
     call->setAttr("moe.name", b.getStringAttr(role));
     call->setAttr("moe.parallel", b.getStringAttr("fixed"));
     call->setAttr("moe.tiles", b.getI64IntegerAttr(tiles));
-    op->replaceAllUsesWith(call.getResults());
-    op->erase();
+    if (group.size() > 1)
+      call->setAttr("moe.fused", b.getI64IntegerAttr(group.size()));
+    for (auto [g, result] : llvm::enumerate(results))
+      result.replaceAllUsesWith(call.getResult(g));
+    for (linalg::LinalgOp op : llvm::reverse(group))
+      op->erase();
     return success();
   }
 

@@ -143,6 +143,9 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
            "The entry function to turn into a plan">,
     Option<"kernelPrefix", "kernel-prefix", "std::string", /*default=*/"\"moec_k\"",
            "Kernel names are this prefix plus a number">,
+    Option<"fuseKernels", "fuse", "bool", /*default=*/"true",
+           "Put consecutive whole-batch linalg ops that split the same way "
+           "into one kernel">,
   ];
 }
 

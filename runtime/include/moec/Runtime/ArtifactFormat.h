@@ -35,7 +35,7 @@ namespace moec::artifact {
 inline constexpr char kMagic[8] = {'M', 'O', 'E', 'C', 'A', 'R', 'T', '\0'};
 /// Readers reject another major version; minor versions only add.
 inline constexpr uint32_t kVersionMajor = 1;
-inline constexpr uint32_t kVersionMinor = 0;
+inline constexpr uint32_t kVersionMinor = 1;
 /// Section payloads and the section table start at multiples of this.
 inline constexpr uint64_t kAlignment = 64;
 

@@ -39,7 +39,10 @@ def main():
     run_ = os.path.join(bindir, "moec-run")
     model = os.path.join(work, "model.moec")
     weights = os.path.join(work, "w.safetensors")
-    proc = run([moec, "compile", spec, "--batch", "4", "-o", model])
+    # Inference only (every check below runs infer, run or inspect): the
+    # training entry points would triple the compile time.
+    proc = run([moec, "compile", spec, "--batch", "4", "--entries=infer",
+                "-o", model])
     if proc.returncode != 0:
         sys.exit(f"FAIL: compile: {proc.stderr}")
     proc = run([run_, "init", model, "-o", weights])
@@ -62,10 +65,19 @@ def main():
     corrupted = variant("corrupted.moec", bytes(flipped))
     expect("corrupted artifact", [run_, "inspect", corrupted], 2,
            "corrupted.moec", "checksum mismatch")
+    # moec writes artifact version 1.1 (docs/artifact.md).
+    major, minor = struct.unpack_from("<II", data, 8)
+    if (major, minor) != (1, 1):
+        FAILURES.append(f"compiled artifact has version {major}.{minor}, want 1.1")
     newer = bytearray(data)
     struct.pack_into("<I", newer, 8, 2)
     expect("wrong version", [run_, "inspect", variant("v2.moec", bytes(newer))], 2,
-           "v2.moec", "version 2.0 is not supported")
+           "v2.moec", "artifact version 2.1 is not supported (this runtime reads 1.x)")
+    # Any other minor version of major 1 is read (it only adds fields).
+    later = bytearray(data)
+    struct.pack_into("<I", later, 12, 7)
+    expect("later minor version", [run_, "inspect", variant("v1.7.moec", bytes(later))],
+           0, "version:      1.7")
     expect("not an artifact", [run_, "inspect", spec], 2, os.path.basename(spec))
     expect("missing artifact", [run_, "inspect", os.path.join(work, "none.moec")],
            2, "none.moec")

@@ -1,4 +1,5 @@
 // RUN: moec-opt %s --split-input-file --moe-lower-to-kernels --verify-diagnostics | FileCheck %s
+// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels=fuse=false --verify-diagnostics | FileCheck %s --check-prefix=NOFUSE
 
 // The entry becomes a plan of calls writing into fresh destinations; each
 // kernel loops over its image range and computes one image's slice.
@@ -70,11 +71,26 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x4x3xf32> {
 
 // -----
 
-// The plan's arguments are f32 images (training entries are lowered elsewhere).
-// expected-error @+1 {{expects statically shaped f32 tensor arguments, got 'tensor<4xi32>'}}
-func.func @infer(%l: tensor<4x10xf32>, %y: tensor<4xi32>) -> tensor<f32> {
-  %0 = moe.softmax_cross_entropy %l, %y : (tensor<4x10xf32>, tensor<4xi32>) -> tensor<f32>
+// The plan's arguments are static f32 tensors or i32 labels.
+// expected-error @+1 {{expects statically shaped f32 or i32 tensor arguments, got 'tensor<4xi64>'}}
+func.func @infer(%l: tensor<4x10xf32>, %y: tensor<4xi64>) -> tensor<f32> {
+  %0 = moe.softmax_cross_entropy %l, %y : (tensor<4x10xf32>, tensor<4xi64>) -> tensor<f32>
   return %0 : tensor<f32>
+}
+
+// -----
+
+// expected-error @+1 {{expects statically shaped f32 or i32 tensor arguments, got 'tensor<?x10xf32>'}}
+func.func @infer(%x: tensor<?x10xf32>) -> tensor<?x10xf32> {
+  return %x : tensor<?x10xf32>
+}
+
+// -----
+
+// The batch is the leading dimension of the first argument of rank > 0.
+// expected-error @+1 {{expects an images argument}}
+func.func @infer(%lr: tensor<f32>) -> tensor<f32> {
+  return %lr : tensor<f32>
 }
 
 // -----
@@ -143,4 +159,207 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
   %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x3x3x8xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> tensor<4x3x3x8xf32>
   %y = moe.combine %ys, %c : (tensor<4x3x3x8xf32>, tensor<3x5x4x3xf32>) -> tensor<3x5x8xf32>
   return %y : tensor<3x5x8xf32>
+}
+
+// -----
+
+// A whole-batch linalg op (training's losses, backward pass and updates)
+// becomes a "fixed" kernel over tiles of its outermost parallel dimension:
+// 64 rows in 16 tiles of 4. The fill that only initializes its output is
+// done per tile inside the kernel.
+// CHECK-LABEL: func.func @infer
+// CHECK-SAME: (%[[X:.*]]: tensor<64x16xf32>)
+// CHECK-NOT: linalg.fill
+// CHECK: %[[D:.*]] = tensor.empty() : tensor<64xf32>
+// CHECK: %[[C0:.*]] = arith.constant 0 : index
+// CHECK: %[[C16:.*]] = arith.constant 16 : index
+// CHECK-NOT: linalg
+// CHECK: %[[S:.*]] = call @moec_k0(%[[X]], %[[D]], %[[C0]], %[[C16]]) {moe.name = "", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 16 : i64} : (tensor<64x16xf32>, tensor<64xf32>, index, index) -> tensor<64xf32>
+// CHECK: return %[[S]]
+// CHECK-LABEL: func.func @moec_k0
+// CHECK-SAME: (%[[IN:.*]]: tensor<64x16xf32>, %[[OUT:.*]]: tensor<64xf32>, %[[BEGIN:.*]]: index, %[[END:.*]]: index) -> tensor<64xf32> attributes {moe.kernel}
+// CHECK: scf.for %[[T:.*]] = %[[BEGIN]] to %[[END]] step %{{.*}} iter_args(%[[ACC:.*]] = %[[OUT]])
+// CHECK:   %[[C4:.*]] = arith.constant 4 : index
+// CHECK:   %[[OFF:.*]] = arith.muli %[[T]], %[[C4]] : index
+// CHECK:   %[[ROWS:.*]] = tensor.extract_slice %[[IN]][%[[OFF]], 0] [4, 16] [1, 1] : tensor<64x16xf32> to tensor<4x16xf32>
+// CHECK:   %[[DST:.*]] = tensor.extract_slice %[[ACC]][%[[OFF]]] [4] [1] : tensor<64xf32> to tensor<4xf32>
+// CHECK:   %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK:   %[[INIT:.*]] = linalg.fill ins(%[[ZERO]] : f32) outs(%[[DST]] : tensor<4xf32>)
+// CHECK:   %[[SUM:.*]] = linalg.generic {{.*}} ins(%[[ROWS]] : tensor<4x16xf32>) outs(%[[INIT]] : tensor<4xf32>)
+// CHECK:   tensor.insert_slice %[[SUM]] into %[[ACC]][%[[OFF]]] [4] [1] : tensor<4xf32> into tensor<64xf32>
+#id = affine_map<(d0, d1) -> (d0, d1)>
+#row = affine_map<(d0, d1) -> (d0)>
+func.func @infer(%x: tensor<64x16xf32>) -> tensor<64xf32> {
+  %e = tensor.empty() : tensor<64xf32>
+  %cst = arith.constant 0.000000e+00 : f32
+  %f = linalg.fill ins(%cst : f32) outs(%e : tensor<64xf32>) -> tensor<64xf32>
+  %s = linalg.generic {indexing_maps = [#id, #row], iterator_types = ["parallel", "reduction"]} ins(%x : tensor<64x16xf32>) outs(%f : tensor<64xf32>) {
+  ^bb0(%a: f32, %acc: f32):
+    %0 = arith.addf %acc, %a : f32
+    linalg.yield %0 : f32
+  } -> tensor<64xf32>
+  return %s : tensor<64xf32>
+}
+
+// -----
+
+// A linalg op whose outermost loop is a reduction cannot be split: one
+// tile, the whole op.
+// CHECK-LABEL: func.func @infer
+// CHECK: call @moec_k0({{.*}}) {moe.name = "colsum", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 1 : i64}
+// CHECK-LABEL: func.func @moec_k0
+// CHECK: scf.for
+// CHECK-NOT: tensor.extract_slice
+// CHECK: linalg.fill
+// CHECK-NEXT: linalg.generic {{.*}}iterator_types = ["reduction", "parallel"]{{.*}} ins(%{{.*}} : tensor<4x8xf32>) outs(%{{.*}} : tensor<8xf32>)
+#id = affine_map<(d0, d1) -> (d0, d1)>
+#col = affine_map<(d0, d1) -> (d1)>
+func.func @infer(%g: tensor<4x8xf32>) -> tensor<8xf32> {
+  %e = tensor.empty() : tensor<8xf32>
+  %cst = arith.constant 0.000000e+00 : f32
+  %f = linalg.fill ins(%cst : f32) outs(%e : tensor<8xf32>) -> tensor<8xf32>
+  %s = linalg.generic {indexing_maps = [#id, #col], iterator_types = ["reduction", "parallel"]} ins(%g : tensor<4x8xf32>) outs(%f : tensor<8xf32>) attrs = {moe.name = "colsum"} {
+  ^bb0(%a: f32, %acc: f32):
+    %0 = arith.addf %acc, %a : f32
+    linalg.yield %0 : f32
+  } -> tensor<8xf32>
+  return %s : tensor<8xf32>
+}
+
+// -----
+
+// An optimizer update (moe-autodiff) writes its parameter and optimizer
+// state in place: the call's destinations are the moe.param values
+// themselves, not fresh tensors, and nothing uses its results.
+// CHECK-LABEL: func.func @infer
+// CHECK-SAME: (%[[G:.*]]: tensor<4x8xf32>, %[[LR:.*]]: tensor<f32>)
+// CHECK: %[[P:.*]] = moe.param "w" init(zeros) : tensor<4x8xf32>
+// CHECK: %[[M:.*]] = moe.param "optimizer.momentum.w" init(zeros) {moe.state} : tensor<4x8xf32>
+// CHECK-NOT: tensor.empty
+// CHECK: call @moec_k0(%[[P]], %[[G]], %[[M]], %[[LR]], %[[P]], %[[M]], %{{.*}}, %{{.*}}) {moe.name = "w", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 4 : i64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>, index, index) -> (tensor<4x8xf32>, tensor<4x8xf32>)
+// CHECK: return %[[G]]
+// The tile of the parameter is read from and written to the destination.
+// CHECK-LABEL: func.func @moec_k0
+// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[PACC:.*]] = %{{.*}}, %[[MACC:.*]] = %{{.*}})
+// CHECK-DAG: %[[PT:.*]] = tensor.extract_slice %[[PACC]][%{{.*}}, 0] [1, 8] [1, 1] : tensor<4x8xf32> to tensor<1x8xf32>
+// CHECK-DAG: %[[MT:.*]] = tensor.extract_slice %[[MACC]][%{{.*}}, 0] [1, 8] [1, 1] : tensor<4x8xf32> to tensor<1x8xf32>
+// CHECK: %[[U:.*]]:2 = linalg.generic {{.*}} ins(%[[PT]], %{{.*}}, %[[MT]], %{{.*}} : tensor<1x8xf32>, tensor<1x8xf32>, tensor<1x8xf32>, tensor<f32>) outs(%[[PT]], %[[MT]] : tensor<1x8xf32>, tensor<1x8xf32>) attrs = {moe.name = "w", moe.update}
+// CHECK: tensor.insert_slice %[[U]]#0 into %[[PACC]]
+// CHECK: tensor.insert_slice %[[U]]#1 into %[[MACC]]
+#id = affine_map<(d0, d1) -> (d0, d1)>
+#scalar = affine_map<(d0, d1) -> ()>
+func.func @infer(%g: tensor<4x8xf32>, %lr: tensor<f32>) -> tensor<4x8xf32> {
+  %p = moe.param "w" init(zeros) : tensor<4x8xf32>
+  %m = moe.param "optimizer.momentum.w" init(zeros) {moe.state} : tensor<4x8xf32>
+  %u:2 = linalg.generic {indexing_maps = [#id, #id, #id, #scalar, #id, #id], iterator_types = ["parallel", "parallel"]} ins(%p, %g, %m, %lr : tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<f32>) outs(%p, %m : tensor<4x8xf32>, tensor<4x8xf32>) attrs = {moe.name = "w", moe.update} {
+  ^bb0(%pv: f32, %gv: f32, %mv: f32, %l: f32, %po: f32, %mo: f32):
+    %c9 = arith.constant 9.000000e-01 : f32
+    %0 = arith.mulf %c9, %mv : f32
+    %1 = arith.addf %0, %gv : f32
+    %2 = arith.mulf %l, %1 : f32
+    %3 = arith.subf %pv, %2 : f32
+    linalg.yield %3, %1 : f32, f32
+  } -> (tensor<4x8xf32>, tensor<4x8xf32>)
+  return %g : tensor<4x8xf32>
+}
+
+// -----
+
+// Losses are decomposed into whole-batch linalg (the labels are i32): the
+// per-row statistics of softmax cross-entropy split the same way and share
+// one kernel (moe.fused), the batch mean is a one-tile kernel.
+// CHECK-LABEL: func.func @infer
+// CHECK-SAME: (%[[L:.*]]: tensor<4x10xf32>, %[[Y:.*]]: tensor<4xi32>) -> tensor<f32>
+// CHECK-NOT: moe.softmax_cross_entropy
+// CHECK: %[[ROWS:.*]]:3 = call @moec_k0(%[[L]], %[[Y]], {{.*}}) {moe.fused = 3 : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 4 : i64}
+// CHECK: %[[LOSS:.*]] = call @moec_k1(%[[ROWS]]#0, %[[ROWS]]#1, %[[ROWS]]#2, {{.*}}) {moe.name = "", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 1 : i64} : {{.*}} -> tensor<f32>
+// CHECK: return %[[LOSS]] : tensor<f32>
+// CHECK-LABEL: func.func @moec_k0
+// CHECK-COUNT-3: linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
+// CHECK-LABEL: func.func @moec_k1
+// Without fusion, one kernel per linalg op.
+// NOFUSE-LABEL: func.func @infer(%{{.*}}: tensor<4x10xf32>, %{{.*}}: tensor<4xi32>) -> tensor<f32>
+// NOFUSE: call @moec_k0({{.*}}moe.tiles = 4 : i64}
+// NOFUSE: call @moec_k1({{.*}}moe.tiles = 4 : i64}
+// NOFUSE: call @moec_k2({{.*}}moe.tiles = 4 : i64}
+// NOFUSE: call @moec_k3({{.*}}moe.tiles = 1 : i64}
+// NOFUSE-NOT: moe.fused
+// NOFUSE-LABEL: func.func @moec_k0
+func.func @infer(%l: tensor<4x10xf32>, %y: tensor<4xi32>) -> tensor<f32> {
+  %0 = moe.softmax_cross_entropy %l, %y : (tensor<4x10xf32>, tensor<4xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+// Reshapes between kernels stay in the plan as views of their source.
+// CHECK-LABEL: func.func @infer
+// CHECK: %[[A:.*]] = call @moec_k0(
+// CHECK: %[[V:.*]] = tensor.collapse_shape %[[A]] {{\[\[}}0, 1]] : tensor<4x8xf32> into tensor<32xf32>
+// CHECK: call @moec_k1(%[[V]], {{.*}}moe.tiles = 16 : i64
+#id = affine_map<(d0, d1) -> (d0, d1)>
+#v = affine_map<(d0) -> (d0)>
+func.func @infer(%x: tensor<4x8xf32>) -> tensor<32xf32> {
+  %e = tensor.empty() : tensor<4x8xf32>
+  %a = linalg.generic {indexing_maps = [#id, #id], iterator_types = ["parallel", "parallel"]} ins(%x : tensor<4x8xf32>) outs(%e : tensor<4x8xf32>) {
+  ^bb0(%i: f32, %o: f32):
+    %0 = arith.mulf %i, %i : f32
+    linalg.yield %0 : f32
+  } -> tensor<4x8xf32>
+  %flat = tensor.collapse_shape %a [[0, 1]] : tensor<4x8xf32> into tensor<32xf32>
+  %e2 = tensor.empty() : tensor<32xf32>
+  %b = linalg.generic {indexing_maps = [#v, #v], iterator_types = ["parallel"]} ins(%flat : tensor<32xf32>) outs(%e2 : tensor<32xf32>) {
+  ^bb0(%i: f32, %o: f32):
+    %0 = arith.addf %i, %i : f32
+    linalg.yield %0 : f32
+  } -> tensor<32xf32>
+  return %b : tensor<32xf32>
+}
+
+// -----
+
+// Consecutive ops split the same way (4 tiles of one row) fuse; a view of
+// a group result between two ops ends the group (the call replaces the
+// group at its last op), and a different split starts a new one.
+// CHECK-LABEL: func.func @infer
+// CHECK: %[[AB:.*]]:2 = call @moec_k0(%{{.*}}) {moe.fused = 2 : i64, {{.*}}moe.tiles = 4 : i64}
+// CHECK: %[[V:.*]] = tensor.expand_shape %[[AB]]#1
+// CHECK: %[[C:.*]] = call @moec_k1(%[[V]], {{.*}}moe.tiles = 4 : i64}
+// CHECK: call @moec_k2(%[[C]], {{.*}}moe.tiles = 1 : i64}
+// CHECK-LABEL: func.func @moec_k0
+// CHECK: scf.for
+// CHECK: %[[T:.*]] = linalg.generic {{.*}} outs(%{{.*}} : tensor<1x8xf32>)
+// CHECK: linalg.generic {{.*}} ins(%[[T]] : tensor<1x8xf32>)
+#id = affine_map<(d0, d1) -> (d0, d1)>
+#id3 = affine_map<(d0, d1, d2) -> (d0, d1, d2)>
+#all = affine_map<(d0, d1, d2) -> ()>
+func.func @infer(%x: tensor<4x8xf32>) -> tensor<f32> {
+  %e = tensor.empty() : tensor<4x8xf32>
+  %a = linalg.generic {indexing_maps = [#id, #id], iterator_types = ["parallel", "parallel"]} ins(%x : tensor<4x8xf32>) outs(%e : tensor<4x8xf32>) {
+  ^bb0(%i: f32, %o: f32):
+    %0 = arith.mulf %i, %i : f32
+    linalg.yield %0 : f32
+  } -> tensor<4x8xf32>
+  %e1 = tensor.empty() : tensor<4x8xf32>
+  %b = linalg.generic {indexing_maps = [#id, #id], iterator_types = ["parallel", "parallel"]} ins(%a : tensor<4x8xf32>) outs(%e1 : tensor<4x8xf32>) {
+  ^bb0(%i: f32, %o: f32):
+    %0 = arith.addf %i, %i : f32
+    linalg.yield %0 : f32
+  } -> tensor<4x8xf32>
+  %v = tensor.expand_shape %b [[0], [1, 2]] output_shape [4, 2, 4] : tensor<4x8xf32> into tensor<4x2x4xf32>
+  %e2 = tensor.empty() : tensor<4x2x4xf32>
+  %c = linalg.generic {indexing_maps = [#id3, #id3], iterator_types = ["parallel", "parallel", "parallel"]} ins(%v : tensor<4x2x4xf32>) outs(%e2 : tensor<4x2x4xf32>) {
+  ^bb0(%i: f32, %o: f32):
+    %0 = arith.negf %i : f32
+    linalg.yield %0 : f32
+  } -> tensor<4x2x4xf32>
+  %e3 = tensor.empty() : tensor<f32>
+  %cst = arith.constant 0.000000e+00 : f32
+  %f = linalg.fill ins(%cst : f32) outs(%e3 : tensor<f32>) -> tensor<f32>
+  %d = linalg.generic {indexing_maps = [#id3, #all], iterator_types = ["reduction", "reduction", "reduction"]} ins(%c : tensor<4x2x4xf32>) outs(%f : tensor<f32>) {
+  ^bb0(%i: f32, %o: f32):
+    %0 = arith.addf %o, %i : f32
+    linalg.yield %0 : f32
+  } -> tensor<f32>
+  return %d : tensor<f32>
 }

@@ -447,3 +447,211 @@ func.func @add_types(%a: tensor<2x64xf32>, %b: tensor<2x32xf32>) -> tensor<2x64x
   %0 = "moe.add"(%a, %b) : (tensor<2x64xf32>, tensor<2x32xf32>) -> tensor<2x64xf32>
   return %0 : tensor<2x64xf32>
 }
+
+// -----
+
+// Router noise (training).
+
+func.func @router_noise_kind(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<2x1x4xf32> {
+  // expected-error @+1 {{takes noise only as a token_choice router with noise_std}}
+  %d, %c, %l = moe.router per_image %x, %w noise %n {k = 1 : i64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>, tensor<2x50x4xf32>) -> (tensor<2x50x4x50xf32>, tensor<2x50x4x50xf32>, tensor<2x1x4xf32>)
+  return %l : tensor<2x1x4xf32>
+}
+
+// -----
+
+func.func @router_noise_without_std(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{takes noise only as a token_choice router with noise_std}}
+  %d, %c, %l = moe.router token_choice %x, %w noise %n {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>, tensor<2x50x4xf32>) -> (tensor<2x50x4x25xf32>, tensor<2x50x4x25xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+func.func @router_noise_shape(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x8xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{expects noise of shape 2x50x4, got 2x50x8}}
+  %d, %c, %l = moe.router token_choice %x, %w noise %n {k = 2 : i64, capacity_factor = 1.0 : f64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>, tensor<2x50x8xf32>) -> (tensor<2x50x4x25xf32>, tensor<2x50x4x25xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
+// Auxiliary losses.
+
+func.func @aux_loss_types(%l: tensor<2x50x4xf32>, %n: tensor<2x50x4xf16>) -> tensor<f32> {
+  // expected-error @+1 {{expects every float operand and result to have element type 'f32', but operand #1 has 'f16'}}
+  %0 = moe.aux_loss load %l noise %n {k = 2 : i64, noise_std = 1.0 : f64, weight = 1.0 : f64} : (tensor<2x50x4xf32>, tensor<2x50x4xf16>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_logits_rank(%l: tensor<100x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{expects logits [G, R, E], got 100x4}}
+  %0 = moe.aux_loss importance %l {weight = 1.0 : f64} : (tensor<100x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_result(%l: tensor<2x50x4xf32>) -> tensor<1xf32> {
+  // expected-error @+1 {{expects a 0-d result}}
+  %0 = moe.aux_loss importance %l {weight = 1.0 : f64} : (tensor<2x50x4xf32>) -> tensor<1xf32>
+  return %0 : tensor<1xf32>
+}
+
+// -----
+
+func.func @aux_loss_weight(%l: tensor<2x50x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{expects a weight >= 0}}
+  %0 = moe.aux_loss z_loss %l {weight = -1.0e-03 : f64} : (tensor<2x50x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_load_noise(%l: tensor<2x50x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{load needs noise, noise_std and k}}
+  %0 = moe.aux_loss load %l {k = 2 : i64, noise_std = 1.0 : f64, weight = 1.0 : f64} : (tensor<2x50x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_load_k(%l: tensor<2x50x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{load needs noise, noise_std and k}}
+  %0 = moe.aux_loss load %l noise %n {noise_std = 1.0 : f64, weight = 1.0 : f64} : (tensor<2x50x4xf32>, tensor<2x50x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_load_std(%l: tensor<2x50x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{load needs noise_std > 0}}
+  %0 = moe.aux_loss load %l noise %n {k = 2 : i64, noise_std = 0.0 : f64, weight = 1.0 : f64} : (tensor<2x50x4xf32>, tensor<2x50x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_load_shape(%l: tensor<2x50x4xf32>, %n: tensor<2x49x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{expects noise of shape 2x50x4, got 2x49x4}}
+  %0 = moe.aux_loss load %l noise %n {k = 2 : i64, noise_std = 1.0 : f64, weight = 1.0 : f64} : (tensor<2x50x4xf32>, tensor<2x49x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_super_class_map(%l: tensor<2x1x4xf32>, %y: tensor<2xi32>) -> tensor<f32> {
+  // expected-error @+1 {{super_class needs labels and super_class_map}}
+  %0 = moe.aux_loss super_class %l labels %y {weight = 1.0 : f64} : (tensor<2x1x4xf32>, tensor<2xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_super_class_labels(%l: tensor<2x1x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{super_class needs labels and super_class_map}}
+  %0 = moe.aux_loss super_class %l {super_class_map = array<i64: 0, 1, 1>, weight = 1.0 : f64} : (tensor<2x1x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_super_class_label_shape(%l: tensor<2x1x4xf32>, %y: tensor<3xi32>) -> tensor<f32> {
+  // expected-error @+1 {{expects labels [2]}}
+  %0 = moe.aux_loss super_class %l labels %y {super_class_map = array<i64: 0, 1, 1>, weight = 1.0 : f64} : (tensor<2x1x4xf32>, tensor<3xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_super_class_expert(%l: tensor<2x1x4xf32>, %y: tensor<2xi32>) -> tensor<f32> {
+  // expected-error @+1 {{super_class_map entry 4 is not an expert in [0, 4)}}
+  %0 = moe.aux_loss super_class %l labels %y {super_class_map = array<i64: 0, 4, 1>, weight = 1.0 : f64} : (tensor<2x1x4xf32>, tensor<2xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_super_class_negative(%l: tensor<2x1x4xf32>, %y: tensor<2xi32>) -> tensor<f32> {
+  // expected-error @+1 {{super_class_map entry -1 is not an expert in [0, 4)}}
+  %0 = moe.aux_loss super_class %l labels %y {super_class_map = array<i64: 0, -1, 1>, weight = 1.0 : f64} : (tensor<2x1x4xf32>, tensor<2xi32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_balance_noise_std(%l: tensor<2x50x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<f32> {
+  // expected-error @+1 {{balance noise needs noise_std and the logits' shape}}
+  %0 = moe.aux_loss balance %l noise %n {weight = 1.0 : f64} : (tensor<2x50x4xf32>, tensor<2x50x4xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+func.func @aux_loss_balance_noise_shape(%l: tensor<2x50x4xf32>, %n: tensor<2x50x5xf32>) -> tensor<f32> {
+  // expected-error @+1 {{balance noise needs noise_std and the logits' shape}}
+  %0 = moe.aux_loss balance %l noise %n {noise_std = 1.0 : f64, weight = 1.0 : f64} : (tensor<2x50x4xf32>, tensor<2x50x5xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+// Loss sums take 0-d f32 tensors (ODS constraint).
+
+func.func @sum_losses_rank(%a: tensor<f32>, %b: tensor<1xf32>) -> tensor<f32> {
+  // expected-error @+1 {{operand #1 must be variadic of 0D tensor of 32-bit float values}}
+  %0 = moe.sum_losses %a, %b : (tensor<f32>, tensor<1xf32>) -> tensor<f32>
+  return %0 : tensor<f32>
+}
+
+// -----
+
+// Metrics.
+
+func.func @metrics_logits(%l: tensor<8x5x10xf32>, %y: tensor<8xi32>) -> tensor<f32> {
+  // expected-error @+1 {{expects logits [N, K]}}
+  %ls, %c = moe.classification_metrics %l, %y : (tensor<8x5x10xf32>, tensor<8xi32>) -> (tensor<f32>, tensor<f32>)
+  return %c : tensor<f32>
+}
+
+// -----
+
+func.func @metrics_labels(%l: tensor<8x10xf32>, %y: tensor<4xi32>) -> tensor<f32> {
+  // expected-error @+1 {{expects labels [8]}}
+  %ls, %c = moe.classification_metrics %l, %y : (tensor<8x10xf32>, tensor<4xi32>) -> (tensor<f32>, tensor<f32>)
+  return %c : tensor<f32>
+}
+
+// -----
+
+func.func @metrics_mask(%l: tensor<8x10xf32>, %y: tensor<8xi32>, %m: tensor<8x1xf32>) -> tensor<f32> {
+  // expected-error @+1 {{expects mask [8]}}
+  %ls, %c = moe.classification_metrics %l, %y mask %m : (tensor<8x10xf32>, tensor<8xi32>, tensor<8x1xf32>) -> (tensor<f32>, tensor<f32>)
+  return %c : tensor<f32>
+}
+
+// -----
+
+func.func @routing_counts_dispatch(%d: tensor<8x50x4xf32>) -> tensor<4xf32> {
+  // expected-error @+1 {{expects dispatch [G, S, E, C]}}
+  %0 = moe.routing_counts %d : (tensor<8x50x4xf32>) -> tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
+func.func @routing_counts_mask(%d: tensor<8x50x4x32xf32>, %m: tensor<50xf32>) -> tensor<4xf32> {
+  // expected-error @+1 {{expects mask [8]}}
+  %0 = moe.routing_counts %d mask %m : (tensor<8x50x4x32xf32>, tensor<50xf32>) -> tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
+func.func @routing_counts_result(%d: tensor<8x50x4x32xf32>) -> tensor<32xf32> {
+  // expected-error @+1 {{expects result [4]}}
+  %0 = moe.routing_counts %d : (tensor<8x50x4x32xf32>) -> tensor<32xf32>
+  return %0 : tensor<32xf32>
+}

@@ -108,3 +108,54 @@ func.func @soft_router(%x: tensor<8x50x64xf32>, %wr: tensor<64x8xf32>) -> tensor
   %d, %c, %l = moe.router soft %x, %wr {slots_per_expert = 2 : i64} : (tensor<8x50x64xf32>, tensor<64x8xf32>) -> (tensor<8x50x4x2xf32>, tensor<8x50x4x2xf32>, tensor<8x50x8xf32>)
   return %d : tensor<8x50x4x2xf32>
 }
+
+// Training: noisy top-k takes standard normal noise [G, S, E].
+// CHECK-LABEL: func.func @noisy_router
+// CHECK-SAME: (%{{.*}}: tensor<8x50x64xf32>, %{{.*}}: tensor<64x4xf32>, %[[N:.*]]: tensor<8x50x4xf32>)
+func.func @noisy_router(%x: tensor<8x50x64xf32>, %wr: tensor<64x4xf32>, %noise: tensor<8x50x4xf32>) -> tensor<8x50x4x32xf32> {
+  // CHECK: moe.router token_choice %{{.*}}, %{{.*}} noise %[[N]] {capacity_factor = 1.250000e+00 : f64, k = 2 : i64, noise_std = 1.000000e+00 : f64} : (tensor<8x50x64xf32>, tensor<64x4xf32>, tensor<8x50x4xf32>) -> (tensor<8x50x4x32xf32>, tensor<8x50x4x32xf32>, tensor<8x50x4xf32>)
+  %d, %c, %l = moe.router token_choice %x, %wr noise %noise {k = 2 : i64, capacity_factor = 1.25 : f64, noise_std = 1.0 : f64} : (tensor<8x50x64xf32>, tensor<64x4xf32>, tensor<8x50x4xf32>) -> (tensor<8x50x4x32xf32>, tensor<8x50x4x32xf32>, tensor<8x50x4xf32>)
+  return %d : tensor<8x50x4x32xf32>
+}
+
+// Losses and metrics of the training entry points.
+// CHECK-LABEL: func.func @losses_and_metrics
+// CHECK-SAME: (%[[L:[^:]*]]: tensor<8x50x4xf32>, %[[N:[^:]*]]: tensor<8x50x4xf32>, %[[IL:[^:]*]]: tensor<8x1x4xf32>, %[[Y:[^:]*]]: tensor<8xi32>, %[[LOGITS:[^:]*]]: tensor<8x10xf32>, %[[M:[^:]*]]: tensor<8xf32>, %[[D:[^:]*]]: tensor<8x50x4x32xf32>)
+func.func @losses_and_metrics(%l: tensor<8x50x4xf32>, %noise: tensor<8x50x4xf32>,
+                              %il: tensor<8x1x4xf32>, %labels: tensor<8xi32>,
+                              %logits: tensor<8x10xf32>, %mask: tensor<8xf32>,
+                              %d: tensor<8x50x4x32xf32>)
+    -> (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<4xf32>, tensor<4xf32>) {
+  // CHECK: %[[IMP:.*]] = moe.aux_loss importance %[[L]] {weight = 5.000000e-03 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  %imp = moe.aux_loss importance %l {weight = 5.0e-03 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  // CHECK: %[[LOAD:.*]] = moe.aux_loss load %[[L]] noise %[[N]] {k = 2 : i64, noise_std = 1.000000e+00 : f64, weight = 5.000000e-03 : f64} : (tensor<8x50x4xf32>, tensor<8x50x4xf32>) -> tensor<f32>
+  %load = moe.aux_loss load %l noise %noise {k = 2 : i64, noise_std = 1.0 : f64, weight = 5.0e-03 : f64} : (tensor<8x50x4xf32>, tensor<8x50x4xf32>) -> tensor<f32>
+  // CHECK: %[[BAL:.*]] = moe.aux_loss balance %[[L]] {weight = 1.000000e-02 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  %bal = moe.aux_loss balance %l {weight = 1.0e-02 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  // Balance of noisy gates.
+  // CHECK: moe.aux_loss balance %[[L]] noise %[[N]] {noise_std = 1.000000e+00 : f64, weight = 1.000000e-02 : f64} : (tensor<8x50x4xf32>, tensor<8x50x4xf32>) -> tensor<f32>
+  %baln = moe.aux_loss balance %l noise %noise {noise_std = 1.0 : f64, weight = 1.0e-02 : f64} : (tensor<8x50x4xf32>, tensor<8x50x4xf32>) -> tensor<f32>
+  // CHECK: %[[Z:.*]] = moe.aux_loss z_loss %[[L]] {weight = 1.000000e-03 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  %z = moe.aux_loss z_loss %l {weight = 1.0e-03 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  // CHECK: %[[SC:.*]] = moe.aux_loss super_class %[[IL]] labels %[[Y]] {super_class_map = array<i64: 0, 0, 1, 1, 2, 2, 3, 3, 0, 1>, weight = 3.000000e-01 : f64} : (tensor<8x1x4xf32>, tensor<8xi32>) -> tensor<f32>
+  %sc = moe.aux_loss super_class %il labels %labels {super_class_map = array<i64: 0, 0, 1, 1, 2, 2, 3, 3, 0, 1>, weight = 0.3 : f64} : (tensor<8x1x4xf32>, tensor<8xi32>) -> tensor<f32>
+  // A weight of 0 is allowed.
+  // CHECK: moe.aux_loss importance %[[L]] {weight = 0.000000e+00 : f64}
+  %zero = moe.aux_loss importance %l {weight = 0.0 : f64} : (tensor<8x50x4xf32>) -> tensor<f32>
+  // Sums of any number of 0-d losses, none included.
+  // CHECK: %[[AUX:.*]] = moe.sum_losses %[[IMP]], %[[LOAD]], %[[BAL]], %[[Z]], %[[SC]] : (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<f32>
+  %aux = moe.sum_losses %imp, %load, %bal, %z, %sc : (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<f32>
+  // CHECK: moe.sum_losses %[[AUX]] : (tensor<f32>) -> tensor<f32>
+  %one = moe.sum_losses %aux : (tensor<f32>) -> tensor<f32>
+  // CHECK: moe.sum_losses : () -> tensor<f32>
+  %none = moe.sum_losses : () -> tensor<f32>
+  // CHECK: %[[LS:.*]], %[[C:.*]] = moe.classification_metrics %[[LOGITS]], %[[Y]] : (tensor<8x10xf32>, tensor<8xi32>) -> (tensor<f32>, tensor<f32>)
+  %ls, %c = moe.classification_metrics %logits, %labels : (tensor<8x10xf32>, tensor<8xi32>) -> (tensor<f32>, tensor<f32>)
+  // CHECK: moe.classification_metrics %[[LOGITS]], %[[Y]] mask %[[M]] : (tensor<8x10xf32>, tensor<8xi32>, tensor<8xf32>) -> (tensor<f32>, tensor<f32>)
+  %lsm, %cm = moe.classification_metrics %logits, %labels mask %mask : (tensor<8x10xf32>, tensor<8xi32>, tensor<8xf32>) -> (tensor<f32>, tensor<f32>)
+  // CHECK: moe.routing_counts %[[D]] : (tensor<8x50x4x32xf32>) -> tensor<4xf32>
+  %n = moe.routing_counts %d : (tensor<8x50x4x32xf32>) -> tensor<4xf32>
+  // CHECK: moe.routing_counts %[[D]] mask %[[M]] : (tensor<8x50x4x32xf32>, tensor<8xf32>) -> tensor<4xf32>
+  %nm = moe.routing_counts %d mask %mask : (tensor<8x50x4x32xf32>, tensor<8xf32>) -> tensor<4xf32>
+  return %aux, %one, %none, %ls, %cm, %zero, %n, %nm : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<4xf32>, tensor<4xf32>
+}

@@ -29,6 +29,13 @@ and compare with `moec-reference` (test/reference/README.md, training mode):
     rank-1 parameters, cls_token and pos_embed, bias correction with
     step + 1) applied to that call's own gradients from zero state: update
     relative error < 1e-3, state < 1e-4.
+  * then `eval` (unless --no-eval-check) on a random batch under four masks
+    (all images, all but the last, only the last, none): `loss_sum` and
+    `correct` against the plain cross-entropy and top-1 of the reference's
+    inference logits (eval capacity, no noise) over the masked images
+    (relative 1e-4), and every `routing.<layer>` output (role
+    `routing_counts`) additive over disjoint masks, zero under the empty
+    mask, non-negative, and whole numbers for one-hot routers.
 
 The batch is redrawn (up to --tries times) until every routing decision of
 the reference has a margin of at least --min-margin, so that float32 cannot
@@ -36,7 +43,8 @@ route differently from float64.
 
 usage: check_grads.py SPEC [SPEC ...] [--bin DIR] [--moec PATH]
            [--moec-run PATH] [--reference PATH] [--work DIR] [--batch B]
-           [--seed S] [--per-tensor K|all|auto] [--threads T] [--verbose]
+           [--seed S] [--per-tensor K|all|auto] [--threads T]
+           [--no-optimizer-check] [--no-eval-check] [--verbose]
        (default --bin: build/bin of this checkout; the three binaries
         default to BIN/moec, BIN/moec-run, BIN/moec-reference)
 
@@ -259,6 +267,111 @@ def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):
     return problems
 
 
+def check_eval(args, spec, manifest, weights_path, model, stem, rng):
+    """`eval` under four masks against the reference's inference logits
+    (docs/training-abi.md, "eval"). Returns (problems, summary)."""
+    entry = manifest.get("entries", {}).get("eval")
+    if entry is None:
+        return [f"{model} has no eval entry point"], ""
+    batch = manifest["batch"]
+    inp = manifest["input"]
+    shape = [batch, inp["channels"], inp["height"], inp["width"]]
+    classes = manifest["classes"]
+    images = [rng.gauss(0, 1) for _ in range(math.prod(shape))]
+    labels = [rng.randrange(classes) for _ in range(batch)]
+    images_path, ref_path = stem + ".eval.images.f32", stem + ".eval.ref.f32"
+    with open(images_path, "wb") as f:
+        f.write(struct.pack(f"<{len(images)}f", *images))
+    if os.path.exists(ref_path):
+        os.remove(ref_path)
+    run([args.reference, spec, weights_path, images_path, ref_path])
+    with open(ref_path, "rb") as f:
+        data = f.read()
+    ref = struct.unpack(f"<{len(data) // 4}f", data)
+    if len(ref) != batch * classes:
+        return [f"eval: the reference wrote {len(ref)} logits, expected "
+                f"{batch * classes}"], ""
+    rows = [ref[i * classes:(i + 1) * classes] for i in range(batch)]
+    ce, hit, close = [], [], []
+    for row, y in zip(rows, labels):
+        top = max(row)
+        ce.append(top + math.log(sum(math.exp(v - top) for v in row)) - row[y])
+        hit.append(1.0 if row.index(top) == y else 0.0)  # first on ties
+        second = max((v for j, v in enumerate(row) if j != row.index(top)),
+                     default=-math.inf)
+        close.append(top - second < 1e-4 * max(1.0, abs(top)))
+
+    with open(spec) as f:
+        router = ((json.load(f).get("moe") or {}).get("router") or {}).get("kind")
+    one_hot = router is not None and router != "soft"
+    masks = {"all": [1.0] * batch,
+             "all but the last": [1.0] * (batch - 1) + [0.0],
+             "only the last": [0.0] * (batch - 1) + [1.0],
+             "none": [0.0] * batch}
+    problems, outputs = [], {}
+    for what, mask in masks.items():
+        in_path = stem + ".eval.batch.safetensors"
+        out_path = stem + ".eval.out.safetensors"
+        write_tensors(in_path, {"images": ("F32", shape, images),
+                                "labels": ("I32", [batch], labels),
+                                "mask": ("F32", [batch], mask)})
+        if os.path.exists(out_path):
+            os.remove(out_path)
+        call = [args.moec_run, "call", model, "--entry", "eval", "--weights",
+                weights_path, "--inputs", in_path, "-o", out_path]
+        if args.threads is not None:
+            call += ["--threads", str(args.threads)]
+        run(call)
+        got = read_tensors(out_path)
+        outputs[what] = got
+        missing = [key for key in ("loss_sum", "correct")
+                   if key not in got or got[key][1] != []]
+        if missing:
+            return problems + [f"eval ({what}): output '{key}' missing or not a "
+                               "scalar" for key in missing], ""
+        want_loss = sum(m * c for m, c in zip(mask, ce))
+        loss = got["loss_sum"][2][0]
+        if not abs(loss - want_loss) <= 1e-4 * max(abs(want_loss), 1e-3):
+            problems.append(f"eval ({what}): loss_sum {loss!r}, reference {want_loss!r}")
+        want_correct = sum(m * h for m, h in zip(mask, hit))
+        slack = sum(1 for m, c in zip(mask, close) if m and c)
+        correct = got["correct"][2][0]
+        if not abs(correct - want_correct) <= slack:
+            problems.append(f"eval ({what}): correct {correct!r}, reference "
+                            f"{want_correct!r}")
+
+    routing = [t for t in entry["outputs"] if t.get("role") == "routing_counts"]
+    for t in routing:
+        key = t["name"]
+        counts = {what: outputs[what].get(key, (None, None, None))[2]
+                  for what in masks}
+        if any(c is None for c in counts.values()):
+            problems.append(f"eval: output '{key}' missing")
+            continue
+        total = sum(counts["all"])
+        tol = 1e-5 * max(1.0, total)
+        split = [a + b for a, b in zip(counts["all but the last"],
+                                       counts["only the last"])]
+        if any(abs(a - b) > tol for a, b in zip(counts["all"], split)):
+            problems.append(f"eval: {key}: counts of all images {list(counts['all'])} "
+                            f"are not the sum of the counts of a split of them "
+                            f"{split}")
+        if any(v != 0.0 for v in counts["none"]):
+            problems.append(f"eval: {key}: {list(counts['none'])} with an empty mask")
+        for what, c in counts.items():
+            if any(v < -tol for v in c):
+                problems.append(f"eval ({what}): {key}: negative counts {list(c)}")
+            if one_hot and any(abs(v - round(v)) > 1e-3 for v in c):
+                problems.append(f"eval ({what}): {key}: counts {list(c)} of a "
+                                "one-hot router are not whole numbers")
+        if total <= 0:
+            problems.append(f"eval: {key}: no token routed")
+    summary = (f"eval loss_sum {outputs['all']['loss_sum'][2][0]:.7g} vs "
+               f"{sum(ce):.7g}, correct {outputs['all']['correct'][2][0]:g}/{batch}, "
+               f"{len(routing)} routing count outputs")
+    return problems, summary
+
+
 def check_spec(spec, args):
     name = os.path.splitext(os.path.basename(spec))[0]
     work = args.work
@@ -403,13 +516,19 @@ def check_spec(spec, args):
     if not args.no_optimizer_check:
         problems += check_optimizer(args, manifest, entry, batch, weights, model,
                                     os.path.join(work, name))
+    eval_summary = ""
+    if not args.no_eval_check:
+        eval_problems, eval_summary = check_eval(args, spec, manifest, weights, model,
+                                                 os.path.join(work, name), rng)
+        problems += eval_problems
 
     entries = sum(len(f) for _, f in sampled.values())
     print(f"{'ok' if not problems else 'FAIL'}: {name}: " + "; ".join(loss_report) +
           f"; max grad rel err {worst:.2e} ({worst_name}) over {entries} FD entries "
           f"in {len(sampled)} tensors ({fd_summary['fd_flagged']} flagged); "
           f"routing margin {margin if margin is None else f'{margin:.1e}'}"
-          + (f"; noise inputs: {', '.join(noise_inputs)}" if noise_inputs else ""))
+          + (f"; noise inputs: {', '.join(noise_inputs)}" if noise_inputs else "")
+          + (f"; {eval_summary}" if eval_summary else ""))
     for p in problems:
         print(f"    {p}")
     return not problems, worst
@@ -440,6 +559,9 @@ def main():
     ap.add_argument("--no-optimizer-check", action="store_true",
                     help="skip the second train_step call (lr > 0) that checks "
                     "lr_used, updated.<param> and the optimizer state")
+    ap.add_argument("--no-eval-check", action="store_true",
+                    help="skip the eval entry point checks (four masks against "
+                    "the reference's inference logits)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args()
     args.moec = args.moec or os.path.join(args.bin, "moec")

@@ -173,6 +173,8 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
                                       .getResult();
                                 }));
     }
+    if (sumsq.empty())
+      sumsq.push_back(tb.zeros({}));
     SmallVector<AffineMap> scalarMaps(sumsq.size(), tb.scalarMap(0));
     Value norm = tb.pointwise(sumsq, {}, scalarMaps,
                               [](OpBuilder &nb, Location nl, ValueRange a) {

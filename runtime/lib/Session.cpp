@@ -303,9 +303,20 @@ Error Session::run(const std::string &entry, int64_t n) {
                      entry, "')");
   const std::vector<Dispatch> &plan = artifact_->plan().entries.at(entry);
   std::vector<std::vector<void *>> &args = entryArgs_.at(entry);
-  for (size_t i = 0; i < plan.size(); ++i)
+  std::vector<double> *secs = nullptr;
+  if (profiling_) {
+    secs = &entrySeconds_[entry];
+    secs->resize(plan.size(), 0.0);
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    auto start = std::chrono::steady_clock::now();
     if (Error e = device_->runDispatch(plan[i], args[i].data(), n))
       return e;
+    if (secs)
+      (*secs)[i] += std::chrono::duration<double>(
+                        std::chrono::steady_clock::now() - start)
+                        .count();
+  }
   return Error::success();
 }
 
@@ -347,6 +358,7 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
 void Session::setProfiling(bool enabled) {
   profiling_ = enabled;
   dispatchSeconds_.assign(artifact_->plan().entries.at("infer").size(), 0.0);
+  entrySeconds_.clear();
 }
 
 } // namespace moec::rt

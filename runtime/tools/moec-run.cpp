@@ -65,7 +65,8 @@ const char *const kUsage =
     "              [--threads N] [--checkpoint-dir D] [--resume D]\n"
     "              [--keep-checkpoints K] [--weights W] [--log F.jsonl]\n"
     "              [--plot F.svg] [--log-every N] [--max-steps K]\n"
-    "              [--eval-every-epoch on|off] [-o FINAL.safetensors]\n"
+    "              [--eval-every-epoch on|off] [--profile N]\n"
+    "              [-o FINAL.safetensors]\n"
     "      train with the model's train_step and eval entry points; prints\n"
     "      the final 'test accuracy: XX.XX%'\n"
     "\n"
@@ -401,10 +402,15 @@ void drawProgress(int64_t done, int64_t total, double seconds) {
 }
 
 /// Time per op kind, then the `top` most expensive dispatches.
-void printProfile(const Session &session, size_t top) {
+void printProfile(Session &session, size_t top,
+                  const std::string &entry = "infer") {
   const std::vector<Dispatch> &plan =
-      session.artifact().plan().entries.at("infer");
-  const std::vector<double> &secs = session.dispatchSeconds();
+      session.artifact().plan().entries.at(entry);
+  const std::vector<double> &secs = entry == "infer"
+                                        ? session.dispatchSeconds()
+                                        : session.entrySeconds(entry);
+  if (secs.size() != plan.size())
+    return;
   double total = 0;
   std::map<std::string, std::pair<double, int>> byOp;
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -839,6 +845,9 @@ int runTrain(const Options &options) {
                    message) ||
       !integerFlag(options, "--log-every", 1, 1u << 30, logEvery, message))
     return usageError(message);
+  int64_t profileTop = 0;
+  if (!integerFlag(options, "--profile", 1, 1 << 20, profileTop, message))
+    return usageError(message);
   if (options.has("--lr") &&
       !parsePositiveNumber("--lr", options.get("--lr"), lr, message))
     return usageError(message);
@@ -858,6 +867,7 @@ int runTrain(const Options &options) {
   std::unique_ptr<Session> session;
   if (int rc = openSession(options, threads, session))
     return rc;
+  session->setProfiling(profileTop > 0);
   const Manifest &m = session->manifest();
   for (const char *entry : {kEntryTrainStep, kEntryEval})
     if (!m.entry(entry))
@@ -1303,6 +1313,8 @@ int runTrain(const Options &options) {
       printEval(*result, cat("step ", step).c_str());
   }
   std::printf("test accuracy: %.2f%%\n", 100 * lastEval->top1());
+  if (profileTop > 0)
+    printProfile(*session, static_cast<size_t>(profileTop), kEntryTrainStep);
   if (options.has("-o"))
     if (Error e = session->saveWeights(options.get("-o")))
       return reportWriteError(e);
@@ -1336,7 +1348,7 @@ int main(int argc, char **argv) {
            {{"--data", "--epochs", "--batch", "--lr", "--seed", "--threads",
              "--checkpoint-dir", "--resume", "--weights", "--log", "--plot",
              "--max-steps", "--eval-every-epoch", "-o", "--keep-checkpoints",
-             "--log-every"},
+             "--log-every", "--profile"},
             runTrain}},
           {"call",
            {{"--entry", "--weights", "--inputs", "-o", "--threads", "--state"},

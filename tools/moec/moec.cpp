@@ -121,8 +121,9 @@ int main(int argc, char **argv) {
     }
     if (entries.empty())
       return usageError("--entries names no entry point");
-    if (entries.front() != "infer" && llvm::is_contained(entries, "infer"))
-      return usageError("--entries must list infer first");
+    if (entries.front() != "infer")
+      return usageError("--entries must list infer first (every artifact "
+                        "has it)");
   }
   moec::CpuTargetOptions targetOptions;
   targetOptions.dumpLLVMIRPath = dumpLLVMIR;
@@ -236,7 +237,7 @@ int main(int argc, char **argv) {
       train.schedule = moec::spec::toString(t.schedule.kind);
       train.warmupEpochs = t.schedule.warmupEpochs;
       train.minLrRatio = t.schedule.minLrRatio;
-      train.batch = t.batch;
+      train.batch = batchSize > 0 ? batchSize : t.batch;
       train.epochs = t.epochs;
       train.labelSmoothing = t.labelSmoothing;
       train.seed = t.seed;

@@ -126,6 +126,11 @@ public:
   const std::vector<double> &dispatchSeconds() const {
     return dispatchSeconds_;
   }
+  /// With profiling on, run() adds each dispatch's wall time here (per
+  /// entry point, one entry per dispatch in plan order).
+  const std::vector<double> &entrySeconds(const std::string &entry) {
+    return entrySeconds_[entry];
+  }
 
 private:
   Session() = default;
@@ -142,6 +147,7 @@ private:
   bool hasWeights_ = false;
   bool profiling_ = false;
   std::vector<double> dispatchSeconds_;
+  std::map<std::string, std::vector<double>> entrySeconds_;
 };
 
 } // namespace moec::rt

@@ -22,6 +22,7 @@ biases, unit norm weights, N(0, 1e-6) cls_token). Library use:
 bench/train_vs_pytorch.py).
 """
 import argparse
+import collections
 import gzip
 import json
 import math
@@ -191,7 +192,9 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
     """Trains from `weights` ({name: tensor}). Stops after `steps` steps, or
     when `minutes` of training time are spent, or after the spec's epochs.
     Returns {images_per_s (over the steps after the first warmup_steps),
-    steps, epochs, seconds, final_loss, test_accuracy (if evaluated)}."""
+    steps, epochs, seconds, final_loss (mean over the last epoch's steps),
+    last10_loss (mean over the last 10 steps), test_accuracy (if
+    evaluated)}."""
     moe_torch.set_threads(threads, blas_threads)
     spec = moe_torch.parse_spec(spec_path)
     cfg = train_settings(spec_path)
@@ -212,6 +215,7 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
     noise_shapes = moe_torch.noise_shapes(spec, B)
     step, epoch, timed_images, timed_s, train_s = 0, 0, 0, 0.0, 0.0
     history = []
+    recent = collections.deque(maxlen=10)  # the last 10 steps' losses
     result = {"steps": 0, "epochs": 0}
     budget = None if minutes is None else 60.0 * minutes
     done = False
@@ -238,6 +242,7 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
             if step >= warmup_steps:
                 timed_s += dt
                 timed_images += B
+            recent.append(float(out["loss"]))
             run_loss += float(out["loss"]) * B
             run_correct += int(out["correct"])
             run_n += B
@@ -262,7 +267,8 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
     result.update({"steps": step, "epochs": history[-1]["epoch"] if history else 0,
                    "seconds": train_s, "history": history,
                    "images_per_s": timed_images / timed_s if timed_s > 0 else None,
-                   "final_loss": history[-1]["train_loss"] if history else None})
+                   "final_loss": history[-1]["train_loss"] if history else None,
+                   "last10_loss": sum(recent) / len(recent) if recent else None})
     if eval_each_epoch and history:
         result["test_accuracy"] = history[-1]["test_accuracy"]
     result["model"] = tm

@@ -55,6 +55,9 @@ def run(cmd):
     return p.stdout + p.stderr, time.perf_counter() - t0
 
 
+moec_last10_loss = None
+
+
 def moec_rate_from_log(path, batch):
     """images/s of `moec-run train --log` train records, leaving out the
     first interval (warm-up) when there are several; (rate, timed steps)."""
@@ -66,6 +69,8 @@ def moec_rate_from_log(path, batch):
                 recs.append(r)
     if not recs:
         return None, 0
+    global moec_last10_loss
+    moec_last10_loss = recs[-1].get("loss")
     prev, parts = 0, []
     for r in recs:
         steps = r["step"] - prev
@@ -135,8 +140,9 @@ def main():
         if moec_rate is None:
             sys.exit(f"FAIL: no train records with images_per_s in {log_path}:\n{out[-3000:]}")
         print(f"moec-run train: {moec_rate:.1f} images/s over {timed} timed steps "
-              f"({wall:.1f} s wall, final test evaluation included); load average "
-              f"{loadavg()}")
+              f"({wall:.1f} s wall, final test evaluation included), train loss "
+              f"{moec_last10_loss:.4f} over the last {args.log_every} steps; load "
+              f"average {loadavg()}")
     if not args.skip_torch:
         r = torch_train.train(args.spec, moe_torch.read_safetensors(init), data,
                               steps=args.steps, threads=args.threads, seed=args.seed,
@@ -145,8 +151,9 @@ def main():
         blas = args.threads if args.blas_threads is None else args.blas_threads
         print(f"PyTorch {torch.__version__} (omp {torch.get_num_threads()} x blas {blas} "
               f"threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}): "
-              f"{torch_rate:.1f} images/s over {r['steps'] - 3} timed steps, final "
-              f"train loss {r['final_loss']:.4f}; load average {loadavg()}")
+              f"{torch_rate:.1f} images/s over {r['steps'] - 3} timed steps, train "
+              f"loss {r['last10_loss']:.4f} over the last 10 steps; load average "
+              f"{loadavg()}")
     if moec_rate and torch_rate:
         print(f"ratio moec / PyTorch: {moec_rate / torch_rate:.2f}x")
     print(json.dumps({"moec_images_per_s": moec_rate, "torch_images_per_s": torch_rate,

@@ -15,7 +15,8 @@ and compare with `moec-reference` (test/reference/README.md, training mode):
   * loss (and ce_loss, aux_loss): relative error < --loss-tol (1e-5);
     `correct` must be equal;
   * every `grad.<param>`: at --per-tensor sampled entries (default: every
-    entry of a model of at most 20000 parameters, else 32), against the
+    entry when parameters x batch <= 100000, as for the tiny
+    test/e2e/specs-train models, else 32 per tensor), against the
     reference's central finite differences in double (`moec-reference
     fdgrad`): ||g - fd|| / ||fd|| < --grad-tol (1e-3). A tensor whose sampled
     FD norm is below 1e-3 of the largest tensor's is compared against that
@@ -426,8 +427,9 @@ def check_spec(spec, args):
     got = read_tensors(out_path)
     per_tensor = args.per_tensor
     if per_tensor == "auto":
+        # Cost: two forward passes of the batch per entry.
         count = sum(math.prod(p["shape"]) for p in manifest["params"])
-        per_tensor = "all" if count <= args.auto_all else "32"
+        per_tensor = "all" if count * manifest["batch"] <= args.auto_all else "32"
     fd_summary = json.loads(run([args.reference, "fdgrad", spec, weights, batch_path,
                                  fd_path, "--per-tensor", per_tensor,
                                  "--seed", str(args.seed)]).stdout)
@@ -547,9 +549,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-tensor", default="auto",
                     help="entries per tensor for the finite differences: K, "
-                    "'all', or 'auto' (all when the model has at most "
-                    "--auto-all parameters, else 32)")
-    ap.add_argument("--auto-all", type=int, default=20000)
+                    "'all', or 'auto' (all when parameters x batch is at "
+                    "most --auto-all, else 32)")
+    ap.add_argument("--auto-all", type=int, default=100000)
     ap.add_argument("--loss-tol", type=float, default=1e-5)
     ap.add_argument("--grad-tol", type=float, default=1e-3)
     ap.add_argument("--min-margin", type=float, default=1e-4)

@@ -112,6 +112,17 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     dispatch and the same router's combine compute filled slots only (their
     kernel also takes the routing tensor).
 
+    Whole-batch ops (the backward pass, losses, metrics and optimizer updates
+    of `train_step`): the loss and metric ops become linalg first; every
+    linalg op becomes a "fixed" kernel over at most 16 tiles of its loop
+    dimension 0 (when that dimension is parallel and every operand indexes
+    it as a plain dimension; otherwise one tile). A `linalg.fill` that only
+    initializes the op is done per tile in the kernel; an op whose output is
+    a `moe.param` (an optimizer update) writes the parameter in place. With
+    `fuse`, consecutive linalg ops split the same way, each reading its
+    producers at the tile they wrote, share one kernel. `tensor.collapse_shape`
+    and `expand_shape` stay in the plan as views.
+
     Before:
     ```mlir
     func.func @infer(%x: tensor<8x50x64xf32>) -> tensor<8x50x64xf32> {
@@ -207,7 +218,12 @@ def PlanMemoryPass : Pass<"moe-plan-memory", "mlir::ModuleOp"> {
     reuse: a buffer is live from the call that writes it to the last call that
     reads it, and buffers whose lifetimes overlap never overlap in memory
     (greedy, largest first, lowest fitting offset). The entry function gets
-    `moe.arena_bytes` (the peak) and `moe.param_bytes`.
+    `moe.arena_bytes` (the peak) and `moe.param_bytes`. Optimizer state
+    (`moe.param` marked `moe.state`) comes after every parameter, so
+    parameters have the same offsets in every entry point; destinations that
+    are `moe.param`s (in-place updates) take no arena space; views
+    (`tensor.collapse_shape`/`expand_shape`) share their source's bytes and
+    keep it live.
 
     ```mlir
     %d = tensor.empty() {moe.arena_offset = 204800 : i64} : tensor<8x50x64xf32>

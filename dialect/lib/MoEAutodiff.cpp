@@ -89,23 +89,24 @@ Value moec::moe::buildActivation(OpBuilder &b, Location l, Activation kind,
                                  Value x) {
   switch (kind) {
   case Activation::Gelu: {
+    // 0.5 x (1 + erf(x / sqrt(2)))
     Value e = math::ErfOp::create(b, l, mulf(b, l, x, c32(b, l, M_SQRT1_2)));
     return mulf(b, l, mulf(b, l, x, c32(b, l, 0.5)), addf(b, l, e, c32(b, l, 1.0)));
   }
   case Activation::GeluTanh: {
-    Value x3 = mulf(b, l, mulf(b, l, x, x), x);
-    Value inner = mulf(b, l, c32(b, l, 0.7978845608028654),
-                       addf(b, l, x, mulf(b, l, x3, c32(b, l, 0.044715))));
-    Value t = math::TanhOp::create(b, l, inner);
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    Value x3 = mulf(b, l, x, mulf(b, l, x, x));
+    Value inner = addf(b, l, x, mulf(b, l, x3, c32(b, l, 0.044715)));
+    Value t = math::TanhOp::create(b, l, mulf(b, l, inner, c32(b, l, 0.7978845608028654)));
     return mulf(b, l, mulf(b, l, x, c32(b, l, 0.5)), addf(b, l, t, c32(b, l, 1.0)));
   }
   case Activation::Relu:
-    return arith::MaximumFOp::create(b, l, x, c32(b, l, 0.0));
+    // maxnum: x86 lowers arith.maximumf's NaN semantics element by element.
+    return arith::MaxNumFOp::create(b, l, x, c32(b, l, 0.0));
   case Activation::Silu: {
-    Value s = arith::DivFOp::create(
-        b, l, c32(b, l, 1.0),
-        addf(b, l, c32(b, l, 1.0), math::ExpOp::create(b, l, arith::NegFOp::create(b, l, x))));
-    return mulf(b, l, x, s);
+    // x / (1 + exp(-x))
+    Value e = math::ExpOp::create(b, l, arith::NegFOp::create(b, l, x));
+    return arith::DivFOp::create(b, l, x, addf(b, l, e, c32(b, l, 1.0)));
   }
   }
   llvm_unreachable("unknown activation");

@@ -111,40 +111,7 @@ public:
 
   static Value applyActivation(OpBuilder &nb, Location nl, Activation kind,
                                Value x) {
-    auto c = [&](double v) -> Value {
-      return arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v));
-    };
-    switch (kind) {
-    case Activation::Gelu: {
-      // 0.5 x (1 + erf(x / sqrt(2)))
-      Value e = math::ErfOp::create(
-          nb, nl, arith::MulFOp::create(nb, nl, x, c(M_SQRT1_2)));
-      Value h = arith::MulFOp::create(nb, nl, x, c(0.5));
-      return arith::MulFOp::create(nb, nl, h,
-                                   arith::AddFOp::create(nb, nl, e, c(1.0)));
-    }
-    case Activation::GeluTanh: {
-      // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-      Value x3 = arith::MulFOp::create(
-          nb, nl, x, arith::MulFOp::create(nb, nl, x, x));
-      Value inner = arith::AddFOp::create(
-          nb, nl, x, arith::MulFOp::create(nb, nl, x3, c(0.044715)));
-      Value t = math::TanhOp::create(
-          nb, nl, arith::MulFOp::create(nb, nl, inner, c(0.7978845608028654)));
-      Value h = arith::MulFOp::create(nb, nl, x, c(0.5));
-      return arith::MulFOp::create(nb, nl, h,
-                                   arith::AddFOp::create(nb, nl, t, c(1.0)));
-    }
-    case Activation::Relu:
-      return arith::MaxNumFOp::create(nb, nl, x, c(0.0));
-    case Activation::Silu: {
-      // x / (1 + exp(-x))
-      Value e = math::ExpOp::create(nb, nl, arith::NegFOp::create(nb, nl, x));
-      return arith::DivFOp::create(nb, nl, x,
-                                   arith::AddFOp::create(nb, nl, e, c(1.0)));
-    }
-    }
-    llvm_unreachable("unknown activation");
+    return buildActivation(nb, nl, kind, x);
   }
 
   Value activation(Activation kind, Value x, Value dest) {

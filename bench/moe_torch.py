@@ -560,7 +560,8 @@ def noise_shapes(spec, batch):
 def no_decay(name, shape):
     """Parameters without weight decay (docs/training-abi.md): rank 1, plus
     cls_token and pos_embed."""
-    return len(shape) == 1 or name in ("cls_token", "pos_embed")
+    return (len(shape) == 1 or name.endswith(".bias")
+            or name in ("cls_token", "pos_embed"))
 
 
 def _cv2(v):

@@ -61,12 +61,13 @@ OptimizerConfig readConfig(func::FuncOp fn) {
   return c;
 }
 
-/// Weight decay applies to matrices only: not to biases, norm weights or the
-/// class token and position embedding (timm's no-decay set).
+/// Weight decay applies to weight matrices only: not to biases (the
+/// experts' [E, H] biases included), norm weights or the class token and
+/// position embedding (timm's no-decay set).
 bool decays(ParamOp p) {
   StringRef name = p.getName();
-  return p.getType().getRank() >= 2 && name != "pos_embed" &&
-         name != "cls_token";
+  return p.getType().getRank() >= 2 && !name.ends_with(".bias") &&
+         name != "pos_embed" && name != "cls_token";
 }
 
 Value cf(OpBuilder &b, Location l, double v) {

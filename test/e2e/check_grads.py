@@ -170,9 +170,10 @@ OPT_SCALARS = {"step": 2.0, "total_steps": 10.0, "warmup_steps": 4.0, "lr": 0.01
 
 
 def no_decay(name, shape):
-    """docs/training-abi.md: no weight decay for rank-1 parameters,
-    cls_token and pos_embed."""
-    return len(shape) == 1 or name in ("cls_token", "pos_embed")
+    """docs/training-abi.md: no weight decay for biases (any rank),
+    rank-1 parameters, cls_token and pos_embed."""
+    return (len(shape) == 1 or name.endswith(".bias")
+            or name in ("cls_token", "pos_embed"))
 
 
 def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):

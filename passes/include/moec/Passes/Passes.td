@@ -74,7 +74,7 @@ def AutodiffPass : Pass<"moe-autodiff", "mlir::ModuleOp"> {
     New inputs: `step`, `total_steps`, `warmup_steps`, `lr` (0-d f32). Results:
     `loss, ce_loss, aux_loss, correct, grad_norm, lr_used` and one
     `grad.<param>` per parameter (role `gradient`). Weight decay skips
-    rank-1 parameters, `cls_token` and `pos_embed`.
+    biases of any rank, rank-1 parameters, `cls_token` and `pos_embed`.
   }];
   let options = [
     Option<"forward", "forward", "std::string", /*default=*/"\"train_forward\"",

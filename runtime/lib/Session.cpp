@@ -124,9 +124,10 @@ void Session::initWeights(uint64_t seed) {
   hasWeights_ = true;
 }
 
-std::vector<Tensor> Session::parameters() const {
+std::vector<Tensor>
+Session::downloadBlock(const std::vector<ParamSpec> &specs) const {
   std::vector<Tensor> tensors;
-  for (const ParamSpec &p : manifest().params) {
+  for (const ParamSpec &p : specs) {
     Tensor t{p.name, p.shape, std::vector<float>(p.count())};
     device_->download(t.data.data(),
                       static_cast<const char *>(params_) + p.offset,
@@ -134,6 +135,10 @@ std::vector<Tensor> Session::parameters() const {
     tensors.push_back(std::move(t));
   }
   return tensors;
+}
+
+std::vector<Tensor> Session::parameters() const {
+  return downloadBlock(manifest().params);
 }
 
 Error Session::saveWeights(const std::string &path) const {
@@ -148,15 +153,7 @@ Error Session::saveWeights(const std::string &path) const {
 }
 
 std::vector<Tensor> Session::state() const {
-  std::vector<Tensor> tensors;
-  for (const ParamSpec &p : manifest().state) {
-    Tensor t{p.name, p.shape, std::vector<float>(p.count())};
-    device_->download(t.data.data(),
-                      static_cast<const char *>(params_) + p.offset,
-                      t.data.size() * 4);
-    tensors.push_back(std::move(t));
-  }
-  return tensors;
+  return downloadBlock(manifest().state);
 }
 
 void Session::resetState() {

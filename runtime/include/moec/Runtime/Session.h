@@ -134,6 +134,8 @@ public:
 
 private:
   Session() = default;
+  /// The tensors `specs` describe, read from the parameter block.
+  std::vector<Tensor> downloadBlock(const std::vector<ParamSpec> &specs) const;
   EntryTensor view(const TensorSpec &spec) const;
 
   std::shared_ptr<const Artifact> artifact_;

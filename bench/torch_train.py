@@ -188,23 +188,29 @@ def evaluate(spec, tm, x, y, batch=500):
 
 def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
           seed=None, eval_each_epoch=False, warmup_steps=3, log=print,
-          blas_threads=None):
+          blas_threads=None, device="cpu"):
     """Trains from `weights` ({name: tensor}). Stops after `steps` steps, or
     when `minutes` of training time are spent, or after the spec's epochs.
     Returns {images_per_s (over the steps after the first warmup_steps),
     steps, epochs, seconds, final_loss (mean over the last epoch's steps),
     last10_loss (mean over the last 10 steps), test_accuracy (if
-    evaluated)}."""
+    evaluated)}. `device` "cuda" runs everything (data, shuffling,
+    augmentation, noise) on the GPU: its random streams differ from the
+    CPU's, the recipe does not."""
     moe_torch.set_threads(threads, blas_threads)
     spec = moe_torch.parse_spec(spec_path)
     cfg = train_settings(spec_path)
     seed = cfg["seed"] if seed is None else seed
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    train_x, train_y = load_fmnist(data_dir, "train")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    train_x, train_y = (t.to(device) for t in load_fmnist(data_dir, "train"))
     test_x = test_y = None
     if eval_each_epoch:
-        test_x, test_y = load_fmnist(data_dir, "t10k")
+        test_x, test_y = (t.to(device) for t in load_fmnist(data_dir, "t10k"))
+    if device != "cpu":
+        # The model code makes its index tensors without a device.
+        torch.set_default_device(device)
+        weights = {n: t.to(device) for n, t in weights.items()}
     B = cfg["batch"]
     per_epoch = train_x.shape[0] // B  # the last partial batch is dropped
     total = cfg["epochs"] * per_epoch
@@ -275,6 +281,33 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
     return result
 
 
+def override_spec(path, assignments):
+    """A temporary copy of the spec at `path` with KEY=JSON assignments
+    applied (dotted keys; intermediate objects are created)."""
+    import tempfile
+    with open(path) as f:
+        root = json.load(f)
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"error: --set {item!r}: expected KEY=JSON")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as e:
+            sys.exit(f"error: --set {item!r}: value is not JSON ({e})")
+        node = root
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                sys.exit(f"error: --set {item!r}: '{part}' is not an object in {path}")
+        node[parts[-1]] = parsed
+    f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump(root, f)
+    f.close()
+    return f.name
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="examples/vimoe-tiny-fmnist.json")
@@ -289,7 +322,13 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--no-eval", action="store_true", help="no test accuracy per epoch")
     ap.add_argument("--save", help="write the final weights here (safetensors)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a spec field, e.g. train.optimizer.lr=0.002 "
+                         "(repeatable; the recipe sweeps of bench/README.md)")
     a = ap.parse_args()
+    if a.set:
+        a.spec = override_spec(a.spec, a.set)
     spec = moe_torch.parse_spec(a.spec)
     data = a.data or spec["data"].get("path") or FMNIST_DEFAULT
     if a.weights:
@@ -297,7 +336,8 @@ def main():
     else:
         w = init_weights(spec, 0 if a.seed is None else a.seed)
     r = train(a.spec, w, data, steps=a.steps, minutes=a.minutes, threads=a.threads,
-              seed=a.seed, eval_each_epoch=not a.no_eval, blas_threads=a.blas_threads)
+              seed=a.seed, eval_each_epoch=not a.no_eval, blas_threads=a.blas_threads,
+              device=a.device)
     if a.save:
         moe_torch.write_safetensors(a.save, {n: p.detach() for n, p in r["model"].params.items()})
     summary = {k: v for k, v in r.items() if k not in ("model", "history")}

@@ -119,23 +119,26 @@ namespace {
 struct LinearGrads {
   Value dx, dw, db;
 };
+/// dx of y = x W for x of shape `xs` [L..., K]:
+/// dx[lead, k] = sum_m dy[lead, m] wT[m, k]; loops (lead..., k, m).
+Value linearInputGrad(TB &tb, Value w, Value dy, ArrayRef<int64_t> xs) {
+  unsigned r = xs.size();
+  Value wT = tb.transposeLast2(w);
+  SmallVector<unsigned> dyDims;
+  for (unsigned i = 0; i + 1 < r; ++i)
+    dyDims.push_back(i);
+  dyDims.push_back(r);
+  return tb.contract(dy, tb.dims(r + 1, dyDims), wT, tb.dims(r + 1, {r, r - 1}),
+                     xs, 1);
+}
 LinearGrads linearVJP(TB &tb, Value x, Value w, Value dy, bool wantDx,
                       bool wantBias) {
   LinearGrads g;
   unsigned r = TB::rank(x);
   ArrayRef<int64_t> xs = TB::shape(x), ws = TB::shape(w);
   int64_t k = ws[0], m = ws[1];
-  SmallVector<unsigned> lead;
-  for (unsigned i = 0; i + 1 < r; ++i)
-    lead.push_back(i);
-  if (wantDx) {
-    // dx[lead, k] = sum_m dy[lead, m] wT[m, k]; loops (lead..., k, m).
-    Value wT = tb.transposeLast2(w);
-    SmallVector<unsigned> dyDims(lead);
-    dyDims.push_back(r);
-    g.dx = tb.contract(dy, tb.dims(r + 1, dyDims), wT, tb.dims(r + 1, {r, r - 1}),
-                       xs, 1);
-  }
+  if (wantDx)
+    g.dx = linearInputGrad(tb, w, dy, xs);
   // dW[k, m] = sum_lead x[lead, k] dy[lead, m]; loops (k, m, lead...).
   SmallVector<unsigned> xDims, dyDims;
   for (unsigned i = 0; i + 1 < r; ++i) {
@@ -652,66 +655,16 @@ LogicalResult AttentionOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
     return success();
   TB tb(b, getLoc());
   Value x = getInput(), dy = dys[0];
-  ArrayRef<int64_t> xs = TB::shape(x); // [N, S, D]
-  int64_t n = xs[0], s = xs[1], dm = xs[2], h = getHeads(), dh = dm / h;
-  double scale = 1.0 / std::sqrt(static_cast<double>(dh));
-  auto d = [&](unsigned i) { return tb.d(i); };
-  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
-
-  // Recompute the forward: qkv [N, S, 3D] viewed as [N, S, 3, H, dh], then
-  // per-head layouts (every map a plain permutation: tiling and
-  // vectorization need dimensions that are not split by div/mod).
+  // Recompute the projections' input qkv; the core's backward (and its
+  // recomputed output, for the output projection's weight gradient) is one
+  // per-image op: moe.attention_grad.
   Value qkv = linearForward(tb, x, getQkvWeight(), getQkvBias());
-  Value qkv5 = tb.expand(qkv, {n, s, 3, h, dh}, {{0}, {1}, {2, 3, 4}});
-  // part: 0 q, 1 k, 2 v. [N, H, S, dh] (or [N, H, dh, S] transposed).
-  auto headsOf = [&](int64_t part, bool transposed) {
-    AffineExpr tok = transposed ? d(3) : d(2), col = transposed ? d(2) : d(3);
-    SmallVector<int64_t> shape = transposed ? SmallVector<int64_t>{n, h, dh, s}
-                                            : SmallVector<int64_t>{n, h, s, dh};
-    return tb.pointwise({qkv5}, shape,
-                        {tb.map(4, {d(0), tok, tb.c(part), d(1), col})}, id);
-  };
-  Value q = headsOf(0, false), k = headsOf(1, false), kT = headsOf(1, true),
-        v = headsOf(2, false), vT = headsOf(2, true);
-  // scores[n,h,s,t] = sum_i q[n,h,s,i] kT[n,h,i,t]; loops (n,h,s,t,i).
-  Value scores = tb.contract(q, tb.dims(5, {0, 1, 2, 4}), kT,
-                             tb.dims(5, {0, 1, 4, 3}), {n, h, s, s}, 1);
-  Value p = tb.softmaxLast(tb.scale(scores, scale));
-  // o[n,h,s,i] = sum_t p v; then [N, S, H, dh] viewed as [N, S, D].
-  Value o = tb.contract(p, tb.dims(5, {0, 1, 2, 4}), v, tb.dims(5, {0, 1, 4, 3}),
-                        {n, h, s, dh}, 1);
-  Value o4 = tb.pointwise({o}, {n, s, h, dh}, {tb.dims(4, {0, 2, 1, 3})}, id);
-  Value o3 = tb.collapse(o4, {{0}, {1}, {2, 3}});
-
-  // Output projection.
-  LinearGrads out = linearVJP(tb, o3, getOutWeight(), dy, true, true);
-  Value dO4 = tb.expand(out.dx, {n, s, h, dh}, {{0}, {1}, {2, 3}});
-  Value dO = tb.pointwise({dO4}, {n, h, s, dh}, {tb.dims(4, {0, 2, 1, 3})}, id);
-  // dP = dO vT; dS = P (dP - rowsum(dP P)) * scale.
-  Value dP = tb.contract(dO, tb.dims(5, {0, 1, 2, 4}), vT, tb.dims(5, {0, 1, 4, 3}),
-                         {n, h, s, s}, 1);
-  Value dS = tb.scale(tb.softmaxLastVJP(p, dP), scale);
-  // dq = dS k; dk[n,h,t,i] = sum_s dS[n,h,s,t] q[n,h,s,i]; dv = P^T dO.
-  Value dq = tb.contract(dS, tb.dims(5, {0, 1, 2, 4}), k, tb.dims(5, {0, 1, 4, 3}),
-                         {n, h, s, dh}, 1);
-  Value dk = tb.contract(dS, tb.dims(5, {0, 1, 4, 2}), q, tb.dims(5, {0, 1, 4, 3}),
-                         {n, h, s, dh}, 1);
-  Value dv = tb.contract(p, tb.dims(5, {0, 1, 4, 2}), dO, tb.dims(5, {0, 1, 4, 3}),
-                         {n, h, s, dh}, 1);
-  // dqkv[n, s, part, h, i], viewed as [N, S, 3D].
-  AffineMap headMap = tb.dims(5, {0, 3, 1, 4});
-  Value dqkv5 = tb.pointwise(
-      {dq, dk, dv}, {n, s, 3, h, dh}, {headMap, headMap, headMap},
-      [&](OpBuilder &nb, Location nl, ValueRange a) {
-        Value part = linalg::IndexOp::create(nb, nl, 2);
-        Value isQ = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq, part,
-                                          arith::ConstantIndexOp::create(nb, nl, 0));
-        Value isK = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq, part,
-                                          arith::ConstantIndexOp::create(nb, nl, 1));
-        Value kv = arith::SelectOp::create(nb, nl, isK, a[1], a[2]);
-        return arith::SelectOp::create(nb, nl, isQ, a[0], kv).getResult();
-      });
-  Value dqkv = tb.collapse(dqkv5, {{0}, {1}, {2, 3, 4}});
+  Value dheads = linearInputGrad(tb, getOutWeight(), dy, TB::shape(x));
+  auto core = AttentionGradOp::create(b, getLoc(), TypeRange{qkv.getType(), x.getType()},
+                                      qkv, dheads, getHeadsAttr());
+  Value dqkv = core.getDqkv();
+  LinearGrads out = linearVJP(tb, core.getOutput(), getOutWeight(), dy,
+                              /*wantDx=*/false, /*wantBias=*/true);
   LinearGrads in = linearVJP(tb, x, getQkvWeight(), dqkv, true, true);
   grads.assign({in.dx, in.dw, in.db, out.dw, out.db});
   return success();

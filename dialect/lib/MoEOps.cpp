@@ -137,6 +137,25 @@ LogicalResult AttentionOp::verify() {
                                  getHeads()));
 }
 
+LogicalResult AttentionGradOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  ArrayRef<int64_t> qkv = shapeOf(getQkv()), dh = shapeOf(getDheads());
+  if (qkv.size() != 3 || dh.size() != 3)
+    return emitOpError() << "expects qkv [N, S, 3D] and dheads [N, S, D]";
+  if (qkv[0] != dh[0] || qkv[1] != dh[1] || qkv[2] != 3 * dh[2])
+    return emitOpError() << "expects qkv [" << dh[0] << ", " << dh[1] << ", "
+                         << 3 * dh[2] << "] for dheads [" << dh[0] << ", "
+                         << dh[1] << ", " << dh[2] << "], got [" << qkv[0]
+                         << ", " << qkv[1] << ", " << qkv[2] << "]";
+  if (dh[2] % getHeads() != 0)
+    return emitOpError() << "expects heads (" << getHeads()
+                         << ") to divide the model width " << dh[2];
+  if (shapeOf(getDqkv()) != qkv || shapeOf(getOutput()) != dh)
+    return emitOpError() << "expects results shaped like qkv and dheads";
+  return success();
+}
+
 LogicalResult DenseOp::verify() {
   if (failed(verifyElementTypes(*this)))
     return failure();

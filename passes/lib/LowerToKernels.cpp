@@ -722,6 +722,110 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
         Value heads_out = headLoop.getResult(0);
         return one(ib.matmul(heads_out, in[3], in[4], dests[0]));
       })
+      .Case([&](AttentionGradOp o) -> R {
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[1]); // dheads [S, D]
+        int64_t s = x[0], d = x[1], heads = o.getHeads(), dh = d / heads;
+        double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+        Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+        Value numHeads = arith::ConstantIndexOp::create(b, loc, heads);
+        Value step = arith::ConstantIndexOp::create(b, loc, 1);
+        // One head at a time: its [S, S] probabilities and their gradient
+        // stay in cache, and every result column is written once.
+        auto headLoop = scf::ForOp::create(
+            b, loc, zero, numHeads, step, ValueRange{dests[0], dests[1]},
+            [&](OpBuilder &hb, Location hl, Value h, ValueRange acc) {
+              ImageBuilder hib(hb, hl);
+              SmallVector<OpFoldResult> ones(2, hb.getIndexAttr(1));
+              SmallVector<OpFoldResult> size{hb.getIndexAttr(s),
+                                             hb.getIndexAttr(dh)};
+              Value headStart = arith::MulIOp::create(
+                  hb, hl, h, arith::ConstantIndexOp::create(hb, hl, dh));
+              // Offsets of head h's columns in block `block` (q, k, v).
+              auto at = [&](int64_t block) -> SmallVector<OpFoldResult> {
+                Value first = arith::AddIOp::create(
+                    hb, hl, headStart,
+                    arith::ConstantIndexOp::create(hb, hl, block * d));
+                return {hb.getIndexAttr(0), first};
+              };
+              auto cols = [&](Value src, int64_t block) -> Value {
+                return tensor::ExtractSliceOp::create(
+                    hb, hl, hib.type({s, dh}), src, at(block), size, ones);
+              };
+              auto put = [&](Value slice, Value full, int64_t block) -> Value {
+                return tensor::InsertSliceOp::create(hb, hl, slice, full,
+                                                     at(block), size, ones);
+              };
+              AffineMap all = hib.map(2, {0, 1}), row = hib.map(2, {0});
+              Value q = cols(in[0], 0), k = cols(in[0], 1), v = cols(in[0], 2);
+              Value dO = cols(in[1], 0);
+              // P = softmax(Q K^T * scale), normalized: it is read three
+              // times below.
+              Value scores = hib.matmul(q, hib.transpose(k, {1, 0}), Value(),
+                                        hib.empty({s, s}));
+              Value rowMax = hib.reduceRows(
+                  scores, -INFINITY,
+                  [](OpBuilder &nb, Location nl, Value e, Value acc) -> Value {
+                    return arith::MaxNumFOp::create(nb, nl, acc, e);
+                  });
+              Value exps = hib.generic(
+                  {scores, rowMax}, hib.empty({s, s}), {all, row, all},
+                  {kPar, kPar},
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    Value centered = arith::SubFOp::create(nb, nl, a[0], a[1]);
+                    return math::ExpOp::create(
+                        nb, nl,
+                        arith::MulFOp::create(
+                            nb, nl, centered,
+                            arith::ConstantOp::create(
+                                nb, nl, nb.getF32FloatAttr(scale))));
+                  });
+              Value rowSum = hib.reduceRows(
+                  exps, 0.0,
+                  [](OpBuilder &nb, Location nl, Value e, Value acc) -> Value {
+                    return arith::AddFOp::create(nb, nl, acc, e);
+                  });
+              Value p = hib.generic(
+                  {exps, rowSum}, hib.empty({s, s}), {all, row, all},
+                  {kPar, kPar},
+                  [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    return arith::DivFOp::create(nb, nl, a[0], a[1]);
+                  });
+              // O = P V, written into the recomputed output's columns.
+              Value out = hib.matmul(p, v, Value(), cols(acc[1], 0));
+              // dS = P (dO V^T - rowsum(dO O)) * scale.
+              Value dP = hib.matmul(dO, hib.transpose(v, {1, 0}), Value(),
+                                    hib.empty({s, s}));
+              Value rowDot = hib.generic(
+                  {dO, out}, hib.fill({s}, 0.0), {all, all, row}, {kPar, kRed},
+                  [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    return arith::AddFOp::create(
+                        nb, nl, a[2], arith::MulFOp::create(nb, nl, a[0], a[1]));
+                  });
+              Value dS = hib.generic(
+                  {p, dP, rowDot}, hib.empty({s, s}), {all, all, row, all},
+                  {kPar, kPar},
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    Value diff = arith::SubFOp::create(nb, nl, a[1], a[2]);
+                    Value g = arith::MulFOp::create(nb, nl, a[0], diff);
+                    return arith::MulFOp::create(
+                        nb, nl, g,
+                        arith::ConstantOp::create(nb, nl,
+                                                  nb.getF32FloatAttr(scale)));
+                  });
+              // dQ = dS K, dK = dS^T Q, dV = P^T dO.
+              Value dq = hib.matmul(dS, k, Value(), cols(acc[0], 0));
+              Value dk = hib.matmul(hib.transpose(dS, {1, 0}), q, Value(),
+                                    cols(acc[0], 1));
+              Value dv = hib.matmul(hib.transpose(p, {1, 0}), dO, Value(),
+                                    cols(acc[0], 2));
+              Value dqkv = put(dq, acc[0], 0);
+              dqkv = put(dk, dqkv, 1);
+              dqkv = put(dv, dqkv, 2);
+              scf::YieldOp::create(hb, hl,
+                                   ValueRange{dqkv, put(out, acc[1], 0)});
+            });
+        return SmallVector<Value>{headLoop.getResult(0), headLoop.getResult(1)};
+      })
       .Case([&](RouterOp o) -> R { return emitRouter(o, ib, in, dests); })
       .Case([&](DispatchOp) -> R {
         if (oneHot)

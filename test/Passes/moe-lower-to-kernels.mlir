@@ -363,3 +363,34 @@ func.func @infer(%x: tensor<4x8xf32>) -> tensor<f32> {
   } -> tensor<f32>
   return %d : tensor<f32>
 }
+
+// -----
+
+// The attention core's backward is one per-image kernel: a loop over heads
+// that recomputes the normalized probabilities and writes dQ, dK, dV and
+// the recomputed heads into their columns.
+// CHECK-LABEL: func.func @infer
+// CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_grad", moe.parallel = "images"
+// CHECK-LABEL: func.func @moec_k0
+// CHECK-SAME: -> (tensor<2x6x24xf32>, tensor<2x6x8xf32>)
+// CHECK: scf.for
+// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(
+// CHECK: linalg.transpose
+// CHECK: linalg.matmul
+// CHECK: math.exp
+// CHECK: arith.divf
+// CHECK: linalg.matmul
+// CHECK: linalg.transpose
+// CHECK: linalg.matmul
+// CHECK: arith.subf
+// CHECK: linalg.matmul
+// CHECK: linalg.transpose
+// CHECK: linalg.matmul
+// CHECK: linalg.transpose
+// CHECK: linalg.matmul
+// CHECK-COUNT-4: tensor.insert_slice
+// CHECK: scf.yield
+func.func @infer(%qkv: tensor<2x6x24xf32>, %d: tensor<2x6x8xf32>) -> (tensor<2x6x24xf32>, tensor<2x6x8xf32>) {
+  %dqkv, %o = moe.attention_grad %qkv, %d {heads = 2 : i64} : (tensor<2x6x24xf32>, tensor<2x6x8xf32>) -> (tensor<2x6x24xf32>, tensor<2x6x8xf32>)
+  return %dqkv, %o : tensor<2x6x24xf32>, tensor<2x6x8xf32>
+}

@@ -153,6 +153,30 @@ func.func @attention_qkv(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x128xf32>, %bq
 
 // -----
 
+func.func @attention_grad_heads(%qkv: tensor<2x50x192xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x192xf32> {
+  // expected-error @+1 {{expects heads (5) to divide the model width 64}}
+  %0:2 = moe.attention_grad %qkv, %d {heads = 5 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>) -> (tensor<2x50x192xf32>, tensor<2x50x64xf32>)
+  return %0#0 : tensor<2x50x192xf32>
+}
+
+// -----
+
+func.func @attention_grad_qkv(%qkv: tensor<2x50x128xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x128xf32> {
+  // expected-error @+1 {{expects qkv [2, 50, 192] for dheads [2, 50, 64], got [2, 50, 128]}}
+  %0:2 = moe.attention_grad %qkv, %d {heads = 4 : i64} : (tensor<2x50x128xf32>, tensor<2x50x64xf32>) -> (tensor<2x50x128xf32>, tensor<2x50x64xf32>)
+  return %0#0 : tensor<2x50x128xf32>
+}
+
+// -----
+
+func.func @attention_grad_result(%qkv: tensor<2x50x192xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects results shaped like qkv and dheads}}
+  %0:2 = moe.attention_grad %qkv, %d {heads = 4 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>) -> (tensor<2x50x64xf32>, tensor<2x50x64xf32>)
+  return %0#1 : tensor<2x50x64xf32>
+}
+
+// -----
+
 func.func @dense_scalar(%x: tensor<f32>, %w: tensor<64x8xf32>) -> tensor<8xf32> {
   // expected-error @+1 {{expects input of rank >= 1, got a scalar}}
   %0 = moe.dense %x, %w : (tensor<f32>, tensor<64x8xf32>) -> tensor<8xf32>

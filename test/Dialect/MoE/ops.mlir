@@ -159,3 +159,11 @@ func.func @losses_and_metrics(%l: tensor<8x50x4xf32>, %noise: tensor<8x50x4xf32>
   %nm = moe.routing_counts %d mask %mask : (tensor<8x50x4x32xf32>, tensor<8xf32>) -> tensor<4xf32>
   return %aux, %one, %none, %ls, %cm, %zero, %n, %nm : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<4xf32>, tensor<4xf32>
 }
+
+// The attention core's backward (built by moe.attention's VJP).
+// CHECK-LABEL: func.func @attention_grad
+func.func @attention_grad(%qkv: tensor<8x50x192xf32>, %dheads: tensor<8x50x64xf32>) -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>) {
+  // CHECK: %{{.*}}, %{{.*}} = moe.attention_grad %{{.*}}, %{{.*}} {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>) -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
+  %dqkv, %o = moe.attention_grad %qkv, %dheads {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>) -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
+  return %dqkv, %o : tensor<8x50x192xf32>, tensor<8x50x64xf32>
+}

@@ -158,6 +158,35 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, MoE_Differentiable]> {
   let hasVerifier = 1;
 }
 
+def MoE_AttentionGradOp : MoE_Op<"attention_grad", [Pure]> {
+  let summary = "Backward pass of attention between its two projections.";
+  let description = [{
+    The vector-Jacobian product of moe.attention's core, built by
+    moe.attention's VJP so that each image's attention backward runs in one
+    kernel with its `[S, S]` probabilities in cache. `qkv` `[N, S, 3D]` is
+    the projected input (columns as in moe.attention), `dheads` `[N, S, D]`
+    the cotangent of the concatenated heads `O`. Per image and head, with
+    `P = softmax(Q K^T / sqrt(dh))` and `O = P V` recomputed:
+    `dV = P^T dO`, `dS = P * (dO V^T - rowsum(dO * O)) / sqrt(dh)`,
+    `dQ = dS K`, `dK = dS^T Q`. Results: `dqkv` `[N, S, 3D]` (dQ, dK, dV
+    in the columns of Q, K, V) and `heads` `[N, S, D]`, the recomputed `O`
+    (the output projection's weight gradient needs it).
+
+    ```mlir
+    %dqkv, %o = moe.attention_grad %qkv, %dheads {heads = 4 : i64}
+        : (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
+        -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$qkv, MoE_FloatTensor:$dheads,
+                   ConfinedAttr<I64Attr, [IntPositive]>:$heads);
+  let results = (outs MoE_FloatTensor:$dqkv, MoE_FloatTensor:$output);
+  let assemblyFormat = [{
+    $qkv `,` $dheads attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_DenseOp : MoE_Op<"dense", [Pure, MoE_Differentiable]> {
   let summary = "Matrix multiplication over the last dimension, plus an optional bias.";
   let description = [{

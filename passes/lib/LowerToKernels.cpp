@@ -220,6 +220,31 @@ public:
         });
   }
 
+  /// exp((x - rowmax(x)) * scale) of scores x [M, N] and its row sums: the
+  /// attention probabilities before normalization.
+  std::pair<Value, Value> scaledExpRows(Value x, double scale) {
+    ArrayRef<int64_t> s = shape(x);
+    Value rowMax = reduceRows(
+        x, -INFINITY, [](OpBuilder &nb, Location nl, Value e, Value acc) -> Value {
+          return arith::MaxNumFOp::create(nb, nl, acc, e);
+        });
+    Value exps = generic(
+        {x, rowMax}, empty(s), {map(2, {0, 1}), map(2, {0}), map(2, {0, 1})},
+        {kPar, kPar}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value centered = arith::SubFOp::create(nb, nl, a[0], a[1]);
+          return math::ExpOp::create(
+              nb, nl,
+              arith::MulFOp::create(
+                  nb, nl, centered,
+                  arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale))));
+        });
+    Value rowSum = reduceRows(
+        exps, 0.0, [](OpBuilder &nb, Location nl, Value e, Value acc) -> Value {
+          return arith::AddFOp::create(nb, nl, acc, e);
+        });
+    return {exps, rowSum};
+  }
+
   /// dest = softmax over the last dim of x [M, N] (router gates).
   Value softmaxRows(Value x, Value dest) {
     Value mx = reduceRows(
@@ -678,29 +703,7 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
               // softmax(QK^T) V with the normalisation applied to the
               // [S, dh] output instead of the [S, S] probabilities: exp once
               // per score, one pass less over the scores.
-              Value rowMax = hib.reduceRows(
-                  scores, -INFINITY,
-                  [](OpBuilder &nb, Location nl, Value x, Value a) -> Value {
-                    return arith::MaxNumFOp::create(nb, nl, a, x);
-                  });
-              Value exps = hib.generic(
-                  {scores, rowMax}, hib.empty({s, s}),
-                  {hib.map(2, {0, 1}), hib.map(2, {0}), hib.map(2, {0, 1})},
-                  {kPar, kPar},
-                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-                    Value centered = arith::SubFOp::create(nb, nl, a[0], a[1]);
-                    return math::ExpOp::create(
-                        nb, nl,
-                        arith::MulFOp::create(
-                            nb, nl, centered,
-                            arith::ConstantOp::create(
-                                nb, nl, nb.getF32FloatAttr(scale))));
-                  });
-              Value rowSum = hib.reduceRows(
-                  exps, 0.0,
-                  [](OpBuilder &nb, Location nl, Value x, Value a) -> Value {
-                    return arith::AddFOp::create(nb, nl, a, x);
-                  });
+              auto [exps, rowSum] = hib.scaledExpRows(scores, scale);
               Value unnormalized =
                   hib.matmul(exps, v, Value(), hib.empty({s, dh}));
               SmallVector<OpFoldResult> at{hb.getIndexAttr(0), headStart};
@@ -762,28 +765,7 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
               // times below.
               Value scores = hib.matmul(q, hib.transpose(k, {1, 0}), Value(),
                                         hib.empty({s, s}));
-              Value rowMax = hib.reduceRows(
-                  scores, -INFINITY,
-                  [](OpBuilder &nb, Location nl, Value e, Value acc) -> Value {
-                    return arith::MaxNumFOp::create(nb, nl, acc, e);
-                  });
-              Value exps = hib.generic(
-                  {scores, rowMax}, hib.empty({s, s}), {all, row, all},
-                  {kPar, kPar},
-                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-                    Value centered = arith::SubFOp::create(nb, nl, a[0], a[1]);
-                    return math::ExpOp::create(
-                        nb, nl,
-                        arith::MulFOp::create(
-                            nb, nl, centered,
-                            arith::ConstantOp::create(
-                                nb, nl, nb.getF32FloatAttr(scale))));
-                  });
-              Value rowSum = hib.reduceRows(
-                  exps, 0.0,
-                  [](OpBuilder &nb, Location nl, Value e, Value acc) -> Value {
-                    return arith::AddFOp::create(nb, nl, acc, e);
-                  });
+              auto [exps, rowSum] = hib.scaledExpRows(scores, scale);
               Value p = hib.generic(
                   {exps, rowSum}, hib.empty({s, s}), {all, row, all},
                   {kPar, kPar},

@@ -82,6 +82,19 @@ def run(cmd):
     return proc
 
 
+def call_entry(args, model, entry, weights, inputs, out):
+    """`moec-run call` of `entry` on the batch file `inputs`: its outputs
+    (read from `out`, removed first so no stale output can pass)."""
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [args.moec_run, "call", model, "--entry", entry, "--weights",
+           weights, "--inputs", inputs, "-o", out]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    run(cmd)
+    return read_tensors(out)
+
+
 # ---------------------------------------------------------------------------
 # safetensors with F32 / F64 / I32 tensors (scalars have shape [])
 # ---------------------------------------------------------------------------
@@ -190,14 +203,7 @@ def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):
             b2[k] = ("F32", b2[k][1], [v] * len(b2[k][2]))
     in_path, out_path = stem + ".opt.batch.safetensors", stem + ".opt.out.safetensors"
     write_tensors(in_path, b2)
-    if os.path.exists(out_path):
-        os.remove(out_path)
-    call = [args.moec_run, "call", model, "--entry", "train_step", "--weights",
-            weights_path, "--inputs", in_path, "-o", out_path]
-    if args.threads is not None:
-        call += ["--threads", str(args.threads)]
-    run(call)
-    got = read_tensors(out_path)
+    got = call_entry(args, model, "train_step", weights_path, in_path, out_path)
     w = read_tensors(weights_path)
     t = OPT_SCALARS["step"]
     lr_t = OPT_SCALARS["lr"] * (t + 1) / OPT_SCALARS["warmup_steps"]
@@ -317,14 +323,7 @@ def check_eval(args, spec, manifest, weights_path, model, stem, rng):
         write_tensors(in_path, {"images": ("F32", shape, images),
                                 "labels": ("I32", [batch], labels),
                                 "mask": ("F32", [batch], mask)})
-        if os.path.exists(out_path):
-            os.remove(out_path)
-        call = [args.moec_run, "call", model, "--entry", "eval", "--weights",
-                weights_path, "--inputs", in_path, "-o", out_path]
-        if args.threads is not None:
-            call += ["--threads", str(args.threads)]
-        run(call)
-        got = read_tensors(out_path)
+        got = call_entry(args, model, "eval", weights_path, in_path, out_path)
         outputs[what] = got
         missing = [key for key in ("loss_sum", "correct")
                    if key not in got or got[key][1] != []]
@@ -417,15 +416,9 @@ def check_spec(spec, args):
         raise Fail(f"no batch with routing margin >= {args.min_margin} in "
                    f"{args.tries} tries (last {margin:.2e})")
 
-    for path in (out_path, fd_path):
-        if os.path.exists(path):
-            os.remove(path)  # no stale output can pass
-    call = [args.moec_run, "call", model, "--entry", "train_step", "--weights",
-            weights, "--inputs", batch_path, "-o", out_path]
-    if args.threads is not None:
-        call += ["--threads", str(args.threads)]
-    run(call)
-    got = read_tensors(out_path)
+    if os.path.exists(fd_path):
+        os.remove(fd_path)  # no stale output can pass
+    got = call_entry(args, model, "train_step", weights, batch_path, out_path)
     per_tensor = args.per_tensor
     if per_tensor == "auto":
         # Cost: two forward passes of the batch per entry.

@@ -123,6 +123,15 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     producers at the tile they wrote, share one kernel. `tensor.collapse_shape`
     and `expand_shape` stay in the plan as views.
 
+    With `split-batch-reductions`, a generic that sums over the batch into an
+    output without a batch dimension (a weight gradient x^T dy, a bias or
+    norm gradient) is split first: a partial op with a leading parallel
+    dimension over the 16 tiles of images sums each tile's images into its
+    own slice of a [16, ...] tensor (the tile's inputs stay in cache; split
+    over the output instead, every tile would stream the whole input), and a
+    second op adds the 16 partials in a fixed order, so results do not depend
+    on the thread count.
+
     Before:
     ```mlir
     func.func @infer(%x: tensor<8x50x64xf32>) -> tensor<8x50x64xf32> {
@@ -157,6 +166,10 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     Option<"fuseKernels", "fuse", "bool", /*default=*/"true",
            "Put consecutive whole-batch linalg ops that split the same way "
            "into one kernel">,
+    Option<"splitBatchReductions", "split-batch-reductions", "bool",
+           /*default=*/"true",
+           "Sum reductions over the batch (weight gradients) per tile of "
+           "images into partials, then add the partials">,
   ];
 }
 

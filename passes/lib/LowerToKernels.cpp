@@ -129,6 +129,20 @@ public:
         .getResult(0);
   }
 
+  /// dest[m, n] = sum_k a[k, m] w[k, n]: A read transposed in place (a
+  /// broadcast of a[k, m] per row of the register tile) instead of through a
+  /// transposed copy, which for [S, S] attention tensors costs as much as
+  /// the product.
+  Value matmulTransposedA(Value a, Value w, Value dest) {
+    return generic({a, w}, fill(dest, 0.0),
+                   {map(3, {2, 0}), map(3, {2, 1}), map(3, {0, 1})},
+                   {kPar, kPar, kRed},
+                   [](OpBuilder &nb, Location nl, ValueRange v) -> Value {
+                     return arith::AddFOp::create(
+                         nb, nl, v[2], arith::MulFOp::create(nb, nl, v[0], v[1]));
+                   });
+  }
+
   /// dest[n] = bias[n] + sum_k a[k] w[k, n].
   Value vecmat(Value a, Value w, Value bias, Value dest) {
     Value init = bias ? copy(bias, dest) : fill(dest, 0.0);
@@ -796,10 +810,8 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
                   });
               // dQ = dS K, dK = dS^T Q, dV = P^T dO.
               Value dq = hib.matmul(dS, k, Value(), cols(acc[0], 0));
-              Value dk = hib.matmul(hib.transpose(dS, {1, 0}), q, Value(),
-                                    cols(acc[0], 1));
-              Value dv = hib.matmul(hib.transpose(p, {1, 0}), dO, Value(),
-                                    cols(acc[0], 2));
+              Value dk = hib.matmulTransposedA(dS, q, cols(acc[0], 1));
+              Value dv = hib.matmulTransposedA(p, dO, cols(acc[0], 2));
               Value dqkv = put(dq, acc[0], 0);
               dqkv = put(dk, dqkv, 1);
               dqkv = put(dv, dqkv, 2);

@@ -151,6 +151,16 @@ struct VectorizeKernelsPass
         ops.push_back(op);
     });
 
+    // 0. A contraction over several consecutive reduction dimensions that
+    // every operand reads contiguously (a weight gradient's images x tokens)
+    // becomes one over their product: the tiled op then lowers to outer
+    // products (FMAs) instead of the generic contraction unrolling.
+    for (linalg::LinalgOp &op : ops)
+      if (FailureOr<linalg::LinalgOp> collapsed =
+              collapseReductionRuns(rewriter, op);
+          succeeded(collapsed))
+        op = *collapsed;
+
     // 1. Tile every op; peel vector loops whose tile does not divide.
     for (linalg::LinalgOp op : ops) {
       SmallVector<int64_t> ranges = op.getStaticLoopRanges();
@@ -222,6 +232,44 @@ struct VectorizeKernelsPass
       if (inKernel(loop))
         (void)hoistLoopInvariantSubsets(rewriter, loop);
     });
+  }
+
+  static FailureOr<linalg::LinalgOp>
+  collapseReductionRuns(RewriterBase &rewriter, linalg::LinalgOp op) {
+    auto generic = dyn_cast<linalg::GenericOp>(op.getOperation());
+    if (!generic || op.getNumReductionLoops() < 2 ||
+        !(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)) ||
+        llvm::any_of(op.getStaticLoopRanges(), ShapedType::isDynamic))
+      return failure();
+    SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
+    SmallVector<AffineMap> maps = op.getIndexingMapsArray();
+    if (!llvm::all_of(maps, [](AffineMap m) { return m.isProjectedPermutation(); }))
+      return failure();
+    SmallVector<ReassociationIndices> runs;
+    for (int64_t d = 0, n = iters.size(); d < n;) {
+      ReassociationIndices run;
+      while (d + static_cast<int64_t>(run.size()) < n &&
+             iters[d + run.size()] == utils::IteratorType::reduction)
+        run.push_back(d + run.size());
+      // The longest prefix of the run that every operand keeps in order.
+      while (run.size() >= 2 && !linalg::areDimSequencesPreserved(maps, {run}))
+        run.pop_back();
+      if (run.size() >= 2) {
+        d += run.size();
+        runs.push_back(std::move(run));
+      } else {
+        ++d;
+      }
+    }
+    if (runs.empty())
+      return failure();
+    rewriter.setInsertionPoint(op);
+    FailureOr<linalg::CollapseResult> result =
+        linalg::collapseOpIterationDims(op, runs, rewriter);
+    if (failed(result))
+      return failure();
+    rewriter.replaceOp(op, result->results);
+    return result->collapsedOp;
   }
 
   LogicalResult applyCleanupPatterns(bool vectorPatterns) {

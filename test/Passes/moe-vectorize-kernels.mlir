@@ -41,3 +41,27 @@ func.func @not_a_kernel(%a: tensor<10x64xf32>, %b: tensor<64x32xf32>, %c: tensor
   %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x32xf32>) outs(%c : tensor<10x32xf32>) -> tensor<10x32xf32>
   return %0 : tensor<10x32xf32>
 }
+
+// -----
+
+// A weight-gradient tile dW[k, n] += x[b, s, k] dy[b, s, n] reduces over
+// images x tokens: the two reduction dimensions become one over their
+// product (the inputs collapsed to [b*s, ...]), so the tile lowers to
+// [4x1] x [1x64] outer-product contractions like a matmul.
+// CHECK-LABEL: func.func @moec_k2
+// CHECK-DAG: tensor.collapse_shape %{{.*}} {{\[}}[0, 1], [2]] : tensor<2x50x8xf32> into tensor<100x8xf32>
+// CHECK-DAG: tensor.collapse_shape %{{.*}} {{\[}}[0, 1], [2]] : tensor<2x50x64xf32> into tensor<100x64xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c100 step %c1
+// CHECK:   vector.contract {{.*}} : vector<1x4xf32>, vector<1x64xf32> into vector<4x64xf32>
+#x = affine_map<(k, n, b, s) -> (b, s, k)>
+#dy = affine_map<(k, n, b, s) -> (b, s, n)>
+#w = affine_map<(k, n, b, s) -> (k, n)>
+func.func @moec_k2(%x: tensor<2x50x8xf32>, %dy: tensor<2x50x64xf32>, %w: tensor<8x64xf32>) -> tensor<8x64xf32> attributes {moe.kernel} {
+  %0 = linalg.generic {indexing_maps = [#x, #dy, #w], iterator_types = ["parallel", "parallel", "reduction", "reduction"]} ins(%x, %dy : tensor<2x50x8xf32>, tensor<2x50x64xf32>) outs(%w : tensor<8x64xf32>) {
+  ^bb0(%a: f32, %g: f32, %acc: f32):
+    %1 = arith.mulf %a, %g : f32
+    %2 = arith.addf %acc, %1 : f32
+    linalg.yield %2 : f32
+  } -> tensor<8x64xf32>
+  return %0 : tensor<8x64xf32>
+}

@@ -176,8 +176,12 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
 def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::ModuleOp"> {
   let summary = "Tiles every linalg op of the kernels to register tiles and vectorizes it.";
   let description = [{
-    Runs on kernels on tensors (before bufferization). Every linalg op with
-    static shapes is tiled with scf.for loops:
+    Runs on kernels on tensors (before bufferization). A contraction over
+    several consecutive reduction dimensions that every operand reads in the
+    same order (a weight gradient's images x tokens) first becomes one over
+    their product (`tensor.collapse_shape` of the operands): with several
+    unit reduction dimensions a tile would not lower to outer products.
+    Every linalg op with static shapes is then tiled with scf.for loops:
 
     * contractions (matmuls, the dispatch/combine einsums): the innermost
       parallel dimension by the largest divisor of its size that is at most

@@ -1291,8 +1291,10 @@ Value insertDim(OpBuilder &b, Location loc, Value slice, Value full,
 /// rank >= 1 that accumulate by addition, whose every input indexes one
 /// reduction dimension of extent `batch` as a plain dimension (experts'
 /// inputs [E, B, C, D] at position 1, the others at 0), whose output does
-/// not, and whose output is much smaller than its inputs. Returns whether
-/// `op` was rewritten.
+/// not, and whose output is much smaller than its inputs. (Splitting any
+/// additive reduction dimension is exact; a dimension that only happens to
+/// have the batch's extent would merely be split for nothing.) Returns
+/// whether `op` was rewritten.
 bool splitBatchReduction(linalg::GenericOp op, int64_t batch, int64_t tiles,
                          OpBuilder &b) {
   if (op.getNumDpsInits() != 1 || op.getNumDpsInputs() == 0 || tiles <= 1 ||
@@ -1522,12 +1524,7 @@ struct LowerToKernelsPass
     // Sums over the batch (weight gradients): per tile of images, then
     // over the tiles.
     if (splitBatchReductions) {
-      int64_t tiles = 1;
-      for (int64_t t = 1; t <= batch; ++t)
-        if (batch % t == 0 && batch / t <= kMaxTiles) {
-          tiles = batch / t;
-          break;
-        }
+      int64_t tiles = batch / tileSize(batch);
       SmallVector<linalg::GenericOp> generics(
           entryFn.getBody().front().getOps<linalg::GenericOp>());
       OpBuilder sb(module.getContext());
@@ -1645,13 +1642,17 @@ struct LowerToKernelsPass
     if (!sp.pos)
       return sp;
     sp.extent = op.getStaticLoopRanges()[0];
-    sp.tile = sp.extent;
-    for (int64_t t = 1; t <= sp.extent; ++t)
-      if (sp.extent % t == 0 && sp.extent / t <= kMaxTiles) {
-        sp.tile = t;
-        break;
-      }
+    sp.tile = tileSize(sp.extent);
     return sp;
+  }
+
+  /// The smallest divisor of `extent` that splits it into at most
+  /// kMaxTiles tiles.
+  static int64_t tileSize(int64_t extent) {
+    for (int64_t t = 1; t < extent; ++t)
+      if (extent % t == 0 && extent / t <= kMaxTiles)
+        return t;
+    return extent;
   }
 
   /// Whether `op` can join the kernel of `group`: both split the same way,

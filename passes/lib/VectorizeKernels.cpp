@@ -236,8 +236,8 @@ struct VectorizeKernelsPass
 
   static FailureOr<linalg::LinalgOp>
   collapseReductionRuns(RewriterBase &rewriter, linalg::LinalgOp op) {
-    auto generic = dyn_cast<linalg::GenericOp>(op.getOperation());
-    if (!generic || op.getNumReductionLoops() < 2 ||
+    if (!isa<linalg::GenericOp>(op.getOperation()) ||
+        op.getNumReductionLoops() < 2 ||
         !(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)) ||
         llvm::any_of(op.getStaticLoopRanges(), ShapedType::isDynamic))
       return failure();

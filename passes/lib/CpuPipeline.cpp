@@ -108,7 +108,10 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   if (options.vectorize) {
-    pm.addPass(createVectorizeKernelsPass());
+    VectorizeKernelsPassOptions vectorizeOptions;
+    vectorizeOptions.registerBits = options.registerBits;
+    vectorizeOptions.vectorRegisters = options.vectorRegisters;
+    pm.addPass(createVectorizeKernelsPass(vectorizeOptions));
     pm.addPass(createCanonicalizerPass());
     pm.addPass(createCSEPass());
   }

@@ -34,12 +34,12 @@ namespace moec {
 using namespace mlir;
 
 namespace {
-/// Largest divisor of `n` that is <= `limit`; among the candidates for the
-/// vector dimension, multiples of 16 (one AVX-512 register) win.
-int64_t pickTile(int64_t n, int64_t limit, bool preferVectorMultiple) {
-  if (preferVectorMultiple)
-    for (int64_t t = std::min(n, limit); t >= 16; --t)
-      if (n % t == 0 && t % 16 == 0)
+/// Largest divisor of `n` that is <= `limit`; with `lanes` > 1 (the vector
+/// dimension), multiples of `lanes` (one register) win.
+int64_t pickTile(int64_t n, int64_t limit, int64_t lanes = 1) {
+  if (lanes > 1)
+    for (int64_t t = std::min(n, limit); t >= lanes; --t)
+      if (n % t == 0 && t % lanes == 0)
         return t;
   for (int64_t t = std::min(n, limit); t >= 1; --t)
     if (n % t == 0)
@@ -50,6 +50,13 @@ int64_t pickTile(int64_t n, int64_t limit, bool preferVectorMultiple) {
 struct VectorizeKernelsPass
     : public moec::impl::VectorizeKernelsPassBase<VectorizeKernelsPass> {
   using Base::Base;
+
+  /// Floats per vector register.
+  int64_t lanes() const { return registerBits / 32; }
+  /// Registers a contraction's register tile may keep accumulators in: three
+  /// quarters of the register file, the rest holds the loaded row of B and
+  /// the broadcast elements of A (24 of AVX-512's 32, 12 of AVX2's 16).
+  int64_t accumulatorBudget() const { return vectorRegisters * 3 / 4; }
 
   static bool inKernel(Operation *op) {
     auto fn = op->getParentOfType<func::FuncOp>();
@@ -77,36 +84,46 @@ struct VectorizeKernelsPass
     // scatters: both are far slower.)
     if (isa<linalg::TransposeOp>(op)) {
       for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel)))
-        tiles[dim] = pos == 0 ? pickTile(ranges[dim], 16, false) : 1;
+        tiles[dim] = pos == 0 ? pickTile(ranges[dim], 16) : 1;
       return {tiles, -1};
     }
 
     bool innermostReduction = iters.back() == utils::IteratorType::reduction;
+    int64_t lanes = this->lanes();
+    int64_t budget = accumulatorBudget();
+    // A contraction's row of accumulators spans at most a sixth of the
+    // budget, so that the tile has about six rows to reuse each loaded row
+    // of B over (4 registers on AVX-512, 2 on AVX2).
+    int64_t widthLimit = contraction
+                             ? std::min<int64_t>(
+                                   vectorWidth,
+                                   std::max<int64_t>(1, budget / 6) * lanes)
+                             : vectorWidth;
     int64_t vectorTile = 1;
     for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel))) {
       if (pos == 0 && (contraction || !innermostReduction)) {
         vectorDim = dim;
         int64_t n = ranges[dim];
-        // Multiples of 16 floats (one AVX-512 register) only: a vector
-        // tile such as 50 lanes legalizes into a ragged tail that LLVM
-        // spills element by element. Sizes without such a divisor get
-        // 16-wide tiles and a peeled remainder.
-        if (n % 16 == 0)
-          vectorTile = pickTile(n, vectorWidth, true);
-        else if (n > 16)
-          vectorTile = 16;
+        // Multiples of one register only: a vector tile such as 50 lanes
+        // legalizes into a ragged tail that LLVM spills element by element.
+        // Sizes without such a divisor get one-register tiles and a peeled
+        // remainder.
+        if (n % lanes == 0)
+          vectorTile = pickTile(n, widthLimit, lanes);
+        else if (n > lanes)
+          vectorTile = lanes;
         else
           vectorTile = n;
         tiles[dim] = vectorTile;
       } else if (pos == 1 && contraction) {
-        // Rows x registers-per-row accumulators: keep about 24 of the 32
-        // vector registers for them, up to `rowTile` rows, or twice as many
-        // when a row fits in one register (narrow outputs such as a head).
-        int64_t regsPerRow = (vectorTile + 15) / 16;
+        // Rows x registers-per-row accumulators within the budget, up to
+        // `rowTile` rows, or twice as many when a row fits in one register
+        // (narrow outputs such as a head).
+        int64_t regsPerRow = (vectorTile + lanes - 1) / lanes;
         int64_t rows = std::max<int64_t>(
-            1, std::min<int64_t>(24 / regsPerRow,
+            1, std::min<int64_t>(budget / regsPerRow,
                                  regsPerRow == 1 ? 2 * rowTile : rowTile));
-        tiles[dim] = pickTile(ranges[dim], rows, false);
+        tiles[dim] = pickTile(ranges[dim], rows);
       } else {
         tiles[dim] = 1;
       }
@@ -143,6 +160,14 @@ struct VectorizeKernelsPass
   }
 
   void runOnOperation() override {
+    if (registerBits < 32 || registerBits % 32 != 0 || vectorRegisters < 4) {
+      getOperation()->emitError()
+          << "moe-vectorize-kernels: register-bits must be a multiple of 32 "
+             "and vector-registers at least 4, got "
+          << static_cast<int64_t>(registerBits) << " and "
+          << static_cast<int64_t>(vectorRegisters);
+      return signalPassFailure();
+    }
     MLIRContext *ctx = &getContext();
     IRRewriter rewriter(ctx);
     SmallVector<linalg::LinalgOp> ops;

@@ -176,6 +176,19 @@ int main(int argc, char **argv) {
   std::string artifactBytes;
   moec::CpuPipelineOptions cpuOptions;
   cpuOptions.vectorize = vectorizeKernels;
+  if (emitKind == EmitKind::Llvm || emitKind == EmitKind::Artifact) {
+    // Register tiles are sized for the CPU the kernels are compiled for.
+    std::string error;
+    FailureOr<moec::CpuRegisterFile> registers =
+        moec::getCpuRegisterFile(targetOptions, error);
+    if (failed(registers)) {
+      llvm::errs() << "moec: error: no LLVM target for this machine: " << error
+                   << "\n";
+      return kExitFailure;
+    }
+    cpuOptions.registerBits = registers->registerBits;
+    cpuOptions.vectorRegisters = registers->registers;
+  }
   OwningOpRef<ModuleOp> kernels;
   // Each entry point is planned on its own copy of the module (train_step
   // first goes through moe-autodiff); the plans and their kernels, named

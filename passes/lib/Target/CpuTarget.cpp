@@ -12,6 +12,7 @@
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
 #include "llvm/IR/Verifier.h"
+#include "llvm/MC/MCSubtargetInfo.h"
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Support/FileSystem.h"
@@ -135,6 +136,23 @@ struct TempFiles {
   }
 };
 } // namespace
+
+FailureOr<CpuRegisterFile>
+moec::getCpuRegisterFile(const CpuTargetOptions &options, std::string &error) {
+  std::string cpuName;
+  std::vector<std::string> enabled;
+  std::unique_ptr<llvm::TargetMachine> tm =
+      createTargetMachine(options, error, cpuName, enabled);
+  if (!tm)
+    return failure();
+  const llvm::MCSubtargetInfo *sti = tm->getMCSubtargetInfo();
+  CpuRegisterFile file;
+  if (sti->checkFeatures("+avx512f"))
+    file = {512, 32};
+  else if (sti->checkFeatures("+avx"))
+    file = {256, 16};
+  return file;
+}
 
 FailureOr<CpuKernelLibrary>
 moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {

@@ -37,6 +37,18 @@ struct CpuKernelLibrary {
   std::vector<std::string> features;
 };
 
+/// The vector register file of the target CPU, for register tiling.
+struct CpuRegisterFile {
+  int64_t registerBits = 128;
+  int64_t registers = 16;
+};
+
+/// The register file of `options.cpu` (with the host's features for
+/// "native"): AVX-512 512 bits x 32, AVX/AVX2 256 x 16, else SSE 128 x 16.
+/// Fails with a message in `error` when LLVM has no target for this machine.
+mlir::FailureOr<CpuRegisterFile>
+getCpuRegisterFile(const CpuTargetOptions &options, std::string &error);
+
 /// Builds the kernel library, or fails after emitting a diagnostic on
 /// `module`.
 mlir::FailureOr<CpuKernelLibrary>

@@ -185,10 +185,15 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::ModuleOp"> {
 
     * contractions (matmuls, the dispatch/combine einsums): the innermost
       parallel dimension by the largest divisor of its size that is at most
-      `vector-width` (preferring multiples of 16 floats), the next parallel
-      dimension by the largest divisor <= `row-tile`, other parallel
-      dimensions and every reduction dimension by 1, so each K step is an
-      outer product into a register tile;
+      `vector-width` floats and at most a sixth of the accumulator budget in
+      registers (preferring multiples of one register), the next parallel
+      dimension by the largest divisor <= `row-tile` that keeps the
+      accumulators within three quarters of the target's registers, other
+      parallel dimensions and every reduction dimension by 1, so each K
+      step is an outer product into a register tile. The register file is
+      the target's (`register-bits`, `vector-registers`): AVX-512 gets
+      6 x 64-float tiles, AVX2 6 x 16 (12 of its 16 ymm registers), the
+      classic shapes of hand-written GEMM kernels for those ISAs;
     * other ops whose innermost loop is parallel: that dimension like a
       contraction's, every other parallel dimension by 1;
     * ops whose innermost loop is a reduction (layer norm and softmax
@@ -209,6 +214,12 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::ModuleOp"> {
            "Largest tile of the innermost parallel dimension (floats)">,
     Option<"rowTile", "row-tile", "int64_t", /*default=*/"8",
            "Largest tile of the second innermost parallel dimension">,
+    Option<"registerBits", "register-bits", "int64_t", /*default=*/"512",
+           "Width of one vector register of the target in bits (512: "
+           "AVX-512, 256: AVX2)">,
+    Option<"vectorRegisters", "vector-registers", "int64_t",
+           /*default=*/"32",
+           "Number of vector registers of the target (32: AVX-512, 16: AVX2)">,
   ];
 }
 

@@ -27,6 +27,15 @@ struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions>
       *this, "vectorize",
       llvm::cl::desc("Tile and vectorize the kernels' linalg ops"),
       llvm::cl::init(true)};
+  Option<int64_t> registerBits{
+      *this, "register-bits",
+      llvm::cl::desc("Vector register width of the target CPU in bits "
+                     "(512: AVX-512, 256: AVX2)"),
+      llvm::cl::init(512)};
+  Option<int64_t> vectorRegisters{
+      *this, "vector-registers",
+      llvm::cl::desc("Vector registers of the target CPU"),
+      llvm::cl::init(32)};
 };
 
 /// moe -> per-image kernels + a plan function with arena offsets.

@@ -1,0 +1,46 @@
+// RUN: moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=256 vector-registers=16" | FileCheck %s
+// RUN: moec-opt %s --split-input-file --moe-vectorize-kernels | FileCheck %s --check-prefix=AVX512
+// RUN: not moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=100" 2>&1 | FileCheck %s --check-prefix=BAD
+
+// Register tiles follow the target's register file. A 48x64x128 matmul on
+// AVX2 (16 ymm registers of 8 floats): 6 rows x 16 floats, 12 accumulator
+// registers. On AVX-512 (32 zmm of 16 floats): 6 rows x 64 floats, 24.
+// CHECK-LABEL: func.func @moec_k0
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c48 step %c6
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c128 step %c16
+// CHECK:     vector.contract {{.*}} : vector<6x1xf32>, vector<1x16xf32> into vector<6x16xf32>
+// AVX512-LABEL: func.func @moec_k0
+// AVX512: scf.for %{{.*}} = %{{.*}} to %c48 step %c6
+// AVX512:   scf.for %{{.*}} = %{{.*}} to %c128 step %c64
+// AVX512:     vector.contract {{.*}} : vector<6x1xf32>, vector<1x64xf32> into vector<6x64xf32>
+// BAD: error: moe-vectorize-kernels: register-bits must be a multiple of 32 and vector-registers at least 4, got 100 and 32
+func.func @moec_k0(%a: tensor<48x64xf32>, %b: tensor<64x128xf32>, %c: tensor<48x128xf32>) -> tensor<48x128xf32> attributes {moe.kernel} {
+  %0 = linalg.matmul ins(%a, %b : tensor<48x64xf32>, tensor<64x128xf32>) outs(%c : tensor<48x128xf32>) -> tensor<48x128xf32>
+  return %0 : tensor<48x128xf32>
+}
+
+// -----
+
+// A head-sized output: 16 floats are two AVX2 registers per row (5 rows of
+// the 50), one AVX-512 register (10 rows).
+// CHECK-LABEL: func.func @moec_k1
+// CHECK: vector.contract {{.*}} : vector<5x1xf32>, vector<1x16xf32> into vector<5x16xf32>
+// AVX512-LABEL: func.func @moec_k1
+// AVX512: vector.contract {{.*}} : vector<10x1xf32>, vector<1x16xf32> into vector<10x16xf32>
+func.func @moec_k1(%a: tensor<50x16xf32>, %b: tensor<16x16xf32>, %c: tensor<50x16xf32>) -> tensor<50x16xf32> attributes {moe.kernel} {
+  %0 = linalg.matmul ins(%a, %b : tensor<50x16xf32>, tensor<16x16xf32>) outs(%c : tensor<50x16xf32>) -> tensor<50x16xf32>
+  return %0 : tensor<50x16xf32>
+}
+
+// -----
+
+// An output width that is no multiple of a register (20 = 8 + 8 + a peeled
+// 4): one register per row, so up to 12 rows.
+// CHECK-LABEL: func.func @moec_k2
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c16 step %c8
+// CHECK:   vector.contract {{.*}} : vector<12x1xf32>, vector<1x8xf32> into vector<12x8xf32>
+// CHECK: vector.contract {{.*}} : vector<12x1xf32>, vector<1x4xf32> into vector<12x4xf32>
+func.func @moec_k2(%a: tensor<12x32xf32>, %b: tensor<32x20xf32>, %c: tensor<12x20xf32>) -> tensor<12x20xf32> attributes {moe.kernel} {
+  %0 = linalg.matmul ins(%a, %b : tensor<12x32xf32>, tensor<32x20xf32>) outs(%c : tensor<12x20xf32>) -> tensor<12x20xf32>
+  return %0 : tensor<12x20xf32>
+}

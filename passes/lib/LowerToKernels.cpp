@@ -1476,6 +1476,30 @@ linalg::FillOp fusableFill(Value init) {
   return fill;
 }
 
+/// A broadcast (a generic that only copies its one input, read through a
+/// projected permutation, into every element of a tensor.empty) whose only
+/// use is `user`'s init, such as a bias broadcast over [experts, images,
+/// slots, features] before the matmul that accumulates into it: the kernel
+/// broadcasts into its own tile instead of copying in a whole-batch tensor
+/// that another kernel wrote.
+linalg::GenericOp fusableBroadcast(Value init) {
+  auto op = init.getDefiningOp<linalg::GenericOp>();
+  if (!op || !op->hasOneUse() || op.getNumDpsInputs() != 1 ||
+      op.getNumDpsInits() != 1 || op.getNumReductionLoops() != 0 ||
+      !isa<RankedTensorType>(op.getDpsInputs()[0].getType()) ||
+      !op.getDpsInits()[0].getDefiningOp<tensor::EmptyOp>())
+    return {};
+  AffineMap in = op.getMatchingIndexingMap(op.getDpsInputOperand(0));
+  AffineMap out = op.getMatchingIndexingMap(op.getDpsInitOperand(0));
+  Block &body = op->getRegion(0).front();
+  auto yield = dyn_cast<linalg::YieldOp>(body.getTerminator());
+  if (!out.isIdentity() || !in.isProjectedPermutation() ||
+      body.getOperations().size() != 1 || !yield ||
+      yield->getOperand(0) != body.getArgument(0))
+    return {};
+  return op;
+}
+
 struct LowerToKernelsPass
     : public moec::impl::LowerToKernelsPassBase<LowerToKernelsPass> {
   using Base::Base;
@@ -1533,17 +1557,18 @@ struct LowerToKernelsPass
     }
 
     // Work: moe compute ops (per-image kernels) and linalg ops (whole-batch
-    // kernels), in program order. A fill that only initializes one linalg
-    // op is done inside that op's kernel.
+    // kernels), in program order. A fill or a broadcast that only
+    // initializes one linalg op is done inside that op's kernel.
     SmallVector<Operation *> work;
     for (Operation &op : entryFn.getBody().front()) {
       if (isa<MoEDialect>(op.getDialect()) && !isa<ParamOp>(op))
         work.push_back(&op);
-      if (auto fill = dyn_cast<linalg::FillOp>(op)) {
-        Operation *user = fill->hasOneUse() ? *fill->getUsers().begin() : nullptr;
-        auto lop = dyn_cast_or_null<linalg::LinalgOp>(user);
-        if (fusableFill(fill.getResult(0)) && lop &&
-            lop.isDpsInit(&*fill->getUses().begin()))
+      if (isa<linalg::FillOp, linalg::GenericOp>(op) &&
+          op.getNumResults() == 1 &&
+          (fusableFill(op.getResult(0)) || fusableBroadcast(op.getResult(0)))) {
+        OpOperand &use = *op.getUses().begin();
+        auto lop = dyn_cast<linalg::LinalgOp>(use.getOwner());
+        if (lop && lop.isDpsInit(&use))
           continue;
       }
       if (isa<linalg::LinalgOp>(op))
@@ -1667,6 +1692,11 @@ struct LowerToKernelsPass
         sp.tiles() == 1)
       return false;
     for (OpOperand &operand : op->getOpOperands()) {
+      // A broadcast done in the kernel reads its input whole-batch.
+      if (linalg::GenericOp bcast = fusableBroadcast(operand.get()))
+        if (auto in = dyn_cast<OpResult>(bcast.getDpsInputs()[0]);
+            in && llvm::is_contained(group, in.getOwner()))
+          return false;
       auto res = dyn_cast<OpResult>(operand.get());
       if (!res)
         continue;
@@ -1696,7 +1726,7 @@ struct LowerToKernelsPass
     ModuleOp module = getOperation();
     linalg::LinalgOp first = group.front();
     Location loc = first->getLoc();
-    enum class InitKind { Fresh, Fill, InPlace, CopyIn };
+    enum class InitKind { Fresh, Fill, Broadcast, InPlace, CopyIn };
     DenseSet<Operation *> members;
     for (linalg::LinalgOp op : group)
       members.insert(op);
@@ -1732,6 +1762,9 @@ struct LowerToKernelsPass
         inits.push_back(init);
         if (fusableFill(init)) {
           initKinds.push_back(InitKind::Fill);
+        } else if (linalg::GenericOp bcast = fusableBroadcast(init)) {
+          initKinds.push_back(InitKind::Broadcast);
+          addOperand(bcast.getDpsInputs()[0]);
         } else if (init.getDefiningOp<ParamOp>()) {
           initKinds.push_back(InitKind::InPlace);
         } else if (init.getDefiningOp<tensor::EmptyOp>()) {
@@ -1805,6 +1838,28 @@ struct LowerToKernelsPass
                 Operation *c = lb.clone(*fill.getInputs()[0].getDefiningOp());
                 d = linalg::FillOp::create(lb, ll, c->getResult(0), d)
                         .getResult(0);
+                break;
+              }
+              case InitKind::Broadcast: {
+                // The input is sliced where it reads the split dimension
+                // (the output map is the identity, so the tile's loop
+                // dimension is its position in the init).
+                auto bcast = fusableBroadcast(init);
+                Value in = bcast.getDpsInputs()[0];
+                Value piece = args[operandIndex.lookup(in)];
+                int64_t at = sp.pos ? (*sp.pos)[operandNumber] : -1;
+                AffineMap inMap =
+                    bcast.getMatchingIndexingMap(bcast.getDpsInputOperand(0));
+                if (at >= 0)
+                  if (std::optional<unsigned> q = inMap.getResultPosition(
+                          lb.getAffineDimExpr(at)))
+                    piece = sliceDim(lb, ll, piece, *q, offset, tile);
+                IRMapping bm;
+                bm.map(in, piece);
+                bm.map(bcast.getDpsInits()[0], d);
+                Operation *c = lb.clone(*bcast, bm);
+                c->getResult(0).setType(d.getType());
+                d = c->getResult(0);
                 break;
               }
               case InitKind::CopyIn:

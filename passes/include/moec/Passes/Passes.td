@@ -117,7 +117,11 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     linalg op becomes a "fixed" kernel over at most 16 tiles of its loop
     dimension 0 (when that dimension is parallel and every operand indexes
     it as a plain dimension; otherwise one tile). A `linalg.fill` that only
-    initializes the op is done per tile in the kernel; an op whose output is
+    initializes the op is done per tile in the kernel, and so is a broadcast
+    (a generic copying one smaller input into a `tensor.empty`, such as a
+    bias broadcast over [experts, images, slots, features] that a matmul
+    accumulates into): the kernel broadcasts into its own tile instead of
+    copying in a whole-batch tensor another kernel wrote. An op whose output is
     a `moe.param` (an optimizer update) writes the parameter in place. With
     `fuse`, consecutive linalg ops split the same way, each reading its
     producers at the tile they wrote, share one kernel. `tensor.collapse_shape`

@@ -105,15 +105,22 @@ void moec::buildCpuPlanPipeline(OpPassManager &pm,
 void moec::buildCpuCodegenPipeline(OpPassManager &pm,
                                    const CpuPipelineOptions &options) {
   pm.addPass(createDropPlanPass());
-  pm.addPass(createCanonicalizerPass());
-  pm.addPass(createCSEPass());
+  // The kernels are independent functions: passes nested on them run on
+  // the kernels in parallel (the context's thread pool); only passes that
+  // need the whole module (bufferization across function boundaries, the
+  // LLVM conversions of functions and memrefs) run on the module.
+  auto perKernel = [&pm](std::unique_ptr<Pass> pass) {
+    pm.addNestedPass<func::FuncOp>(std::move(pass));
+  };
+  perKernel(createCanonicalizerPass());
+  perKernel(createCSEPass());
   if (options.vectorize) {
     VectorizeKernelsPassOptions vectorizeOptions;
     vectorizeOptions.registerBits = options.registerBits;
     vectorizeOptions.vectorRegisters = options.vectorRegisters;
-    pm.addPass(createVectorizeKernelsPass(vectorizeOptions));
-    pm.addPass(createCanonicalizerPass());
-    pm.addPass(createCSEPass());
+    perKernel(createVectorizeKernelsPass(vectorizeOptions));
+    perKernel(createCanonicalizerPass());
+    perKernel(createCSEPass());
   }
 
   bufferization::OneShotBufferizePassOptions bufferize;
@@ -135,16 +142,16 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   bufferization::BufferDeallocationPipelineOptions dealloc;
   bufferization::buildBufferDeallocationPipeline(pm, dealloc);
 
-  pm.addPass(createExpandCopiesPass());
-  pm.addPass(createLowerVectorsPass());
-  pm.addPass(createConvertLinalgToLoopsPass());
-  pm.addPass(createApproximateMathPass());
-  pm.addPass(createConvertVectorToSCFPass(
+  perKernel(createExpandCopiesPass());
+  perKernel(createLowerVectorsPass());
+  perKernel(createConvertLinalgToLoopsPass());
+  perKernel(createApproximateMathPass());
+  perKernel(createConvertVectorToSCFPass(
       VectorTransferToSCFOptions().enableFullUnroll()));
-  pm.addPass(createCanonicalizerPass());
-  pm.addPass(createSCFToControlFlowPass());
-  pm.addPass(memref::createExpandStridedMetadataPass());
-  pm.addPass(createLowerAffinePass());
+  perKernel(createCanonicalizerPass());
+  perKernel(createSCFToControlFlowPass());
+  perKernel(memref::createExpandStridedMetadataPass());
+  perKernel(createLowerAffinePass());
   ConvertVectorToLLVMPassOptions vectorToLLVM;
   vectorToLLVM.reassociateFPReductions = true;
   vectorToLLVM.vectorContractLowering =

@@ -58,11 +58,6 @@ struct VectorizeKernelsPass
   /// the broadcast elements of A (24 of AVX-512's 32, 12 of AVX2's 16).
   int64_t accumulatorBudget() const { return vectorRegisters * 3 / 4; }
 
-  static bool inKernel(Operation *op) {
-    auto fn = op->getParentOfType<func::FuncOp>();
-    return fn && fn->hasAttr("moe.kernel");
-  }
-
   /// Tile sizes for `op` (0 = not tiled) and the loop dimension that
   /// becomes the vector dimension (-1 if none).
   std::pair<SmallVector<int64_t>, int64_t> chooseTiles(linalg::LinalgOp op) {
@@ -159,20 +154,41 @@ struct VectorizeKernelsPass
     return {tiles, vectorDim};
   }
 
-  void runOnOperation() override {
-    if (registerBits < 32 || registerBits % 32 != 0 || vectorRegisters < 4) {
-      getOperation()->emitError()
-          << "moe-vectorize-kernels: register-bits must be a multiple of 32 "
-             "and vector-registers at least 4, got "
-          << static_cast<int64_t>(registerBits) << " and "
-          << static_cast<int64_t>(vectorRegisters);
-      return signalPassFailure();
+  /// The cleanup pattern sets, built once (the pass runs on every kernel).
+  std::shared_ptr<const FrozenRewritePatternSet> cleanup, vectorCleanup;
+
+  LogicalResult initialize(MLIRContext *ctx) override {
+    if (registerBits < 32 || registerBits % 32 != 0 || vectorRegisters < 4)
+      return emitError(UnknownLoc::get(ctx))
+             << "moe-vectorize-kernels: register-bits must be a multiple of "
+                "32 and vector-registers at least 4, got "
+             << static_cast<int64_t>(registerBits) << " and "
+             << static_cast<int64_t>(vectorRegisters);
+    for (bool vectorPatterns : {false, true}) {
+      RewritePatternSet patterns(ctx);
+      if (vectorPatterns) {
+        vector::populateVectorReductionToContractPatterns(patterns);
+        vector::populateVectorTransferPermutationMapLoweringPatterns(patterns);
+        tensor::populateFoldTensorSubsetIntoVectorTransferPatterns(patterns);
+      }
+      for (Dialect *d : ctx->getLoadedDialects())
+        d->getCanonicalizationPatterns(patterns);
+      for (RegisteredOperationName op : ctx->getRegisteredOperations())
+        op.getCanonicalizationPatterns(patterns, ctx);
+      (vectorPatterns ? vectorCleanup : cleanup) =
+          std::make_shared<FrozenRewritePatternSet>(std::move(patterns));
     }
+    return success();
+  }
+
+  void runOnOperation() override {
+    if (!getOperation()->hasAttr("moe.kernel"))
+      return;
     MLIRContext *ctx = &getContext();
     IRRewriter rewriter(ctx);
     SmallVector<linalg::LinalgOp> ops;
     getOperation().walk([&](linalg::LinalgOp op) {
-      if (op.hasPureTensorSemantics() && inKernel(op))
+      if (op.hasPureTensorSemantics())
         ops.push_back(op);
     });
 
@@ -229,7 +245,7 @@ struct VectorizeKernelsPass
     // 3. Vectorize every static linalg op of the kernels.
     SmallVector<linalg::LinalgOp> tiles;
     getOperation().walk([&](linalg::LinalgOp op) {
-      if (op.hasPureTensorSemantics() && inKernel(op))
+      if (op.hasPureTensorSemantics())
         tiles.push_back(op);
     });
     for (linalg::LinalgOp op : tiles) {
@@ -254,8 +270,7 @@ struct VectorizeKernelsPass
     if (failed(applyCleanupPatterns(/*vectorPatterns=*/true)))
       return signalPassFailure();
     getOperation().walk([&](scf::ForOp loop) {
-      if (inKernel(loop))
-        (void)hoistLoopInvariantSubsets(rewriter, loop);
+      (void)hoistLoopInvariantSubsets(rewriter, loop);
     });
   }
 
@@ -298,18 +313,8 @@ struct VectorizeKernelsPass
   }
 
   LogicalResult applyCleanupPatterns(bool vectorPatterns) {
-    MLIRContext *ctx = &getContext();
-    RewritePatternSet patterns(ctx);
-    if (vectorPatterns) {
-      vector::populateVectorReductionToContractPatterns(patterns);
-      vector::populateVectorTransferPermutationMapLoweringPatterns(patterns);
-      tensor::populateFoldTensorSubsetIntoVectorTransferPatterns(patterns);
-    }
-    for (Dialect *d : ctx->getLoadedDialects())
-      d->getCanonicalizationPatterns(patterns);
-    for (RegisteredOperationName op : ctx->getRegisteredOperations())
-      op.getCanonicalizationPatterns(patterns, ctx);
-    return applyPatternsGreedily(getOperation(), std::move(patterns));
+    return applyPatternsGreedily(getOperation(),
+                                 vectorPatterns ? *vectorCleanup : *cleanup);
   }
 
   /// The dispatch/combine einsums: generic ops whose body is

@@ -74,6 +74,12 @@ cl::opt<std::string> entriesOpt(
 cl::opt<bool> vectorizeOpt(
     "vectorize", cl::desc("Tile and vectorize the kernels (default on)"),
     cl::init(true));
+cl::opt<int64_t> codegenThreads(
+    "codegen-threads",
+    cl::desc("Threads for LLVM's optimization and code generation of the "
+             "kernels (default 0: one per core, at most 8; the MLIR passes "
+             "use the context's threads, see --mlir-disable-threading)"),
+    cl::init(0));
 cl::opt<int64_t> batch("batch",
                        cl::desc("Images per call of the entry functions "
                                 "(default: the spec's /train/batch)"),
@@ -127,6 +133,10 @@ int main(int argc, char **argv) {
   }
   moec::CpuTargetOptions targetOptions;
   targetOptions.dumpLLVMIRPath = dumpLLVMIR;
+  if (codegenThreads < 0 || codegenThreads > 1024)
+    return usageError("--codegen-threads must be in [0, 1024], got " +
+                      llvm::Twine(codegenThreads.getValue()));
+  targetOptions.threads = static_cast<unsigned>(codegenThreads);
 
   if (positional.empty())
     return usageError("missing command");

@@ -8,6 +8,8 @@
 
 #include "lld/Common/Driver.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/Bitcode/BitcodeReader.h"
+#include "llvm/Bitcode/BitcodeWriter.h"
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
@@ -22,9 +24,11 @@
 #include "llvm/Support/raw_ostream.h"
 #include "llvm/Target/TargetMachine.h"
 #include "llvm/TargetParser/Host.h"
+#include "llvm/Transforms/Utils/SplitModule.h"
 
 #include <memory>
 #include <mutex>
+#include <thread>
 
 LLD_HAS_DRIVER(elf)
 
@@ -178,31 +182,96 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
   llvmModule->setTargetTriple(tm->getTargetTriple());
   if (llvm::verifyModule(*llvmModule, &llvm::errs()))
     return module.emitError() << "generated LLVM IR does not verify";
-  optimize(*llvmModule, *tm);
 
-  if (!options.dumpLLVMIRPath.empty()) {
-    std::error_code ec;
-    llvm::raw_fd_ostream os(options.dumpLLVMIRPath, ec);
-    if (!ec)
-      llvmModule->print(os, nullptr);
-  }
+  // The kernels do not call each other (a wrapper calls its own kernel), so
+  // the module splits into independent parts: each is optimized and
+  // compiled on its own thread, in its own LLVMContext, into its own object
+  // file. One part when the optimized IR is to be dumped.
+  unsigned parts = options.threads > 0
+                       ? options.threads
+                       : std::max(1u, std::thread::hardware_concurrency());
+  if (!options.dumpLLVMIRPath.empty())
+    parts = 1;
+  parts = std::min<unsigned>(
+      {parts, 8u, static_cast<unsigned>(llvmModule->size())});
+  parts = std::max(parts, 1u);
 
   TempFiles temps;
-  SmallString<128> objPath, soPath;
-  int objFd;
-  if (auto ec = llvm::sys::fs::createTemporaryFile("moec-kernels", "o", objFd,
-                                                   objPath))
-    return module.emitError() << "cannot create a temporary file: "
-                              << ec.message();
-  temps.paths.push_back(objPath.str().str());
-  {
-    llvm::raw_fd_ostream os(objFd, /*shouldClose=*/true);
-    llvm::legacy::PassManager codegen;
-    if (tm->addPassesToEmitFile(codegen, os, nullptr,
-                                llvm::CodeGenFileType::ObjectFile))
-      return module.emitError() << "the target cannot emit object files";
-    codegen.run(*llvmModule);
+  SmallVector<std::string> objPaths;
+  for (unsigned i = 0; i < parts; ++i) {
+    SmallString<128> path;
+    if (auto ec = llvm::sys::fs::createTemporaryFile("moec-kernels", "o", path))
+      return module.emitError() << "cannot create a temporary file: "
+                                << ec.message();
+    temps.paths.push_back(path.str().str());
+    objPaths.push_back(path.str().str());
   }
+  // Optimizes and compiles one module into objPaths[i]; an error message on
+  // failure.
+  auto compile = [&](llvm::Module &m, llvm::TargetMachine &machine,
+                     unsigned i) -> std::string {
+    optimize(m, machine);
+    if (!options.dumpLLVMIRPath.empty()) {
+      std::error_code ec;
+      llvm::raw_fd_ostream os(options.dumpLLVMIRPath, ec);
+      if (!ec)
+        m.print(os, nullptr);
+    }
+    std::error_code ec;
+    llvm::raw_fd_ostream os(objPaths[i], ec);
+    if (ec)
+      return "cannot write " + objPaths[i] + ": " + ec.message();
+    llvm::legacy::PassManager codegen;
+    if (machine.addPassesToEmitFile(codegen, os, nullptr,
+                                    llvm::CodeGenFileType::ObjectFile))
+      return "the target cannot emit object files";
+    codegen.run(m);
+    return "";
+  };
+  if (parts == 1) {
+    if (std::string e = compile(*llvmModule, *tm, 0); !e.empty())
+      return module.emitError() << e;
+  } else {
+    // Parts travel as bitcode: an LLVMContext is not shared across threads.
+    // Round-robin keeps the parts about equal in size; symbols a part needs
+    // from another (a kernel called by its wrapper) become hidden globals.
+    SmallVector<SmallString<0>> bitcode;
+    llvm::SplitModule(
+        *llvmModule, parts,
+        [&](std::unique_ptr<llvm::Module> part) {
+          SmallString<0> &buf = bitcode.emplace_back();
+          llvm::raw_svector_ostream os(buf);
+          llvm::WriteBitcodeToFile(*part, os);
+        },
+        /*PreserveLocals=*/false, /*RoundRobin=*/true);
+    SmallVector<std::string> errors(bitcode.size());
+    std::vector<std::thread> threads;
+    for (unsigned i = 0; i < bitcode.size(); ++i)
+      threads.emplace_back([&, i] {
+        llvm::LLVMContext context;
+        llvm::Expected<std::unique_ptr<llvm::Module>> part =
+            llvm::parseBitcodeFile(
+                llvm::MemoryBufferRef(bitcode[i].str(), "moec_kernels"),
+                context);
+        if (!part) {
+          errors[i] = llvm::toString(part.takeError());
+          return;
+        }
+        std::string error, cpuName;
+        std::vector<std::string> enabled;
+        std::unique_ptr<llvm::TargetMachine> machine =
+            createTargetMachine(options, error, cpuName, enabled);
+        errors[i] = machine ? compile(**part, *machine, i) : error;
+      });
+    for (std::thread &t : threads)
+      t.join();
+    objPaths.resize(bitcode.size());
+    for (const std::string &e : errors)
+      if (!e.empty())
+        return module.emitError() << "compiling the kernels failed: " << e;
+  }
+
+  SmallString<128> soPath;
   if (auto ec = llvm::sys::fs::createTemporaryFile("moec-kernels", "so", soPath))
     return module.emitError() << "cannot create a temporary file: "
                               << ec.message();
@@ -210,10 +279,11 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
 
   std::string linkLog;
   llvm::raw_string_ostream linkOut(linkLog);
-  const char *args[] = {"ld.lld",     "-shared",       "--gc-sections",
-                        "-z",         "now",           "-z",
-                        "noexecstack", "-o",           soPath.c_str(),
-                        objPath.c_str()};
+  SmallVector<const char *> args = {"ld.lld",      "-shared", "--gc-sections",
+                                    "-z",          "now",     "-z",
+                                    "noexecstack", "-o",      soPath.c_str()};
+  for (const std::string &obj : objPaths)
+    args.push_back(obj.c_str());
   lld::Result result = lld::lldMain(args, linkOut, linkOut,
                                     {{lld::Gnu, &lld::elf::link}});
   if (result.retCode != 0)

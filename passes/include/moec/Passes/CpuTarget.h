@@ -23,8 +23,12 @@ namespace moec {
 struct CpuTargetOptions {
   /// LLVM CPU name; "native" means the machine moec runs on.
   std::string cpu = "native";
-  /// If set, the optimized LLVM IR is written here (debugging).
+  /// If set, the optimized LLVM IR is written here (debugging; the kernels
+  /// are then compiled as one module on one thread).
   std::string dumpLLVMIRPath;
+  /// Threads for LLVM's optimization and code generation (the kernels are
+  /// split into that many modules); 0: one per core, at most 8.
+  unsigned threads = 0;
 };
 
 struct CpuKernelLibrary {

@@ -177,10 +177,12 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
   ];
 }
 
-def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::ModuleOp"> {
+def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::func::FuncOp"> {
   let summary = "Tiles every linalg op of the kernels to register tiles and vectorizes it.";
   let description = [{
-    Runs on kernels on tensors (before bufferization). A contraction over
+    Runs on kernels on tensors (before bufferization), one function at a
+    time (functions without `moe.kernel` are left alone), so the pass
+    manager runs it on the kernels in parallel. A contraction over
     several consecutive reduction dimensions that every operand reads in the
     same order (a weight gradient's images x tokens) first becomes one over
     their product (`tensor.collapse_shape` of the operands): with several

@@ -1,5 +1,6 @@
 // RUN: moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=256 vector-registers=16" | FileCheck %s
 // RUN: moec-opt %s --split-input-file --moe-vectorize-kernels | FileCheck %s --check-prefix=AVX512
+// RUN: moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=256 vector-registers=16 l1-bytes=65536" | FileCheck %s --check-prefix=BIGL1
 // RUN: not moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=100" 2>&1 | FileCheck %s --check-prefix=BAD
 
 // Register tiles follow the target's register file. A 48x64x128 matmul on
@@ -43,4 +44,33 @@ func.func @moec_k1(%a: tensor<50x16xf32>, %b: tensor<16x16xf32>, %c: tensor<50x1
 func.func @moec_k2(%a: tensor<12x32xf32>, %b: tensor<32x20xf32>, %c: tensor<12x20xf32>) -> tensor<12x20xf32> attributes {moe.kernel} {
   %0 = linalg.matmul ins(%a, %b : tensor<12x32xf32>, tensor<32x20xf32>) outs(%c : tensor<12x20xf32>) -> tensor<12x20xf32>
   return %0 : tensor<12x20xf32>
+}
+
+// -----
+
+// A weight gradient dW[k, n] = sum_r x[r, k] dy[r, n] over 400 rows (images
+// x tokens): blocks of 20 rows (20 x 4 x (64 + 192) bytes fit 3/4 of a
+// 32 KiB L1) around the register tiles; each tile's accumulators are read
+// and written once per block.
+// CHECK-LABEL: func.func @moec_k3
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c400 step %c20
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c4
+// CHECK:     scf.for %{{.*}} = %{{.*}} to %c192 step %c16
+// CHECK:       scf.for %{{.*}} = %{{.*}} to %c20 step %c1
+// CHECK:         vector.contract {{.*}} : vector<1x4xf32>, vector<1x16xf32> into vector<4x16xf32>
+// BIGL1-LABEL: func.func @moec_k3
+// BIGL1-NOT: step %c20
+// 64 KiB of L1 (3/4: 48 KiB): blocks of 40.
+// BIGL1: scf.for %{{.*}} = %{{.*}} to %c400 step %c40
+#xr = affine_map<(k, n, r) -> (r, k)>
+#dyr = affine_map<(k, n, r) -> (r, n)>
+#wr = affine_map<(k, n, r) -> (k, n)>
+func.func @moec_k3(%x: tensor<400x64xf32>, %dy: tensor<400x192xf32>, %w: tensor<64x192xf32>) -> tensor<64x192xf32> attributes {moe.kernel} {
+  %0 = linalg.generic {indexing_maps = [#xr, #dyr, #wr], iterator_types = ["parallel", "parallel", "reduction"]} ins(%x, %dy : tensor<400x64xf32>, tensor<400x192xf32>) outs(%w : tensor<64x192xf32>) {
+  ^bb0(%a: f32, %b: f32, %acc: f32):
+    %1 = arith.mulf %a, %b : f32
+    %2 = arith.addf %acc, %1 : f32
+    linalg.yield %2 : f32
+  } -> tensor<64x192xf32>
+  return %0 : tensor<64x192xf32>
 }

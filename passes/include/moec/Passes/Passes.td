@@ -207,6 +207,13 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::func::FuncOp"> {
       reduction dimension by 1, the innermost reduction whole (a vector
       reduction).
 
+    A contraction with one long reduction (a weight gradient over images x
+    tokens) whose operands' rows would not stay in cache first gets a loop
+    over blocks of that reduction: a block's rows of both operands fit in
+    three quarters of `l1-bytes`, so the register tiles of one block reuse
+    each other's loads from L1 instead of each streaming the whole
+    reduction from L2.
+
     Each tile is vectorized with linalg's vectorizer (tiles divide the
     shapes, so no masking is needed). The loop-invariant accumulator
     reads/writes of every K loop are then hoisted out of it, so the
@@ -226,6 +233,9 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::func::FuncOp"> {
     Option<"vectorRegisters", "vector-registers", "int64_t",
            /*default=*/"32",
            "Number of vector registers of the target (32: AVX-512, 16: AVX2)">,
+    Option<"l1Bytes", "l1-bytes", "int64_t", /*default=*/"32768",
+           "L1 data cache per core (bytes): long reductions are blocked to "
+           "fit it">,
   ];
 }
 

@@ -233,8 +233,9 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
       return module.emitError() << e;
   } else {
     // Parts travel as bitcode: an LLVMContext is not shared across threads.
-    // Round-robin keeps the parts about equal in size; symbols a part needs
-    // from another (a kernel called by its wrapper) become hidden globals.
+    // Internal symbols stay in the part of their users (a kernel stays with
+    // the wrapper that calls it and is inlined there, as in one module);
+    // round-robin keeps the parts about equal in size.
     SmallVector<SmallString<0>> bitcode;
     llvm::SplitModule(
         *llvmModule, parts,
@@ -243,7 +244,11 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
           llvm::raw_svector_ostream os(buf);
           llvm::WriteBitcodeToFile(*part, os);
         },
-        /*PreserveLocals=*/false, /*RoundRobin=*/true);
+        /*PreserveLocals=*/true, /*RoundRobin=*/true);
+    if (bitcode.size() > objPaths.size())
+      return module.emitError()
+             << "splitting the kernels gave " << bitcode.size()
+             << " modules, expected at most " << objPaths.size();
     SmallVector<std::string> errors(bitcode.size());
     std::vector<std::thread> threads;
     for (unsigned i = 0; i < bitcode.size(); ++i)

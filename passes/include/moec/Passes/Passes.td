@@ -208,7 +208,8 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::func::FuncOp"> {
       reduction).
 
     A contraction with one long reduction (a weight gradient over images x
-    tokens) whose operands' rows would not stay in cache first gets a loop
+    tokens: at least 256 steps, longer than both output extents) whose
+    operands' rows would not stay in cache first gets a loop
     over blocks of that reduction: a block's rows of both operands fit in
     three quarters of `l1-bytes`, so the register tiles of one block reuse
     each other's loads from L1 instead of each streaming the whole

@@ -281,12 +281,11 @@ struct VectorizeKernelsPass
   /// images x tokens into a small [M, N]) first gets a loop over blocks of
   /// that reduction, sized so that a block's rows of both operands (4 (M +
   /// N) bytes per step, M and N the two innermost parallel extents) fit in
-  /// three quarters of the L1 data cache. Without
-  /// it every register tile of the output streams its operands' whole
-  /// reduction from L2, which bounds the FMAs at L2 bandwidth; with it the
-  /// register tiles of one block reuse each other's loads in L1, at the cost
-  /// of one accumulator load/store per tile and block. Returns the op inside
-  /// the block loop.
+  /// three quarters of the L1 data cache. Without it every register tile of
+  /// the output streams its operands' whole reduction from L2, which bounds
+  /// the FMAs at L2 bandwidth; with it the register tiles of one block reuse
+  /// each other's loads in L1, at the cost of one accumulator load/store per
+  /// tile and block. Returns the op inside the block loop.
   FailureOr<linalg::LinalgOp> blockReduction(RewriterBase &rewriter,
                                              linalg::LinalgOp op) {
     if (!(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)) ||
@@ -310,7 +309,7 @@ struct VectorizeKernelsPass
     // is longer than both output extents. Blocking the K = 64 / 128 of the
     // forward matmuls into short blocks made them slower (each block loads
     // and stores every accumulator tile again): the attention kernels ran
-    // ~6 % slower on a Zen 3.
+    // 6-10 % slower on a Zen 3.
     int64_t extent = ranges[red], budget = l1Bytes * 3 / 4;
     if (extent < 256 || extent <= widest || extent * rowBytes <= 2 * budget)
       return failure();

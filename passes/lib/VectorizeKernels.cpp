@@ -164,6 +164,10 @@ struct VectorizeKernelsPass
                 "32 and vector-registers at least 4, got "
              << static_cast<int64_t>(registerBits) << " and "
              << static_cast<int64_t>(vectorRegisters);
+    if (l1Bytes < 1024)
+      return emitError(UnknownLoc::get(ctx))
+             << "moe-vectorize-kernels: l1-bytes must be at least 1024, got "
+             << static_cast<int64_t>(l1Bytes);
     for (bool vectorPatterns : {false, true}) {
       RewritePatternSet patterns(ctx);
       if (vectorPatterns) {

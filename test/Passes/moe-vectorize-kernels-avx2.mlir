@@ -2,6 +2,7 @@
 // RUN: moec-opt %s --split-input-file --moe-vectorize-kernels | FileCheck %s --check-prefix=AVX512
 // RUN: moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=256 vector-registers=16 l1-bytes=65536" | FileCheck %s --check-prefix=BIGL1
 // RUN: not moec-opt %s --split-input-file --moe-vectorize-kernels="register-bits=100" 2>&1 | FileCheck %s --check-prefix=BAD
+// RUN: not moec-opt %s --split-input-file --moe-vectorize-kernels="l1-bytes=0" 2>&1 | FileCheck %s --check-prefix=BADL1
 
 // Register tiles follow the target's register file. A 48x64x128 matmul on
 // AVX2 (16 ymm registers of 8 floats): 6 rows x 16 floats, 12 accumulator
@@ -14,6 +15,7 @@
 // AVX512: scf.for %{{.*}} = %{{.*}} to %c48 step %c6
 // AVX512:   scf.for %{{.*}} = %{{.*}} to %c128 step %c64
 // AVX512:     vector.contract {{.*}} : vector<6x1xf32>, vector<1x64xf32> into vector<6x64xf32>
+// BADL1: error: moe-vectorize-kernels: l1-bytes must be at least 1024, got 0
 // BAD: error: moe-vectorize-kernels: register-bits must be a multiple of 32 and vector-registers at least 4, got 100 and 32
 func.func @moec_k0(%a: tensor<48x64xf32>, %b: tensor<64x128xf32>, %c: tensor<48x128xf32>) -> tensor<48x128xf32> attributes {moe.kernel} {
   %0 = linalg.matmul ins(%a, %b : tensor<48x64xf32>, tensor<64x128xf32>) outs(%c : tensor<48x128xf32>) -> tensor<48x128xf32>

@@ -6,9 +6,14 @@
 # print the final test accuracy. Idempotent: every run trains in a fresh
 # folder build/run/train-<time> (checkpoints, metrics.jsonl, metrics.svg).
 #
-# MOEC_SPEC overrides the spec, MOEC_EPOCHS the spec's epoch count;
-# MOEC_EMIT_MLIR=1 also prints the moe module. Extra arguments go to
-# `moec-run train` (e.g. --threads 1, --max-steps 100).
+# The job keeps to a time budget, MOEC_TIME_BUDGET seconds (default 1200:
+# 20 minutes) for compile + train + evaluation: moec-run times train_step
+# and eval on this machine and trains as many epochs as fit what is left
+# after compiling (`moec-run train --time-budget`). MOEC_EPOCHS=N trains
+# exactly N epochs instead (no budget), as does an --epochs argument.
+#
+# MOEC_SPEC overrides the spec; MOEC_EMIT_MLIR=1 also prints the moe module.
+# Extra arguments go to `moec-run train` (e.g. --threads 1, --max-steps 100).
 set -euo pipefail
 root=$(cd "$(dirname "$0")" && pwd)
 build=${MOEC_BUILD_DIR:-$root/build}
@@ -28,11 +33,24 @@ start=$(date +%s)
 "$build/bin/moec-run" inspect "$model" > "$out/inspect.txt"
 sed -n '1,10p' "$out/inspect.txt"
 run="$out/train-$(date +%Y%m%d-%H%M%S)"
-epochs=()
+length=()
 if [[ -n "${MOEC_EPOCHS:-}" ]]; then
-  epochs=(--epochs "$MOEC_EPOCHS")
+  length=(--epochs "$MOEC_EPOCHS")
+elif [[ " $* " != *" --epochs "* ]]; then
+  budget=${MOEC_TIME_BUDGET:-1200}
+  if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+    echo "run.sh: error: MOEC_TIME_BUDGET: expected whole seconds, got '$budget'" >&2
+    exit 2
+  fi
+  left=$(( budget - ($(date +%s) - start) ))
+  if (( left <= 0 )); then
+    echo "run.sh: error: MOEC_TIME_BUDGET=$budget s is spent before training (compiling took $(( $(date +%s) - start )) s)" >&2
+    exit 2
+  fi
+  echo "== time budget ${budget} s, ${left} s left for training and evaluation"
+  length=(--time-budget "$left")
 fi
 echo "== moec-run train (Fashion-MNIST; checkpoints and metrics in $run)"
 "$build/bin/moec-run" train "$model" --checkpoint-dir "$run" \
-  -o "$run/final.safetensors" "${epochs[@]}" "$@"
+  -o "$run/final.safetensors" "${length[@]}" "$@"
 echo "== wall time, compile + train + evaluation: $(( $(date +%s) - start )) s"

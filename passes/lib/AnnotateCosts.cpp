@@ -6,6 +6,7 @@
 #include "moec/Dialect/MoE/MoEOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/ADT/StringSet.h"
 
@@ -31,9 +32,12 @@ struct AnnotateCostsPass
       double inactive = 0.0;
       bool usesMoE = false;
       fn.walk([&](Operation *op) {
-        if (!isa<MoEDialect>(op->getDialect()))
+        // moe ops, and the linalg ops moe-autodiff builds the backward
+        // pass and the optimizer update from.
+        bool isMoE = isa<MoEDialect>(op->getDialect());
+        if (!isMoE && !isa<linalg::LinalgOp>(op))
           return;
-        usesMoE = true;
+        usesMoE |= isMoE;
         if (auto param = dyn_cast<ParamOp>(op)) {
           if (seen.insert(param.getName()).second)
             params += param.getType().getNumElements();

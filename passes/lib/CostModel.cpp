@@ -4,6 +4,10 @@
 
 #include "moec/Dialect/MoE/MoEOps.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Interfaces/CastInterfaces.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <algorithm>
@@ -28,6 +32,30 @@ bool isSoftRouted(Value dispatchOrCombine) {
 int64_t ffnFlops(int64_t rows, int64_t d, int64_t h) {
   return rows * (4 * d * h + 2 * h + d);
 }
+
+/// A structured op's FLOPs: its loop nest's iterations times the float
+/// arithmetic of its body (constants, selects and casts are free; a
+/// multiply-add counts 2). Zero with a dynamic loop range.
+int64_t linalgFlops(linalg::LinalgOp op) {
+  int64_t perIteration = 0;
+  for (Operation &inner : op.getBlock()->without_terminator()) {
+    if (!isa<arith::ArithDialect, math::MathDialect>(inner.getDialect()) ||
+        isa<arith::ConstantOp, arith::SelectOp, CastOpInterface>(inner))
+      continue;
+    if (llvm::any_of(inner.getResultTypes(),
+                     [](Type t) { return isa<FloatType>(t); }))
+      ++perIteration;
+  }
+  if (perIteration == 0)
+    return 0;
+  int64_t iterations = 1;
+  for (int64_t range : op.getStaticLoopRanges()) {
+    if (ShapedType::isDynamic(range))
+      return 0;
+    iterations *= range;
+  }
+  return iterations * perIteration;
+}
 } // namespace
 
 int64_t moec::moe::estimateFlops(Operation *op) {
@@ -47,6 +75,13 @@ int64_t moec::moe::estimateFlops(Operation *op) {
         int64_t scoresAndMix = 2 * 2 * n * s * s * d;
         int64_t softmax = 5 * n * h * s * s;
         return projections + scoresAndMix + softmax;
+      })
+      // Per image and head: the recomputed scores and O = P V, then dV, dP,
+      // dQ and dK (six [S, S] x [S, dh] products), the softmax and its VJP.
+      .Case([](AttentionGradOp o) {
+        int64_t n = dim(o.getQkv(), 0), s = dim(o.getQkv(), 1),
+                d = dim(o.getDheads(), 2), h = o.getHeads();
+        return 6 * 2 * n * s * s * d + 8 * n * h * s * s;
       })
       .Case([](DenseOp o) {
         int64_t rows = numel(o.getResult()) / std::max<int64_t>(1, dim(o.getWeight(), 1));
@@ -87,6 +122,7 @@ int64_t moec::moe::estimateFlops(Operation *op) {
         int64_t rows = dim(o.getInput(), 0) * dim(o.getInput(), 1);
         return ffnFlops(rows, dim(o.getInput(), 2), dim(o.getFc1Weight(), 1));
       })
+      .Case([](linalg::LinalgOp o) { return linalgFlops(o); })
       .Default([](Operation *) { return int64_t(0); });
 }
 

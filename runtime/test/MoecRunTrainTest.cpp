@@ -597,6 +597,64 @@ TEST_F(MoecRunTrain, BadFlagsAndInputs) {
                      "images now)");
 }
 
+// --time-budget times the model, puts the weights back and trains the
+// epochs that fit: the run is the one `--epochs N` gives, bit for bit.
+TEST_F(MoecRunTrain, TimeBudgetChoosesTheEpochs) {
+  std::string a = dir / "budget.safetensors", ckpt = dir / "budget";
+  CommandResult r = run(train("--time-budget 3 --max-steps 7 -o " + a +
+                              " --checkpoint-dir " + ckpt));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::smatch fit;
+  ASSERT_TRUE(std::regex_search(
+      r.err, fit,
+      std::regex(R"(moec-run: --time-budget 3 s: [0-9.]+ ms per step, )"
+                 R"([0-9.]+ s per evaluation, [0-9.]+ s per epoch; )"
+                 R"(([0-9]+) epochs fit \([0-9]+ s spent before training, )"
+                 R"(4% of the budget kept free\))")))
+      << r.err;
+  const std::string epochs = fit[1].str();
+  Expected<Checkpoint> saved = loadLatestCheckpoint(ckpt);
+  ASSERT_TRUE(bool(saved)) << saved.error().message();
+  EXPECT_EQ(saved->state.metadata.at("epochs"), epochs);
+
+  std::string b = dir / "epochs.safetensors";
+  r = run(train("--epochs " + epochs + " --max-steps 7 -o " + b));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(readBytes(a), readBytes(b));
+  // Control: another epoch count (another cosine schedule) differs.
+  std::string c = dir / "other.safetensors";
+  r = run(train(std::string("--epochs ") + (epochs == "3" ? "4" : "3") +
+                " --max-steps 7 -o " + c));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(readBytes(a), readBytes(c));
+
+  // A budget that no epoch fits, and flags that contradict it.
+  r = run(train("--time-budget 0.001"));
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_TRUE(std::regex_search(
+      r.err, std::regex(R"(moec-run: error: --time-budget 0.001: not even )"
+                        R"(one epoch fits \([0-9.]+ ms per step, 2 steps )"
+                        R"(and [0-9.]+ s of evaluation per epoch)")))
+      << r.err;
+  for (auto [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--time-budget 20x", "--time-budget: expected a duration "
+                                 "(seconds, or a number with the suffix s, m "
+                                 "or h), got '20x'"},
+           {"--time-budget -5", "--time-budget: expected a duration"},
+           {"--time-budget 1m --epochs 2",
+            "--time-budget chooses the number of epochs; give either "
+            "--time-budget or --epochs"},
+           {"--time-budget 1h --resume " + ckpt,
+            "--time-budget chooses the number of epochs of a new run; a run "
+            "continued with --resume keeps the epochs it started with"}}) {
+    r = run(train(args));
+    EXPECT_EQ(r.rc, 2) << args;
+    EXPECT_TRUE(contains(r.err, "moec-run: error: " + message))
+        << args << "\n"
+        << r.err;
+  }
+}
+
 TEST_F(MoecRunTrain, EvalOnlyAtTheEnd) {
   CommandResult r = run(train("--epochs 2 --eval-every-epoch off"));
   ASSERT_EQ(r.rc, 0) << r.err;

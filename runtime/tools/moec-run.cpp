@@ -66,9 +66,11 @@ const char *const kUsage =
     "              [--keep-checkpoints K] [--weights W] [--log F.jsonl]\n"
     "              [--plot F.svg] [--log-every N] [--max-steps K]\n"
     "              [--eval-every-epoch on|off] [--profile N]\n"
-    "              [-o FINAL.safetensors]\n"
+    "              [--time-budget T] [-o FINAL.safetensors]\n"
     "      train with the model's train_step and eval entry points; prints\n"
-    "      the final 'test accuracy: XX.XX%'\n"
+    "      the final 'test accuracy: XX.XX%'. --time-budget T (seconds, or\n"
+    "      20m, 1h) times train_step and eval here first and trains as many\n"
+    "      epochs as fit T seconds from the start of the command\n"
     "\n"
     "  --threads 0 (the default) uses every core; --seed defaults to 0.\n";
 
@@ -705,6 +707,36 @@ bool parsePositiveNumber(const std::string &flag, const std::string &text,
   return true;
 }
 
+/// A duration flag: a positive number of seconds, or one with the suffix
+/// s, m or h ("1150", "20m", "1.5h").
+bool parseDuration(const std::string &flag, const std::string &text,
+                   double &seconds, std::string &message) {
+  double scale = 1;
+  std::string number = text;
+  if (!number.empty()) {
+    char unit = number.back();
+    if (unit == 's' || unit == 'm' || unit == 'h') {
+      scale = unit == 'h' ? 3600 : unit == 'm' ? 60 : 1;
+      number.pop_back();
+    }
+  }
+  if (!parsePositiveNumber(flag, number, seconds, message)) {
+    message = cat(flag, ": expected a duration (seconds, or a number with "
+                        "the suffix s, m or h), got '",
+                  text, "'");
+    return false;
+  }
+  seconds *= scale;
+  return true;
+}
+
+/// `value` with `digits` digits after the point.
+std::string formatFixed(double value, int digits) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.*f", digits, value);
+  return buffer;
+}
+
 /// "%.17g": a double that reads back exactly.
 std::string exactNumber(double value) {
   char buffer[40];
@@ -828,7 +860,13 @@ bool metadataInteger(const Checkpoint &ckpt, const char *key, uint64_t &out,
   return true;
 }
 
+/// --time-budget: the share of the budget kept free for the run's noise
+/// (the step time varies from epoch to epoch on a shared machine).
+constexpr double kBudgetMargin = 0.04;
+
 int runTrain(const Options &options) {
+  using Clock = std::chrono::steady_clock;
+  const auto commandStart = Clock::now();
   std::string message;
   int threads = 0;
   uint64_t seed = 0;
@@ -863,6 +901,19 @@ int runTrain(const Options &options) {
     return usageError("--weights sets the starting weights of a new run; a "
                       "run continued with --resume starts from its "
                       "checkpoint");
+  double timeBudget = 0;
+  if (options.has("--time-budget")) {
+    if (!parseDuration("--time-budget", options.get("--time-budget"),
+                       timeBudget, message))
+      return usageError(message);
+    if (options.has("--epochs"))
+      return usageError("--time-budget chooses the number of epochs; give "
+                        "either --time-budget or --epochs");
+    if (options.has("--resume"))
+      return usageError("--time-budget chooses the number of epochs of a new "
+                        "run; a run continued with --resume keeps the epochs "
+                        "it started with");
+  }
 
   std::unique_ptr<Session> session;
   if (int rc = openSession(options, threads, session))
@@ -966,7 +1017,7 @@ int runTrain(const Options &options) {
                                  train->n, " images, fewer than one batch (",
                                  batch, ")"));
   run.stepsPerEpoch = train->n / batch;
-  const int64_t totalSteps = run.epochs * run.stepsPerEpoch;
+  int64_t totalSteps = run.epochs * run.stepsPerEpoch;
   const int64_t warmupSteps =
       std::llround(m.train->warmupEpochs * double(run.stepsPerEpoch));
 
@@ -1131,7 +1182,93 @@ int runTrain(const Options &options) {
     return Error::success();
   };
 
-  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point from) {
+    return std::chrono::duration<double>(Clock::now() - from).count();
+  };
+  // One step's inputs: the next batch of `batches`, the schedule and noise.
+  auto fillStepInputs = [&](BatchIterator &batches, NormalSampler &sampler,
+                            int64_t at) {
+    batches.next(batch, imagesIn.f32(), labelsIn.i32());
+    stepIn.f32()[0] = float(at);
+    totalIn.f32()[0] = float(totalSteps);
+    warmupIn.f32()[0] = float(warmupSteps);
+    lrIn.f32()[0] = float(run.lr);
+    for (const EntryTensor &t : noiseIn)
+      for (int64_t k = 0; k < t.count(); ++k)
+        t.f32()[k] = float(sampler.next());
+  };
+
+  if (timeBudget > 0) {
+    // Time train_step on real batches (a separate iterator and noise
+    // stream, so the run itself is the one `--epochs N` would give) and
+    // eval on a few test batches, then put the weights and optimizer state
+    // back and keep the epochs that fit.
+    Checkpoint before;
+    before.path = "(the weights before timing)";
+    before.params = session->parameters();
+    before.optimizer = session->state();
+    Expected<BatchIterator> timing = BatchIterator::create(*train, batchOptions);
+    if (!timing)
+      return reportError(timing.error());
+    int64_t timingEpoch = 0;
+    timing->startEpoch(run.seed, timingEpoch);
+    NormalSampler timingNoise(parameterSeed(run.seed, "moec-run.train.timing"));
+    double timedSeconds = 0;
+    int64_t timedSteps = 0;
+    for (int64_t k = 0; timedSteps < 400 && (timedSteps < 5 || timedSeconds < 2);
+         ++k) {
+      if (timing->epochDone(batch))
+        timing->startEpoch(run.seed, ++timingEpoch);
+      fillStepInputs(*timing, timingNoise, k);
+      auto start = Clock::now();
+      if (Error e = session->run(trainEntry, batch))
+        return reportError(e);
+      if (k >= 2) { // the first steps warm the caches and the thread pool
+        timedSeconds += seconds(start);
+        ++timedSteps;
+      }
+    }
+    Dataset sample = *test;
+    const int64_t sampleBatches = std::min<int64_t>(4, (test->n + batch - 1) / batch);
+    sample.n = std::min(test->n, sampleBatches * batch);
+    sample.images.resize(size_t(sample.n * sample.imageSize()));
+    sample.labels.resize(size_t(sample.n));
+    auto evalStart = Clock::now();
+    if (Expected<EvalResult> r = evaluate(*session, sample); !r)
+      return reportError(r.error());
+    const double evalSeconds = seconds(evalStart) / double(sampleBatches) *
+                               double((test->n + batch - 1) / batch);
+    if (Error e = session->restoreCheckpoint(before))
+      return reportError(e);
+
+    const double perStep = timedSeconds / double(timedSteps);
+    const double perEpoch = perStep * double(run.stepsPerEpoch) +
+                            (evalEveryEpoch ? evalSeconds : 0.0);
+    const double spent = seconds(commandStart);
+    const double usable = timeBudget * (1 - kBudgetMargin) - spent -
+                          (evalEveryEpoch ? 0.0 : evalSeconds);
+    const int64_t fit =
+        usable > 0 ? std::min<int64_t>(int64_t(usable / perEpoch), 1 << 30) : 0;
+    if (fit < 1)
+      return reportError(makeError(
+          ErrorCode::Argument, "--time-budget ", options.get("--time-budget"),
+          ": not even one epoch fits (", formatFixed(perStep * 1000, 1),
+          " ms per step, ", run.stepsPerEpoch, " steps and ",
+          formatFixed(evalEveryEpoch ? evalSeconds : 0.0, 1),
+          " s of evaluation per epoch: ", formatFixed(perEpoch, 1),
+          " s per epoch; ", formatFixed(spent, 1),
+          " s spent before training)"));
+    run.epochs = fit;
+    totalSteps = run.epochs * run.stepsPerEpoch;
+    std::fprintf(stderr,
+                 "moec-run: --time-budget %.0f s: %.1f ms per step, %.1f s "
+                 "per evaluation, %.1f s per epoch; %" PRId64
+                 " epochs fit (%.0f s spent before training, %.0f%% of the "
+                 "budget kept free)\n",
+                 timeBudget, perStep * 1000, evalSeconds, perEpoch, run.epochs,
+                 spent, kBudgetMargin * 100);
+  }
+
   const bool tty = ::isatty(STDERR_FILENO);
   const int64_t epochImages = run.stepsPerEpoch * batch;
   const auto runStart = Clock::now();
@@ -1165,9 +1302,6 @@ int runTrain(const Options &options) {
     intervalSteps = 0;
     return record(r);
   };
-  auto seconds = [](Clock::time_point from) {
-    return std::chrono::duration<double>(Clock::now() - from).count();
-  };
   auto printEval = [&](const EvalResult &r, const char *what) {
     std::printf("%s: test loss %.4f, test top-1 %.2f%% (%.0f/%" PRId64 ")\n",
                 what, r.loss(), 100 * r.top1(), r.correct, r.images);
@@ -1191,14 +1325,7 @@ int runTrain(const Options &options) {
         break;
       }
       auto start = Clock::now();
-      it.next(batch, imagesIn.f32(), labelsIn.i32());
-      stepIn.f32()[0] = float(step);
-      totalIn.f32()[0] = float(totalSteps);
-      warmupIn.f32()[0] = float(warmupSteps);
-      lrIn.f32()[0] = float(run.lr);
-      for (const EntryTensor &t : noiseIn)
-        for (int64_t k = 0; k < t.count(); ++k)
-          t.f32()[k] = float(noise.next());
+      fillStepInputs(it, noise, step);
       if (Error e = session->run(trainEntry, batch))
         return reportError(e);
       if (Error e = checkFinite(step, finiteChecked)) {
@@ -1347,7 +1474,7 @@ int main(int argc, char **argv) {
           {"train",
            {{"--data", "--epochs", "--batch", "--lr", "--seed", "--threads",
              "--checkpoint-dir", "--resume", "--weights", "--log", "--plot",
-             "--max-steps", "--eval-every-epoch", "-o", "--keep-checkpoints",
+             "--max-steps", "--eval-every-epoch", "--time-budget", "-o", "--keep-checkpoints",
              "--log-every", "--profile"},
             runTrain}},
           {"call",

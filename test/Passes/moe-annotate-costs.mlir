@@ -57,3 +57,41 @@ func.func @moe_layer(%x: tensor<2x5x16xf32>) -> tensor<2x5x16xf32> {
 func.func @plain(%x: f32) -> f32 {
   return %x : f32
 }
+
+// -----
+
+// After moe-autodiff a function also holds linalg ops: iterations times the
+// body's float arithmetic. The matmul 2*8*16*32 = 8192; the generic
+// (subtract, multiply, exp; the constant and the select are free) 3*8*16 =
+// 384; the fill 0. attention_grad (2 images, S = 10, 2 heads of 4): six
+// [S, S] x [S, 4] products per image and head, 6*2*(2*2)*10*10*4 = 19200,
+// plus 8*2*2*10*10 = 3200 for the softmax and its VJP: 22400. The dense:
+// 2*20*8*8 = 2560. Sum 8192 + 384 + 22400 + 2560 = 33536.
+// CHECK-LABEL: func.func @backward
+// CHECK-SAME: moe.flops = 33536 : i64
+// PEROP-LABEL: func.func @backward
+// PEROP: linalg.fill {{.*}}moe.flops = 0 : i64
+// PEROP: linalg.matmul {{.*}}moe.flops = 8192 : i64
+// PEROP: linalg.generic {{.*}}moe.flops = 384 : i64
+// PEROP: moe.attention_grad {{.*}}moe.flops = 22400 : i64
+#map = affine_map<(d0, d1) -> (d0, d1)>
+func.func @backward(%a: tensor<8x32xf32>, %b: tensor<32x16xf32>, %qkv: tensor<2x10x24xf32>, %dh: tensor<2x10x8xf32>) -> (tensor<8x16xf32>, tensor<2x10x24xf32>, tensor<2x10x8xf32>) {
+  %zero = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<8x16xf32>
+  %f = linalg.fill ins(%zero : f32) outs(%e : tensor<8x16xf32>) -> tensor<8x16xf32>
+  %m = linalg.matmul ins(%a, %b : tensor<8x32xf32>, tensor<32x16xf32>) outs(%f : tensor<8x16xf32>) -> tensor<8x16xf32>
+  %g = linalg.generic {indexing_maps = [#map, #map], iterator_types = ["parallel", "parallel"]} ins(%m : tensor<8x16xf32>) outs(%e : tensor<8x16xf32>) {
+  ^bb0(%in: f32, %out: f32):
+    %c = arith.constant 2.0 : f32
+    %s = arith.subf %in, %c : f32
+    %p = arith.mulf %s, %s : f32
+    %x = math.exp %p : f32
+    %pos = arith.cmpf ogt, %x, %c : f32
+    %r = arith.select %pos, %x, %c : f32
+    linalg.yield %r : f32
+  } -> tensor<8x16xf32>
+  %dqkv, %o = moe.attention_grad %qkv, %dh {heads = 2 : i64} : (tensor<2x10x24xf32>, tensor<2x10x8xf32>) -> (tensor<2x10x24xf32>, tensor<2x10x8xf32>)
+  %w = moe.param "w" init(zeros) : tensor<8x8xf32>
+  %y = moe.dense %o, %w : (tensor<2x10x8xf32>, tensor<8x8xf32>) -> tensor<2x10x8xf32>
+  return %g, %dqkv, %y : tensor<8x16xf32>, tensor<2x10x24xf32>, tensor<2x10x8xf32>
+}

@@ -212,8 +212,11 @@ int main(int argc, char **argv) {
       options.entry = entry;
       options.kernelPrefix = entry == "infer" ? "moec_k" : entry + "_k";
       if (failed(runPipeline(*copy, [&](OpPassManager &pm) {
-            if (entry == "train_step")
+            if (entry == "train_step") {
               pm.addPass(moec::createAutodiffPass());
+              // Recount: the backward pass and the update are linalg ops.
+              pm.addPass(moec::createAnnotateCostsPass());
+            }
             moec::buildCpuPlanPipeline(pm, options);
           })))
         return kExitFailure;

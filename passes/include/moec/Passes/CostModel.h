@@ -1,7 +1,8 @@
 //===- CostModel.h - FLOP and parameter counts of moe ops -------*- C++ -*-===//
 //
 // The cost model the compiler reports (moe-annotate-costs, later the
-// artifact manifest): FLOPs of one op with a multiply-add counted as 2, and
+// artifact manifest): FLOPs of one moe or linalg op with a multiply-add
+// counted as 2, and
 // the expected experts per token of a MoE layer.
 //
 //===----------------------------------------------------------------------===//
@@ -18,7 +19,9 @@ class Operation;
 namespace moec::moe {
 class RouterOp;
 
-/// FLOPs of one execution of `op` (a moe op; 0 for anything else).
+/// FLOPs of one execution of `op`: a moe op by its formula, a linalg op
+/// (what moe-autodiff builds the backward pass and optimizer from) as its
+/// iterations times its body's float arithmetic; 0 for anything else.
 int64_t estimateFlops(mlir::Operation *op);
 
 /// Expected experts one token is processed by under `router`: k for

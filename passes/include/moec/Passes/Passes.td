@@ -25,9 +25,13 @@ def AnnotateCostsPass : Pass<"moe-annotate-costs", "mlir::ModuleOp"> {
       token-choice, Sinkhorn and per-image routers, `E * C / S` expected
       experts per token for expert-choice and soft routers);
     * `moe.flops`: floating-point operations of one call (a multiply-add
-      counts 2), summed from the per-op cost model in CostModel.h.
+      counts 2), summed from the per-op cost model in CostModel.h: moe ops
+      by formula, linalg ops (the backward pass and the optimizer update
+      that moe-autodiff builds) as iterations times their body's float
+      arithmetic. moec runs the pass again on `train_step` after
+      moe-autodiff, so its count covers forward, backward and update.
 
-    With `per-op`, every moe op also gets its own `moe.flops`.
+    With `per-op`, every counted op also gets its own `moe.flops`.
 
     Before:
     ```mlir

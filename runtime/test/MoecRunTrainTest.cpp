@@ -649,9 +649,8 @@ TEST_F(MoecRunTrain, TimeBudgetChoosesTheEpochs) {
             "continued with --resume keeps the epochs it started with"}}) {
     r = run(train(args));
     EXPECT_EQ(r.rc, 2) << args;
-    EXPECT_TRUE(contains(r.err, "moec-run: error: " + message))
-        << args << "\n"
-        << r.err;
+    EXPECT_TRUE(contains(r.err, "moec-run: error: " + message)) << args << "\n"
+                                                                << r.err;
   }
 }
 

@@ -721,8 +721,9 @@ bool parseDuration(const std::string &flag, const std::string &text,
     }
   }
   if (!parsePositiveNumber(flag, number, seconds, message)) {
-    message = cat(flag, ": expected a duration (seconds, or a number with "
-                        "the suffix s, m or h), got '",
+    message = cat(flag,
+                  ": expected a duration (seconds, or a number with "
+                  "the suffix s, m or h), got '",
                   text, "'");
     return false;
   }
@@ -1207,7 +1208,8 @@ int runTrain(const Options &options) {
     before.path = "(the weights before timing)";
     before.params = session->parameters();
     before.optimizer = session->state();
-    Expected<BatchIterator> timing = BatchIterator::create(*train, batchOptions);
+    Expected<BatchIterator> timing =
+        BatchIterator::create(*train, batchOptions);
     if (!timing)
       return reportError(timing.error());
     int64_t timingEpoch = 0;
@@ -1215,8 +1217,8 @@ int runTrain(const Options &options) {
     NormalSampler timingNoise(parameterSeed(run.seed, "moec-run.train.timing"));
     double timedSeconds = 0;
     int64_t timedSteps = 0;
-    for (int64_t k = 0; timedSteps < 400 && (timedSteps < 5 || timedSeconds < 2);
-         ++k) {
+    for (int64_t k = 0;
+         timedSteps < 400 && (timedSteps < 5 || timedSeconds < 2); ++k) {
       if (timing->epochDone(batch))
         timing->startEpoch(run.seed, ++timingEpoch);
       fillStepInputs(*timing, timingNoise, k);
@@ -1228,16 +1230,21 @@ int runTrain(const Options &options) {
         ++timedSteps;
       }
     }
-    Dataset sample = *test;
-    const int64_t sampleBatches = std::min<int64_t>(4, (test->n + batch - 1) / batch);
+    const int64_t testBatches = (test->n + batch - 1) / batch;
+    const int64_t sampleBatches = std::min<int64_t>(4, testBatches);
+    Dataset sample;
+    sample.channels = test->channels;
+    sample.height = test->height;
+    sample.width = test->width;
     sample.n = std::min(test->n, sampleBatches * batch);
-    sample.images.resize(size_t(sample.n * sample.imageSize()));
-    sample.labels.resize(size_t(sample.n));
+    sample.images.assign(test->images.begin(),
+                         test->images.begin() + sample.n * test->imageSize());
+    sample.labels.assign(test->labels.begin(), test->labels.begin() + sample.n);
     auto evalStart = Clock::now();
     if (Expected<EvalResult> r = evaluate(*session, sample); !r)
       return reportError(r.error());
-    const double evalSeconds = seconds(evalStart) / double(sampleBatches) *
-                               double((test->n + batch - 1) / batch);
+    const double evalSeconds =
+        seconds(evalStart) / double(sampleBatches) * double(testBatches);
     if (Error e = session->restoreCheckpoint(before))
       return reportError(e);
 
@@ -1248,7 +1255,7 @@ int runTrain(const Options &options) {
     const double usable = timeBudget * (1 - kBudgetMargin) - spent -
                           (evalEveryEpoch ? 0.0 : evalSeconds);
     const int64_t fit =
-        usable > 0 ? std::min<int64_t>(int64_t(usable / perEpoch), 1 << 30) : 0;
+        usable > 0 ? int64_t(std::min(usable / perEpoch, double(1 << 30))) : 0;
     if (fit < 1)
       return reportError(makeError(
           ErrorCode::Argument, "--time-budget ", options.get("--time-budget"),
@@ -1474,8 +1481,8 @@ int main(int argc, char **argv) {
           {"train",
            {{"--data", "--epochs", "--batch", "--lr", "--seed", "--threads",
              "--checkpoint-dir", "--resume", "--weights", "--log", "--plot",
-             "--max-steps", "--eval-every-epoch", "--time-budget", "-o", "--keep-checkpoints",
-             "--log-every", "--profile"},
+             "--max-steps", "--eval-every-epoch", "--time-budget", "-o",
+             "--keep-checkpoints", "--log-every", "--profile"},
             runTrain}},
           {"call",
            {{"--entry", "--weights", "--inputs", "-o", "--threads", "--state"},

@@ -864,6 +864,9 @@ bool metadataInteger(const Checkpoint &ckpt, const char *key, uint64_t &out,
 /// --time-budget: the share of the budget kept free for the run's noise
 /// (the step time varies from epoch to epoch on a shared machine).
 constexpr double kBudgetMargin = 0.04;
+/// --time-budget: training time before the epochs seen are trusted more
+/// than the timing (below it, timer noise and one-off costs dominate).
+constexpr double kReplanAfterSeconds = 10;
 
 int runTrain(const Options &options) {
   using Clock = std::chrono::steady_clock;
@@ -1199,6 +1202,7 @@ int runTrain(const Options &options) {
         t.f32()[k] = float(sampler.next());
   };
 
+  double budgetEvalSeconds = 0; // --time-budget's estimate of one eval
   if (timeBudget > 0) {
     // Time train_step on real batches (a separate iterator and noise
     // stream, so the run itself is the one `--epochs N` would give) and
@@ -1247,6 +1251,7 @@ int runTrain(const Options &options) {
         seconds(evalStart) / double(sampleBatches) * double(testBatches);
     if (Error e = session->restoreCheckpoint(before))
       return reportError(e);
+    budgetEvalSeconds = evalSeconds;
 
     const double perStep = timedSeconds / double(timedSteps);
     const double perEpoch = perStep * double(run.stepsPerEpoch) +
@@ -1321,7 +1326,9 @@ int runTrain(const Options &options) {
     std::fflush(stdout);
   };
 
-  for (int64_t epoch = it.epoch(); epoch < run.epochs && !stopped; ++epoch) {
+  const int64_t firstEpoch = it.epoch();
+  const double trainingStart = seconds(commandStart);
+  for (int64_t epoch = firstEpoch; epoch < run.epochs && !stopped; ++epoch) {
     if (epoch != it.epoch())
       it.startEpoch(run.seed, epoch);
     double epochLoss = 0, epochSeconds = 0;
@@ -1413,6 +1420,33 @@ int runTrain(const Options &options) {
       r.top1 = result->top1();
       if (Error e = record(r))
         return reportWriteError(e);
+    }
+    // --time-budget on a machine that became slower than it was when
+    // timed (shared hosts drift by 10 %): if the epochs seen so far say the
+    // rest would overrun, train fewer (the cosine schedule is shortened
+    // from here on); never more.
+    if (timeBudget > 0 && epoch + 1 < run.epochs &&
+        seconds(commandStart) - trainingStart >= kReplanAfterSeconds) {
+      const double elapsed = seconds(commandStart);
+      const double perEpoch =
+          (elapsed - trainingStart) / double(epoch + 1 - firstEpoch);
+      const double finalEval = evalEveryEpoch ? 0.0 : budgetEvalSeconds;
+      const int64_t left = run.epochs - (epoch + 1);
+      if (elapsed + double(left) * perEpoch + finalEval >
+          timeBudget * (1 - kBudgetMargin / 2)) {
+        const double usable =
+            timeBudget * (1 - kBudgetMargin) - elapsed - finalEval;
+        const int64_t fit = std::min<int64_t>(
+            left - 1, usable > 0 ? int64_t(usable / perEpoch) : 0);
+        std::fprintf(stderr,
+                     "moec-run: --time-budget %.0f s: epochs take %.1f s "
+                     "here, more than timed; %" PRId64
+                     " epochs fit, not %" PRId64 " (the schedule is "
+                     "shortened from step %" PRId64 ")\n",
+                     timeBudget, perEpoch, epoch + 1 + fit, run.epochs, step);
+        run.epochs = epoch + 1 + fit;
+        totalSteps = run.epochs * run.stepsPerEpoch;
+      }
     }
     BatchIteratorState next = it.state();
     next.epoch = epoch + 1;

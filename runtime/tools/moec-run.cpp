@@ -1208,6 +1208,7 @@ int runTrain(const Options &options) {
     // stream, so the run itself is the one `--epochs N` would give) and
     // eval on a few test batches, then put the weights and optimizer state
     // back and keep the epochs that fit.
+    session->setProfiling(false); // --profile times the training only
     Checkpoint before;
     before.path = "(the weights before timing)";
     before.params = session->parameters();
@@ -1251,6 +1252,7 @@ int runTrain(const Options &options) {
         seconds(evalStart) / double(sampleBatches) * double(testBatches);
     if (Error e = session->restoreCheckpoint(before))
       return reportError(e);
+    session->setProfiling(profileTop > 0);
     budgetEvalSeconds = evalSeconds;
 
     const double perStep = timedSeconds / double(timedSteps);

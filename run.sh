@@ -36,7 +36,7 @@ run="$out/train-$(date +%Y%m%d-%H%M%S)"
 length=()
 if [[ -n "${MOEC_EPOCHS:-}" ]]; then
   length=(--epochs "$MOEC_EPOCHS")
-elif [[ " $* " != *" --epochs "* ]]; then
+elif [[ " $* " != *" --epochs "* && " $* " != *" --epochs="* ]]; then
   budget=${MOEC_TIME_BUDGET:-1200}
   if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
     echo "run.sh: error: MOEC_TIME_BUDGET: expected whole seconds, got '$budget'" >&2

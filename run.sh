@@ -10,7 +10,8 @@
 # 20 minutes) for compile + train + evaluation: moec-run times train_step
 # and eval on this machine and trains as many epochs as fit what is left
 # after compiling (`moec-run train --time-budget`). MOEC_EPOCHS=N trains
-# exactly N epochs instead (no budget), as does an --epochs argument.
+# exactly N epochs instead (no budget), as does an --epochs argument; a
+# --time-budget argument replaces the budget.
 #
 # MOEC_SPEC overrides the spec; MOEC_EMIT_MLIR=1 also prints the moe module.
 # Extra arguments go to `moec-run train` (e.g. --threads 1, --max-steps 100).
@@ -36,7 +37,7 @@ run="$out/train-$(date +%Y%m%d-%H%M%S)"
 length=()
 if [[ -n "${MOEC_EPOCHS:-}" ]]; then
   length=(--epochs "$MOEC_EPOCHS")
-elif [[ " $* " != *" --epochs "* && " $* " != *" --epochs="* ]]; then
+elif [[ " $* " != *" --epochs"[\ =]* && " $* " != *" --time-budget"[\ =]* ]]; then
   budget=${MOEC_TIME_BUDGET:-1200}
   if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
     echo "run.sh: error: MOEC_TIME_BUDGET: expected whole seconds, got '$budget'" >&2

@@ -2,8 +2,7 @@
 //
 // The cost model the compiler reports (moe-annotate-costs, later the
 // artifact manifest): FLOPs of one moe or linalg op with a multiply-add
-// counted as 2, and
-// the expected experts per token of a MoE layer.
+// counted as 2, and the expected experts per token of a MoE layer.
 //
 //===----------------------------------------------------------------------===//
 

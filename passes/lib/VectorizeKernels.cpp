@@ -206,8 +206,23 @@ struct VectorizeKernelsPass
           succeeded(collapsed))
         op = *collapsed;
 
-    // 1. Tile every op; peel vector loops whose tile does not divide.
+    // 1. Contractions with a short reduction whose accumulators start as a
+    // fill or a broadcast: tiles that compute their own init.
+    DenseSet<Operation *> done;
     for (linalg::LinalgOp op : ops) {
+      if (hasLongReduction(op))
+        continue;
+      FailureOr<bool> handled = tileWithAccumulatorInit(rewriter, op, done);
+      if (failed(handled))
+        return signalPassFailure();
+      if (*handled)
+        done.insert(op.getOperation());
+    }
+
+    // 2. Tile every other op; peel vector loops whose tile does not divide.
+    for (linalg::LinalgOp op : ops) {
+      if (done.contains(op.getOperation()))
+        continue;
       if (FailureOr<linalg::LinalgOp> inner = blockReduction(rewriter, op);
           succeeded(inner))
         op = *inner;
@@ -245,11 +260,11 @@ struct VectorizeKernelsPass
       }
     }
 
-    // 2. Fold the peeled tiles' sizes to constants (static tile types).
+    // 3. Fold the peeled tiles' sizes to constants (static tile types).
     if (failed(applyCleanupPatterns(/*vectorPatterns=*/false)))
       return signalPassFailure();
 
-    // 3. Vectorize every static linalg op of the kernels.
+    // 4. Vectorize every static linalg op of the kernels.
     SmallVector<linalg::LinalgOp> tiles;
     getOperation().walk([&](linalg::LinalgOp op) {
       if (op.hasPureTensorSemantics())
@@ -272,13 +287,145 @@ struct VectorizeKernelsPass
         rewriter.eraseOp(op);
     }
 
-    // 4. Transfers of extract_slice -> transfers of the source, reductions
+    // 5. Transfers of extract_slice -> transfers of the source, reductions
     // as contractions; then keep every K loop's accumulators in registers.
     if (failed(applyCleanupPatterns(/*vectorPatterns=*/true)))
       return signalPassFailure();
     getOperation().walk([&](scf::ForOp loop) {
       (void)hoistLoopInvariantSubsets(rewriter, loop);
     });
+    // 6. Accumulators that tiles initialize themselves: the hoisted read of
+    // the tile's init folds into the written vector (zeros, the bias row),
+    // and the init's write into the overwritten tile goes away.
+    if (failed(applyCleanupPatterns(/*vectorPatterns=*/true)))
+      return signalPassFailure();
+  }
+
+  /// The op that initializes the accumulators of contraction `op` when it
+  /// can be computed per register tile: a fill (zeros) or a broadcast (a
+  /// bias), used by nothing else.
+  static Operation *accumulatorInit(linalg::LinalgOp op) {
+    if (op.getNumDpsInits() != 1)
+      return nullptr;
+    Operation *init = op.getDpsInitOperand(0)->get().getDefiningOp();
+    if (!init || !init->hasOneUse())
+      return nullptr;
+    if (isa<linalg::FillOp, linalg::BroadcastOp>(init))
+      return init;
+    // A broadcast written as a generic: parallel loops, one input, the body
+    // yields the input element.
+    auto generic = dyn_cast<linalg::GenericOp>(init);
+    if (!generic || generic.getNumReductionLoops() != 0 ||
+        generic.getNumDpsInputs() != 1 || generic.getNumDpsInits() != 1)
+      return nullptr;
+    auto yield = cast<linalg::YieldOp>(generic.getBody()->getTerminator());
+    if (yield.getNumOperands() != 1 ||
+        yield.getOperand(0) != generic.getBody()->getArgument(0))
+      return nullptr;
+    return init;
+  }
+
+  /// Tiles a contraction whose accumulators are initialized by a fill or a
+  /// broadcast (accumulatorInit) over its parallel dimensions first and
+  /// computes the init per tile, then steps the reduction of each tile by
+  /// 1. The vectorized tile then writes the zeros (or the bias row) and
+  /// reads them back, which folds: the accumulators start in registers
+  /// instead of being set in memory by a separate pass over the whole output
+  /// and loaded again by every tile. Marks the ops it handled in `done`.
+  /// Returns whether it handled `op`; fails on an error.
+  FailureOr<bool> tileWithAccumulatorInit(RewriterBase &rewriter,
+                                          linalg::LinalgOp op,
+                                          DenseSet<Operation *> &done) {
+    if (!(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)))
+      return false;
+    Operation *init = accumulatorInit(op);
+    SmallVector<int64_t> ranges = op.getStaticLoopRanges();
+    if (!init || llvm::any_of(ranges, ShapedType::isDynamic))
+      return false;
+    auto [tiles, vectorDim] = chooseTiles(op);
+    SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
+    SmallVector<OpFoldResult> parallelSizes;
+    for (auto [t, it] : llvm::zip(tiles, iters))
+      parallelSizes.push_back(rewriter.getIndexAttr(
+          it == utils::IteratorType::parallel ? t : 0));
+    scf::SCFTileAndFuseOptions options;
+    options.tilingOptions.setTileSizes(parallelSizes);
+    options.setFusionControlFn(
+        [init](tensor::ExtractSliceOp, OpResult producer, bool isDestination)
+            -> std::optional<scf::SCFTileAndFuseOptions::ControlFnResult> {
+          if (isDestination && producer.getOwner() == init)
+            return scf::SCFTileAndFuseOptions::ControlFnResult{};
+          return std::nullopt;
+        });
+    rewriter.setInsertionPoint(op);
+    FailureOr<scf::SCFTileAndFuseResult> fused =
+        scf::tileConsumerAndFuseProducersUsingSCF(
+            rewriter, cast<TilingInterface>(op.getOperation()), options);
+    if (failed(fused))
+      return false;
+    if (!fused->fusedProducers.contains(init))
+      return op->emitOpError("tiling fused no accumulator init"), failure();
+    for (OpResult result : op->getResults())
+      rewriter.replaceAllUsesWith(result, fused->replacements.lookup(result));
+    done.insert(init);
+    rewriter.eraseOp(op);
+    if (init->use_empty())
+      rewriter.eraseOp(init);
+    // Peel the vector dimension's loop when its tile does not divide.
+    SmallVector<Operation *> nests;
+    if (!fused->loops.empty())
+      nests.push_back(fused->loops.front().getOperation());
+    if (vectorDim >= 0 && ranges[vectorDim] % tiles[vectorDim] != 0) {
+      int64_t loopIndex = 0;
+      for (int64_t d = 0; d < vectorDim; ++d)
+        loopIndex += tiles[d] != 0 && iters[d] == utils::IteratorType::parallel;
+      if (loopIndex < static_cast<int64_t>(fused->loops.size()))
+        if (auto loop = dyn_cast<scf::ForOp>(
+                fused->loops[loopIndex].getOperation())) {
+          scf::ForOp partial;
+          // The partial tile's loop is the peeled loop's sibling: inside
+          // the outermost loop unless it is that loop.
+          if (succeeded(scf::peelForLoopAndSimplifyBounds(rewriter, loop,
+                                                          partial)) &&
+              loopIndex == 0)
+            nests.push_back(partial.getOperation());
+        }
+    }
+    // Every op in the nests: the per-tile inits stay whole (vectorized as
+    // one write), the contractions step their reduction by 1.
+    SmallVector<linalg::LinalgOp> inner;
+    for (Operation *nest : nests)
+      nest->walk([&](linalg::LinalgOp tileOp) { inner.push_back(tileOp); });
+    for (linalg::LinalgOp tileOp : inner) {
+      if (tileOp.getNumReductionLoops() == 0)
+        continue;
+      SmallVector<OpFoldResult> sizes;
+      for (utils::IteratorType it : tileOp.getIteratorTypesArray())
+        sizes.push_back(rewriter.getIndexAttr(
+            it == utils::IteratorType::reduction ? 1 : 0));
+      scf::SCFTilingOptions reduce;
+      reduce.setTileSizes(sizes);
+      rewriter.setInsertionPoint(tileOp);
+      FailureOr<scf::SCFTilingResult> stepped = scf::tileUsingSCF(
+          rewriter, cast<TilingInterface>(tileOp.getOperation()), reduce);
+      if (failed(stepped))
+        return tileOp->emitOpError("could not step the reduction of a tile"),
+               failure();
+      rewriter.replaceOp(tileOp, stepped->replacements);
+    }
+    return true;
+  }
+
+  /// Contractions that blockReduction may block: one reduction of at least
+  /// 256 steps (weight gradients), where initializing the accumulators in
+  /// memory costs little next to the reduction.
+  static bool hasLongReduction(linalg::LinalgOp op) {
+    SmallVector<int64_t> ranges = op.getStaticLoopRanges();
+    for (auto [r, it] : llvm::zip(ranges, op.getIteratorTypesArray()))
+      if (it == utils::IteratorType::reduction &&
+          (ShapedType::isDynamic(r) || r >= 256))
+        return true;
+    return false;
   }
 
   /// A contraction with one long reduction (a weight gradient summing over

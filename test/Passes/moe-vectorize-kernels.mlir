@@ -5,9 +5,9 @@
 // CHECK-LABEL: func.func @moec_k0
 // CHECK: scf.for %[[M:.*]] = %{{.*}} to %{{.*}} step %c5
 // CHECK:   %[[ACC:.*]] = vector.transfer_read {{.*}} : tensor<10x32xf32>, vector<5x32xf32>
-// CHECK:   %[[R:.*]]:2 = scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %{{.*}}, %[[A:.*]] = %[[ACC]]) -> (tensor<10x32xf32>, vector<5x32xf32>)
+// CHECK:   %[[R:.*]] = scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[ACC]]) -> (vector<5x32xf32>)
 // CHECK:     vector.contract {{.*}} : vector<5x1xf32>, vector<1x32xf32> into vector<5x32xf32>
-// CHECK:   vector.transfer_write %[[R]]#1
+// CHECK:   vector.transfer_write %[[R]]
 // CHECK-NOT: linalg.matmul
 func.func @moec_k0(%a: tensor<10x64xf32>, %b: tensor<64x32xf32>, %c: tensor<10x32xf32>) -> tensor<10x32xf32> attributes {moe.kernel} {
   %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x32xf32>) outs(%c : tensor<10x32xf32>) -> tensor<10x32xf32>
@@ -64,4 +64,44 @@ func.func @moec_k2(%x: tensor<2x50x8xf32>, %dy: tensor<2x50x64xf32>, %w: tensor<
     linalg.yield %2 : f32
   } -> tensor<8x64xf32>
   return %0 : tensor<8x64xf32>
+}
+
+// -----
+
+// A matmul whose accumulators start as zeros (a linalg.fill of the output):
+// each register tile starts its K loop from a zero vector in registers; no
+// pass over the whole output sets it to zero in memory first.
+// CHECK-LABEL: func.func @moec_k3
+// CHECK-DAG: %[[ZERO:.*]] = arith.constant dense<0.000000e+00> : vector<5x32xf32>
+// CHECK: scf.for %[[M:.*]] = %{{.*}} to %c10 step %c5 iter_args(%[[OUT:.*]] = %{{.*}}) -> (tensor<10x32xf32>)
+// CHECK-NEXT: %[[ACC:.*]] = scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[ZERO]]) -> (vector<5x32xf32>)
+// CHECK: vector.contract {{.*}} : vector<5x1xf32>, vector<1x32xf32> into vector<5x32xf32>
+// CHECK: vector.transfer_write %[[ACC]], %[[OUT]][%[[M]], %{{.*}}]
+// CHECK-NOT: linalg.fill
+// CHECK-NOT: vector.transfer_write %[[ZERO]]
+func.func @moec_k3(%a: tensor<10x64xf32>, %b: tensor<64x32xf32>, %c: tensor<10x32xf32>) -> tensor<10x32xf32> attributes {moe.kernel} {
+  %zero = arith.constant 0.0 : f32
+  %init = linalg.fill ins(%zero : f32) outs(%c : tensor<10x32xf32>) -> tensor<10x32xf32>
+  %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x32xf32>) outs(%init : tensor<10x32xf32>) -> tensor<10x32xf32>
+  return %0 : tensor<10x32xf32>
+}
+
+// -----
+
+// A matmul whose accumulators start as the bias broadcast over rows: every
+// tile, the peeled 2-column one too, starts from its columns of the bias in
+// registers.
+// CHECK-LABEL: func.func @moec_k4
+// CHECK: scf.for %[[N:.*]] = %{{.*}} to %c48 step %c16
+// CHECK:   %[[B:.*]] = vector.transfer_read %{{.*}}[%[[N]]], %{{.*}} : tensor<50xf32>, vector<16xf32>
+// CHECK:   %[[BB:.*]] = vector.broadcast %[[B]] : vector<16xf32> to vector<10x16xf32>
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[BB]]) -> (vector<10x16xf32>)
+// CHECK: %[[T:.*]] = vector.transfer_read %{{.*}}[%c48], %{{.*}} : tensor<50xf32>, vector<2xf32>
+// CHECK: %[[TB:.*]] = vector.broadcast %[[T]] : vector<2xf32> to vector<10x2xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[TB]]) -> (vector<10x2xf32>)
+// CHECK-NOT: linalg.broadcast
+func.func @moec_k4(%a: tensor<10x64xf32>, %b: tensor<64x50xf32>, %bias: tensor<50xf32>, %c: tensor<10x50xf32>) -> tensor<10x50xf32> attributes {moe.kernel} {
+  %init = linalg.broadcast ins(%bias : tensor<50xf32>) outs(%c : tensor<10x50xf32>) dimensions = [0]
+  %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x50xf32>) outs(%init : tensor<10x50xf32>) -> tensor<10x50xf32>
+  return %0 : tensor<10x50xf32>
 }

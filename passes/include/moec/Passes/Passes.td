@@ -219,6 +219,15 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::func::FuncOp"> {
     each other's loads from L1 instead of each streaming the whole
     reduction from L2.
 
+    A contraction with a short reduction whose output starts as a
+    `linalg.fill` or a broadcast (a bias; `linalg.broadcast` or a generic
+    that yields its one input), used by nothing else, is first tiled over
+    its parallel dimensions with that init fused into each tile, then each
+    tile's reduction is stepped by 1. After vectorization the tile's read of
+    its own init folds into the written vector, so the accumulators start
+    as zeros (or the bias row) in registers: no pass sets the whole output
+    in memory before the matmul and no tile loads it back.
+
     Each tile is vectorized with linalg's vectorizer (tiles divide the
     shapes, so no masking is needed). The loop-invariant accumulator
     reads/writes of every K loop are then hoisted out of it, so the

@@ -559,19 +559,27 @@ LogicalResult PatchEmbedOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   int64_t dm = TB::shape(getWeight())[1];
   // dW4[c, pi, pj, d] = sum_{n, hi, wi} img[n, c, hi p + pi, wi p + pj]
   //                                      * dy[n, hi wp + wi, d]
-  // loops (d, c, pi, pj, n, hi, wi): split over the embedding columns.
   auto d = [&](unsigned i) { return tb.d(i); };
-  // dy as [N, hp, wp, D] first, so every loop dimension has an operand
-  // dimension of its own.
+  // dy as [N, hp, wp, D] and the image as its patches [N, hp, wp, C, p, p]
+  // first: every operand then reads the loop dimensions in order, so the
+  // reduction over (n, hi, wi) collapses into one over images x patches and
+  // the tiles lower to outer products, like any weight gradient. (Read
+  // straight from the image through hi p + pi, the three reductions stayed
+  // separate and the product ran at a few GFLOP/s.)
   int64_t hp = img[2] / p;
   Value dy4 = tb.pointwise({dys[0]}, {img[0], hp, wp, dm},
                            {tb.map(4, {d(0), d(1) * wp + d(2), d(3)})},
                            [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  Value patches = tb.pointwise(
+      {getInput()}, {img[0], hp, wp, c, p, p},
+      {tb.map(6, {d(0), d(3), d(1) * p + d(4), d(2) * p + d(5)})},
+      [](OpBuilder &, Location, ValueRange a) { return a[0]; });
+  // Loops (c, pi, pj, d, n, hi, wi): the embedding columns innermost of the
+  // parallel ones (the vector dimension).
   Value dw4 = tb.generic(
-      {getInput(), dy4},
-      {tb.map(7, {d(4), d(1), d(5) * p + d(2), d(6) * p + d(3)}),
-       tb.dims(7, {4, 5, 6, 0})},
-      tb.zeros({c, p, p, dm}), tb.map(7, {d(1), d(2), d(3), d(0)}),
+      {patches, dy4},
+      {tb.dims(7, {4, 5, 6, 0, 1, 2}), tb.dims(7, {4, 5, 6, 3})},
+      tb.zeros({c, p, p, dm}), tb.dims(7, {0, 1, 2, 3}),
       {kPar, kPar, kPar, kPar, kRed, kRed, kRed},
       [](OpBuilder &nb, Location nl, ValueRange a) {
         return addf(nb, nl, a[2], mulf(nb, nl, a[0], a[1]));

@@ -1220,10 +1220,14 @@ int runTrain(const Options &options) {
     int64_t timingEpoch = 0;
     timing->startEpoch(run.seed, timingEpoch);
     NormalSampler timingNoise(parameterSeed(run.seed, "moec-run.train.timing"));
+    // The median step: a burst of load from another tenant during the few
+    // seconds of timing (it happens on shared hosts) moves the mean, and a
+    // schedule planned from it would be far too short.
     double timedSeconds = 0;
-    int64_t timedSteps = 0;
-    for (int64_t k = 0;
-         timedSteps < 400 && (timedSteps < 5 || timedSeconds < 2); ++k) {
+    std::vector<double> stepSeconds;
+    for (int64_t k = 0; stepSeconds.size() < 400 &&
+                        (stepSeconds.size() < 8 || timedSeconds < 3);
+         ++k) {
       if (timing->epochDone(batch))
         timing->startEpoch(run.seed, ++timingEpoch);
       fillStepInputs(*timing, timingNoise, k);
@@ -1231,10 +1235,14 @@ int runTrain(const Options &options) {
       if (Error e = session->run(trainEntry, batch))
         return reportError(e);
       if (k >= 2) { // the first steps warm the caches and the thread pool
-        timedSeconds += seconds(start);
-        ++timedSteps;
+        stepSeconds.push_back(seconds(start));
+        timedSeconds += stepSeconds.back();
       }
     }
+    std::nth_element(stepSeconds.begin(),
+                     stepSeconds.begin() + stepSeconds.size() / 2,
+                     stepSeconds.end());
+    const double perStep = stepSeconds[stepSeconds.size() / 2];
     const int64_t testBatches = (test->n + batch - 1) / batch;
     const int64_t sampleBatches = std::min<int64_t>(4, testBatches);
     Dataset sample;
@@ -1255,7 +1263,6 @@ int runTrain(const Options &options) {
     session->setProfiling(profileTop > 0);
     budgetEvalSeconds = evalSeconds;
 
-    const double perStep = timedSeconds / double(timedSteps);
     const double perEpoch = perStep * double(run.stepsPerEpoch) +
                             (evalEveryEpoch ? evalSeconds : 0.0);
     const double spent = seconds(commandStart);
@@ -1423,10 +1430,13 @@ int runTrain(const Options &options) {
       if (Error e = record(r))
         return reportWriteError(e);
     }
-    // --time-budget on a machine that became slower than it was when
-    // timed (shared hosts drift by 10 %): if the epochs seen so far say the
-    // rest would overrun, train fewer (the cosine schedule is shortened
-    // from here on); never more.
+    // --time-budget on a shared host whose speed drifts (by 10 % within
+    // minutes, by 2x during a burst of load from another tenant) re-plans
+    // from the epochs seen so far. While every step so far was a warm-up
+    // step (their learning rate does not depend on the total), the count
+    // moves freely, up or down: the run stays the one `--epochs N` gives
+    // for the new N. After the warm-up it only shortens, when the rest
+    // would overrun (the cosine schedule is shortened from that step).
     if (timeBudget > 0 && epoch + 1 < run.epochs &&
         seconds(commandStart) - trainingStart >= kReplanAfterSeconds) {
       const double elapsed = seconds(commandStart);
@@ -1434,12 +1444,24 @@ int runTrain(const Options &options) {
           (elapsed - trainingStart) / double(epoch + 1 - firstEpoch);
       const double finalEval = evalEveryEpoch ? 0.0 : budgetEvalSeconds;
       const int64_t left = run.epochs - (epoch + 1);
-      if (elapsed + double(left) * perEpoch + finalEval >
-          timeBudget * (1 - kBudgetMargin / 2)) {
-        const double usable =
-            timeBudget * (1 - kBudgetMargin) - elapsed - finalEval;
-        const int64_t fit = std::min<int64_t>(
-            left - 1, usable > 0 ? int64_t(usable / perEpoch) : 0);
+      const double usable =
+          timeBudget * (1 - kBudgetMargin) - elapsed - finalEval;
+      const int64_t fits =
+          usable > 0 ? int64_t(std::min(usable / perEpoch, double(1 << 30)))
+                     : 0;
+      if (step <= warmupSteps && fits != left) {
+        std::fprintf(stderr,
+                     "moec-run: --time-budget %.0f s: epochs take %.1f s "
+                     "here, %s than timed; %" PRId64 " epochs fit, not %" PRId64
+                     " (still in the warm-up: the run is the one --epochs "
+                     "%" PRId64 " gives)\n",
+                     timeBudget, perEpoch, fits > left ? "less" : "more",
+                     epoch + 1 + fits, run.epochs, epoch + 1 + fits);
+        run.epochs = epoch + 1 + fits;
+        totalSteps = run.epochs * run.stepsPerEpoch;
+      } else if (elapsed + double(left) * perEpoch + finalEval >
+                 timeBudget * (1 - kBudgetMargin / 2)) {
+        const int64_t fit = std::min<int64_t>(left - 1, fits);
         std::fprintf(stderr,
                      "moec-run: --time-budget %.0f s: epochs take %.1f s "
                      "here, more than timed; %" PRId64

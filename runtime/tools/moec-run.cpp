@@ -17,6 +17,7 @@
 #include "moec/Runtime/Weights.h"
 #include "moec/Runtime/SafeTensors.h"
 #include "moec/Runtime/Session.h"
+#include "moec/Runtime/TimeBudget.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -861,9 +862,6 @@ bool metadataInteger(const Checkpoint &ckpt, const char *key, uint64_t &out,
   return true;
 }
 
-/// --time-budget: the share of the budget kept free for the run's noise
-/// (the step time varies from epoch to epoch on a shared machine).
-constexpr double kBudgetMargin = 0.04;
 /// --time-budget: training time before the epochs seen are trusted more
 /// than the timing (below it, timer noise and one-off costs dominate).
 constexpr double kReplanAfterSeconds = 10;
@@ -1266,10 +1264,8 @@ int runTrain(const Options &options) {
     const double perEpoch = perStep * double(run.stepsPerEpoch) +
                             (evalEveryEpoch ? evalSeconds : 0.0);
     const double spent = seconds(commandStart);
-    const double usable = timeBudget * (1 - kBudgetMargin) - spent -
-                          (evalEveryEpoch ? 0.0 : evalSeconds);
-    const int64_t fit =
-        usable > 0 ? int64_t(std::min(usable / perEpoch, double(1 << 30))) : 0;
+    const int64_t fit = epochsThatFit(timeBudget, spent, perEpoch,
+                                      evalEveryEpoch ? 0.0 : evalSeconds);
     if (fit < 1)
       return reportError(makeError(
           ErrorCode::Argument, "--time-budget ", options.get("--time-budget"),
@@ -1287,7 +1283,7 @@ int runTrain(const Options &options) {
                  " epochs fit (%.0f s spent before training, %.0f%% of the "
                  "budget kept free)\n",
                  timeBudget, perStep * 1000, evalSeconds, perEpoch, run.epochs,
-                 spent, kBudgetMargin * 100);
+                 spent, kTimeBudgetMargin * 100);
   }
 
   const bool tty = ::isatty(STDERR_FILENO);
@@ -1439,38 +1435,34 @@ int runTrain(const Options &options) {
     // would overrun (the cosine schedule is shortened from that step).
     if (timeBudget > 0 && epoch + 1 < run.epochs &&
         seconds(commandStart) - trainingStart >= kReplanAfterSeconds) {
-      const double elapsed = seconds(commandStart);
-      const double perEpoch =
-          (elapsed - trainingStart) / double(epoch + 1 - firstEpoch);
-      const double finalEval = evalEveryEpoch ? 0.0 : budgetEvalSeconds;
-      const int64_t left = run.epochs - (epoch + 1);
-      const double usable =
-          timeBudget * (1 - kBudgetMargin) - elapsed - finalEval;
-      const int64_t fits =
-          usable > 0 ? int64_t(std::min(usable / perEpoch, double(1 << 30)))
-                     : 0;
-      if (step <= warmupSteps && fits != left) {
+      BudgetProgress p;
+      p.budget = timeBudget;
+      p.elapsed = seconds(commandStart);
+      p.perEpoch = (p.elapsed - trainingStart) / double(epoch + 1 - firstEpoch);
+      p.finalEval = evalEveryEpoch ? 0.0 : budgetEvalSeconds;
+      p.epochsDone = epoch + 1;
+      p.epochsPlanned = run.epochs;
+      p.stepsDone = step;
+      p.warmupSteps = warmupSteps;
+      const EpochReplan plan = replanEpochs(p);
+      if (plan.kind == EpochReplan::Kind::Warmup)
         std::fprintf(stderr,
                      "moec-run: --time-budget %.0f s: epochs take %.1f s "
                      "here, %s than timed; %" PRId64 " epochs fit, not %" PRId64
                      " (still in the warm-up: the run is the one --epochs "
                      "%" PRId64 " gives)\n",
-                     timeBudget, perEpoch, fits > left ? "less" : "more",
-                     epoch + 1 + fits, run.epochs, epoch + 1 + fits);
-        run.epochs = epoch + 1 + fits;
-        totalSteps = run.epochs * run.stepsPerEpoch;
-      } else if (elapsed + double(left) * perEpoch + finalEval >
-                 timeBudget * (1 - kBudgetMargin / 2)) {
-        const int64_t fit = std::min<int64_t>(left - 1, fits);
+                     timeBudget, p.perEpoch,
+                     plan.epochs > run.epochs ? "less" : "more", plan.epochs,
+                     run.epochs, plan.epochs);
+      else if (plan.kind == EpochReplan::Kind::Shorten)
         std::fprintf(stderr,
                      "moec-run: --time-budget %.0f s: epochs take %.1f s "
                      "here, more than timed; %" PRId64
                      " epochs fit, not %" PRId64 " (the schedule is "
                      "shortened from step %" PRId64 ")\n",
-                     timeBudget, perEpoch, epoch + 1 + fit, run.epochs, step);
-        run.epochs = epoch + 1 + fit;
-        totalSteps = run.epochs * run.stepsPerEpoch;
-      }
+                     timeBudget, p.perEpoch, plan.epochs, run.epochs, step);
+      run.epochs = plan.epochs;
+      totalSteps = run.epochs * run.stepsPerEpoch;
     }
     BatchIteratorState next = it.state();
     next.epoch = epoch + 1;

@@ -105,3 +105,43 @@ func.func @moec_k4(%a: tensor<10x64xf32>, %b: tensor<64x50xf32>, %bias: tensor<5
   %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x50xf32>) outs(%init : tensor<10x50xf32>) -> tensor<10x50xf32>
   return %0 : tensor<10x50xf32>
 }
+
+// -----
+
+// A bias broadcast written as a generic (what the VJPs emit) is an init the
+// tiles compute themselves too.
+// CHECK-LABEL: func.func @moec_k5
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c10 step %c5
+// CHECK:   %[[B:.*]] = vector.transfer_read %{{.*}}[%c0], %{{.*}} : tensor<32xf32>, vector<32xf32>
+// CHECK:   %[[BB:.*]] = vector.broadcast %[[B]] : vector<32xf32> to vector<5x32xf32>
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[BB]]) -> (vector<5x32xf32>)
+// CHECK-NOT: linalg.generic
+#bias = affine_map<(m, n) -> (n)>
+#all = affine_map<(m, n) -> (m, n)>
+func.func @moec_k5(%a: tensor<10x64xf32>, %b: tensor<64x32xf32>, %bias: tensor<32xf32>, %c: tensor<10x32xf32>) -> tensor<10x32xf32> attributes {moe.kernel} {
+  %init = linalg.generic {indexing_maps = [#bias, #all], iterator_types = ["parallel", "parallel"]} ins(%bias : tensor<32xf32>) outs(%c : tensor<10x32xf32>) {
+  ^bb0(%in: f32, %out: f32):
+    linalg.yield %in : f32
+  } -> tensor<10x32xf32>
+  %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x32xf32>) outs(%init : tensor<10x32xf32>) -> tensor<10x32xf32>
+  return %0 : tensor<10x32xf32>
+}
+
+// -----
+
+// A fill that something else reads too stays a pass of its own over the
+// whole tensor (written row by row), and the matmul's tiles load it: the
+// zeros the other user sees must be there.
+// CHECK-LABEL: func.func @moec_k6
+// CHECK: %[[Z:.*]] = scf.for %{{.*}} = %{{.*}} to %c10 step %c1
+// CHECK:   vector.transfer_write %{{.*}} : vector<1x32xf32>, tensor<10x32xf32>
+// CHECK: %[[R:.*]] = scf.for %[[M:.*]] = %{{.*}} to %c10 step %c5 iter_args(%[[OUT:.*]] = %[[Z]])
+// CHECK:   %[[ACC:.*]] = vector.transfer_read %[[OUT]][%[[M]], %c0]
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[ACC]])
+// CHECK: return %[[R]], %[[Z]]
+func.func @moec_k6(%a: tensor<10x64xf32>, %b: tensor<64x32xf32>, %c: tensor<10x32xf32>) -> (tensor<10x32xf32>, tensor<10x32xf32>) attributes {moe.kernel} {
+  %zero = arith.constant 0.0 : f32
+  %init = linalg.fill ins(%zero : f32) outs(%c : tensor<10x32xf32>) -> tensor<10x32xf32>
+  %0 = linalg.matmul ins(%a, %b : tensor<10x64xf32>, tensor<64x32xf32>) outs(%init : tensor<10x32xf32>) -> tensor<10x32xf32>
+  return %0, %init : tensor<10x32xf32>, tensor<10x32xf32>
+}

@@ -25,7 +25,7 @@ int64_t epochsThatFit(double budget, double spent, double perEpoch,
 
 /// Where a budgeted run stands after an epoch.
 struct BudgetProgress {
-  double budget = 0;    ///< T, seconds since the command started
+  double budget = 0;    ///< T in seconds, counted from the command's start
   double elapsed = 0;   ///< seconds since the command started
   double perEpoch = 0;  ///< mean seconds per epoch so far (with its eval)
   double finalEval = 0; ///< seconds of evaluation still due at the end

@@ -663,15 +663,28 @@ LogicalResult AttentionOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
     return success();
   TB tb(b, getLoc());
   Value x = getInput(), dy = dys[0];
-  // Recompute the projections' input qkv; the core's backward (and its
-  // recomputed output, for the output projection's weight gradient) is one
-  // per-image op: moe.attention_grad.
-  Value qkv = linearForward(tb, x, getQkvWeight(), getQkvBias());
-  Value dheads = linearInputGrad(tb, getOutWeight(), dy, TB::shape(x));
-  auto core = AttentionGradOp::create(b, getLoc(), TypeRange{qkv.getType(), x.getType()},
-                                      qkv, dheads, getHeadsAttr());
-  Value dqkv = core.getDqkv();
-  LinearGrads out = linearVJP(tb, core.getOutput(), getOutWeight(), dy,
+  ArrayRef<int64_t> xs = TB::shape(x);
+  // The forward becomes moe.attention_train, which also writes what the
+  // backward reads: the projected qkv, the heads O and every score row's
+  // log-sum-exp. This op is left without uses; moe-autodiff erases it.
+  OpBuilder fb(getOperation());
+  fb.setInsertionPointAfter(getOperation());
+  Type f32 = getElementTypeOrSelf(x.getType());
+  auto train = AttentionTrainOp::create(
+      fb, getLoc(),
+      TypeRange{x.getType(), RankedTensorType::get({xs[0], xs[1], 3 * xs[2]}, f32),
+                x.getType(),
+                RankedTensorType::get({xs[0], static_cast<int64_t>(getHeads()), xs[1]}, f32)},
+      x, getQkvWeight(), getQkvBias(), getOutWeight(), getOutBias(),
+      getHeadsAttr());
+  getResult().replaceAllUsesWith(train.getResult());
+  // The core's backward is one per-image op, moe.attention_grad.
+  Value dheads = linearInputGrad(tb, getOutWeight(), dy, xs);
+  Value dqkv = AttentionGradOp::create(b, getLoc(), train.getQkv().getType(),
+                                       train.getQkv(), train.getOutput(),
+                                       train.getLse(), dheads, getHeadsAttr())
+                   .getDqkv();
+  LinearGrads out = linearVJP(tb, train.getOutput(), getOutWeight(), dy,
                               /*wantDx=*/false, /*wantBias=*/true);
   LinearGrads in = linearVJP(tb, x, getQkvWeight(), dqkv, true, true);
   grads.assign({in.dx, in.dw, in.db, out.dw, out.db});

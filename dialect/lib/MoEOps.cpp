@@ -137,22 +137,69 @@ LogicalResult AttentionOp::verify() {
                                  getHeads()));
 }
 
+namespace {
+/// "[a, b, c]" for error messages.
+std::string shapeString(ArrayRef<int64_t> shape) {
+  std::string out = "[";
+  for (auto [i, d] : llvm::enumerate(shape))
+    out += (i ? ", " : "") + std::to_string(d);
+  return out + "]";
+}
+
+/// The residuals of attention over images [N, S, D] with `heads` heads:
+/// qkv [N, S, 3D], output [N, S, D], lse [N, heads, S].
+LogicalResult verifyAttentionResiduals(Operation *op, ArrayRef<int64_t> x,
+                                       int64_t heads, Value qkv, Value output,
+                                       Value lse) {
+  SmallVector<int64_t> want[3] = {{x[0], x[1], 3 * x[2]},
+                                  {x[0], x[1], x[2]},
+                                  {x[0], heads, x[1]}};
+  StringRef names[3] = {"qkv", "output", "lse"};
+  Value got[3] = {qkv, output, lse};
+  for (int i = 0; i < 3; ++i)
+    if (shapeOf(got[i]) != ArrayRef<int64_t>(want[i]))
+      return op->emitOpError()
+             << "expects " << names[i] << " " << shapeString(want[i])
+             << " for images " << shapeString(x) << " and " << heads
+             << " heads, got " << shapeString(shapeOf(got[i]));
+  return success();
+}
+} // namespace
+
+LogicalResult AttentionTrainOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  if (failed(verifyResult(
+          *this, inferAttentionShape(emit, shapeOf(getInput()),
+                                     shapeOf(getQkvWeight()), shapeOf(getQkvBias()),
+                                     shapeOf(getOutWeight()), shapeOf(getOutBias()),
+                                     getHeads()))))
+    return failure();
+  ArrayRef<int64_t> x = shapeOf(getInput());
+  if (llvm::is_contained(x, ShapedType::kDynamic))
+    return emitOpError() << "expects a static input shape, got " << getInput().getType();
+  return verifyAttentionResiduals(*this, x, getHeads(), getQkv(), getOutput(),
+                                  getLse());
+}
+
 LogicalResult AttentionGradOp::verify() {
   if (failed(verifyElementTypes(*this)))
     return failure();
-  ArrayRef<int64_t> qkv = shapeOf(getQkv()), dh = shapeOf(getDheads());
-  if (qkv.size() != 3 || dh.size() != 3)
-    return emitOpError() << "expects qkv [N, S, 3D] and dheads [N, S, D]";
-  if (qkv[0] != dh[0] || qkv[1] != dh[1] || qkv[2] != 3 * dh[2])
-    return emitOpError() << "expects qkv [" << dh[0] << ", " << dh[1] << ", "
-                         << 3 * dh[2] << "] for dheads [" << dh[0] << ", "
-                         << dh[1] << ", " << dh[2] << "], got [" << qkv[0]
-                         << ", " << qkv[1] << ", " << qkv[2] << "]";
+  ArrayRef<int64_t> dh = shapeOf(getDheads());
+  if (dh.size() != 3 || llvm::is_contained(dh, ShapedType::kDynamic))
+    return emitOpError() << "expects dheads [N, S, D] of static shape, got "
+                         << getDheads().getType();
   if (dh[2] % getHeads() != 0)
     return emitOpError() << "expects heads (" << getHeads()
                          << ") to divide the model width " << dh[2];
-  if (shapeOf(getDqkv()) != qkv || shapeOf(getOutput()) != dh)
-    return emitOpError() << "expects results shaped like qkv and dheads";
+  if (failed(verifyAttentionResiduals(*this, dh, getHeads(), getQkv(),
+                                      getOutput(), getLse())))
+    return failure();
+  if (shapeOf(getDqkv()) != shapeOf(getQkv()))
+    return emitOpError() << "expects dqkv shaped like qkv "
+                         << shapeString(shapeOf(getQkv())) << ", got "
+                         << shapeString(shapeOf(getDqkv()));
   return success();
 }
 

@@ -33,6 +33,16 @@ int64_t ffnFlops(int64_t rows, int64_t d, int64_t h) {
   return rows * (4 * d * h + 2 * h + d);
 }
 
+/// moe.attention over images `input` [N, S, D]: the QKV and output
+/// projections, Q K^T and P V per head, the softmax.
+int64_t attentionFlops(Value input, int64_t heads) {
+  int64_t n = dim(input, 0), s = dim(input, 1), d = dim(input, 2);
+  int64_t projections = 2 * n * s * d * 4 * d;
+  int64_t scoresAndMix = 2 * 2 * n * s * s * d;
+  int64_t softmax = 5 * n * heads * s * s;
+  return projections + scoresAndMix + softmax;
+}
+
 /// A structured op's FLOPs: its loop nest's iterations times the float
 /// arithmetic of its body (constants, selects and casts are free; a
 /// multiply-add counts 2). Zero with a dynamic loop range.
@@ -69,19 +79,19 @@ int64_t moec::moe::estimateFlops(Operation *op) {
       // mean, variance, normalise, scale, shift.
       .Case([](LayerNormOp o) { return 5 * numel(o.getResult()); })
       .Case([](AttentionOp o) {
-        int64_t n = dim(o.getInput(), 0), s = dim(o.getInput(), 1),
-                d = dim(o.getInput(), 2), h = o.getHeads();
-        int64_t projections = 2 * n * s * d * 4 * d;
-        int64_t scoresAndMix = 2 * 2 * n * s * s * d;
-        int64_t softmax = 5 * n * h * s * s;
-        return projections + scoresAndMix + softmax;
+        return attentionFlops(o.getInput(), o.getHeads());
       })
-      // Per image and head: the recomputed scores and O = P V, then dV, dP,
-      // dQ and dK (six [S, S] x [S, dh] products), the softmax and its VJP.
+      // moe.attention plus the log-sum-exp of every score row.
+      .Case([](AttentionTrainOp o) {
+        return attentionFlops(o.getInput(), o.getHeads()) + 2 * numel(o.getLse());
+      })
+      // Per image and head: the recomputed scores, dP, dQ, dK and dV (five
+      // [S, S] x [S, dh] products), P from the scores and lse and dS (three
+      // operations per score each), rowsum(dO * O).
       .Case([](AttentionGradOp o) {
         int64_t n = dim(o.getQkv(), 0), s = dim(o.getQkv(), 1),
                 d = dim(o.getDheads(), 2), h = o.getHeads();
-        return 6 * 2 * n * s * s * d + 8 * n * h * s * s;
+        return 5 * 2 * n * s * s * d + 6 * n * h * s * s + 2 * n * s * d;
       })
       .Case([](DenseOp o) {
         int64_t rows = numel(o.getResult()) / std::max<int64_t>(1, dim(o.getWeight(), 1));

@@ -63,19 +63,24 @@ func.func @plain(%x: f32) -> f32 {
 // After moe-autodiff a function also holds linalg ops: iterations times the
 // body's float arithmetic. The matmul 2*8*16*32 = 8192; the generic
 // (subtract, multiply, exp; the constant and the select are free) 3*8*16 =
-// 384; the fill 0. attention_grad (2 images, S = 10, 2 heads of 4): six
-// [S, S] x [S, 4] products per image and head, 6*2*(2*2)*10*10*4 = 19200,
-// plus 8*2*2*10*10 = 3200 for the softmax and its VJP: 22400. The dense:
-// 2*20*8*8 = 2560. Sum 8192 + 384 + 22400 + 2560 = 33536.
+// 384; the fill 0. attention_train (2 images, S = 10, D = 8, 4 heads of 2):
+// moe.attention's projections 2*2*10*8*4*8 = 10240, Q K^T and P V
+// 2*2*2*10*10*8 = 6400, softmax 5*2*4*10*10 = 4000, plus 2 per lse entry
+// 2*(2*4*10) = 160: 20800. attention_grad: five [S, S] x [S, 2] products
+// per image and head, 5*2*2*10*10*8 = 16000, three operations per score for
+// P and three for dS, 6*2*4*10*10 = 4800, rowsum(dO * O) 2*2*10*8 = 320:
+// 21120. The dense: 2*20*8*8 = 2560. Sum 8192 + 384 + 20800 + 21120 + 2560
+// = 53056.
 // CHECK-LABEL: func.func @backward
-// CHECK-SAME: moe.flops = 33536 : i64
+// CHECK-SAME: moe.flops = 53056 : i64
 // PEROP-LABEL: func.func @backward
 // PEROP: linalg.fill {{.*}}moe.flops = 0 : i64
 // PEROP: linalg.matmul {{.*}}moe.flops = 8192 : i64
 // PEROP: linalg.generic {{.*}}moe.flops = 384 : i64
-// PEROP: moe.attention_grad {{.*}}moe.flops = 22400 : i64
+// PEROP: moe.attention_train {{.*}}moe.flops = 20800 : i64
+// PEROP: moe.attention_grad {{.*}}moe.flops = 21120 : i64
 #map = affine_map<(d0, d1) -> (d0, d1)>
-func.func @backward(%a: tensor<8x32xf32>, %b: tensor<32x16xf32>, %qkv: tensor<2x10x24xf32>, %dh: tensor<2x10x8xf32>) -> (tensor<8x16xf32>, tensor<2x10x24xf32>, tensor<2x10x8xf32>) {
+func.func @backward(%a: tensor<8x32xf32>, %b: tensor<32x16xf32>, %img: tensor<2x10x8xf32>, %dh: tensor<2x10x8xf32>) -> (tensor<8x16xf32>, tensor<2x10x24xf32>, tensor<2x10x8xf32>) {
   %zero = arith.constant 0.0 : f32
   %e = tensor.empty() : tensor<8x16xf32>
   %f = linalg.fill ins(%zero : f32) outs(%e : tensor<8x16xf32>) -> tensor<8x16xf32>
@@ -90,7 +95,12 @@ func.func @backward(%a: tensor<8x32xf32>, %b: tensor<32x16xf32>, %qkv: tensor<2x
     %r = arith.select %pos, %x, %c : f32
     linalg.yield %r : f32
   } -> tensor<8x16xf32>
-  %dqkv, %o = moe.attention_grad %qkv, %dh {heads = 2 : i64} : (tensor<2x10x24xf32>, tensor<2x10x8xf32>) -> (tensor<2x10x24xf32>, tensor<2x10x8xf32>)
+  %wqkv = moe.param "wqkv" init(zeros) : tensor<8x24xf32>
+  %bqkv = moe.param "bqkv" init(zeros) : tensor<24xf32>
+  %wo = moe.param "wo" init(zeros) : tensor<8x8xf32>
+  %bo = moe.param "bo" init(zeros) : tensor<8xf32>
+  %y0, %qkv, %o, %lse = moe.attention_train %img, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64} : (tensor<2x10x8xf32>, tensor<8x24xf32>, tensor<24xf32>, tensor<8x8xf32>, tensor<8xf32>) -> (tensor<2x10x8xf32>, tensor<2x10x24xf32>, tensor<2x10x8xf32>, tensor<2x4x10xf32>)
+  %dqkv = moe.attention_grad %qkv, %o, %lse, %dh {heads = 4 : i64} : (tensor<2x10x24xf32>, tensor<2x10x8xf32>, tensor<2x4x10xf32>, tensor<2x10x8xf32>) -> tensor<2x10x24xf32>
   %w = moe.param "w" init(zeros) : tensor<8x8xf32>
   %y = moe.dense %o, %w : (tensor<2x10x8xf32>, tensor<8x8xf32>) -> tensor<2x10x8xf32>
   return %g, %dqkv, %y : tensor<8x16xf32>, tensor<2x10x24xf32>, tensor<2x10x8xf32>

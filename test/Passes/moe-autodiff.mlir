@@ -167,6 +167,55 @@ func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor
 
 // -----
 
+// Attention: in train_step the forward op becomes moe.attention_train, whose
+// residuals (qkv, the heads O, the score rows' log-sum-exp) feed
+// moe.attention_grad and the output projection's weight gradient; no
+// moe.attention is left (the replaced op is erased) and qkv is not
+// recomputed (no contraction of the input with the qkv weight besides the
+// weight gradient). train_forward keeps moe.attention.
+// CHECK-LABEL: func.func @train_forward(
+// CHECK: moe.attention %
+// CHECK-LABEL: func.func @train_step(
+// CHECK-NOT: moe.attention %
+// CHECK: %[[X:.*]] = moe.layer_norm
+// CHECK: %[[WQKV:.*]] = moe.param "attn.qkv.weight"
+// CHECK: %[[Y:[^,]*]], %[[QKV:[^,]*]], %[[O:[^,]*]], %[[LSE:[^ ]*]] = moe.attention_train %[[X]], %[[WQKV]], %{{.*}}, %{{.*}}, %{{.*}} {heads = 2 : i64} : {{.*}} -> (tensor<2x4x8xf32>, tensor<2x4x24xf32>, tensor<2x4x8xf32>, tensor<2x2x4xf32>)
+// CHECK-NOT: ins(%[[X]], %[[WQKV]] :
+// CHECK: moe.pool mean %[[Y]]
+// CHECK-NOT: moe.attention %
+// CHECK-NOT: ins(%[[X]], %[[WQKV]] :
+// CHECK: %[[DQKV:.*]] = moe.attention_grad %[[QKV]], %[[O]], %[[LSE]], %{{.*}} {heads = 2 : i64}
+// The output projection's weight gradient contracts the saved heads.
+// CHECK: linalg.generic {{.*}} ins(%[[O]], %{{.*}} : tensor<2x4x8xf32>, tensor<2x4x8xf32>) outs(%{{.*}} : tensor<8x8xf32>)
+// CHECK-NOT: moe.attention %
+// CHECK: linalg.generic {{.*}} ins(%[[X]], %[[DQKV]] : tensor<2x4x8xf32>, tensor<2x4x24xf32>) outs(%{{.*}} : tensor<8x24xf32>)
+// CHECK-NOT: moe.attention %
+// CHECK: return
+func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor<2xi32> {moe.name = "labels"})
+    -> (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>)
+    attributes {moe.optimizer = {kind = "sgd", lr = 1.000000e-01 : f64, momentum = 9.000000e-01 : f64,
+                                 weight_decay = 0.000000e+00 : f64, grad_clip = 0.000000e+00 : f64, schedule = "constant"}} {
+  %g = moe.param "norm.weight" init(ones) : tensor<8xf32>
+  %b = moe.param "norm.bias" init(zeros) : tensor<8xf32>
+  %h = moe.layer_norm %x, %g, %b {epsilon = 1.0e-06 : f64} : (tensor<2x4x8xf32>, tensor<8xf32>, tensor<8xf32>) -> tensor<2x4x8xf32>
+  %wqkv = moe.param "attn.qkv.weight" init(trunc_normal, 2.0e-02) : tensor<8x24xf32>
+  %bqkv = moe.param "attn.qkv.bias" init(zeros) : tensor<24xf32>
+  %wo = moe.param "attn.proj.weight" init(trunc_normal, 2.0e-02) : tensor<8x8xf32>
+  %bo = moe.param "attn.proj.bias" init(zeros) : tensor<8xf32>
+  %a = moe.attention %h, %wqkv, %bqkv, %wo, %bo {heads = 2 : i64} : (tensor<2x4x8xf32>, tensor<8x24xf32>, tensor<24xf32>, tensor<8x8xf32>, tensor<8xf32>) -> tensor<2x4x8xf32>
+  %p = moe.pool mean %a : tensor<2x4x8xf32> -> tensor<2x8xf32>
+  %wh = moe.param "head.weight" init(trunc_normal, 2.0e-02) : tensor<8x3xf32>
+  %bh = moe.param "head.bias" init(zeros) : tensor<3xf32>
+  %logits = moe.classifier_head %p, %wh, %bh : (tensor<2x8xf32>, tensor<8x3xf32>, tensor<3xf32>) -> tensor<2x3xf32>
+  %ce = moe.softmax_cross_entropy %logits, %y : (tensor<2x3xf32>, tensor<2xi32>) -> tensor<f32>
+  %aux = moe.sum_losses : () -> tensor<f32>
+  %loss = moe.sum_losses %ce, %aux : (tensor<f32>, tensor<f32>) -> tensor<f32>
+  %ls, %correct = moe.classification_metrics %logits, %y : (tensor<2x3xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
+  return %loss, %ce, %aux, %correct : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>
+}
+
+// -----
+
 // A parameter read twice (tied weights) gets one gradient, the sum of its
 // reads, and one update; a parameter off the loss path gets a zero
 // gradient and is still updated. An old train_step is replaced.

@@ -367,19 +367,23 @@ func.func @infer(%x: tensor<4x8xf32>) -> tensor<f32> {
 // -----
 
 // The attention core's backward is one per-image kernel: a loop over heads
-// that recomputes the normalized probabilities and writes dQ, dK, dV and
-// the recomputed heads into their columns.
+// that gets the probabilities from the recomputed scores and the saved row
+// log-sum-exp (one exp per score, no row max, sum or division) and writes
+// dQ, dK and dV into their columns.
 // CHECK-LABEL: func.func @infer
 // CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_grad", moe.parallel = "images"
 // CHECK-LABEL: func.func @moec_k0
-// CHECK-SAME: -> (tensor<2x6x24xf32>, tensor<2x6x8xf32>)
+// CHECK-SAME: -> tensor<2x6x24xf32>
 // CHECK: scf.for
-// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(
+// CHECK: scf.for %[[H:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(
 // CHECK: linalg.transpose
-// CHECK: linalg.matmul
-// CHECK: math.exp
-// CHECK: arith.divf
-// CHECK: linalg.matmul
+// CHECK: %[[S:.*]] = linalg.matmul
+// CHECK: %[[LSE:.*]] = tensor.extract_slice %{{.*}}[%[[H]], 0] [1, 6] [1, 1] : tensor<2x6xf32> to tensor<6xf32>
+// CHECK: linalg.generic {{.*}} ins(%[[S]], %[[LSE]] : tensor<6x6xf32>, tensor<6xf32>)
+// CHECK: arith.subf
+// CHECK-NEXT: math.exp
+// CHECK-NOT: arith.divf
+// CHECK-NOT: arith.maxnumf
 // CHECK: linalg.transpose
 // CHECK: linalg.matmul
 // CHECK: arith.subf
@@ -389,9 +393,48 @@ func.func @infer(%x: tensor<4x8xf32>) -> tensor<f32> {
 // CHECK-NOT: linalg.transpose
 // CHECK: linalg.generic {indexing_maps = [#[[TA:.*]], #[[B:.*]], #[[C:.*]]], iterator_types = ["parallel", "parallel", "reduction"]}
 // CHECK: linalg.generic {indexing_maps = [#[[TA]], #[[B]], #[[C]]], iterator_types = ["parallel", "parallel", "reduction"]}
-// CHECK-COUNT-4: tensor.insert_slice
+// CHECK-NOT: linalg.matmul
+// CHECK-COUNT-3: tensor.insert_slice
+// CHECK-NEXT: scf.yield
+func.func @infer(%qkv: tensor<2x6x24xf32>, %o: tensor<2x6x8xf32>, %lse: tensor<2x2x6xf32>, %d: tensor<2x6x8xf32>) -> tensor<2x6x24xf32> {
+  %dqkv = moe.attention_grad %qkv, %o, %lse, %d {heads = 2 : i64} : (tensor<2x6x24xf32>, tensor<2x6x8xf32>, tensor<2x2x6xf32>, tensor<2x6x8xf32>) -> tensor<2x6x24xf32>
+  return %dqkv : tensor<2x6x24xf32>
+}
+
+// -----
+
+// moe.attention_train is moe.attention's per-image kernel that writes qkv
+// into its destination instead of a temporary, the heads into theirs, and
+// each head's row log-sum-exp, scale * max + log(sum), into row h of lse.
+// CHECK-LABEL: func.func @infer
+// CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_train", moe.parallel = "images"
+// CHECK-LABEL: func.func @moec_k0
+// CHECK-SAME: %{{[^:]*}}: tensor<8xf32>, %{{[^:]*}}: tensor<2x6x8xf32>, %[[QKVD:[^:]*]]: tensor<2x6x24xf32>, %[[OD:[^:]*]]: tensor<2x6x8xf32>, %[[LSED:[^:]*]]: tensor<2x2x6xf32>, %{{.*}}: index, %{{.*}}: index)
+// CHECK-SAME: -> (tensor<2x6x8xf32>, tensor<2x6x24xf32>, tensor<2x6x8xf32>, tensor<2x2x6xf32>)
+// CHECK: scf.for {{.*}} iter_args(%{{[^ ]*}} = %{{[^,]*}}, %[[QKVA:[^ ]*]] = %[[QKVD]], %[[OA:[^ ]*]] = %[[OD]], %[[LSEA:[^ ]*]] = %[[LSED]])
+// CHECK: %[[QKVI:.*]] = tensor.extract_slice %[[QKVA]]
+// CHECK: %[[OI:.*]] = tensor.extract_slice %[[OA]]
+// CHECK: %[[LSEI:.*]] = tensor.extract_slice %[[LSEA]]
+// CHECK: %[[B:.*]] = linalg.broadcast {{.*}} outs(%[[QKVI]] : tensor<6x24xf32>)
+// CHECK: %[[QKV:.*]] = linalg.matmul {{.*}} outs(%[[B]] : tensor<6x24xf32>)
+// CHECK: scf.for %[[H:[^ ]*]] = {{.*}} iter_args(%{{[^ ]*}} = %[[OI]], %[[L:[^ ]*]] = %[[LSEI]])
+// CHECK: math.exp
+// CHECK: arith.divf
+// CHECK: %[[ROW:.*]] = tensor.extract_slice %[[L]][%[[H]], 0] [1, 6] [1, 1]
+// CHECK: linalg.generic {{.*}} outs(%[[ROW]] : tensor<6xf32>)
+// CHECK: arith.constant 5.000000e-01 : f32
+// CHECK: arith.mulf
+// CHECK: math.log
+// CHECK: arith.addf
+// CHECK: tensor.insert_slice %{{.*}} into %[[L]][%[[H]], 0] [1, 6] [1, 1]
 // CHECK: scf.yield
-func.func @infer(%qkv: tensor<2x6x24xf32>, %d: tensor<2x6x8xf32>) -> (tensor<2x6x24xf32>, tensor<2x6x8xf32>) {
-  %dqkv, %o = moe.attention_grad %qkv, %d {heads = 2 : i64} : (tensor<2x6x24xf32>, tensor<2x6x8xf32>) -> (tensor<2x6x24xf32>, tensor<2x6x8xf32>)
-  return %dqkv, %o : tensor<2x6x24xf32>, tensor<2x6x8xf32>
+// CHECK: linalg.matmul
+// CHECK: tensor.insert_slice %[[QKV]] into %[[QKVA]]
+func.func @infer(%x: tensor<2x6x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x24xf32>, tensor<2x6x8xf32>, tensor<2x2x6xf32>) {
+  %wqkv = moe.param "attn.qkv.weight" init(zeros) : tensor<8x24xf32>
+  %bqkv = moe.param "attn.qkv.bias" init(zeros) : tensor<24xf32>
+  %wo = moe.param "attn.proj.weight" init(zeros) : tensor<8x8xf32>
+  %bo = moe.param "attn.proj.bias" init(zeros) : tensor<8xf32>
+  %y, %qkv, %o, %lse = moe.attention_train %x, %wqkv, %bqkv, %wo, %bo {heads = 2 : i64} : (tensor<2x6x8xf32>, tensor<8x24xf32>, tensor<24xf32>, tensor<8x8xf32>, tensor<8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x24xf32>, tensor<2x6x8xf32>, tensor<2x2x6xf32>)
+  return %y, %qkv, %o, %lse : tensor<2x6x8xf32>, tensor<2x6x24xf32>, tensor<2x6x8xf32>, tensor<2x2x6xf32>
 }

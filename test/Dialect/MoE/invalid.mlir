@@ -153,26 +153,50 @@ func.func @attention_qkv(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x128xf32>, %bq
 
 // -----
 
-func.func @attention_grad_heads(%qkv: tensor<2x50x192xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x192xf32> {
+func.func @attention_grad_heads(%qkv: tensor<2x50x192xf32>, %o: tensor<2x50x64xf32>, %lse: tensor<2x5x50xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x192xf32> {
   // expected-error @+1 {{expects heads (5) to divide the model width 64}}
-  %0:2 = moe.attention_grad %qkv, %d {heads = 5 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>) -> (tensor<2x50x192xf32>, tensor<2x50x64xf32>)
-  return %0#0 : tensor<2x50x192xf32>
+  %0 = moe.attention_grad %qkv, %o, %lse, %d {heads = 5 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>, tensor<2x5x50xf32>, tensor<2x50x64xf32>) -> tensor<2x50x192xf32>
+  return %0 : tensor<2x50x192xf32>
 }
 
 // -----
 
-func.func @attention_grad_qkv(%qkv: tensor<2x50x128xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x128xf32> {
-  // expected-error @+1 {{expects qkv [2, 50, 192] for dheads [2, 50, 64], got [2, 50, 128]}}
-  %0:2 = moe.attention_grad %qkv, %d {heads = 4 : i64} : (tensor<2x50x128xf32>, tensor<2x50x64xf32>) -> (tensor<2x50x128xf32>, tensor<2x50x64xf32>)
-  return %0#0 : tensor<2x50x128xf32>
+func.func @attention_grad_qkv(%qkv: tensor<2x50x128xf32>, %o: tensor<2x50x64xf32>, %lse: tensor<2x4x50xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x128xf32> {
+  // expected-error @+1 {{expects qkv [2, 50, 192] for images [2, 50, 64] and 4 heads, got [2, 50, 128]}}
+  %0 = moe.attention_grad %qkv, %o, %lse, %d {heads = 4 : i64} : (tensor<2x50x128xf32>, tensor<2x50x64xf32>, tensor<2x4x50xf32>, tensor<2x50x64xf32>) -> tensor<2x50x128xf32>
+  return %0 : tensor<2x50x128xf32>
 }
 
 // -----
 
-func.func @attention_grad_result(%qkv: tensor<2x50x192xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x64xf32> {
-  // expected-error @+1 {{expects results shaped like qkv and dheads}}
-  %0:2 = moe.attention_grad %qkv, %d {heads = 4 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>) -> (tensor<2x50x64xf32>, tensor<2x50x64xf32>)
-  return %0#1 : tensor<2x50x64xf32>
+func.func @attention_grad_lse(%qkv: tensor<2x50x192xf32>, %o: tensor<2x50x64xf32>, %lse: tensor<2x50x4xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x192xf32> {
+  // expected-error @+1 {{expects lse [2, 4, 50] for images [2, 50, 64] and 4 heads, got [2, 50, 4]}}
+  %0 = moe.attention_grad %qkv, %o, %lse, %d {heads = 4 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>, tensor<2x50x4xf32>, tensor<2x50x64xf32>) -> tensor<2x50x192xf32>
+  return %0 : tensor<2x50x192xf32>
+}
+
+// -----
+
+func.func @attention_grad_result(%qkv: tensor<2x50x192xf32>, %o: tensor<2x50x64xf32>, %lse: tensor<2x4x50xf32>, %d: tensor<2x50x64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects dqkv shaped like qkv [2, 50, 192], got [2, 50, 64]}}
+  %0 = moe.attention_grad %qkv, %o, %lse, %d {heads = 4 : i64} : (tensor<2x50x192xf32>, tensor<2x50x64xf32>, tensor<2x4x50xf32>, tensor<2x50x64xf32>) -> tensor<2x50x64xf32>
+  return %0 : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @attention_train_output(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x192xf32>, %bqkv: tensor<192xf32>, %wo: tensor<64x64xf32>, %bo: tensor<64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{expects output [2, 50, 64] for images [2, 50, 64] and 4 heads, got [2, 50, 192]}}
+  %y, %qkv, %o, %lse = moe.attention_train %x, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64} : (tensor<2x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> (tensor<2x50x64xf32>, tensor<2x50x192xf32>, tensor<2x50x192xf32>, tensor<2x4x50xf32>)
+  return %y : tensor<2x50x64xf32>
+}
+
+// -----
+
+func.func @attention_train_weight(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x128xf32>, %bqkv: tensor<192xf32>, %wo: tensor<64x64xf32>, %bo: tensor<64xf32>) -> tensor<2x50x64xf32> {
+  // expected-error @+1 {{qkv_weight}}
+  %y, %qkv, %o, %lse = moe.attention_train %x, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64} : (tensor<2x50x64xf32>, tensor<64x128xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> (tensor<2x50x64xf32>, tensor<2x50x192xf32>, tensor<2x50x64xf32>, tensor<2x4x50xf32>)
+  return %y : tensor<2x50x64xf32>
 }
 
 // -----

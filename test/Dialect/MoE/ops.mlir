@@ -160,10 +160,18 @@ func.func @losses_and_metrics(%l: tensor<8x50x4xf32>, %noise: tensor<8x50x4xf32>
   return %aux, %one, %none, %ls, %cm, %zero, %n, %nm : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<4xf32>, tensor<4xf32>
 }
 
-// The attention core's backward (built by moe.attention's VJP).
+// The training forward of attention (its residuals) and the attention
+// core's backward (both built by moe.attention's VJP).
+// CHECK-LABEL: func.func @attention_train
+func.func @attention_train(%x: tensor<8x50x64xf32>, %wqkv: tensor<64x192xf32>, %bqkv: tensor<192xf32>, %wo: tensor<64x64xf32>, %bo: tensor<64xf32>) -> (tensor<8x50x64xf32>, tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>) {
+  // CHECK: %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} = moe.attention_train %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {heads = 4 : i64} : (tensor<8x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> (tensor<8x50x64xf32>, tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>)
+  %y, %qkv, %o, %lse = moe.attention_train %x, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64} : (tensor<8x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>, tensor<64xf32>) -> (tensor<8x50x64xf32>, tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>)
+  return %y, %qkv, %o, %lse : tensor<8x50x64xf32>, tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>
+}
+
 // CHECK-LABEL: func.func @attention_grad
-func.func @attention_grad(%qkv: tensor<8x50x192xf32>, %dheads: tensor<8x50x64xf32>) -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>) {
-  // CHECK: %{{.*}}, %{{.*}} = moe.attention_grad %{{.*}}, %{{.*}} {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>) -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
-  %dqkv, %o = moe.attention_grad %qkv, %dheads {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>) -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
-  return %dqkv, %o : tensor<8x50x192xf32>, tensor<8x50x64xf32>
+func.func @attention_grad(%qkv: tensor<8x50x192xf32>, %o: tensor<8x50x64xf32>, %lse: tensor<8x4x50xf32>, %dheads: tensor<8x50x64xf32>) -> tensor<8x50x192xf32> {
+  // CHECK: %{{.*}} = moe.attention_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>, tensor<8x50x64xf32>) -> tensor<8x50x192xf32>
+  %dqkv = moe.attention_grad %qkv, %o, %lse, %dheads {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>, tensor<8x50x64xf32>) -> tensor<8x50x192xf32>
+  return %dqkv : tensor<8x50x192xf32>
 }

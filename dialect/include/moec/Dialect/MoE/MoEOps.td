@@ -158,31 +158,66 @@ def MoE_AttentionOp : MoE_Op<"attention", [Pure, MoE_Differentiable]> {
   let hasVerifier = 1;
 }
 
+def MoE_AttentionTrainOp : MoE_Op<"attention_train", [Pure]> {
+  let summary = "moe.attention that also returns what its backward reads.";
+  let description = [{
+    The forward op of training: moe.attention's VJP replaces a
+    `moe.attention` of `train_step` by this op, so that the backward reads
+    the forward's intermediates instead of recomputing them. Operands,
+    `heads` and `result` are moe.attention's. The other results are the
+    residuals of its core: `qkv` `[N, S, 3D]` (the projected input, columns
+    as in moe.attention), `output` `[N, S, D]` (the concatenated heads `O`,
+    before the output projection) and `lse` `[N, heads, S]`, the
+    log-sum-exp of every row of the scaled scores,
+    `lse = log(sum_j exp(Q K^T / sqrt(dh)))`, from which the backward gets
+    the probabilities with one exp per score and no row reductions.
+
+    ```mlir
+    %y, %qkv, %o, %lse = moe.attention_train %x, %wqkv, %bqkv, %wo, %bo {heads = 4 : i64}
+        : (tensor<8x50x64xf32>, tensor<64x192xf32>, tensor<192xf32>, tensor<64x64xf32>,
+           tensor<64xf32>)
+        -> (tensor<8x50x64xf32>, tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$qkv_weight,
+                   MoE_FloatTensor:$qkv_bias, MoE_FloatTensor:$out_weight,
+                   MoE_FloatTensor:$out_bias,
+                   ConfinedAttr<I64Attr, [IntPositive]>:$heads);
+  let results = (outs MoE_FloatTensor:$result, MoE_FloatTensor:$qkv,
+                      MoE_FloatTensor:$output, MoE_FloatTensor:$lse);
+  let assemblyFormat = [{
+    $input `,` $qkv_weight `,` $qkv_bias `,` $out_weight `,` $out_bias attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_AttentionGradOp : MoE_Op<"attention_grad", [Pure]> {
   let summary = "Backward pass of attention between its two projections.";
   let description = [{
     The vector-Jacobian product of moe.attention's core, built by
     moe.attention's VJP so that each image's attention backward runs in one
-    kernel with its `[S, S]` probabilities in cache. `qkv` `[N, S, 3D]` is
-    the projected input (columns as in moe.attention), `dheads` `[N, S, D]`
-    the cotangent of the concatenated heads `O`. Per image and head, with
-    `P = softmax(Q K^T / sqrt(dh))` and `O = P V` recomputed:
-    `dV = P^T dO`, `dS = P * (dO V^T - rowsum(dO * O)) / sqrt(dh)`,
-    `dQ = dS K`, `dK = dS^T Q`. Results: `dqkv` `[N, S, 3D]` (dQ, dK, dV
-    in the columns of Q, K, V) and `heads` `[N, S, D]`, the recomputed `O`
-    (the output projection's weight gradient needs it).
+    kernel with its `[S, S]` probabilities in cache. `qkv` `[N, S, 3D]`,
+    `output` `[N, S, D]` and `lse` `[N, heads, S]` are the residuals of
+    moe.attention_train; `dheads` `[N, S, D]` is the cotangent of the
+    concatenated heads `O`. Per image and head, with
+    `P = exp(Q K^T / sqrt(dh) - lse)` (the softmax, from the saved row
+    log-sum-exp): `dV = P^T dO`, `dS = P * (dO V^T - rowsum(dO * O)) / sqrt(dh)`,
+    `dQ = dS K`, `dK = dS^T Q`. The result `dqkv` `[N, S, 3D]` holds dQ, dK
+    and dV in the columns of Q, K and V.
 
     ```mlir
-    %dqkv, %o = moe.attention_grad %qkv, %dheads {heads = 4 : i64}
-        : (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
-        -> (tensor<8x50x192xf32>, tensor<8x50x64xf32>)
+    %dqkv = moe.attention_grad %qkv, %o, %lse, %dheads {heads = 4 : i64}
+        : (tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>, tensor<8x50x64xf32>)
+        -> tensor<8x50x192xf32>
     ```
   }];
-  let arguments = (ins MoE_FloatTensor:$qkv, MoE_FloatTensor:$dheads,
+  let arguments = (ins MoE_FloatTensor:$qkv, MoE_FloatTensor:$output,
+                   MoE_FloatTensor:$lse, MoE_FloatTensor:$dheads,
                    ConfinedAttr<I64Attr, [IntPositive]>:$heads);
-  let results = (outs MoE_FloatTensor:$dqkv, MoE_FloatTensor:$output);
+  let results = (outs MoE_FloatTensor:$dqkv);
   let assemblyFormat = [{
-    $qkv `,` $dheads attr-dict `:` functional-type(operands, results)
+    $qkv `,` $output `,` $lse `,` $dheads attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }

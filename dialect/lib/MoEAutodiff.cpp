@@ -710,12 +710,20 @@ LogicalResult ExpertsOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   ArrayRef<int64_t> xs = TB::shape(x);
   int64_t e = xs[0], g = xs[1], c = xs[2], dm = xs[3];
   int64_t hid = TB::shape(getFc1Weight())[2];
-  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
-  // a[e,g,c,h] = b1[e,h] + sum_d x[e,g,c,d] w1[e,d,h]; loops (e,g,c,h,d).
-  Value a0 = tb.pointwise({getFc1Bias()}, {e, g, c, hid}, {tb.dims(4, {0, 3})}, id);
-  Value a = tb.contract(x, tb.dims(5, {0, 1, 2, 4}), getFc1Weight(),
-                        tb.dims(5, {0, 4, 3}), {e, g, c, hid}, 1, a0);
-  Value hact = applyActivation(tb, getActivation(), a);
+  // The forward becomes moe.experts_train, which also writes the hidden
+  // layer before and after the activation (a, act(a)), so the backward
+  // does not recompute x w1 + b1. This op is left without uses;
+  // moe-autodiff erases it.
+  OpBuilder fb(getOperation());
+  fb.setInsertionPointAfter(getOperation());
+  auto hiddenType =
+      RankedTensorType::get({e, g, c, hid}, getElementTypeOrSelf(x.getType()));
+  auto train = ExpertsTrainOp::create(
+      fb, getLoc(), TypeRange{x.getType(), hiddenType, hiddenType},
+      getActivationAttr(), x, getFc1Weight(), getFc1Bias(), getFc2Weight(),
+      getFc2Bias());
+  getResult().replaceAllUsesWith(train.getResult());
+  Value a = train.getPreact(), hact = train.getHidden();
   // dW2[e,h,m] = sum_{g,c} hact[e,g,c,h] dy[e,g,c,m]; loops (e,h,m,g,c).
   Value dw2 = tb.contract(hact, tb.dims(5, {0, 3, 4, 1}), dy, tb.dims(5, {0, 3, 4, 2}),
                           {e, hid, dm}, 2);

@@ -372,6 +372,26 @@ LogicalResult ExpertsOp::verify() {
                                shapeOf(getFc2Weight()), shapeOf(getFc2Bias())));
 }
 
+LogicalResult ExpertsTrainOp::verify() {
+  if (failed(verifyElementTypes(*this)))
+    return failure();
+  auto emit = [&] { return emitOpError(); };
+  if (failed(verifyResult(
+          *this, inferExpertsShape(emit, shapeOf(getInput()),
+                                   shapeOf(getFc1Weight()), shapeOf(getFc1Bias()),
+                                   shapeOf(getFc2Weight()), shapeOf(getFc2Bias())))))
+    return failure();
+  ArrayRef<int64_t> x = shapeOf(getInput());
+  SmallVector<int64_t> want{x[0], x[1], x[2], shapeOf(getFc1Weight())[2]};
+  for (auto [name, v] : {std::pair<StringRef, Value>{"preact", getPreact()},
+                         {"hidden", getHidden()}})
+    if (!shapesCompatible(shapeOf(v), want))
+      return emitOpError() << "expects " << name << " " << shapeString(want)
+                           << " (slots [E, G, C] of the input, fc1's width), got "
+                           << shapeString(shapeOf(v));
+  return success();
+}
+
 LogicalResult CombineOp::verify() {
   if (failed(verifyElementTypes(*this)))
     return failure();

@@ -48,16 +48,16 @@ struct AnnotateCostsPass
         if (perOp)
           op->setAttr("moe.flops", b.getI64IntegerAttr(opFlops));
         // Expert weights a token does not use: (E - k_eff) / E of them.
-        if (auto experts = dyn_cast<ExpertsOp>(op)) {
-          auto dispatch = experts.getInput().getDefiningOp<DispatchOp>();
+        // (moe.experts and train_step's moe.experts_train share operands.)
+        if (isa<ExpertsOp, ExpertsTrainOp>(op)) {
+          auto dispatch = op->getOperand(0).getDefiningOp<DispatchOp>();
           auto router = dispatch ? dispatch.getDispatch().getDefiningOp<RouterOp>()
                                  : RouterOp();
           if (!router)
             return;
           int64_t e = router.getNumExperts();
           int64_t expertParams = 0;
-          for (Value w : {experts.getFc1Weight(), experts.getFc1Bias(),
-                          experts.getFc2Weight(), experts.getFc2Bias()})
+          for (Value w : op->getOperands().drop_front())
             expertParams += cast<RankedTensorType>(w.getType()).getNumElements();
           inactive += expertParams * (e - expectedExpertsPerToken(router)) / e;
         }

@@ -124,7 +124,7 @@ int64_t moec::moe::estimateFlops(Operation *op) {
                    ? 2 * numel(o.getCombine()) * dim(o.getInput(), 3)
                    : 2 * numel(o.getInput());
       })
-      .Case([](ExpertsOp o) {
+      .Case<ExpertsOp, ExpertsTrainOp>([](auto o) {
         int64_t rows = numel(o.getInput()) / std::max<int64_t>(1, dim(o.getInput(), 3));
         return ffnFlops(rows, dim(o.getInput(), 3), dim(o.getFc1Weight(), 2));
       })

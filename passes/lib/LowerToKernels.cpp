@@ -371,7 +371,7 @@ public:
 int64_t imageDim(Operation *op, Value v, bool isResult) {
   if (!isResult && v.getDefiningOp<ParamOp>())
     return -1;
-  if (isa<ExpertsOp>(op))
+  if (isa<ExpertsOp, ExpertsTrainOp>(op))
     return 1;
   if (isResult && isa<DispatchOp>(op))
     return 1;
@@ -512,14 +512,20 @@ Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
 /// ones in its dispatch column; the FFN runs over row tiles of [0, n_e) and
 /// the other slots are zero (their combine weights are zero, and zeros keep
 /// the combine's products finite). `in` = input [E, C, D], fc1 w/b, fc2 w/b,
-/// dispatch [S, E, C].
-Value filledSlotExperts(ExpertsOp o, ImageBuilder &ib, ArrayRef<Value> in,
-                        Value dest) {
+/// dispatch [S, E, C]. For moe.experts_train, `hiddenDests` are the preact
+/// and hidden destinations [E, C, H]: the tiles write their rows there, the
+/// rows of skipped slots are zero, and the two results are appended to
+/// `*hiddenResults`.
+Value filledSlotExperts(Activation activation, ImageBuilder &ib,
+                        ArrayRef<Value> in, Value dest,
+                        ArrayRef<Value> hiddenDests = {},
+                        SmallVectorImpl<Value> *hiddenResults = nullptr) {
   OpBuilder &b = ib.b;
   Location loc = ib.loc;
   ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
   int64_t numExperts = x[0], capacity = x[1], width = x[2];
   int64_t hidden = ImageBuilder::shape(in[1])[2];
+  bool train = !hiddenDests.empty();
   // Row tiles of up to 16 slots: every tile streams the expert's weights
   // through L1 once, so taller tiles read them less often, but a tile is
   // computed whole, so they also compute more unfilled rows. Measured on a
@@ -539,12 +545,14 @@ Value filledSlotExperts(ExpertsOp o, ImageBuilder &ib, ArrayRef<Value> in,
                            [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
                              return arith::AddFOp::create(nb, nl, a[1], a[0]);
                            });
-  Value zeroed = ib.fill(dest, 0.0);
+  SmallVector<Value> init{ib.fill(dest, 0.0)};
+  for (Value d : hiddenDests)
+    init.push_back(ib.fill(d, 0.0));
   Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
   Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
   Value cE = arith::ConstantIndexOp::create(b, loc, numExperts);
   auto experts = scf::ForOp::create(
-      b, loc, c0, cE, c1, ValueRange{zeroed},
+      b, loc, c0, cE, c1, init,
       [&](OpBuilder &eb, Location el, Value e, ValueRange acc) {
         Value filled = tensor::ExtractOp::create(eb, el, count, ValueRange{e});
         Value n = arith::IndexCastUIOp::create(
@@ -566,6 +574,18 @@ Value filledSlotExperts(ExpertsOp o, ImageBuilder &ib, ArrayRef<Value> in,
               sb, sl, RankedTensorType::get(type, sb.getF32Type()), src,
               offsets, sz, st);
         };
+        // Writes `tile` [rows, cols] into rows [row, row + rows) of expert
+        // e in `full` [E, C, cols].
+        auto put = [&](OpBuilder &sb, Location sl, Value tile, Value full,
+                       Value row, int64_t cols) -> Value {
+          SmallVector<OpFoldResult> offsets{e, row, sb.getIndexAttr(0)};
+          SmallVector<OpFoldResult> sizes{sb.getIndexAttr(1),
+                                          sb.getIndexAttr(rows),
+                                          sb.getIndexAttr(cols)};
+          SmallVector<OpFoldResult> strides(3, sb.getIndexAttr(1));
+          return tensor::InsertSliceOp::create(sb, sl, tile, full, offsets,
+                                               sizes, strides);
+        };
         OpFoldResult zero = eb.getIndexAttr(0);
         Value w1 = slice(eb, el, in[1], {e, zero, zero}, {1, width, hidden},
                          {width, hidden});
@@ -579,23 +599,26 @@ Value filledSlotExperts(ExpertsOp o, ImageBuilder &ib, ArrayRef<Value> in,
               ImageBuilder tib(tb, tl);
               Value xs = slice(tb, tl, in[0], {e, row, zero}, {1, rows, width},
                                {rows, width});
-              Value h = tib.matmul(xs, w1, b1, tib.empty({rows, hidden}));
-              h = tib.activation(o.getActivation(), h,
-                                 tib.empty({rows, hidden}));
+              auto hiddenTile = [&](unsigned i) {
+                return train ? slice(tb, tl, tacc[i], {e, row, zero},
+                                     {1, rows, hidden}, {rows, hidden})
+                             : tib.empty({rows, hidden});
+              };
+              Value a = tib.matmul(xs, w1, b1, hiddenTile(1));
+              Value h = tib.activation(activation, a, hiddenTile(2));
               Value outSlice = slice(tb, tl, tacc[0], {e, row, zero},
                                      {1, rows, width}, {rows, width});
               Value y = tib.matmul(h, w2, b2, outSlice);
-              SmallVector<OpFoldResult> offsets{e, row, tb.getIndexAttr(0)};
-              SmallVector<OpFoldResult> sizes{tb.getIndexAttr(1),
-                                              tb.getIndexAttr(rows),
-                                              tb.getIndexAttr(width)};
-              SmallVector<OpFoldResult> strides(3, tb.getIndexAttr(1));
-              Value updated = tensor::InsertSliceOp::create(
-                  tb, tl, y, tacc[0], offsets, sizes, strides);
-              scf::YieldOp::create(tb, tl, updated);
+              SmallVector<Value> next{put(tb, tl, y, tacc[0], row, width)};
+              if (train)
+                next.append({put(tb, tl, a, tacc[1], row, hidden),
+                             put(tb, tl, h, tacc[2], row, hidden)});
+              scf::YieldOp::create(tb, tl, next);
             });
         scf::YieldOp::create(eb, el, tiles.getResults());
       });
+  if (train)
+    hiddenResults->append({experts.getResult(1), experts.getResult(2)});
   return experts.getResult(0);
 }
 
@@ -902,13 +925,27 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
         // An extra input: the one-hot dispatch tensor of the router that
         // filled the slots, so only filled slots are computed.
         if (in.size() == 6)
-          return one(filledSlotExperts(o, ib, in, dests[0]));
+          return one(filledSlotExperts(o.getActivation(), ib, in, dests[0]));
         ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
         int64_t hidden = ImageBuilder::shape(in[1])[2];
         Value h = ib.batchMatmul(in[0], in[1], in[2],
                                  ib.empty({x[0], x[1], hidden}));
         h = ib.activation(o.getActivation(), h, ib.empty({x[0], x[1], hidden}));
         return one(ib.batchMatmul(h, in[3], in[4], dests[0]));
+      })
+      .Case([&](ExpertsTrainOp o) -> R {
+        if (in.size() == 6) {
+          SmallVector<Value> hiddenResults;
+          Value y = filledSlotExperts(o.getActivation(), ib, in, dests[0],
+                                      {dests[1], dests[2]}, &hiddenResults);
+          SmallVector<Value> results{y};
+          results.append(hiddenResults);
+          return results;
+        }
+        Value a = ib.batchMatmul(in[0], in[1], in[2], dests[1]);
+        Value h = ib.activation(o.getActivation(), a, dests[2]);
+        return SmallVector<Value>{ib.batchMatmul(h, in[3], in[4], dests[0]), a,
+                                  h};
       })
       .Case([&](CombineOp) -> R {
         if (oneHot)
@@ -1653,12 +1690,13 @@ struct LowerToKernelsPass
     // only to the combine of the same router: unfilled slots are never
     // read with a nonzero weight, so the kernel computes filled slots only.
     DenseSet<Operation *> filledSlotsOnly;
+    // (moe.experts_train's other results, the hidden layer, are read by the
+    // backward only where the slots' cotangents are: zero rows are exact.)
     for (Operation *op : work) {
-      auto experts = dyn_cast<ExpertsOp>(op);
-      if (!experts || !experts->hasOneUse())
+      if (!isa<ExpertsOp, ExpertsTrainOp>(op) || !op->getResult(0).hasOneUse())
         continue;
-      auto dispatch = experts.getInput().getDefiningOp<DispatchOp>();
-      auto combine = dyn_cast<CombineOp>(*experts->getUsers().begin());
+      auto dispatch = op->getOperand(0).getDefiningOp<DispatchOp>();
+      auto combine = dyn_cast<CombineOp>(*op->getResult(0).getUsers().begin());
       if (!dispatch || !combine || !oneHot.contains(dispatch))
         continue;
       auto router = dispatch.getDispatch().getDefiningOp<RouterOp>();

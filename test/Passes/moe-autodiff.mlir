@@ -114,8 +114,12 @@ func.func @train_forward(%x: tensor<2x8xf32> {moe.name = "images"}, %y: tensor<2
 // CHECK: %[[WR:.*]] = moe.param "moe.router.weight"
 // CHECK: %{{[^,]*}}, %[[C:[^,]*]], %[[L:[^ ]*]] = moe.router token_choice %[[X]], %[[WR]] noise %[[N]]
 // CHECK: %[[W1:.*]] = moe.param "moe.experts.fc1.weight"
-// CHECK: moe.experts gelu
-// CHECK: moe.combine
+// The experts become moe.experts_train: the backward reads their hidden
+// layer (dW2 from the activations, the activation's VJP from the
+// pre-activations) instead of recomputing x w1 + b1.
+// CHECK-NOT: moe.experts gelu
+// CHECK: %[[YS:[^,]*]], %[[PRE:[^,]*]], %[[HID:[^ ]*]] = moe.experts_train gelu %[[XS:[^,]*]], %[[W1]], {{.*}} -> (tensor<2x2x2x8xf32>, tensor<2x2x2x16xf32>, tensor<2x2x2x16xf32>)
+// CHECK: moe.combine %[[YS]]
 // CHECK: %[[HW:.*]] = moe.param "head.weight"
 // CHECK: %[[HB:.*]] = moe.param "head.bias"
 // CHECK: moe.aux_loss importance %[[L]]
@@ -123,6 +127,11 @@ func.func @train_forward(%x: tensor<2x8xf32> {moe.name = "images"}, %y: tensor<2
 // The combine's VJP w.r.t. the expert outputs dispatches the output's
 // cotangent with the combine tensor.
 // CHECK: moe.dispatch %{{.*}}, %[[C]] : (tensor<2x4x8xf32>, tensor<2x4x2x2xf32>) -> tensor<2x2x2x8xf32>
+// CHECK-NOT: ins(%[[XS]], %[[W1]] :
+// CHECK: linalg.generic {{.*}} ins(%[[HID]], %{{.*}} : tensor<2x2x2x16xf32>, tensor<2x2x2x8xf32>) outs(%{{.*}} : tensor<2x16x8xf32>)
+// CHECK-NOT: ins(%[[XS]], %[[W1]] :
+// CHECK: linalg.generic {{.*}} ins(%[[PRE]], %{{.*}} : tensor<2x2x2x16xf32>, tensor<2x2x2x16xf32>)
+// CHECK-NOT: moe.experts gelu
 // Constant schedule: no cosine.
 // CHECK-NOT: math.cos
 // CHECK: %[[LRNOW:.*]] = linalg.generic {{.*}} ins(%[[STEP]], %{{.*}}, %{{.*}}, %[[LR]] :

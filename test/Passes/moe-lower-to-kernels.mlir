@@ -163,6 +163,45 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
 
 // -----
 
+// moe.experts_train between the same one-hot dispatch and combine is the
+// filled-slot kernel that also writes each tile's hidden layer before and
+// after the activation into its preact and hidden destinations (zero-filled
+// first: the rows of skipped slots are zero). The hidden results may have
+// other users (the backward); the output's only user is the combine.
+// CHECK-LABEL: func.func @infer
+// CHECK: %[[R:.*]]:3 = call @moec_k0(
+// CHECK: %[[XS:.*]] = call @moec_k1({{.*}}moe.op = "moe.dispatch"
+// CHECK: %{{.*}}:3 = call @moec_k2(%[[XS]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[R]]#0, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) {{.*}}moe.op = "moe.experts_train"
+// CHECK-LABEL: func.func @moec_k2
+// CHECK-SAME: tensor<3x5x4x3xf32>, %{{[^:]*}}: tensor<4x3x3x8xf32>, %{{[^:]*}}: tensor<4x3x3x16xf32>, %{{[^:]*}}: tensor<4x3x3x16xf32>, %{{[^:]*}}: index, %{{[^:]*}}: index)
+// CHECK-COUNT-3: linalg.fill {{.*}} -> tensor<4x3x{{8|16}}xf32>
+// CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step {{.*}} iter_args(%{{[^ ]*}} = %{{[^,]*}}, %{{[^ ]*}} = %{{[^,]*}}, %{{[^ ]*}} = %{{[^)]*}})
+// CHECK:   arith.ceildivui
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[YA:[^ ]*]] = %{{[^,]*}}, %[[AA:[^ ]*]] = %{{[^,]*}}, %[[HA:[^ ]*]] = %{{[^)]*}})
+// CHECK:     %[[AS:.*]] = tensor.extract_slice %[[AA]]
+// CHECK:     %[[A:.*]] = linalg.matmul {{.*}} -> tensor<3x16xf32>
+// CHECK:     %[[HS:.*]] = tensor.extract_slice %[[HA]]
+// CHECK:     %[[H:.*]] = linalg.generic {{.*}} ins(%[[A]] : tensor<3x16xf32>) outs(%[[HS]] : tensor<3x16xf32>)
+// CHECK:       math.erf
+// CHECK:     linalg.matmul ins(%[[H]]
+// CHECK:     tensor.insert_slice %{{.*}} into %[[YA]]
+// CHECK:     tensor.insert_slice %[[A]] into %[[AA]]
+// CHECK:     tensor.insert_slice %[[H]] into %[[HA]]
+func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>) {
+  %w = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
+  %w1 = moe.param "experts.fc1.weight" init(trunc_normal, 2.000000e-02) : tensor<4x8x16xf32>
+  %b1 = moe.param "experts.fc1.bias" init(zeros) : tensor<4x16xf32>
+  %w2 = moe.param "experts.fc2.weight" init(trunc_normal, 2.000000e-02) : tensor<4x16x8xf32>
+  %b2 = moe.param "experts.fc2.bias" init(zeros) : tensor<4x8xf32>
+  %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<3x5x8xf32>, tensor<8x4xf32>) -> (tensor<3x5x4x3xf32>, tensor<3x5x4x3xf32>, tensor<3x5x4xf32>)
+  %xs = moe.dispatch %x, %d : (tensor<3x5x8xf32>, tensor<3x5x4x3xf32>) -> tensor<4x3x3x8xf32>
+  %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x3x3x8xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<4x3x3x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>)
+  %y = moe.combine %ys, %c : (tensor<4x3x3x8xf32>, tensor<3x5x4x3xf32>) -> tensor<3x5x8xf32>
+  return %y, %pre, %hid : tensor<3x5x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>
+}
+
+// -----
+
 // A whole-batch linalg op (training's losses, backward pass and updates)
 // becomes a "fixed" kernel over tiles of its outermost parallel dimension:
 // 64 rows in 16 tiles of 4. The fill that only initializes its output is

@@ -169,6 +169,13 @@ func.func @attention_train(%x: tensor<8x50x64xf32>, %wqkv: tensor<64x192xf32>, %
   return %y, %qkv, %o, %lse : tensor<8x50x64xf32>, tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>
 }
 
+// CHECK-LABEL: func.func @experts_train
+func.func @experts_train(%xs: tensor<4x8x50x64xf32>, %w1: tensor<4x64x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>) {
+  // CHECK: %{{.*}}, %{{.*}}, %{{.*}} = moe.experts_train gelu %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
+  %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
+  return %ys, %pre, %hid : tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>
+}
+
 // CHECK-LABEL: func.func @attention_grad
 func.func @attention_grad(%qkv: tensor<8x50x192xf32>, %o: tensor<8x50x64xf32>, %lse: tensor<8x4x50xf32>, %dheads: tensor<8x50x64xf32>) -> tensor<8x50x192xf32> {
   // CHECK: %{{.*}} = moe.attention_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {heads = 4 : i64} : (tensor<8x50x192xf32>, tensor<8x50x64xf32>, tensor<8x4x50xf32>, tensor<8x50x64xf32>) -> tensor<8x50x192xf32>

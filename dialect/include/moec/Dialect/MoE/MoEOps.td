@@ -445,6 +445,37 @@ def MoE_ExpertsOp : MoE_Op<"experts", [Pure, MoE_Differentiable]> {
   let hasVerifier = 1;
 }
 
+def MoE_ExpertsTrainOp : MoE_Op<"experts_train", [Pure]> {
+  let summary = "moe.experts that also returns its hidden layer, for the backward.";
+  let description = [{
+    The forward op of training: moe.experts' VJP replaces a `moe.experts` of
+    `train_step` by this op, so that the backward reads the hidden layer
+    instead of recomputing its `[E, G, C, D] x [E, D, H]` product. Operands,
+    `activation` and `result` are moe.experts'. `preact` `[E, G, C, H]` is
+    `input[e] * fc1_weight[e] + fc1_bias[e]` and `hidden` its activation.
+    Where the kernel computes filled slots only, the rows of slots it skips
+    are zero in both (they are finite: the backward multiplies them by the
+    zero cotangents of those slots).
+
+    ```mlir
+    %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2
+        : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>,
+           tensor<4x128x64xf32>, tensor<4x64xf32>)
+        -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_Activation:$activation, MoE_FloatTensor:$input,
+                   MoE_FloatTensor:$fc1_weight, MoE_FloatTensor:$fc1_bias,
+                   MoE_FloatTensor:$fc2_weight, MoE_FloatTensor:$fc2_bias);
+  let results = (outs MoE_FloatTensor:$result, MoE_FloatTensor:$preact,
+                      MoE_FloatTensor:$hidden);
+  let assemblyFormat = [{
+    $activation $input `,` $fc1_weight `,` $fc1_bias `,` $fc2_weight `,` $fc2_bias
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_CombineOp : MoE_Op<"combine", [Pure, MoE_Differentiable]> {
   let summary = "Scatters expert outputs back to tokens with a combine tensor.";
   let description = [{

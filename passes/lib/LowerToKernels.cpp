@@ -545,9 +545,8 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
                            [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
                              return arith::AddFOp::create(nb, nl, a[1], a[0]);
                            });
-  SmallVector<Value> init{ib.fill(dest, 0.0)};
-  for (Value d : hiddenDests)
-    init.push_back(ib.fill(d, 0.0));
+  SmallVector<Value> init{dest};
+  llvm::append_range(init, hiddenDests);
   Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
   Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
   Value cE = arith::ConstantIndexOp::create(b, loc, numExperts);
@@ -615,7 +614,25 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
                              put(tb, tl, h, tacc[2], row, hidden)});
               scf::YieldOp::create(tb, tl, next);
             });
-        scf::YieldOp::create(eb, el, tiles.getResults());
+        // The row tiles of [end, C) are zero: each row of the results is
+        // written once (no fill of the whole destination first).
+        auto zeros = scf::ForOp::create(
+            eb, el, end, arith::ConstantIndexOp::create(eb, el, capacity),
+            cRows, tiles.getResults(),
+            [&](OpBuilder &zb, Location zl, Value row, ValueRange zacc) {
+              ImageBuilder zib(zb, zl);
+              SmallVector<Value> next;
+              for (auto [i, full] : llvm::enumerate(zacc)) {
+                int64_t cols = i == 0 ? width : hidden;
+                Value tile = zib.fill(
+                    slice(zb, zl, full, {e, row, zero}, {1, rows, cols},
+                          {rows, cols}),
+                    0.0);
+                next.push_back(put(zb, zl, tile, full, row, cols));
+              }
+              scf::YieldOp::create(zb, zl, next);
+            });
+        scf::YieldOp::create(eb, el, zeros.getResults());
       });
   if (train)
     hiddenResults->append({experts.getResult(1), experts.getResult(2)});

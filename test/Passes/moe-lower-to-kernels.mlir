@@ -139,15 +139,20 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<2x3x2x8xf3
 // CHECK: %[[R:.*]]:3 = call @moec_k0(
 // CHECK: %[[XS:.*]] = call @moec_k1({{.*}}moe.op = "moe.dispatch"
 // CHECK: call @moec_k2(%[[XS]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[R]]#0, %{{.*}}, %{{.*}}, %{{.*}}) {{.*}}moe.op = "moe.experts"
+// The row tiles past the filled ones are zero-filled, each row written once.
 // CHECK-LABEL: func.func @moec_k2
 // CHECK-SAME: tensor<3x5x4x3xf32>
-// CHECK: linalg.fill
+// CHECK: scf.for
+// CHECK-NOT: linalg.fill {{.*}} -> tensor<4x3x8xf32>
 // CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step
 // CHECK:   tensor.extract %{{.*}}[%[[E]]] : tensor<4xf32>
 // CHECK:   arith.ceildivui
-// CHECK:   scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args
+// CHECK:   %[[END:.*]] = arith.muli
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %[[END]] step %[[ROWS:[^ ]*]] iter_args
 // CHECK:     linalg.matmul
 // CHECK:     linalg.matmul
+// CHECK:   scf.for %{{.*}} = %[[END]] to %{{.*}} step %[[ROWS]] iter_args
+// CHECK:     linalg.fill {{.*}} -> tensor<3x8xf32>
 func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
   %w = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
   %w1 = moe.param "experts.fc1.weight" init(trunc_normal, 2.000000e-02) : tensor<4x8x16xf32>
@@ -165,8 +170,8 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
 
 // moe.experts_train between the same one-hot dispatch and combine is the
 // filled-slot kernel that also writes each tile's hidden layer before and
-// after the activation into its preact and hidden destinations (zero-filled
-// first: the rows of skipped slots are zero). The hidden results may have
+// after the activation into its preact and hidden destinations (the rows of
+// skipped slots are zero-filled in all three). The hidden results may have
 // other users (the backward); the output's only user is the combine.
 // CHECK-LABEL: func.func @infer
 // CHECK: %[[R:.*]]:3 = call @moec_k0(
@@ -174,7 +179,7 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
 // CHECK: %{{.*}}:3 = call @moec_k2(%[[XS]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[R]]#0, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) {{.*}}moe.op = "moe.experts_train"
 // CHECK-LABEL: func.func @moec_k2
 // CHECK-SAME: tensor<3x5x4x3xf32>, %{{[^:]*}}: tensor<4x3x3x8xf32>, %{{[^:]*}}: tensor<4x3x3x16xf32>, %{{[^:]*}}: tensor<4x3x3x16xf32>, %{{[^:]*}}: index, %{{[^:]*}}: index)
-// CHECK-COUNT-3: linalg.fill {{.*}} -> tensor<4x3x{{8|16}}xf32>
+// CHECK: scf.for
 // CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step {{.*}} iter_args(%{{[^ ]*}} = %{{[^,]*}}, %{{[^ ]*}} = %{{[^,]*}}, %{{[^ ]*}} = %{{[^)]*}})
 // CHECK:   arith.ceildivui
 // CHECK:   scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[YA:[^ ]*]] = %{{[^,]*}}, %[[AA:[^ ]*]] = %{{[^,]*}}, %[[HA:[^ ]*]] = %{{[^)]*}})
@@ -187,6 +192,8 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
 // CHECK:     tensor.insert_slice %{{.*}} into %[[YA]]
 // CHECK:     tensor.insert_slice %[[A]] into %[[AA]]
 // CHECK:     tensor.insert_slice %[[H]] into %[[HA]]
+// CHECK:   scf.for
+// CHECK-COUNT-3: linalg.fill {{.*}} -> tensor<3x{{8|16}}xf32>
 func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>) {
   %w = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
   %w1 = moe.param "experts.fc1.weight" init(trunc_normal, 2.000000e-02) : tensor<4x8x16xf32>

@@ -39,8 +39,10 @@ Value subf(OpBuilder &b, Location l, Value x, Value y) {
   return arith::SubFOp::create(b, l, x, y);
 }
 
-/// d act(x) / dx.
-Value activationDerivative(OpBuilder &b, Location l, Activation kind, Value x) {
+} // namespace
+
+Value moec::moe::buildActivationDerivative(OpBuilder &b, Location l,
+                                           Activation kind, Value x) {
   switch (kind) {
   case Activation::Gelu: {
     // Phi(x) + x phi(x)
@@ -82,8 +84,6 @@ Value activationDerivative(OpBuilder &b, Location l, Activation kind, Value x) {
   }
   llvm_unreachable("unknown activation");
 }
-
-} // namespace
 
 Value moec::moe::buildActivation(OpBuilder &b, Location l, Activation kind,
                                  Value x) {
@@ -179,7 +179,7 @@ Value applyActivation(TB &tb, Activation kind, Value a) {
 }
 Value activationVJP(TB &tb, Activation kind, Value a, Value dh) {
   return tb.elementwise({a, dh}, [&](OpBuilder &nb, Location nl, ValueRange v) {
-    return mulf(nb, nl, v[1], activationDerivative(nb, nl, kind, v[0]));
+    return mulf(nb, nl, v[1], buildActivationDerivative(nb, nl, kind, v[0]));
   });
 }
 
@@ -711,8 +711,9 @@ LogicalResult ExpertsOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   int64_t e = xs[0], g = xs[1], c = xs[2], dm = xs[3];
   int64_t hid = TB::shape(getFc1Weight())[2];
   // The forward becomes moe.experts_train, which also writes the hidden
-  // layer before and after the activation (a, act(a)), so the backward
-  // does not recompute x w1 + b1. This op is left without uses;
+  // layer h = act(a) and the activation's derivative act'(a) at
+  // a = x w1 + b1, so the backward neither recomputes a nor evaluates
+  // act' (erf and exp for GELU). This op is left without uses;
   // moe-autodiff erases it.
   OpBuilder fb(getOperation());
   fb.setInsertionPointAfter(getOperation());
@@ -723,7 +724,7 @@ LogicalResult ExpertsOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
       getActivationAttr(), x, getFc1Weight(), getFc1Bias(), getFc2Weight(),
       getFc2Bias());
   getResult().replaceAllUsesWith(train.getResult());
-  Value a = train.getPreact(), hact = train.getHidden();
+  Value dact = train.getDact(), hact = train.getHidden();
   // dW2[e,h,m] = sum_{g,c} hact[e,g,c,h] dy[e,g,c,m]; loops (e,h,m,g,c).
   Value dw2 = tb.contract(hact, tb.dims(5, {0, 3, 4, 1}), dy, tb.dims(5, {0, 3, 4, 2}),
                           {e, hid, dm}, 2);
@@ -732,7 +733,9 @@ LogicalResult ExpertsOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   Value w2T = tb.transposeLast2(getFc2Weight());
   Value dh = tb.contract(dy, tb.dims(5, {0, 1, 2, 4}), w2T, tb.dims(5, {0, 4, 3}),
                          {e, g, c, hid}, 1);
-  Value da = activationVJP(tb, getActivation(), a, dh);
+  Value da = tb.elementwise({dact, dh}, [](OpBuilder &nb, Location nl, ValueRange v) {
+    return mulf(nb, nl, v[0], v[1]);
+  });
   Value dw1 = tb.contract(x, tb.dims(5, {0, 3, 4, 1}), da, tb.dims(5, {0, 3, 4, 2}),
                           {e, dm, hid}, 2);
   Value db1 = tb.sumOver(da, {0, 3});

@@ -383,7 +383,7 @@ LogicalResult ExpertsTrainOp::verify() {
     return failure();
   ArrayRef<int64_t> x = shapeOf(getInput());
   SmallVector<int64_t> want{x[0], x[1], x[2], shapeOf(getFc1Weight())[2]};
-  for (auto [name, v] : {std::pair<StringRef, Value>{"preact", getPreact()},
+  for (auto [name, v] : {std::pair<StringRef, Value>{"dact", getDact()},
                          {"hidden", getHidden()}})
     if (!shapesCompatible(shapeOf(v), want))
       return emitOpError() << "expects " << name << " " << shapeString(want)

@@ -114,6 +114,25 @@ public:
     return buildActivation(nb, nl, kind, x);
   }
 
+  /// act(x) into `dest` and act'(x) into `derivDest`, in one pass over x
+  /// (what they share, GELU's erf, is computed once).
+  std::pair<Value, Value> activationAndDerivative(Activation kind, Value x,
+                                                  Value dest, Value derivDest) {
+    unsigned rank = shape(dest).size();
+    SmallVector<AffineMap> maps(3, identity(rank));
+    SmallVector<IteratorType> iters(rank, kPar);
+    auto op = linalg::GenericOp::create(
+        b, loc, TypeRange{dest.getType(), derivDest.getType()}, ValueRange{x},
+        ValueRange{dest, derivDest}, maps, iters,
+        [&](OpBuilder &nb, Location nl, ValueRange a) {
+          linalg::YieldOp::create(
+              nb, nl,
+              ValueRange{applyActivation(nb, nl, kind, a[0]),
+                         buildActivationDerivative(nb, nl, kind, a[0])});
+        });
+    return {op.getResult(0), op.getResult(1)};
+  }
+
   Value activation(Activation kind, Value x, Value dest) {
     return elementwise({x}, dest,
                        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
@@ -512,10 +531,10 @@ Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
 /// ones in its dispatch column; the FFN runs over row tiles of [0, n_e) and
 /// the other slots are zero (their combine weights are zero, and zeros keep
 /// the combine's products finite). `in` = input [E, C, D], fc1 w/b, fc2 w/b,
-/// dispatch [S, E, C]. For moe.experts_train, `hiddenDests` are the preact
-/// and hidden destinations [E, C, H]: the tiles write their rows there, the
-/// rows of skipped slots are zero, and the two results are appended to
-/// `*hiddenResults`.
+/// dispatch [S, E, C]. For moe.experts_train, `hiddenDests` are the dact
+/// (act'(a)) and hidden (act(a)) destinations [E, C, H]: the tiles write
+/// their rows there, the rows of skipped slots are zero, and the two results
+/// are appended to `*hiddenResults`.
 Value filledSlotExperts(Activation activation, ImageBuilder &ib,
                         ArrayRef<Value> in, Value dest,
                         ArrayRef<Value> hiddenDests = {},
@@ -598,19 +617,24 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
               ImageBuilder tib(tb, tl);
               Value xs = slice(tb, tl, in[0], {e, row, zero}, {1, rows, width},
                                {rows, width});
-              auto hiddenTile = [&](unsigned i) {
-                return train ? slice(tb, tl, tacc[i], {e, row, zero},
-                                     {1, rows, hidden}, {rows, hidden})
-                             : tib.empty({rows, hidden});
-              };
-              Value a = tib.matmul(xs, w1, b1, hiddenTile(1));
-              Value h = tib.activation(activation, a, hiddenTile(2));
+              Value a = tib.matmul(xs, w1, b1, tib.empty({rows, hidden}));
+              Value h, dact;
+              if (train) {
+                auto hiddenTile = [&](unsigned i) {
+                  return slice(tb, tl, tacc[i], {e, row, zero},
+                               {1, rows, hidden}, {rows, hidden});
+                };
+                std::tie(h, dact) = tib.activationAndDerivative(
+                    activation, a, hiddenTile(2), hiddenTile(1));
+              } else {
+                h = tib.activation(activation, a, tib.empty({rows, hidden}));
+              }
               Value outSlice = slice(tb, tl, tacc[0], {e, row, zero},
                                      {1, rows, width}, {rows, width});
               Value y = tib.matmul(h, w2, b2, outSlice);
               SmallVector<Value> next{put(tb, tl, y, tacc[0], row, width)};
               if (train)
-                next.append({put(tb, tl, a, tacc[1], row, hidden),
+                next.append({put(tb, tl, dact, tacc[1], row, hidden),
                              put(tb, tl, h, tacc[2], row, hidden)});
               scf::YieldOp::create(tb, tl, next);
             });
@@ -959,10 +983,14 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
           results.append(hiddenResults);
           return results;
         }
-        Value a = ib.batchMatmul(in[0], in[1], in[2], dests[1]);
-        Value h = ib.activation(o.getActivation(), a, dests[2]);
-        return SmallVector<Value>{ib.batchMatmul(h, in[3], in[4], dests[0]), a,
-                                  h};
+        ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
+        int64_t hidden = ImageBuilder::shape(in[1])[2];
+        Value a = ib.batchMatmul(in[0], in[1], in[2],
+                                 ib.empty({x[0], x[1], hidden}));
+        auto [h, dact] = ib.activationAndDerivative(o.getActivation(), a,
+                                                    dests[2], dests[1]);
+        return SmallVector<Value>{ib.batchMatmul(h, in[3], in[4], dests[0]),
+                                  dact, h};
       })
       .Case([&](CombineOp) -> R {
         if (oneHot)

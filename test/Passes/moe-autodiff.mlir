@@ -115,10 +115,10 @@ func.func @train_forward(%x: tensor<2x8xf32> {moe.name = "images"}, %y: tensor<2
 // CHECK: %{{[^,]*}}, %[[C:[^,]*]], %[[L:[^ ]*]] = moe.router token_choice %[[X]], %[[WR]] noise %[[N]]
 // CHECK: %[[W1:.*]] = moe.param "moe.experts.fc1.weight"
 // The experts become moe.experts_train: the backward reads their hidden
-// layer (dW2 from the activations, the activation's VJP from the
-// pre-activations) instead of recomputing x w1 + b1.
+// layer (dW2 from the activations act(a)) and act'(a) (the activation's VJP
+// is a product with it) instead of recomputing a = x w1 + b1 and act'(a).
 // CHECK-NOT: moe.experts gelu
-// CHECK: %[[YS:[^,]*]], %[[PRE:[^,]*]], %[[HID:[^ ]*]] = moe.experts_train gelu %[[XS:[^,]*]], %[[W1]], {{.*}} -> (tensor<2x2x2x8xf32>, tensor<2x2x2x16xf32>, tensor<2x2x2x16xf32>)
+// CHECK: %[[YS:[^,]*]], %[[DACT:[^,]*]], %[[HID:[^ ]*]] = moe.experts_train gelu %[[XS:[^,]*]], %[[W1]], {{.*}} -> (tensor<2x2x2x8xf32>, tensor<2x2x2x16xf32>, tensor<2x2x2x16xf32>)
 // CHECK: moe.combine %[[YS]]
 // CHECK: %[[HW:.*]] = moe.param "head.weight"
 // CHECK: %[[HB:.*]] = moe.param "head.bias"
@@ -130,7 +130,10 @@ func.func @train_forward(%x: tensor<2x8xf32> {moe.name = "images"}, %y: tensor<2
 // CHECK-NOT: ins(%[[XS]], %[[W1]] :
 // CHECK: linalg.generic {{.*}} ins(%[[HID]], %{{.*}} : tensor<2x2x2x16xf32>, tensor<2x2x2x8xf32>) outs(%{{.*}} : tensor<2x16x8xf32>)
 // CHECK-NOT: ins(%[[XS]], %[[W1]] :
-// CHECK: linalg.generic {{.*}} ins(%[[PRE]], %{{.*}} : tensor<2x2x2x16xf32>, tensor<2x2x2x16xf32>)
+// CHECK: linalg.generic {{.*}} ins(%[[DACT]], %{{.*}} : tensor<2x2x2x16xf32>, tensor<2x2x2x16xf32>)
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: arith.mulf
+// CHECK-NEXT: linalg.yield
 // CHECK-NOT: moe.experts gelu
 // Constant schedule: no cosine.
 // CHECK-NOT: math.cos

@@ -169,9 +169,10 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
 // -----
 
 // moe.experts_train between the same one-hot dispatch and combine is the
-// filled-slot kernel that also writes each tile's hidden layer before and
-// after the activation into its preact and hidden destinations (the rows of
-// skipped slots are zero-filled in all three). The hidden results may have
+// filled-slot kernel that also writes each tile's activations act(a) and
+// their derivatives act'(a) (one generic with two outputs) into its hidden
+// and dact destinations (the rows of skipped slots are zero-filled in all
+// three). The hidden results may have
 // other users (the backward); the output's only user is the combine.
 // CHECK-LABEL: func.func @infer
 // CHECK: %[[R:.*]]:3 = call @moec_k0(
@@ -183,15 +184,17 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> tensor<3x5x8xf32> {
 // CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step {{.*}} iter_args(%{{[^ ]*}} = %{{[^,]*}}, %{{[^ ]*}} = %{{[^,]*}}, %{{[^ ]*}} = %{{[^)]*}})
 // CHECK:   arith.ceildivui
 // CHECK:   scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[YA:[^ ]*]] = %{{[^,]*}}, %[[AA:[^ ]*]] = %{{[^,]*}}, %[[HA:[^ ]*]] = %{{[^)]*}})
-// CHECK:     %[[AS:.*]] = tensor.extract_slice %[[AA]]
 // CHECK:     %[[A:.*]] = linalg.matmul {{.*}} -> tensor<3x16xf32>
 // CHECK:     %[[HS:.*]] = tensor.extract_slice %[[HA]]
-// CHECK:     %[[H:.*]] = linalg.generic {{.*}} ins(%[[A]] : tensor<3x16xf32>) outs(%[[HS]] : tensor<3x16xf32>)
+// CHECK:     %[[DS:.*]] = tensor.extract_slice %[[AA]]
+// CHECK:     %[[HD:.*]]:2 = linalg.generic {{.*}} ins(%[[A]] : tensor<3x16xf32>) outs(%[[HS]], %[[DS]] : tensor<3x16xf32>, tensor<3x16xf32>)
 // CHECK:       math.erf
-// CHECK:     linalg.matmul ins(%[[H]]
+// CHECK:       math.exp
+// CHECK:       linalg.yield
+// CHECK:     linalg.matmul ins(%[[HD]]#0
 // CHECK:     tensor.insert_slice %{{.*}} into %[[YA]]
-// CHECK:     tensor.insert_slice %[[A]] into %[[AA]]
-// CHECK:     tensor.insert_slice %[[H]] into %[[HA]]
+// CHECK:     tensor.insert_slice %[[HD]]#1 into %[[AA]]
+// CHECK:     tensor.insert_slice %[[HD]]#0 into %[[HA]]
 // CHECK:   scf.for
 // CHECK-COUNT-3: linalg.fill {{.*}} -> tensor<3x{{8|16}}xf32>
 func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>) {
@@ -202,9 +205,9 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<4x3x3x16xf
   %b2 = moe.param "experts.fc2.bias" init(zeros) : tensor<4x8xf32>
   %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<3x5x8xf32>, tensor<8x4xf32>) -> (tensor<3x5x4x3xf32>, tensor<3x5x4x3xf32>, tensor<3x5x4xf32>)
   %xs = moe.dispatch %x, %d : (tensor<3x5x8xf32>, tensor<3x5x4x3xf32>) -> tensor<4x3x3x8xf32>
-  %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x3x3x8xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<4x3x3x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>)
+  %ys, %dact, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x3x3x8xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<4x3x3x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>)
   %y = moe.combine %ys, %c : (tensor<4x3x3x8xf32>, tensor<3x5x4x3xf32>) -> tensor<3x5x8xf32>
-  return %y, %pre, %hid : tensor<3x5x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>
+  return %y, %dact, %hid : tensor<3x5x8xf32>, tensor<4x3x3x16xf32>, tensor<4x3x3x16xf32>
 }
 
 // -----

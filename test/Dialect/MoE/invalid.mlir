@@ -203,7 +203,7 @@ func.func @attention_train_weight(%x: tensor<2x50x64xf32>, %wqkv: tensor<64x128x
 
 func.func @experts_train_hidden(%xs: tensor<4x8x50x64xf32>, %w1: tensor<4x64x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>) -> tensor<4x8x50x64xf32> {
   // expected-error @+1 {{expects hidden [4, 8, 50, 128] (slots [E, G, C] of the input, fc1's width), got [4, 8, 50, 64]}}
-  %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x64xf32>)
+  %ys, %dact, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x64xf32>)
   return %ys : tensor<4x8x50x64xf32>
 }
 
@@ -211,7 +211,7 @@ func.func @experts_train_hidden(%xs: tensor<4x8x50x64xf32>, %w1: tensor<4x64x128
 
 func.func @experts_train_result(%xs: tensor<4x8x50x64xf32>, %w1: tensor<4x64x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>) -> tensor<4x8x50x32xf32> {
   // expected-error @+1 {{expects result #0 of shape}}
-  %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x32xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
+  %ys, %dact, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x32xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
   return %ys : tensor<4x8x50x32xf32>
 }
 

@@ -172,8 +172,8 @@ func.func @attention_train(%x: tensor<8x50x64xf32>, %wqkv: tensor<64x192xf32>, %
 // CHECK-LABEL: func.func @experts_train
 func.func @experts_train(%xs: tensor<4x8x50x64xf32>, %w1: tensor<4x64x128xf32>, %b1: tensor<4x128xf32>, %w2: tensor<4x128x64xf32>, %b2: tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>) {
   // CHECK: %{{.*}}, %{{.*}}, %{{.*}} = moe.experts_train gelu %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
-  %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
-  return %ys, %pre, %hid : tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>
+  %ys, %dact, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2 : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>, tensor<4x128x64xf32>, tensor<4x64xf32>) -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
+  return %ys, %dact, %hid : tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>
 }
 
 // CHECK-LABEL: func.func @attention_grad

@@ -17,6 +17,10 @@ namespace moec::moe {
 mlir::Value buildActivation(mlir::OpBuilder &b, mlir::Location loc,
                             Activation kind, mlir::Value x);
 
+/// act'(x), the activation's derivative, for one scalar element.
+mlir::Value buildActivationDerivative(mlir::OpBuilder &b, mlir::Location loc,
+                                      Activation kind, mlir::Value x);
+
 /// Whole-batch linalg for an aux loss: the per-group loss [G] (unweighted)
 /// and, with `wantGrad`, d(sum_g loss_g) / d logits. `operands` are the
 /// op's operands or their replacements.

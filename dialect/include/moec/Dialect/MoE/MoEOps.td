@@ -446,19 +446,20 @@ def MoE_ExpertsOp : MoE_Op<"experts", [Pure, MoE_Differentiable]> {
 }
 
 def MoE_ExpertsTrainOp : MoE_Op<"experts_train", [Pure]> {
-  let summary = "moe.experts that also returns its hidden layer, for the backward.";
+  let summary = "moe.experts that also returns what its backward reads.";
   let description = [{
     The forward op of training: moe.experts' VJP replaces a `moe.experts` of
     `train_step` by this op, so that the backward reads the hidden layer
-    instead of recomputing its `[E, G, C, D] x [E, D, H]` product. Operands,
-    `activation` and `result` are moe.experts'. `preact` `[E, G, C, H]` is
-    `input[e] * fc1_weight[e] + fc1_bias[e]` and `hidden` its activation.
-    Where the kernel computes filled slots only, the rows of slots it skips
-    are zero in both (they are finite: the backward multiplies them by the
-    zero cotangents of those slots).
+    instead of recomputing its `[E, G, C, D] x [E, D, H]` product and the
+    activation's derivative there. Operands, `activation` and `result` are
+    moe.experts'. With `a = input[e] * fc1_weight[e] + fc1_bias[e]`
+    (`[E, G, C, H]`), `dact` is `act'(a)` and `hidden` is `act(a)`. Where
+    the kernel computes filled slots only, the rows of slots it skips are
+    zero in both (they are finite: the backward multiplies them by the zero
+    cotangents of those slots).
 
     ```mlir
-    %ys, %pre, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2
+    %ys, %dact, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2
         : (tensor<4x8x50x64xf32>, tensor<4x64x128xf32>, tensor<4x128xf32>,
            tensor<4x128x64xf32>, tensor<4x64xf32>)
         -> (tensor<4x8x50x64xf32>, tensor<4x8x50x128xf32>, tensor<4x8x50x128xf32>)
@@ -467,7 +468,7 @@ def MoE_ExpertsTrainOp : MoE_Op<"experts_train", [Pure]> {
   let arguments = (ins MoE_Activation:$activation, MoE_FloatTensor:$input,
                    MoE_FloatTensor:$fc1_weight, MoE_FloatTensor:$fc1_bias,
                    MoE_FloatTensor:$fc2_weight, MoE_FloatTensor:$fc2_bias);
-  let results = (outs MoE_FloatTensor:$result, MoE_FloatTensor:$preact,
+  let results = (outs MoE_FloatTensor:$result, MoE_FloatTensor:$dact,
                       MoE_FloatTensor:$hidden);
   let assemblyFormat = [{
     $activation $input `,` $fc1_weight `,` $fc1_bias `,` $fc2_weight `,` $fc2_bias

@@ -490,7 +490,18 @@ LogicalResult ActivationOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   if (noGradient(*this, dys, grads))
     return success();
   TB tb(b, getLoc());
-  grads[0] = activationVJP(tb, getKind(), getInput(), dys[0]);
+  // The forward becomes moe.activation_train, which also writes act'(x):
+  // the backward is a product with it (for GELU, no erf and exp here).
+  // This op is left without uses; moe-autodiff erases it.
+  OpBuilder fb(getOperation());
+  fb.setInsertionPointAfter(getOperation());
+  auto train = ActivationTrainOp::create(
+      fb, getLoc(), TypeRange{getType(), getType()}, getKindAttr(), getInput());
+  getResult().replaceAllUsesWith(train.getResult());
+  grads[0] = tb.elementwise({train.getDerivative(), dys[0]},
+                            [](OpBuilder &nb, Location nl, ValueRange v) {
+                              return mulf(nb, nl, v[0], v[1]);
+                            });
   return success();
 }
 
@@ -793,10 +804,8 @@ LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   Value dDispatch = dys[0], dCombine = dys[1], dLogits = dys[2];
   ArrayRef<int64_t> xs = TB::shape(x);
   int64_t g = xs[0], s = xs[1];
-  ArrayRef<int64_t> ls = TB::shape(getLogits());
   int64_t e = getNumExperts(), cap = getCapacity();
   auto d = [&](unsigned i) { return tb.d(i); };
-  auto id = [](OpBuilder &, Location, ValueRange a) { return a[0]; };
 
   Value dl; // d loss / d logits [G, R, E*P]
   if (getKind() == RouterKind::Soft) {

@@ -313,7 +313,8 @@ LogicalResult AuxLossOp::verify() {
       return emitOpError() << "super_class needs labels and super_class_map";
     if (shapeOf(getLabels()) != ArrayRef<int64_t>{logits[0]})
       return emitOpError() << "expects labels [" << logits[0] << "]";
-    for (int64_t c : *getSuperClassMap())
+    ArrayRef<int64_t> map = *getSuperClassMap();
+    for (int64_t c : map)
       if (c < 0 || c >= logits[2])
         return emitOpError() << "super_class_map entry " << c
                              << " is not an expert in [0, " << logits[2]

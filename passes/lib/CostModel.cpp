@@ -76,6 +76,7 @@ int64_t moec::moe::estimateFlops(Operation *op) {
       .Case([](PosEmbedOp o) { return numel(o.getResult()); })
       .Case([](AddOp o) { return numel(o.getResult()); })
       .Case([](ActivationOp o) { return numel(o.getResult()); })
+      .Case([](ActivationTrainOp o) { return 2 * numel(o.getResult()); })
       // mean, variance, normalise, scale, shift.
       .Case([](LayerNormOp o) { return 5 * numel(o.getResult()); })
       .Case([](AttentionOp o) {

@@ -889,6 +889,11 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
       .Case([&](ActivationOp o) -> R {
         return one(ib.activation(o.getKind(), in[0], dests[0]));
       })
+      .Case([&](ActivationTrainOp o) -> R {
+        auto [y, derivative] =
+            ib.activationAndDerivative(o.getKind(), in[0], dests[0], dests[1]);
+        return SmallVector<Value>{y, derivative};
+      })
       .Case([&](LayerNormOp o) -> R {
         if (ImageBuilder::shape(in[0]).size() != 2)
           return o.emitOpError() << "kernel lowering expects [N, S, D] input";

@@ -179,21 +179,31 @@ func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor
 
 // -----
 
-// Attention: in train_step the forward op becomes moe.attention_train, whose
-// residuals (qkv, the heads O, the score rows' log-sum-exp) feed
-// moe.attention_grad and the output projection's weight gradient; no
-// moe.attention is left (the replaced op is erased) and qkv is not
-// recomputed (no contraction of the input with the qkv weight besides the
-// weight gradient). train_forward keeps moe.attention.
+// Attention, then a GELU: in train_step the attention becomes
+// moe.attention_train, whose residuals (qkv, the heads O, the score rows'
+// log-sum-exp) feed moe.attention_grad and the output projection's weight
+// gradient; no moe.attention is left (the replaced op is erased) and qkv is
+// not recomputed (no contraction of the input with the qkv weight besides
+// the weight gradient). train_forward keeps moe.attention.
 // CHECK-LABEL: func.func @train_forward(
 // CHECK: moe.attention %
+// CHECK: moe.activation gelu
 // CHECK-LABEL: func.func @train_step(
 // CHECK-NOT: moe.attention %
 // CHECK: %[[X:.*]] = moe.layer_norm
 // CHECK: %[[WQKV:.*]] = moe.param "attn.qkv.weight"
 // CHECK: %[[Y:[^,]*]], %[[QKV:[^,]*]], %[[O:[^,]*]], %[[LSE:[^ ]*]] = moe.attention_train %[[X]], %[[WQKV]], %{{.*}}, %{{.*}}, %{{.*}} {heads = 2 : i64} : {{.*}} -> (tensor<2x4x8xf32>, tensor<2x4x24xf32>, tensor<2x4x8xf32>, tensor<2x2x4xf32>)
 // CHECK-NOT: ins(%[[X]], %[[WQKV]] :
-// CHECK: moe.pool mean %[[Y]]
+// moe.activation becomes moe.activation_train; its VJP is a product with
+// the derivative (no erf or exp in the backward).
+// CHECK-NOT: moe.activation gelu
+// CHECK: %[[GA:[^,]*]], %[[DGA:[^ ]*]] = moe.activation_train gelu %[[Y]]
+// CHECK: moe.pool mean %[[GA]]
+// CHECK-NOT: moe.activation gelu
+// CHECK: linalg.generic {{.*}} ins(%[[DGA]], %{{.*}} : tensor<2x4x8xf32>, tensor<2x4x8xf32>)
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: arith.mulf
+// CHECK-NEXT: linalg.yield
 // CHECK-NOT: moe.attention %
 // CHECK-NOT: ins(%[[X]], %[[WQKV]] :
 // CHECK: %[[DQKV:.*]] = moe.attention_grad %[[QKV]], %[[O]], %[[LSE]], %{{.*}} {heads = 2 : i64}
@@ -215,7 +225,8 @@ func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor
   %wo = moe.param "attn.proj.weight" init(trunc_normal, 2.0e-02) : tensor<8x8xf32>
   %bo = moe.param "attn.proj.bias" init(zeros) : tensor<8xf32>
   %a = moe.attention %h, %wqkv, %bqkv, %wo, %bo {heads = 2 : i64} : (tensor<2x4x8xf32>, tensor<8x24xf32>, tensor<24xf32>, tensor<8x8xf32>, tensor<8xf32>) -> tensor<2x4x8xf32>
-  %p = moe.pool mean %a : tensor<2x4x8xf32> -> tensor<2x8xf32>
+  %ga = moe.activation gelu %a : tensor<2x4x8xf32>
+  %p = moe.pool mean %ga : tensor<2x4x8xf32> -> tensor<2x8xf32>
   %wh = moe.param "head.weight" init(trunc_normal, 2.0e-02) : tensor<8x3xf32>
   %bh = moe.param "head.bias" init(zeros) : tensor<3xf32>
   %logits = moe.classifier_head %p, %wh, %bh : (tensor<2x8xf32>, tensor<8x3xf32>, tensor<3xf32>) -> tensor<2x3xf32>

@@ -452,6 +452,22 @@ func.func @infer(%qkv: tensor<2x6x24xf32>, %o: tensor<2x6x8xf32>, %lse: tensor<2
 
 // -----
 
+// moe.activation_train: one per-image kernel, one generic with two outputs
+// (the activation and its derivative).
+// CHECK-LABEL: func.func @infer
+// CHECK: %{{.*}}:2 = call @moec_k0({{.*}}) {{.*}}moe.op = "moe.activation_train", moe.parallel = "images"
+// CHECK-LABEL: func.func @moec_k0
+// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<5x8xf32>) outs(%{{.*}}, %{{.*}} : tensor<5x8xf32>, tensor<5x8xf32>)
+// CHECK: math.erf
+// CHECK: math.exp
+// CHECK: linalg.yield %{{.*}}, %{{.*}} : f32, f32
+func.func @infer(%x: tensor<2x5x8xf32>) -> (tensor<2x5x8xf32>, tensor<2x5x8xf32>) {
+  %y, %d = moe.activation_train gelu %x : tensor<2x5x8xf32>
+  return %y, %d : tensor<2x5x8xf32>, tensor<2x5x8xf32>
+}
+
+// -----
+
 // moe.attention_train is moe.attention's per-image kernel that writes qkv
 // into its destination instead of a temporary, the heads into theirs, and
 // each head's row log-sum-exp, scale * max + log(sum), into row h of lse.

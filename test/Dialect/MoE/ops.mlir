@@ -48,6 +48,8 @@ func.func @vit_ops(%img: tensor<8x1x28x28xf32>, %wp: tensor<16x64xf32>, %bp: ten
   %v2 = moe.activation relu %v1 : tensor<8x50x128xf32>
   // CHECK: moe.activation silu
   %v3 = moe.activation silu %v2 : tensor<8x50x128xf32>
+  // CHECK: %{{.*}}, %{{.*}} = moe.activation_train gelu %{{.*}} : tensor<8x50x128xf32>
+  %v4, %dv4 = moe.activation_train gelu %u : tensor<8x50x128xf32>
   // CHECK: moe.pool cls %[[R]] : tensor<8x50x64xf32> -> tensor<8x64xf32>
   %f = moe.pool cls %r : tensor<8x50x64xf32> -> tensor<8x64xf32>
   // CHECK: moe.pool mean %[[R]] : tensor<8x50x64xf32> -> tensor<8x64xf32>

@@ -22,7 +22,8 @@ def MoE_DifferentiableOpInterface : OpInterface<"DifferentiableOpInterface"> {
     emitted IR works on whole-batch tensors; moe-lower-to-kernels outlines
     it like the forward pass. Instead of recomputing intermediates, a VJP may
     replace its op in the forward by one that also returns them (moe.attention
-    becomes moe.attention_train, moe.experts moe.experts_train): it creates that op right after itself and
+    becomes moe.attention_train, moe.experts moe.experts_train,
+    moe.activation moe.activation_train): it creates that op right after itself and
     moves every use over, and moe-autodiff erases the op left without uses.
   }];
   let methods = [

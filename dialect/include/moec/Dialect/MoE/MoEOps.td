@@ -257,6 +257,23 @@ def MoE_ActivationOp : MoE_Op<"activation", [Pure, SameOperandsAndResultType, Mo
   let assemblyFormat = "$kind $input attr-dict `:` type($result)";
 }
 
+def MoE_ActivationTrainOp : MoE_Op<"activation_train", [Pure, SameOperandsAndResultType]> {
+  let summary = "moe.activation that also returns its derivative, for the backward.";
+  let description = [{
+    The forward op of training: moe.activation's VJP replaces a
+    `moe.activation` of `train_step` by this op. `result` is `kind(input)`
+    and `derivative` is `kind'(input)`, computed in the same pass over the
+    input (GELU's erf once for both), so the backward is one product with it.
+
+    ```mlir
+    %y, %dy = moe.activation_train gelu %x : tensor<8x50x128xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Activation:$kind, MoE_FloatTensor:$input);
+  let results = (outs MoE_FloatTensor:$result, MoE_FloatTensor:$derivative);
+  let assemblyFormat = "$kind $input attr-dict `:` type($result)";
+}
+
 def MoE_AddOp : MoE_Op<"add", [Pure, Commutative, SameOperandsAndResultType, MoE_Differentiable]> {
   let summary = "Element-wise addition (residual connections).";
   let description = [{

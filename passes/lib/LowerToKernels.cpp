@@ -531,20 +531,14 @@ Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
 /// ones in its dispatch column; the FFN runs over row tiles of [0, n_e) and
 /// the other slots are zero (their combine weights are zero, and zeros keep
 /// the combine's products finite). `in` = input [E, C, D], fc1 w/b, fc2 w/b,
-/// dispatch [S, E, C]. For moe.experts_train, `hiddenDests` are the dact
-/// (act'(a)) and hidden (act(a)) destinations [E, C, H]: the tiles write
-/// their rows there, the rows of skipped slots are zero, and the two results
-/// are appended to `*hiddenResults`.
+/// dispatch [S, E, C].
 Value filledSlotExperts(Activation activation, ImageBuilder &ib,
-                        ArrayRef<Value> in, Value dest,
-                        ArrayRef<Value> hiddenDests = {},
-                        SmallVectorImpl<Value> *hiddenResults = nullptr) {
+                        ArrayRef<Value> in, Value dest) {
   OpBuilder &b = ib.b;
   Location loc = ib.loc;
   ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
   int64_t numExperts = x[0], capacity = x[1], width = x[2];
   int64_t hidden = ImageBuilder::shape(in[1])[2];
-  bool train = !hiddenDests.empty();
   // Row tiles of up to 16 slots: every tile streams the expert's weights
   // through L1 once, so taller tiles read them less often, but a tile is
   // computed whole, so they also compute more unfilled rows. Measured on a
@@ -565,7 +559,6 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
                              return arith::AddFOp::create(nb, nl, a[1], a[0]);
                            });
   SmallVector<Value> init{dest};
-  llvm::append_range(init, hiddenDests);
   Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
   Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
   Value cE = arith::ConstantIndexOp::create(b, loc, numExperts);
@@ -617,26 +610,12 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
               ImageBuilder tib(tb, tl);
               Value xs = slice(tb, tl, in[0], {e, row, zero}, {1, rows, width},
                                {rows, width});
-              Value a = tib.matmul(xs, w1, b1, tib.empty({rows, hidden}));
-              Value h, dact;
-              if (train) {
-                auto hiddenTile = [&](unsigned i) {
-                  return slice(tb, tl, tacc[i], {e, row, zero},
-                               {1, rows, hidden}, {rows, hidden});
-                };
-                std::tie(h, dact) = tib.activationAndDerivative(
-                    activation, a, hiddenTile(2), hiddenTile(1));
-              } else {
-                h = tib.activation(activation, a, tib.empty({rows, hidden}));
-              }
+              Value h = tib.matmul(xs, w1, b1, tib.empty({rows, hidden}));
+              h = tib.activation(activation, h, tib.empty({rows, hidden}));
               Value outSlice = slice(tb, tl, tacc[0], {e, row, zero},
                                      {1, rows, width}, {rows, width});
               Value y = tib.matmul(h, w2, b2, outSlice);
-              SmallVector<Value> next{put(tb, tl, y, tacc[0], row, width)};
-              if (train)
-                next.append({put(tb, tl, dact, tacc[1], row, hidden),
-                             put(tb, tl, h, tacc[2], row, hidden)});
-              scf::YieldOp::create(tb, tl, next);
+              scf::YieldOp::create(tb, tl, put(tb, tl, y, tacc[0], row, width));
             });
         // The row tiles of [end, C) are zero: each row of the results is
         // written once (no fill of the whole destination first).
@@ -645,21 +624,13 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
             cRows, tiles.getResults(),
             [&](OpBuilder &zb, Location zl, Value row, ValueRange zacc) {
               ImageBuilder zib(zb, zl);
-              SmallVector<Value> next;
-              for (auto [i, full] : llvm::enumerate(zacc)) {
-                int64_t cols = i == 0 ? width : hidden;
-                Value tile = zib.fill(
-                    slice(zb, zl, full, {e, row, zero}, {1, rows, cols},
-                          {rows, cols}),
-                    0.0);
-                next.push_back(put(zb, zl, tile, full, row, cols));
-              }
-              scf::YieldOp::create(zb, zl, next);
+              Value tile = zib.fill(slice(zb, zl, zacc[0], {e, row, zero},
+                                          {1, rows, width}, {rows, width}),
+                                    0.0);
+              scf::YieldOp::create(zb, zl, put(zb, zl, tile, zacc[0], row, width));
             });
         scf::YieldOp::create(eb, el, zeros.getResults());
       });
-  if (train)
-    hiddenResults->append({experts.getResult(1), experts.getResult(2)});
   return experts.getResult(0);
 }
 
@@ -980,14 +951,8 @@ FailureOr<SmallVector<Value>> emitImage(Operation *op, ImageBuilder &ib,
         return one(ib.batchMatmul(h, in[3], in[4], dests[0]));
       })
       .Case([&](ExpertsTrainOp o) -> R {
-        if (in.size() == 6) {
-          SmallVector<Value> hiddenResults;
-          Value y = filledSlotExperts(o.getActivation(), ib, in, dests[0],
-                                      {dests[1], dests[2]}, &hiddenResults);
-          SmallVector<Value> results{y};
-          results.append(hiddenResults);
-          return results;
-        }
+        // All slots: in train_step the combine's VJP reads every slot of
+        // the output (dcombine), so the filled-slot kernel does not apply.
         ArrayRef<int64_t> x = ImageBuilder::shape(in[0]); // [E, C, D]
         int64_t hidden = ImageBuilder::shape(in[1])[2];
         Value a = ib.batchMatmul(in[0], in[1], in[2],
@@ -1740,13 +1705,14 @@ struct LowerToKernelsPass
     // only to the combine of the same router: unfilled slots are never
     // read with a nonzero weight, so the kernel computes filled slots only.
     DenseSet<Operation *> filledSlotsOnly;
-    // (moe.experts_train's other results, the hidden layer, are read by the
-    // backward only where the slots' cotangents are: zero rows are exact.)
+    // (In train_step the combine's VJP also reads the output, so there the
+    // experts, moe.experts_train, run over all slots.)
     for (Operation *op : work) {
-      if (!isa<ExpertsOp, ExpertsTrainOp>(op) || !op->getResult(0).hasOneUse())
+      auto experts = dyn_cast<ExpertsOp>(op);
+      if (!experts || !experts->hasOneUse())
         continue;
-      auto dispatch = op->getOperand(0).getDefiningOp<DispatchOp>();
-      auto combine = dyn_cast<CombineOp>(*op->getResult(0).getUsers().begin());
+      auto dispatch = experts.getInput().getDefiningOp<DispatchOp>();
+      auto combine = dyn_cast<CombineOp>(*experts->getUsers().begin());
       if (!dispatch || !combine || !oneHot.contains(dispatch))
         continue;
       auto router = dispatch.getDispatch().getDefiningOp<RouterOp>();

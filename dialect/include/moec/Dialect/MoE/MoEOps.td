@@ -470,10 +470,9 @@ def MoE_ExpertsTrainOp : MoE_Op<"experts_train", [Pure]> {
     instead of recomputing its `[E, G, C, D] x [E, D, H]` product and the
     activation's derivative there. Operands, `activation` and `result` are
     moe.experts'. With `a = input[e] * fc1_weight[e] + fc1_bias[e]`
-    (`[E, G, C, H]`), `dact` is `act'(a)` and `hidden` is `act(a)`. Where
-    the kernel computes filled slots only, the rows of slots it skips are
-    zero in both (they are finite: the backward multiplies them by the zero
-    cotangents of those slots).
+    (`[E, G, C, H]`), `dact` is `act'(a)` and `hidden` is `act(a)`, over
+    every slot (the combine's VJP reads every slot of `result`, so the
+    filled-slot kernel of moe.experts does not apply).
 
     ```mlir
     %ys, %dact, %hid = moe.experts_train gelu %xs, %w1, %b1, %w2, %b2

@@ -172,6 +172,20 @@ Value linearForward(TB &tb, Value x, Value w, Value bias) {
                      1, init);
 }
 
+/// For a VJP that keeps residuals: creates `ResidualOp` (the op's forward
+/// plus what its backward reads) right after `op` and moves every use of
+/// op's result to the new op's result #0. `op` is left without uses;
+/// moe-autodiff erases it after the sweep.
+template <typename ResidualOp, typename... Args>
+ResidualOp replaceByResidualOp(Operation *op, TypeRange types, Args &&...args) {
+  OpBuilder b(op);
+  b.setInsertionPointAfter(op);
+  auto replacement =
+      ResidualOp::create(b, op->getLoc(), types, std::forward<Args>(args)...);
+  op->getResult(0).replaceAllUsesWith(replacement->getResult(0));
+  return replacement;
+}
+
 Value applyActivation(TB &tb, Activation kind, Value a) {
   return tb.elementwise({a}, [&](OpBuilder &nb, Location nl, ValueRange v) {
     return buildActivation(nb, nl, kind, v[0]);
@@ -492,12 +506,9 @@ LogicalResult ActivationOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   TB tb(b, getLoc());
   // The forward becomes moe.activation_train, which also writes act'(x):
   // the backward is a product with it (for GELU, no erf and exp here).
-  // This op is left without uses; moe-autodiff erases it.
-  OpBuilder fb(getOperation());
-  fb.setInsertionPointAfter(getOperation());
-  auto train = ActivationTrainOp::create(
-      fb, getLoc(), TypeRange{getType(), getType()}, getKindAttr(), getInput());
-  getResult().replaceAllUsesWith(train.getResult());
+  auto train = replaceByResidualOp<ActivationTrainOp>(
+      getOperation(), TypeRange{getType(), getType()}, getKindAttr(),
+      getInput());
   grads[0] = tb.elementwise({train.getDerivative(), dys[0]},
                             [](OpBuilder &nb, Location nl, ValueRange v) {
                               return mulf(nb, nl, v[0], v[1]);
@@ -677,18 +688,15 @@ LogicalResult AttentionOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   ArrayRef<int64_t> xs = TB::shape(x);
   // The forward becomes moe.attention_train, which also writes what the
   // backward reads: the projected qkv, the heads O and every score row's
-  // log-sum-exp. This op is left without uses; moe-autodiff erases it.
-  OpBuilder fb(getOperation());
-  fb.setInsertionPointAfter(getOperation());
+  // log-sum-exp.
   Type f32 = getElementTypeOrSelf(x.getType());
-  auto train = AttentionTrainOp::create(
-      fb, getLoc(),
+  auto train = replaceByResidualOp<AttentionTrainOp>(
+      getOperation(),
       TypeRange{x.getType(), RankedTensorType::get({xs[0], xs[1], 3 * xs[2]}, f32),
                 x.getType(),
                 RankedTensorType::get({xs[0], static_cast<int64_t>(getHeads()), xs[1]}, f32)},
       x, getQkvWeight(), getQkvBias(), getOutWeight(), getOutBias(),
       getHeadsAttr());
-  getResult().replaceAllUsesWith(train.getResult());
   // The core's backward is one per-image op, moe.attention_grad.
   Value dheads = linearInputGrad(tb, getOutWeight(), dy, xs);
   Value dqkv = AttentionGradOp::create(b, getLoc(), train.getQkv().getType(),
@@ -724,17 +732,13 @@ LogicalResult ExpertsOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   // The forward becomes moe.experts_train, which also writes the hidden
   // layer h = act(a) and the activation's derivative act'(a) at
   // a = x w1 + b1, so the backward neither recomputes a nor evaluates
-  // act' (erf and exp for GELU). This op is left without uses;
-  // moe-autodiff erases it.
-  OpBuilder fb(getOperation());
-  fb.setInsertionPointAfter(getOperation());
+  // act' (erf and exp for GELU).
   auto hiddenType =
       RankedTensorType::get({e, g, c, hid}, getElementTypeOrSelf(x.getType()));
-  auto train = ExpertsTrainOp::create(
-      fb, getLoc(), TypeRange{x.getType(), hiddenType, hiddenType},
+  auto train = replaceByResidualOp<ExpertsTrainOp>(
+      getOperation(), TypeRange{x.getType(), hiddenType, hiddenType},
       getActivationAttr(), x, getFc1Weight(), getFc1Bias(), getFc2Weight(),
       getFc2Bias());
-  getResult().replaceAllUsesWith(train.getResult());
   Value dact = train.getDact(), hact = train.getHidden();
   // dW2[e,h,m] = sum_{g,c} hact[e,g,c,h] dy[e,g,c,m]; loops (e,h,m,g,c).
   Value dw2 = tb.contract(hact, tb.dims(5, {0, 3, 4, 1}), dy, tb.dims(5, {0, 3, 4, 2}),

@@ -126,16 +126,35 @@ LogicalResult LayerNormOp::verify() {
                                           getEpsilon().convertToDouble()));
 }
 
-LogicalResult AttentionOp::verify() {
-  if (failed(verifyElementTypes(*this)))
+namespace {
+/// Element types and result #0 of moe.attention and moe.attention_train
+/// (same operands and attribute).
+template <typename AttentionLikeOp>
+LogicalResult verifyAttentionResult(AttentionLikeOp op) {
+  if (failed(verifyElementTypes(op)))
     return failure();
-  auto emit = [&] { return emitOpError(); };
+  auto emit = [&] { return op.emitOpError(); };
   return verifyResult(
-      *this, inferAttentionShape(emit, shapeOf(getInput()),
-                                 shapeOf(getQkvWeight()), shapeOf(getQkvBias()),
-                                 shapeOf(getOutWeight()), shapeOf(getOutBias()),
-                                 getHeads()));
+      op, inferAttentionShape(emit, shapeOf(op.getInput()),
+                              shapeOf(op.getQkvWeight()), shapeOf(op.getQkvBias()),
+                              shapeOf(op.getOutWeight()), shapeOf(op.getOutBias()),
+                              op.getHeads()));
 }
+
+/// Element types and result #0 of moe.experts and moe.experts_train.
+template <typename ExpertsLikeOp>
+LogicalResult verifyExpertsResult(ExpertsLikeOp op) {
+  if (failed(verifyElementTypes(op)))
+    return failure();
+  auto emit = [&] { return op.emitOpError(); };
+  return verifyResult(
+      op, inferExpertsShape(emit, shapeOf(op.getInput()),
+                            shapeOf(op.getFc1Weight()), shapeOf(op.getFc1Bias()),
+                            shapeOf(op.getFc2Weight()), shapeOf(op.getFc2Bias())));
+}
+} // namespace
+
+LogicalResult AttentionOp::verify() { return verifyAttentionResult(*this); }
 
 namespace {
 /// "[a, b, c]" for error messages.
@@ -167,14 +186,7 @@ LogicalResult verifyAttentionResiduals(Operation *op, ArrayRef<int64_t> x,
 } // namespace
 
 LogicalResult AttentionTrainOp::verify() {
-  if (failed(verifyElementTypes(*this)))
-    return failure();
-  auto emit = [&] { return emitOpError(); };
-  if (failed(verifyResult(
-          *this, inferAttentionShape(emit, shapeOf(getInput()),
-                                     shapeOf(getQkvWeight()), shapeOf(getQkvBias()),
-                                     shapeOf(getOutWeight()), shapeOf(getOutBias()),
-                                     getHeads()))))
+  if (failed(verifyAttentionResult(*this)))
     return failure();
   ArrayRef<int64_t> x = shapeOf(getInput());
   if (llvm::is_contained(x, ShapedType::kDynamic))
@@ -363,24 +375,10 @@ LogicalResult DispatchOp::verify() {
                                                 shapeOf(getDispatch())));
 }
 
-LogicalResult ExpertsOp::verify() {
-  if (failed(verifyElementTypes(*this)))
-    return failure();
-  auto emit = [&] { return emitOpError(); };
-  return verifyResult(
-      *this, inferExpertsShape(emit, shapeOf(getInput()),
-                               shapeOf(getFc1Weight()), shapeOf(getFc1Bias()),
-                               shapeOf(getFc2Weight()), shapeOf(getFc2Bias())));
-}
+LogicalResult ExpertsOp::verify() { return verifyExpertsResult(*this); }
 
 LogicalResult ExpertsTrainOp::verify() {
-  if (failed(verifyElementTypes(*this)))
-    return failure();
-  auto emit = [&] { return emitOpError(); };
-  if (failed(verifyResult(
-          *this, inferExpertsShape(emit, shapeOf(getInput()),
-                                   shapeOf(getFc1Weight()), shapeOf(getFc1Bias()),
-                                   shapeOf(getFc2Weight()), shapeOf(getFc2Bias())))))
+  if (failed(verifyExpertsResult(*this)))
     return failure();
   ArrayRef<int64_t> x = shapeOf(getInput());
   SmallVector<int64_t> want{x[0], x[1], x[2], shapeOf(getFc1Weight())[2]};

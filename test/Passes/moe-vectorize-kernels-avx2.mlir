@@ -37,12 +37,13 @@ func.func @moec_k1(%a: tensor<50x16xf32>, %b: tensor<16x16xf32>, %c: tensor<50x1
 
 // -----
 
-// An output width that is no multiple of a register (20 = 8 + 8 + a peeled
-// 4): one register per row, so up to 12 rows.
+// An output width that is no multiple of a register (20 = 16 + a peeled 4):
+// the widest whole-register tile the limit allows, two registers per row, so
+// up to 6 rows; the peeled columns keep the rows.
 // CHECK-LABEL: func.func @moec_k2
-// CHECK: scf.for %{{.*}} = %{{.*}} to %c16 step %c8
-// CHECK:   vector.contract {{.*}} : vector<12x1xf32>, vector<1x8xf32> into vector<12x8xf32>
-// CHECK: vector.contract {{.*}} : vector<12x1xf32>, vector<1x4xf32> into vector<12x4xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c12 step %c6
+// CHECK:   vector.contract {{.*}} : vector<6x1xf32>, vector<1x16xf32> into vector<6x16xf32>
+// CHECK:   vector.contract {{.*}} : vector<6x1xf32>, vector<1x4xf32> into vector<6x4xf32>
 func.func @moec_k2(%a: tensor<12x32xf32>, %b: tensor<32x20xf32>, %c: tensor<12x20xf32>) -> tensor<12x20xf32> attributes {moe.kernel} {
   %0 = linalg.matmul ins(%a, %b : tensor<12x32xf32>, tensor<32x20xf32>) outs(%c : tensor<12x20xf32>) -> tensor<12x20xf32>
   return %0 : tensor<12x20xf32>
@@ -75,4 +76,31 @@ func.func @moec_k3(%x: tensor<400x64xf32>, %dy: tensor<400x192xf32>, %w: tensor<
     linalg.yield %2 : f32
   } -> tensor<64x192xf32>
   return %0 : tensor<64x192xf32>
+}
+
+// -----
+
+// Elementwise ops: a plain body (bias add) takes 64 lanes (8 AVX2
+// registers per value); a body with a transcendental function (exp: a
+// polynomial with many live temporaries) takes two registers per value, so
+// that it does not spill. AVX-512: 64 and 32 lanes.
+// CHECK-LABEL: func.func @moec_k6
+// CHECK: arith.addf {{.*}} : vector<1x64xf32>
+// CHECK: math.exp {{.*}} : vector<1x16xf32>
+// AVX512-LABEL: func.func @moec_k6
+// AVX512: arith.addf {{.*}} : vector<1x64xf32>
+// AVX512: math.exp {{.*}} : vector<1x32xf32>
+#row = affine_map<(d0, d1) -> (d0, d1)>
+func.func @moec_k6(%x: tensor<4x128xf32>, %y: tensor<4x128xf32>, %sum: tensor<4x128xf32>, %e: tensor<4x128xf32>) -> (tensor<4x128xf32>, tensor<4x128xf32>) attributes {moe.kernel} {
+  %0 = linalg.generic {indexing_maps = [#row, #row, #row], iterator_types = ["parallel", "parallel"]} ins(%x, %y : tensor<4x128xf32>, tensor<4x128xf32>) outs(%sum : tensor<4x128xf32>) {
+  ^bb0(%a: f32, %b: f32, %o: f32):
+    %s = arith.addf %a, %b : f32
+    linalg.yield %s : f32
+  } -> tensor<4x128xf32>
+  %1 = linalg.generic {indexing_maps = [#row, #row], iterator_types = ["parallel", "parallel"]} ins(%0 : tensor<4x128xf32>) outs(%e : tensor<4x128xf32>) {
+  ^bb0(%a: f32, %o: f32):
+    %s = math.exp %a : f32
+    linalg.yield %s : f32
+  } -> tensor<4x128xf32>
+  return %0, %1 : tensor<4x128xf32>, tensor<4x128xf32>
 }

@@ -70,9 +70,13 @@ struct VectorizeKernelsPass
   /// the broadcast elements of A (24 of AVX-512's 32, 12 of AVX2's 16).
   int64_t accumulatorBudget() const { return vectorRegisters * 3 / 4; }
 
-  /// Tile sizes for `op` (0 = not tiled) and the loop dimension that
-  /// becomes the vector dimension (-1 if none).
-  std::pair<SmallVector<int64_t>, int64_t> chooseTiles(linalg::LinalgOp op) {
+  /// Tile sizes for `op` (0 = not tiled), the loop dimension that becomes
+  /// the vector dimension and a contraction's row dimension (-1 if none).
+  struct Tiles {
+    SmallVector<int64_t> sizes;
+    int64_t vectorDim = -1, rowDim = -1;
+  };
+  Tiles chooseTiles(linalg::LinalgOp op) {
     SmallVector<int64_t> ranges = op.getStaticLoopRanges();
     SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
     bool contraction =
@@ -82,7 +86,7 @@ struct VectorizeKernelsPass
       if (it == utils::IteratorType::parallel)
         parallel.push_back(i);
     SmallVector<int64_t> tiles(ranges.size(), 0);
-    int64_t vectorDim = -1;
+    int64_t vectorDim = -1, rowDim = -1;
 
     // Transposes (attention keys): one output row segment at a time,
     // gathered element by element from the input column and stored
@@ -92,7 +96,7 @@ struct VectorizeKernelsPass
     if (isa<linalg::TransposeOp>(op)) {
       for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel)))
         tiles[dim] = pos == 0 ? pickTile(ranges[dim], 16) : 1;
-      return {tiles, -1};
+      return {tiles};
     }
 
     bool innermostReduction = iters.back() == utils::IteratorType::reduction;
@@ -140,7 +144,15 @@ struct VectorizeKernelsPass
         int64_t rows = std::max<int64_t>(
             1, std::min<int64_t>(budget / regsPerRow,
                                  regsPerRow == 1 ? 2 * rowTile : rowTile));
-        tiles[dim] = pickTile(ranges[dim], rows);
+        // The largest divisor, unless it leaves over a quarter of the
+        // budget idle (32 or 64 rows at up to 6 a tile on AVX2: 4 rows, 8 of
+        // 12 accumulators) and there are at least four full tiles: then
+        // full tiles and a peeled remainder of rows (at most a fifth).
+        int64_t divisor = pickTile(ranges[dim], rows);
+        tiles[dim] = ranges[dim] >= 4 * rows && 4 * divisor < 3 * rows
+                         ? rows
+                         : divisor;
+        rowDim = dim;
       } else {
         tiles[dim] = 1;
       }
@@ -161,6 +173,8 @@ struct VectorizeKernelsPass
               tiles[d] = 1;
               if (vectorDim == static_cast<int64_t>(d))
                 vectorDim = -1;
+              if (rowDim == static_cast<int64_t>(d))
+                rowDim = -1;
             }
         });
     // Contractions step every reduction dimension by 1 (outer products).
@@ -173,7 +187,39 @@ struct VectorizeKernelsPass
       if (it == utils::IteratorType::reduction &&
           (contraction || static_cast<int64_t>(i) != last))
         tiles[i] = 1;
-    return {tiles, vectorDim};
+    return {tiles, vectorDim, rowDim};
+  }
+
+  /// Peels the loops of the vector and row dimensions whose tiles do not
+  /// divide their ranges, the inner one first (the outer one's partial
+  /// iteration then holds both copies of the inner one). `loops` are the
+  /// tiling's loops, one per dimension `d` with `tiled(d)`, in dimension
+  /// order. Returns the partial loops that are outside every other loop.
+  SmallVector<Operation *>
+  peelRemainders(RewriterBase &rewriter, ArrayRef<LoopLikeOpInterface> loops,
+                 const Tiles &t, ArrayRef<int64_t> ranges,
+                 llvm::function_ref<bool(int64_t)> tiled) {
+    SmallVector<std::pair<int64_t, int64_t>> peel; // (loop index, dim)
+    for (int64_t dim : {t.vectorDim, t.rowDim}) {
+      if (dim < 0 || ranges[dim] % t.sizes[dim] == 0)
+        continue;
+      int64_t index = 0;
+      for (int64_t d = 0; d < dim; ++d)
+        index += tiled(d);
+      if (index < static_cast<int64_t>(loops.size()))
+        peel.push_back({index, dim});
+    }
+    llvm::sort(peel, [](auto a, auto b) { return a.first > b.first; });
+    SmallVector<Operation *> outermost;
+    for (auto [index, dim] : peel) {
+      auto loop = dyn_cast<scf::ForOp>(LoopLikeOpInterface(loops[index]).getOperation());
+      scf::ForOp partial;
+      if (loop &&
+          succeeded(scf::peelForLoopAndSimplifyBounds(rewriter, loop, partial)) &&
+          index == 0)
+        outermost.push_back(partial.getOperation());
+    }
+    return outermost;
   }
 
   /// The cleanup pattern sets, built once (the pass runs on every kernel).
@@ -251,7 +297,8 @@ struct VectorizeKernelsPass
       SmallVector<int64_t> ranges = op.getStaticLoopRanges();
       if (llvm::any_of(ranges, ShapedType::isDynamic))
         continue;
-      auto [tiles, vectorDim] = chooseTiles(op);
+      Tiles chosen = chooseTiles(op);
+      ArrayRef<int64_t> tiles = chosen.sizes;
       bool needsTiling = false;
       for (auto [t, r] : llvm::zip(tiles, ranges))
         needsTiling |= t != 0 && t != r;
@@ -269,17 +316,8 @@ struct VectorizeKernelsPass
         continue;
       rewriter.replaceOp(op, tiled->replacements);
       // Loops are created for tiled dimensions in order.
-      if (vectorDim >= 0 && ranges[vectorDim] % tiles[vectorDim] != 0) {
-        int64_t loopIndex = 0;
-        for (int64_t d = 0; d < vectorDim; ++d)
-          loopIndex += tiles[d] != 0;
-        if (loopIndex < static_cast<int64_t>(tiled->loops.size()))
-          if (auto loop = dyn_cast<scf::ForOp>(
-                  tiled->loops[loopIndex].getOperation())) {
-            scf::ForOp partial;
-            (void)scf::peelForLoopAndSimplifyBounds(rewriter, loop, partial);
-          }
-      }
+      (void)peelRemainders(rewriter, tiled->loops, chosen, ranges,
+                           [&](int64_t d) { return tiles[d] != 0; });
     }
 
     // 3. Fold the peeled tiles' sizes to constants (static tile types).
@@ -364,7 +402,8 @@ struct VectorizeKernelsPass
     SmallVector<int64_t> ranges = op.getStaticLoopRanges();
     if (!init || llvm::any_of(ranges, ShapedType::isDynamic))
       return false;
-    auto [tiles, vectorDim] = chooseTiles(op);
+    Tiles chosen = chooseTiles(op);
+    ArrayRef<int64_t> tiles = chosen.sizes;
     SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
     SmallVector<OpFoldResult> parallelSizes;
     for (auto [t, it] : llvm::zip(tiles, iters))
@@ -393,26 +432,15 @@ struct VectorizeKernelsPass
     rewriter.eraseOp(op);
     if (init->use_empty())
       rewriter.eraseOp(init);
-    // Peel the vector dimension's loop when its tile does not divide.
+    // Peel the loops whose tiles do not divide.
     SmallVector<Operation *> nests;
     if (!fused->loops.empty())
       nests.push_back(fused->loops.front().getOperation());
-    if (vectorDim >= 0 && ranges[vectorDim] % tiles[vectorDim] != 0) {
-      int64_t loopIndex = 0;
-      for (int64_t d = 0; d < vectorDim; ++d)
-        loopIndex += tiles[d] != 0 && iters[d] == utils::IteratorType::parallel;
-      if (loopIndex < static_cast<int64_t>(fused->loops.size()))
-        if (auto loop = dyn_cast<scf::ForOp>(
-                fused->loops[loopIndex].getOperation())) {
-          scf::ForOp partial;
-          // The partial tile's loop is the peeled loop's sibling: inside
-          // the outermost loop unless it is that loop.
-          if (succeeded(scf::peelForLoopAndSimplifyBounds(rewriter, loop,
-                                                          partial)) &&
-              loopIndex == 0)
-            nests.push_back(partial.getOperation());
-        }
-    }
+    nests.append(peelRemainders(rewriter, fused->loops, chosen, ranges,
+                                [&](int64_t d) {
+                                  return tiles[d] != 0 &&
+                                         iters[d] == utils::IteratorType::parallel;
+                                }));
     // Every op in the nests: the per-tile inits stay whole (vectorized as
     // one write), the contractions step their reduction by 1.
     SmallVector<linalg::LinalgOp> inner;

@@ -54,13 +54,17 @@ func.func @moec_k2(%a: tensor<12x32xf32>, %b: tensor<32x20xf32>, %c: tensor<12x2
 // A weight gradient dW[k, n] = sum_r x[r, k] dy[r, n] over 400 rows (images
 // x tokens): blocks of 20 rows (20 x 4 x (64 + 192) bytes fit 3/4 of a
 // 32 KiB L1) around the register tiles; each tile's accumulators are read
-// and written once per block.
+// and written once per block. The 64 rows of dW: 6-row tiles (12
+// accumulators; 64's largest divisor up to 6 is 4, only 8) and a peeled 4.
 // CHECK-LABEL: func.func @moec_k3
 // CHECK: scf.for %{{.*}} = %{{.*}} to %c400 step %c20
-// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c4
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c60 step %c6
 // CHECK:     scf.for %{{.*}} = %{{.*}} to %c192 step %c16
 // CHECK:       scf.for %{{.*}} = %{{.*}} to %c20 step %c1
-// CHECK:         vector.contract {{.*}} : vector<1x4xf32>, vector<1x16xf32> into vector<4x16xf32>
+// CHECK:         vector.contract {{.*}} : vector<1x6xf32>, vector<1x16xf32> into vector<6x16xf32>
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c192 step %c16
+// CHECK:     scf.for %{{.*}} = %{{.*}} to %c20 step %c1
+// CHECK:       vector.contract {{.*}} : vector<1x4xf32>, vector<1x16xf32> into vector<4x16xf32>
 // BIGL1-LABEL: func.func @moec_k3
 // BIGL1-NOT: step %c20
 // 64 KiB of L1 (3/4: 48 KiB): blocks of 40.
@@ -103,4 +107,23 @@ func.func @moec_k6(%x: tensor<4x128xf32>, %y: tensor<4x128xf32>, %sum: tensor<4x
     linalg.yield %s : f32
   } -> tensor<4x128xf32>
   return %0, %1 : tensor<4x128xf32>, tensor<4x128xf32>
+}
+
+// -----
+
+// An expert's 32 slots: 6-row tiles (32's largest divisor up to 6 is 4)
+// and a peeled 2-row tile; both start their accumulators at zero in
+// registers.
+// CHECK-LABEL: func.func @moec_k7
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c30 step %c6
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c128 step %c16
+// CHECK:     scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %{{.*}}) -> (vector<6x16xf32>)
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c128 step %c16
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %{{.*}}) -> (vector<2x16xf32>)
+// CHECK-NOT: linalg.fill
+func.func @moec_k7(%a: tensor<32x64xf32>, %b: tensor<64x128xf32>, %c: tensor<32x128xf32>) -> tensor<32x128xf32> attributes {moe.kernel} {
+  %zero = arith.constant 0.0 : f32
+  %init = linalg.fill ins(%zero : f32) outs(%c : tensor<32x128xf32>) -> tensor<32x128xf32>
+  %0 = linalg.matmul ins(%a, %b : tensor<32x64xf32>, tensor<64x128xf32>) outs(%init : tensor<32x128xf32>) -> tensor<32x128xf32>
+  return %0 : tensor<32x128xf32>
 }

@@ -454,8 +454,9 @@ Value indexAsF32(OpBuilder &nb, Location nl, unsigned dim) {
                                    linalg::IndexOp::create(nb, nl, dim)));
 }
 
-/// index[...] = sum_j j * (t[..., j] != 0) and total[...] = sum_j t[..., j]
-/// over the last dim of `t` (rank 3, reducing dim `dim` of the loop).
+/// index[...] = sum_j j * (t[.. j ..] != 0) and total[...] = sum_j t[.. j ..]
+/// over loop dimension j = `reducedLoopDim` of a rank-3 loop that reads `t`
+/// through `tDims` and writes both results through `outDims`.
 std::pair<Value, Value> oneHotIndex(ImageBuilder &ib, Value t,
                                     ArrayRef<unsigned> outDims,
                                     ArrayRef<unsigned> tDims,
@@ -487,43 +488,108 @@ Value toIndex(OpBuilder &nb, Location nl, Value f) {
       arith::FPToUIOp::create(nb, nl, nb.getI64Type(), f));
 }
 
+/// A slice of rank-reduced shape `type` of `src` at `offsets` with `sizes`
+/// (unit strides).
+Value sliceOf(OpBuilder &b, Location loc, Value src,
+              ArrayRef<OpFoldResult> offsets, ArrayRef<int64_t> sizes,
+              ArrayRef<int64_t> type) {
+  SmallVector<OpFoldResult> sz, st;
+  for (int64_t v : sizes) {
+    sz.push_back(b.getIndexAttr(v));
+    st.push_back(b.getIndexAttr(1));
+  }
+  return tensor::ExtractSliceOp::create(
+      b, loc, RankedTensorType::get(type, b.getF32Type()), src, offsets, sz,
+      st);
+}
+
+/// `full` with `row` [D] written at `offsets` (the last dimension whole).
+Value putRow(OpBuilder &b, Location loc, Value row, Value full,
+             ArrayRef<OpFoldResult> offsets) {
+  int64_t rank = ImageBuilder::shape(full).size();
+  SmallVector<OpFoldResult> sizes(rank - 1, b.getIndexAttr(1));
+  sizes.push_back(b.getIndexAttr(ImageBuilder::shape(row)[0]));
+  SmallVector<OpFoldResult> strides(rank, b.getIndexAttr(1));
+  return tensor::InsertSliceOp::create(b, loc, row, full, offsets, sizes,
+                                       strides);
+}
+
+/// for i in [0, n): state = body(i, state), as an scf.for over tensors.
+Value loopOver(OpBuilder &b, Location loc, int64_t n, Value init,
+               function_ref<Value(OpBuilder &, Location, Value, Value)> body) {
+  return scf::ForOp::create(
+             b, loc, arith::ConstantIndexOp::create(b, loc, 0),
+             arith::ConstantIndexOp::create(b, loc, n),
+             arith::ConstantIndexOp::create(b, loc, 1), ValueRange{init},
+             [&](OpBuilder &lb, Location ll, Value i, ValueRange state) {
+               scf::YieldOp::create(lb, ll, body(lb, ll, i, state[0]));
+             })
+      .getResult(0);
+}
+
 /// out[e, c, :] = valid[e, c] * x[token[e, c], :] with token/valid read off
-/// the one-hot dispatch tensor D [S, E, C].
+/// the one-hot dispatch tensor D [S, E, C]. One slot at a time: its token's
+/// row is a slice at a dynamic offset, so the copy vectorizes (an
+/// element-wise tensor.extract at data-dependent indices stays scalar).
 Value gatherDispatch(ImageBuilder &ib, Value x, Value dispatch, Value dest) {
   ArrayRef<int64_t> d = ImageBuilder::shape(dispatch); // [S, E, C]
-  // Loop (e, c, s): index/valid over s.
+  int64_t width = ImageBuilder::shape(x)[1];
+  // Loop (s, e, c): index/valid over s, the outermost loop, so that the
+  // innermost one runs along the contiguous slots (vectors over c; a
+  // reduction over s innermost gathers one element per token).
   auto [token, valid] =
-      oneHotIndex(ib, dispatch, {0, 1}, {2, 0, 1}, {d[1], d[2]}, 2);
-  return ib.generic(
-      {valid, token}, dest,
-      {ib.map(3, {0, 1}), ib.map(3, {0, 1}), ib.map(3, {0, 1, 2})},
-      {kPar, kPar, kPar}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-        Value s = toIndex(nb, nl, a[1]);
-        Value col = linalg::IndexOp::create(nb, nl, 2);
-        Value row = tensor::ExtractOp::create(nb, nl, x, ValueRange{s, col});
-        return arith::MulFOp::create(nb, nl, a[0], row);
-      });
+      oneHotIndex(ib, dispatch, {1, 2}, {0, 1, 2}, {d[1], d[2]}, 0);
+  return loopOver(ib.b, ib.loc, d[1], dest, [&](OpBuilder &eb, Location el,
+                                               Value e, Value out) {
+    return loopOver(eb, el, d[2], out, [&](OpBuilder &cb, Location cl,
+                                           Value c, Value slots) {
+      ImageBuilder cib(cb, cl);
+      Value scale = tensor::ExtractOp::create(cb, cl, valid, ValueRange{e, c});
+      Value s = toIndex(
+          cb, cl, tensor::ExtractOp::create(cb, cl, token, ValueRange{e, c}));
+      OpFoldResult zero = cb.getIndexAttr(0);
+      Value row = sliceOf(cb, cl, x, {s, zero}, {1, width}, {width});
+      Value slot = sliceOf(cb, cl, slots, {e, c, zero}, {1, 1, width}, {width});
+      Value scaled = cib.elementwise(
+          {row}, slot, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            return arith::MulFOp::create(nb, nl, a[0], scale);
+          });
+      return putRow(cb, cl, scaled, slots, {e, c, zero});
+    });
+  });
 }
 
 /// out[s, :] = sum_e weight[s, e] * y[e, slot[s, e], :] with slot/weight read
-/// off the combine tensor C [S, E, C] (at most one slot per token and expert).
+/// off the combine tensor C [S, E, C] (at most one slot per token and
+/// expert). One token at a time, its experts' rows as slices (see
+/// gatherDispatch).
 Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
   ArrayRef<int64_t> c = ImageBuilder::shape(combine); // [S, E, C]
+  int64_t width = ImageBuilder::shape(y)[2];
   // Loop (s, e, c): slot/weight over c.
   auto [slot, weight] =
       oneHotIndex(ib, combine, {0, 1}, {0, 1, 2}, {c[0], c[1]}, 2);
-  // Loop (s, d, e): reduce over experts.
-  return ib.generic(
-      {weight, slot}, ib.fill(dest, 0.0),
-      {ib.map(3, {0, 2}), ib.map(3, {0, 2}), ib.map(3, {0, 1})},
-      {kPar, kPar, kRed}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-        Value e = linalg::IndexOp::create(nb, nl, 2);
-        Value col = linalg::IndexOp::create(nb, nl, 1);
-        Value row = tensor::ExtractOp::create(
-            nb, nl, y, ValueRange{e, toIndex(nb, nl, a[1]), col});
-        return arith::AddFOp::create(
-            nb, nl, a[2], arith::MulFOp::create(nb, nl, a[0], row));
-      });
+  return loopOver(ib.b, ib.loc, c[0], dest, [&](OpBuilder &sb, Location sl,
+                                               Value s, Value out) {
+    OpFoldResult zero = sb.getIndexAttr(0);
+    ImageBuilder sib(sb, sl);
+    Value acc =
+        sib.fill(sliceOf(sb, sl, out, {s, zero}, {1, width}, {width}), 0.0);
+    acc = loopOver(sb, sl, c[1], acc, [&](OpBuilder &eb, Location el, Value e,
+                                         Value sum) {
+      ImageBuilder eib(eb, el);
+      Value w = tensor::ExtractOp::create(eb, el, weight, ValueRange{s, e});
+      Value k = toIndex(
+          eb, el, tensor::ExtractOp::create(eb, el, slot, ValueRange{s, e}));
+      Value row = sliceOf(eb, el, y, {e, k, zero}, {1, 1, width}, {width});
+      return eib.elementwise(
+          {row}, sum, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+            return arith::AddFOp::create(
+                nb, nl, a[1], arith::MulFOp::create(nb, nl, a[0], w));
+          });
+    });
+    return putRow(sb, sl, acc, out, {s, zero});
+  });
 }
 
 /// Experts over filled slots only. Top-k routers fill each expert's slots

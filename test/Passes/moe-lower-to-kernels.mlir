@@ -105,17 +105,27 @@ module {
 // -----
 
 // Hard routers give one-hot dispatch/combine tensors: dispatch and combine
-// become gathers (tensor.extract at the slot's token / the token's slot).
-// Soft routing keeps the dense einsums.
+// become gathers of whole rows (a slice at the slot's token / the token's
+// slot, so the copy vectorizes). The slot's token is found by a reduction
+// over tokens outermost (vectors along the slots). Soft routing keeps the
+// dense einsums.
 // CHECK-LABEL: func.func @infer
 // CHECK: call @moec_k1({{.*}}moe.op = "moe.dispatch"
 // CHECK: call @moec_k2({{.*}}moe.op = "moe.combine"
 // CHECK: call @moec_k4({{.*}}moe.op = "moe.dispatch"
 // CHECK-LABEL: func.func @moec_k1
-// CHECK: linalg.generic
-// CHECK: tensor.extract %{{.*}}[%{{.*}}, %{{.*}}] : tensor<5x8xf32>
+// CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "parallel", "parallel"]{{.*}} ins(%{{.*}} : tensor<5x4x3xf32>) outs(%{{.*}} : tensor<4x3xf32>)
+// CHECK: scf.for {{.*}} -> (tensor<4x3x8xf32>)
+// CHECK:   scf.for {{.*}} -> (tensor<4x3x8xf32>)
+// CHECK:     tensor.extract_slice %{{.*}}[%{{.*}}, 0] [1, 8] [1, 1] : tensor<5x8xf32> to tensor<8xf32>
+// CHECK:     arith.mulf
+// CHECK:     tensor.insert_slice {{.*}} : tensor<8xf32> into tensor<4x3x8xf32>
 // CHECK-LABEL: func.func @moec_k2
-// CHECK: tensor.extract %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] : tensor<4x3x8xf32>
+// CHECK: scf.for {{.*}} -> (tensor<5x8xf32>)
+// CHECK:   linalg.fill {{.*}} -> tensor<8xf32>
+// CHECK:   scf.for {{.*}} -> (tensor<8xf32>)
+// CHECK:     tensor.extract_slice %{{.*}}[%{{.*}}, %{{.*}}, 0] [1, 1, 8] [1, 1, 1] : tensor<4x3x8xf32> to tensor<8xf32>
+// CHECK:   tensor.insert_slice {{.*}} : tensor<8xf32> into tensor<5x8xf32>
 // CHECK-LABEL: func.func @moec_k4
 // CHECK-NOT: tensor.extract %
 // CHECK: arith.mulf

@@ -26,6 +26,7 @@
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <cmath>
+#include <tuple>
 
 namespace moec {
 #define GEN_PASS_DEF_LOWERTOKERNELSPASS
@@ -488,6 +489,14 @@ Value toIndex(OpBuilder &nb, Location nl, Value f) {
       arith::FPToUIOp::create(nb, nl, nb.getI64Type(), f));
 }
 
+/// From oneHotIndex's results at `at`: the index (a slot's token or a
+/// token's slot) as an index, and the weight.
+std::pair<Value, Value> routeAt(OpBuilder &b, Location loc, Value index,
+                                Value weight, ValueRange at) {
+  return {toIndex(b, loc, tensor::ExtractOp::create(b, loc, index, at)),
+          tensor::ExtractOp::create(b, loc, weight, at)};
+}
+
 /// A slice of rank-reduced shape `type` of `src` at `offsets` with `sizes`
 /// (unit strides).
 Value sliceOf(OpBuilder &b, Location loc, Value src,
@@ -537,26 +546,30 @@ Value gatherDispatch(ImageBuilder &ib, Value x, Value dispatch, Value dest) {
   // Loop (s, e, c): index/valid over s, the outermost loop, so that the
   // innermost one runs along the contiguous slots (vectors over c; a
   // reduction over s innermost gathers one element per token).
-  auto [token, valid] =
+  Value token, valid; // captured below: no structured bindings (C++17)
+  std::tie(token, valid) =
       oneHotIndex(ib, dispatch, {1, 2}, {0, 1, 2}, {d[1], d[2]}, 0);
-  return loopOver(ib.b, ib.loc, d[1], dest, [&](OpBuilder &eb, Location el,
-                                               Value e, Value out) {
-    return loopOver(eb, el, d[2], out, [&](OpBuilder &cb, Location cl,
-                                           Value c, Value slots) {
-      ImageBuilder cib(cb, cl);
-      Value scale = tensor::ExtractOp::create(cb, cl, valid, ValueRange{e, c});
-      Value s = toIndex(
-          cb, cl, tensor::ExtractOp::create(cb, cl, token, ValueRange{e, c}));
-      OpFoldResult zero = cb.getIndexAttr(0);
-      Value row = sliceOf(cb, cl, x, {s, zero}, {1, width}, {width});
-      Value slot = sliceOf(cb, cl, slots, {e, c, zero}, {1, 1, width}, {width});
-      Value scaled = cib.elementwise(
-          {row}, slot, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-            return arith::MulFOp::create(nb, nl, a[0], scale);
-          });
-      return putRow(cb, cl, scaled, slots, {e, c, zero});
-    });
-  });
+  return loopOver(
+      ib.b, ib.loc, d[1], dest,
+      [&](OpBuilder &eb, Location el, Value e, Value out) {
+        return loopOver(
+            eb, el, d[2], out,
+            [&](OpBuilder &cb, Location cl, Value c, Value slots) {
+              ImageBuilder cib(cb, cl);
+              Value s, scale;
+              std::tie(s, scale) = routeAt(cb, cl, token, valid, {e, c});
+              OpFoldResult zero = cb.getIndexAttr(0);
+              Value row = sliceOf(cb, cl, x, {s, zero}, {1, width}, {width});
+              Value slot =
+                  sliceOf(cb, cl, slots, {e, c, zero}, {1, 1, width}, {width});
+              Value scaled = cib.elementwise(
+                  {row}, slot,
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    return arith::MulFOp::create(nb, nl, a[0], scale);
+                  });
+              return putRow(cb, cl, scaled, slots, {e, c, zero});
+            });
+      });
 }
 
 /// out[s, :] = sum_e weight[s, e] * y[e, slot[s, e], :] with slot/weight read
@@ -567,29 +580,33 @@ Value gatherCombine(ImageBuilder &ib, Value y, Value combine, Value dest) {
   ArrayRef<int64_t> c = ImageBuilder::shape(combine); // [S, E, C]
   int64_t width = ImageBuilder::shape(y)[2];
   // Loop (s, e, c): slot/weight over c.
-  auto [slot, weight] =
+  Value slot, weight;
+  std::tie(slot, weight) =
       oneHotIndex(ib, combine, {0, 1}, {0, 1, 2}, {c[0], c[1]}, 2);
-  return loopOver(ib.b, ib.loc, c[0], dest, [&](OpBuilder &sb, Location sl,
-                                               Value s, Value out) {
-    OpFoldResult zero = sb.getIndexAttr(0);
-    ImageBuilder sib(sb, sl);
-    Value acc =
-        sib.fill(sliceOf(sb, sl, out, {s, zero}, {1, width}, {width}), 0.0);
-    acc = loopOver(sb, sl, c[1], acc, [&](OpBuilder &eb, Location el, Value e,
-                                         Value sum) {
-      ImageBuilder eib(eb, el);
-      Value w = tensor::ExtractOp::create(eb, el, weight, ValueRange{s, e});
-      Value k = toIndex(
-          eb, el, tensor::ExtractOp::create(eb, el, slot, ValueRange{s, e}));
-      Value row = sliceOf(eb, el, y, {e, k, zero}, {1, 1, width}, {width});
-      return eib.elementwise(
-          {row}, sum, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-            return arith::AddFOp::create(
-                nb, nl, a[1], arith::MulFOp::create(nb, nl, a[0], w));
-          });
-    });
-    return putRow(sb, sl, acc, out, {s, zero});
-  });
+  return loopOver(
+      ib.b, ib.loc, c[0], dest,
+      [&](OpBuilder &sb, Location sl, Value s, Value out) {
+        OpFoldResult zero = sb.getIndexAttr(0);
+        ImageBuilder sib(sb, sl);
+        Value acc =
+            sib.fill(sliceOf(sb, sl, out, {s, zero}, {1, width}, {width}), 0.0);
+        acc = loopOver(
+            sb, sl, c[1], acc,
+            [&](OpBuilder &eb, Location el, Value e, Value sum) {
+              ImageBuilder eib(eb, el);
+              Value k, w;
+              std::tie(k, w) = routeAt(eb, el, slot, weight, {s, e});
+              Value row =
+                  sliceOf(eb, el, y, {e, k, zero}, {1, 1, width}, {width});
+              return eib.elementwise(
+                  {row}, sum,
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    return arith::AddFOp::create(
+                        nb, nl, a[1], arith::MulFOp::create(nb, nl, a[0], w));
+                  });
+            });
+        return putRow(sb, sl, acc, out, {s, zero});
+      });
 }
 
 /// Experts over filled slots only. Top-k routers fill each expert's slots
@@ -639,18 +656,6 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
         Value cRows = arith::ConstantIndexOp::create(eb, el, rows);
         Value end = arith::MulIOp::create(
             eb, el, arith::CeilDivUIOp::create(eb, el, n, cRows), cRows);
-        auto slice = [&](OpBuilder &sb, Location sl, Value src,
-                         ArrayRef<OpFoldResult> offsets,
-                         ArrayRef<int64_t> sizes, ArrayRef<int64_t> type) {
-          SmallVector<OpFoldResult> sz, st;
-          for (int64_t v : sizes) {
-            sz.push_back(sb.getIndexAttr(v));
-            st.push_back(sb.getIndexAttr(1));
-          }
-          return tensor::ExtractSliceOp::create(
-              sb, sl, RankedTensorType::get(type, sb.getF32Type()), src,
-              offsets, sz, st);
-        };
         // Writes `tile` [rows, cols] into rows [row, row + rows) of expert
         // e in `full` [E, C, cols].
         auto put = [&](OpBuilder &sb, Location sl, Value tile, Value full,
@@ -664,22 +669,22 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
                                                sizes, strides);
         };
         OpFoldResult zero = eb.getIndexAttr(0);
-        Value w1 = slice(eb, el, in[1], {e, zero, zero}, {1, width, hidden},
-                         {width, hidden});
-        Value b1 = slice(eb, el, in[2], {e, zero}, {1, hidden}, {hidden});
-        Value w2 = slice(eb, el, in[3], {e, zero, zero}, {1, hidden, width},
-                         {hidden, width});
-        Value b2 = slice(eb, el, in[4], {e, zero}, {1, width}, {width});
+        Value w1 = sliceOf(eb, el, in[1], {e, zero, zero}, {1, width, hidden},
+                           {width, hidden});
+        Value b1 = sliceOf(eb, el, in[2], {e, zero}, {1, hidden}, {hidden});
+        Value w2 = sliceOf(eb, el, in[3], {e, zero, zero}, {1, hidden, width},
+                           {hidden, width});
+        Value b2 = sliceOf(eb, el, in[4], {e, zero}, {1, width}, {width});
         auto tiles = scf::ForOp::create(
             eb, el, c0, end, cRows, acc,
             [&](OpBuilder &tb, Location tl, Value row, ValueRange tacc) {
               ImageBuilder tib(tb, tl);
-              Value xs = slice(tb, tl, in[0], {e, row, zero}, {1, rows, width},
-                               {rows, width});
+              Value xs = sliceOf(tb, tl, in[0], {e, row, zero},
+                                 {1, rows, width}, {rows, width});
               Value h = tib.matmul(xs, w1, b1, tib.empty({rows, hidden}));
               h = tib.activation(activation, h, tib.empty({rows, hidden}));
-              Value outSlice = slice(tb, tl, tacc[0], {e, row, zero},
-                                     {1, rows, width}, {rows, width});
+              Value outSlice = sliceOf(tb, tl, tacc[0], {e, row, zero},
+                                       {1, rows, width}, {rows, width});
               Value y = tib.matmul(h, w2, b2, outSlice);
               scf::YieldOp::create(tb, tl, put(tb, tl, y, tacc[0], row, width));
             });
@@ -690,8 +695,8 @@ Value filledSlotExperts(Activation activation, ImageBuilder &ib,
             cRows, tiles.getResults(),
             [&](OpBuilder &zb, Location zl, Value row, ValueRange zacc) {
               ImageBuilder zib(zb, zl);
-              Value tile = zib.fill(slice(zb, zl, zacc[0], {e, row, zero},
-                                          {1, rows, width}, {rows, width}),
+              Value tile = zib.fill(sliceOf(zb, zl, zacc[0], {e, row, zero},
+                                            {1, rows, width}, {rows, width}),
                                     0.0);
               scf::YieldOp::create(zb, zl, put(zb, zl, tile, zacc[0], row, width));
             });

@@ -51,11 +51,12 @@ int64_t pickTile(int64_t n, int64_t limit, int64_t lanes = 1) {
 /// Whether the body of `op` calls a math-dialect function (exp, erf, log,
 /// tanh, ...): each expands into a polynomial with many live temporaries.
 bool hasTranscendental(linalg::LinalgOp op) {
-  return op->walk([](Operation *inner) {
-             return isa_and_nonnull<math::MathDialect>(inner->getDialect())
-                        ? WalkResult::interrupt()
-                        : WalkResult::advance();
-           })
+  return op
+      ->walk([](Operation *inner) {
+        return isa_and_nonnull<math::MathDialect>(inner->getDialect())
+                   ? WalkResult::interrupt()
+                   : WalkResult::advance();
+      })
       .wasInterrupted();
 }
 
@@ -149,9 +150,8 @@ struct VectorizeKernelsPass
         // 12 accumulators) and there are at least four full tiles: then
         // full tiles and a peeled remainder of rows (at most a fifth).
         int64_t divisor = pickTile(ranges[dim], rows);
-        tiles[dim] = ranges[dim] >= 4 * rows && 4 * divisor < 3 * rows
-                         ? rows
-                         : divisor;
+        tiles[dim] =
+            ranges[dim] >= 4 * rows && 4 * divisor < 3 * rows ? rows : divisor;
         rowDim = dim;
       } else {
         tiles[dim] = 1;
@@ -212,10 +212,14 @@ struct VectorizeKernelsPass
     llvm::sort(peel, [](auto a, auto b) { return a.first > b.first; });
     SmallVector<Operation *> outermost;
     for (auto [index, dim] : peel) {
-      auto loop = dyn_cast<scf::ForOp>(LoopLikeOpInterface(loops[index]).getOperation());
+      LoopLikeOpInterface loopLike = loops[index];
+      auto loop = dyn_cast<scf::ForOp>(loopLike.getOperation());
       scf::ForOp partial;
+      // The partial loop is the peeled loop's sibling: outside every other
+      // loop only when the peeled loop is the outermost.
       if (loop &&
-          succeeded(scf::peelForLoopAndSimplifyBounds(rewriter, loop, partial)) &&
+          succeeded(
+              scf::peelForLoopAndSimplifyBounds(rewriter, loop, partial)) &&
           index == 0)
         outermost.push_back(partial.getOperation());
     }
@@ -436,11 +440,10 @@ struct VectorizeKernelsPass
     SmallVector<Operation *> nests;
     if (!fused->loops.empty())
       nests.push_back(fused->loops.front().getOperation());
-    nests.append(peelRemainders(rewriter, fused->loops, chosen, ranges,
-                                [&](int64_t d) {
-                                  return tiles[d] != 0 &&
-                                         iters[d] == utils::IteratorType::parallel;
-                                }));
+    nests.append(
+        peelRemainders(rewriter, fused->loops, chosen, ranges, [&](int64_t d) {
+          return tiles[d] != 0 && iters[d] == utils::IteratorType::parallel;
+        }));
     // Every op in the nests: the per-tile inits stay whole (vectorized as
     // one write), the contractions step their reduction by 1.
     SmallVector<linalg::LinalgOp> inner;

@@ -9,6 +9,7 @@
 #include "moec/Runtime/Artifact.h"
 
 #include "JsonCheck.h"
+#include "ManifestNormalization.h"
 #include "moec/Runtime/ArtifactFormat.h"
 #include "moec/Runtime/FileUtil.h"
 
@@ -669,6 +670,7 @@ Expected<Manifest> parseManifest(const std::string &text,
                        {"fashion-mnist", "cifar10", "image-folder"},
                        "dataset kind", m.datasetKind) ||
         !check.getString(*dataset, "/dataset", "path", m.datasetPath) ||
+        !readDatasetNormalization(check, *dataset, m) ||
         !check.getUInt(root, "", "param_bytes", m.paramBytes) ||
         !check.getInt(root, "", "param_count", 0, m.paramCount) ||
         !check.getInt(root, "", "active_params_per_image", 0,

@@ -10,6 +10,7 @@
 
 #include "moec/Runtime/Artifact.h"
 #include "moec/Runtime/Session.h"
+#include "moec/Runtime/Trainer.h"
 
 #include <new>
 
@@ -20,7 +21,14 @@ struct moec_model {
 };
 
 struct moec_session {
-  std::unique_ptr<Session> session;
+  std::shared_ptr<Session> session;
+};
+
+struct moec_trainer {
+  /// Kept alive for the trainer, which refers to it (and is destroyed
+  /// first: members go in reverse order).
+  std::shared_ptr<Session> session;
+  std::unique_ptr<Trainer> trainer;
 };
 
 static thread_local std::string lastError;
@@ -112,7 +120,7 @@ moec_status moec_session_create(moec_model *model, const char *device,
         Session::create(model->artifact, device, threads);
     if (!created)
       return created.takeError();
-    *session = new moec_session{std::move(*created)};
+    *session = new moec_session{std::shared_ptr<Session>(std::move(*created))};
     return Error::success();
   });
 }
@@ -154,6 +162,169 @@ moec_status moec_session_infer(moec_session *session, const float *images,
       return makeError(ErrorCode::Argument, "moec_session_infer: null session");
     return session->session->infer(images, n, logits);
   });
+}
+
+//===----------------------------------------------------------------------===//
+// Training
+//===----------------------------------------------------------------------===//
+
+void moec_train_options_init(moec_train_options *options) {
+  if (!options)
+    return;
+  *options = moec_train_options{};
+  TrainerOptions defaults;
+  options->keep_checkpoints = defaults.keepCheckpoints;
+  options->log_every = defaults.logEvery;
+  options->eval_every_epoch = defaults.evalEveryEpoch ? 1 : 0;
+}
+
+/// The TrainerOptions of C options.
+static TrainerOptions trainerOptions(const moec_train_options &in) {
+  auto text = [](const char *s) -> std::optional<std::string> {
+    if (!s)
+      return std::nullopt;
+    return std::string(s);
+  };
+  TrainerOptions out;
+  out.dataDir = text(in.data_dir);
+  if (in.epochs != 0)
+    out.epochs = in.epochs;
+  if (in.lr != 0)
+    out.lr = in.lr;
+  if (in.has_seed)
+    out.seed = in.seed;
+  out.checkpointDir = text(in.checkpoint_dir);
+  out.resumeDir = text(in.resume_dir);
+  out.keepCheckpoints = in.keep_checkpoints;
+  out.weights = text(in.weights);
+  out.useSessionWeights = in.use_session_weights != 0;
+  out.logPath = text(in.log_path);
+  out.plotPath = text(in.plot_path);
+  out.logEvery = in.log_every;
+  out.maxSteps = in.max_steps;
+  out.evalEveryEpoch = in.eval_every_epoch != 0;
+  out.timeBudget = in.time_budget;
+  return out;
+}
+
+static void copyEval(const EvalResult &in, moec_eval_result *out) {
+  if (!out)
+    return;
+  out->loss = in.loss();
+  out->top1 = in.top1();
+  out->correct = static_cast<int64_t>(in.correct);
+  out->images = in.images;
+}
+
+moec_status moec_trainer_create(moec_session *session,
+                                const moec_train_options *options,
+                                moec_trainer **trainer) {
+  return guard([&]() -> Error {
+    if (!session || !trainer)
+      return makeError(ErrorCode::Argument,
+                       "moec_trainer_create: null session or trainer");
+    *trainer = nullptr;
+    moec_train_options defaults;
+    moec_train_options_init(&defaults);
+    Expected<std::unique_ptr<Trainer>> created = Trainer::create(
+        *session->session, trainerOptions(options ? *options : defaults));
+    if (!created)
+      return created.takeError();
+    *trainer = new moec_trainer{session->session, std::move(*created)};
+    return Error::success();
+  });
+}
+
+void moec_trainer_release(moec_trainer *trainer) { delete trainer; }
+
+moec_status moec_trainer_step(moec_trainer *trainer,
+                              moec_train_step_result *result) {
+  return guard([&]() -> Error {
+    if (!trainer)
+      return makeError(ErrorCode::Argument, "moec_trainer_step: null trainer");
+    Expected<StepResult> step = trainer->trainer->step();
+    if (!step)
+      return step.takeError();
+    if (result) {
+      result->step = step->step;
+      result->epoch = step->epoch;
+      result->loss = step->loss;
+      result->ce_loss = step->ceLoss;
+      result->aux_loss = step->auxLoss;
+      result->grad_norm = step->gradNorm;
+      result->lr = step->lr;
+      result->accuracy =
+          step->correct / double(trainer->trainer->settings().batch);
+    }
+    return Error::success();
+  });
+}
+
+moec_status moec_trainer_run_epoch(moec_trainer *trainer) {
+  return guard([&]() -> Error {
+    if (!trainer)
+      return makeError(ErrorCode::Argument,
+                       "moec_trainer_run_epoch: null trainer");
+    return trainer->trainer->runEpoch();
+  });
+}
+
+moec_status moec_trainer_run(moec_trainer *trainer, moec_eval_result *result) {
+  return guard([&]() -> Error {
+    if (!trainer)
+      return makeError(ErrorCode::Argument, "moec_trainer_run: null trainer");
+    Expected<EvalResult> eval = trainer->trainer->run();
+    if (!eval)
+      return eval.takeError();
+    copyEval(*eval, result);
+    return Error::success();
+  });
+}
+
+moec_status moec_trainer_evaluate(moec_trainer *trainer,
+                                  moec_eval_result *result) {
+  return guard([&]() -> Error {
+    if (!trainer || !result)
+      return makeError(ErrorCode::Argument,
+                       "moec_trainer_evaluate: null trainer or result");
+    Expected<EvalResult> eval = trainer->trainer->evaluate();
+    if (!eval)
+      return eval.takeError();
+    copyEval(*eval, result);
+    return Error::success();
+  });
+}
+
+moec_status moec_trainer_save_checkpoint(moec_trainer *trainer,
+                                         const char *path) {
+  return guard([&]() -> Error {
+    if (!trainer || !path)
+      return makeError(ErrorCode::Argument,
+                       "moec_trainer_save_checkpoint: null trainer or path");
+    return trainer->trainer->saveCheckpoint(path);
+  });
+}
+
+moec_status moec_trainer_load_checkpoint(moec_trainer *trainer,
+                                         const char *path) {
+  return guard([&]() -> Error {
+    if (!trainer || !path)
+      return makeError(ErrorCode::Argument,
+                       "moec_trainer_load_checkpoint: null trainer or path");
+    return trainer->trainer->loadCheckpoint(path);
+  });
+}
+
+int64_t moec_trainer_steps_done(const moec_trainer *trainer) {
+  return trainer ? trainer->trainer->stepsDone() : 0;
+}
+
+int64_t moec_trainer_total_steps(const moec_trainer *trainer) {
+  return trainer ? trainer->trainer->totalSteps() : 0;
+}
+
+int moec_trainer_done(const moec_trainer *trainer) {
+  return trainer ? trainer->trainer->done() : 1;
 }
 
 } // extern "C"

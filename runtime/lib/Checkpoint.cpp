@@ -543,4 +543,44 @@ Expected<Checkpoint> loadLatestCheckpoint(const std::string &dir) {
   return loadCheckpoint(**path);
 }
 
+Expected<SafeTensors> readWeights(const std::string &path, std::string *note,
+                                  std::string *source) {
+  std::string file = path;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    Expected<std::optional<std::string>> latest = findLatestCheckpoint(path);
+    if (!latest)
+      return latest.takeError();
+    if (!*latest)
+      return makeError(ErrorCode::Weights, path, ": a directory without a '",
+                       kLatestFile,
+                       "' file (expected a weights file, a checkpoint or a "
+                       "checkpoint directory)");
+    file = **latest;
+  }
+  if (source)
+    *source = file;
+  if (note)
+    note->clear();
+  Expected<SafeTensors> weights = readSafeTensors(file);
+  if (!weights)
+    return weights.takeError();
+  auto format = weights->metadata.find("format");
+  if (format == weights->metadata.end() || format->second != kCheckpointFormat)
+    return weights;
+  // A checkpoint: its parameters are the weights.
+  Expected<Checkpoint> ckpt = loadCheckpoint(file);
+  if (!ckpt)
+    return ckpt.takeError();
+  SafeTensors params;
+  params.tensors = std::move(ckpt->params);
+  auto model = ckpt->state.metadata.find("model");
+  if (model != ckpt->state.metadata.end())
+    params.metadata["model"] = model->second;
+  if (note)
+    *note = cat(file, " is a training checkpoint (step ", ckpt->state.step,
+                "); using its model parameters, not its optimizer state");
+  return params;
+}
+
 } // namespace moec::rt

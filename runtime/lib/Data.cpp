@@ -2,6 +2,7 @@
 
 #include "moec/Runtime/Data.h"
 
+#include "moec/Runtime/ArtifactFormat.h"
 #include "moec/Runtime/FileUtil.h"
 
 #include <algorithm>
@@ -17,11 +18,24 @@ namespace fs = std::filesystem;
 namespace moec::rt {
 
 Normalization normalizationFor(const std::string &kind) {
+  artifact::DatasetNormalization d =
+      artifact::datasetNormalization(kind.c_str());
+  Normalization n;
+  for (int c = 0; c < 3; ++c) {
+    n.mean[c] = static_cast<float>(d.mean[c]);
+    n.std[c] = static_cast<float>(d.std[c]);
+  }
+  return n;
+}
+
+std::vector<std::string> datasetClassNames(const std::string &kind) {
   if (kind == "fashion-mnist")
-    return {{0.2860f, 0.2860f, 0.2860f}, {0.3530f, 0.3530f, 0.3530f}};
+    return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+            "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
   if (kind == "cifar10")
-    return {{0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}};
-  return {{0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}};
+    return {"airplane", "automobile", "bird",  "cat",  "deer",
+            "dog",      "frog",       "horse", "ship", "truck"};
+  return {};
 }
 
 /// Normalizes `count` 8-bit pixels of channel `c` into `out`.
@@ -143,7 +157,8 @@ findIdx(const std::string &dir, const std::string &name, const char *what) {
 }
 
 Expected<Dataset> loadFashionMnist(const std::string &dir,
-                                   const std::string &split, int64_t limit) {
+                                   const std::string &split, int64_t limit,
+                                   const Normalization *norm) {
   if (Error e = checkSplit(split))
     return e;
   if (Error e = checkDirectory(dir))
@@ -194,9 +209,9 @@ Expected<Dataset> loadFashionMnist(const std::string &dir,
   data.channels = 1;
   data.height = rows;
   data.width = cols;
-  data.classNames = {"T-shirt/top", "Trouser",   "Pullover", "Dress",
-                     "Coat",        "Sandal",    "Shirt",    "Sneaker",
-                     "Bag",         "Ankle boot"};
+  data.classNames = datasetClassNames("fashion-mnist");
+  const Normalization normalization =
+      norm ? *norm : normalizationFor("fashion-mnist");
   // Read in slices so that a header claiming more images than the file
   // holds fails on truncation, not on a huge allocation.
   const size_t imagePixels = size_t(rows) * cols;
@@ -211,7 +226,7 @@ Expected<Dataset> loadFashionMnist(const std::string &dir,
       return images.truncated(size_t(data.n) * imagePixels,
                               size_t(done) * imagePixels + got, "pixels");
     data.images.resize(size_t(done + count) * imagePixels);
-    normalize(raw.data(), raw.size(), normalizationFor("fashion-mnist"), 0,
+    normalize(raw.data(), raw.size(), normalization, 0,
               data.images.data() + size_t(done) * imagePixels);
   }
   std::vector<uint8_t> rawLabels(static_cast<size_t>(data.n));
@@ -232,7 +247,7 @@ Expected<Dataset> loadFashionMnist(const std::string &dir,
 //===----------------------------------------------------------------------===//
 
 Expected<Dataset> loadCifar10(const std::string &dir, const std::string &split,
-                              int64_t limit) {
+                              int64_t limit, const Normalization *norm) {
   if (Error e = checkSplit(split))
     return e;
   if (Error e = checkDirectory(dir))
@@ -256,9 +271,9 @@ Expected<Dataset> loadCifar10(const std::string &dir, const std::string &split,
   data.channels = 3;
   data.height = 32;
   data.width = 32;
-  data.classNames = {"airplane", "automobile", "bird",  "cat",  "deer",
-                     "dog",      "frog",       "horse", "ship", "truck"};
-  const Normalization norm = normalizationFor("cifar10");
+  data.classNames = datasetClassNames("cifar10");
+  const Normalization normalization =
+      norm ? *norm : normalizationFor("cifar10");
   for (const std::string &name : names) {
     if (limit >= 0 && data.n >= limit)
       break;
@@ -285,7 +300,8 @@ Expected<Dataset> loadCifar10(const std::string &dir, const std::string &split,
       data.labels.push_back(record[0]);
       float *out = data.images.data() + size_t(data.n + r) * 3 * kPlane;
       for (int c = 0; c < 3; ++c)
-        normalize(record + 1 + c * kPlane, kPlane, norm, c, out + c * kPlane);
+        normalize(record + 1 + c * kPlane, kPlane, normalization, c,
+                  out + c * kPlane);
     }
     data.n += records;
   }
@@ -316,7 +332,9 @@ static Error readPng(const std::string &path, int64_t channels, int64_t height,
   if (image.width != width || image.height != height) {
     png_image_free(&image);
     return makeError(ErrorCode::Data, path, ": image is ", image.width, "x",
-                     image.height, ", the model expects ", width, "x", height);
+                     image.height, ", the model expects ", width, "x", height,
+                     " (moec-run does not resize; resize the images to ", width,
+                     "x", height, ")");
   }
   image.format = PNG_FORMAT_RGBA;
   std::vector<uint8_t> rgba(PNG_IMAGE_SIZE(image));
@@ -340,9 +358,24 @@ static Error readPng(const std::string &path, int64_t channels, int64_t height,
   return Error::success();
 }
 
+/// The PNG files directly in `dir`, sorted by name.
+static Error listPngs(const fs::path &dir, std::vector<fs::path> &out) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end;
+       it.increment(ec))
+    if (isPng(it->path()) && !it->is_directory(ec))
+      out.push_back(it->path());
+  if (ec)
+    return makeError(ErrorCode::Io, dir.string(),
+                     ": cannot list: ", ec.message());
+  std::sort(out.begin(), out.end());
+  return Error::success();
+}
+
 Expected<Dataset> loadImageFolder(const std::string &dir, int64_t channels,
-                                  int64_t height, int64_t width,
-                                  int64_t limit) {
+                                  int64_t height, int64_t width, int64_t limit,
+                                  const Normalization *norm,
+                                  bool allowUnlabeled) {
   if (channels != 1 && channels != 3)
     return makeError(ErrorCode::Data, dir,
                      ": image folders hold 1- or "
@@ -361,9 +394,6 @@ Expected<Dataset> loadImageFolder(const std::string &dir, int64_t channels,
       classDirs.push_back(it->path());
   if (ec)
     return makeError(ErrorCode::Io, dir, ": cannot list: ", ec.message());
-  if (classDirs.empty())
-    return makeError(ErrorCode::Data, dir,
-                     ": no class folders (expected DIR/<class>/*.png)");
   std::sort(classDirs.begin(), classDirs.end());
 
   Dataset data;
@@ -371,47 +401,61 @@ Expected<Dataset> loadImageFolder(const std::string &dir, int64_t channels,
   data.height = height;
   data.width = width;
   std::vector<std::pair<fs::path, int32_t>> files;
+  if (classDirs.empty()) {
+    // Unlabeled images directly in DIR.
+    std::vector<fs::path> images;
+    if (allowUnlabeled)
+      if (Error e = listPngs(dir, images))
+        return e;
+    if (images.empty())
+      return makeError(ErrorCode::Data, dir,
+                       allowUnlabeled
+                           ? ": no class folders and no .png images "
+                             "(expected DIR/<class>/*.png or DIR/*.png)"
+                           : ": no class folders (expected DIR/<class>/*.png)");
+    for (fs::path &image : images)
+      files.emplace_back(std::move(image), -1);
+  }
   for (size_t label = 0; label < classDirs.size(); ++label) {
     data.classNames.push_back(classDirs[label].filename().string());
     std::vector<fs::path> images;
-    for (fs::directory_iterator it(classDirs[label], ec), end; !ec && it != end;
-         it.increment(ec))
-      if (isPng(it->path()) && !it->is_directory(ec))
-        images.push_back(it->path());
-    if (ec)
-      return makeError(ErrorCode::Io, classDirs[label].string(),
-                       ": cannot list: ", ec.message());
+    if (Error e = listPngs(classDirs[label], images))
+      return e;
     if (images.empty())
       return makeError(ErrorCode::Data, classDirs[label].string(),
                        ": no .png images");
-    std::sort(images.begin(), images.end());
     for (fs::path &image : images)
       files.emplace_back(std::move(image), static_cast<int32_t>(label));
   }
   if (limit >= 0 && files.size() > static_cast<size_t>(limit))
     files.resize(static_cast<size_t>(limit));
 
-  const Normalization norm = normalizationFor("image-folder");
+  const Normalization normalization =
+      norm ? *norm : normalizationFor("image-folder");
   data.n = static_cast<int64_t>(files.size());
   data.images.resize(size_t(data.n) * data.imageSize());
   for (size_t i = 0; i < files.size(); ++i) {
-    if (Error e = readPng(files[i].first.string(), channels, height, width,
-                          norm, data.images.data() + i * data.imageSize()))
+    if (Error e =
+            readPng(files[i].first.string(), channels, height, width,
+                    normalization, data.images.data() + i * data.imageSize()))
       return e;
     data.labels.push_back(files[i].second);
+    data.files.push_back(files[i].first.string());
   }
   return data;
 }
 
 Expected<Dataset> loadDataset(const std::string &kind, const std::string &dir,
                               const std::string &split, int64_t channels,
-                              int64_t height, int64_t width, int64_t limit) {
+                              int64_t height, int64_t width, int64_t limit,
+                              const Normalization *norm, bool allowUnlabeled) {
   if (kind == "fashion-mnist")
-    return loadFashionMnist(dir, split, limit);
+    return loadFashionMnist(dir, split, limit, norm);
   if (kind == "cifar10")
-    return loadCifar10(dir, split, limit);
+    return loadCifar10(dir, split, limit, norm);
   if (kind == "image-folder")
-    return loadImageFolder(dir, channels, height, width, limit);
+    return loadImageFolder(dir, channels, height, width, limit, norm,
+                           allowUnlabeled);
   return makeError(ErrorCode::Argument, "unknown dataset kind '", kind,
                    "' (expected one of: fashion-mnist, cifar10, image-folder)");
 }

@@ -495,6 +495,12 @@ std::string formatDuration(double seconds) {
   return buffer;
 }
 
+double trainEtaSeconds(double secondsPerStep, int64_t done, int64_t total,
+                       int64_t maxSteps) {
+  const int64_t end = maxSteps > 0 ? std::min(total, maxSteps) : total;
+  return secondsPerStep * double(std::max<int64_t>(end - done, 0));
+}
+
 std::string formatProgress(int64_t epoch, int64_t epochs, int64_t done,
                            int64_t total, double loss, double imagesPerSec,
                            double etaSeconds, int barWidth) {

@@ -75,11 +75,12 @@ Session::~Session() {
   }
 }
 
-Error Session::loadWeights(const std::string &path) {
-  Expected<SafeTensors> weights = readSafeTensors(path);
+Error Session::loadWeights(const std::string &path, std::string *note) {
+  std::string source;
+  Expected<SafeTensors> weights = readWeights(path, note, &source);
   if (!weights)
     return weights.takeError();
-  return bindWeights(*weights, path);
+  return bindWeights(*weights, source);
 }
 
 Error Session::bindWeights(const SafeTensors &weights,

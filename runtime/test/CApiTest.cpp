@@ -1,7 +1,8 @@
 //===- CApiTest.cpp - the C API, end to end on the tiny model -------------===//
 //
 // Builds the tiny artifact (TestUtil.h) from the compiled TestKernels.c and
-// runs it only through moec_runtime.h.
+// runs it only through moec_runtime.h; trains the trainable one the same
+// way (CApiTrain).
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <thread>
 
 using namespace moec::rt;
@@ -288,6 +290,252 @@ TEST_F(CApi, SessionErrors) {
   EXPECT_EQ(std::string(moec_last_error()), "infer: negative image count -1");
   EXPECT_EQ(moec_session_infer(ok, nullptr, 2, nullptr), MOEC_ERROR_ARGUMENT);
   moec_session_release(ok);
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Training
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// The trainable model (TestUtil.h) and its dataset, trained through the C
+/// API only.
+class CApiTrain : public ::testing::Test {
+protected:
+  void SetUp() override {
+    modelPath = dir / "train.moec";
+    writeBytes(modelPath, trainArtifact());
+    data = dir / "data";
+    makeTrainData(data);
+    ASSERT_EQ(moec_model_load(modelPath.c_str(), &model), MOEC_OK)
+        << moec_last_error();
+    ASSERT_EQ(moec_session_create(model, "cpu", 1, &session), MOEC_OK)
+        << moec_last_error();
+    moec_train_options_init(&options);
+    options.data_dir = data.c_str();
+  }
+  void TearDown() override {
+    moec_session_release(session);
+    moec_model_release(model);
+  }
+
+  moec_trainer *trainer(const moec_train_options &o) {
+    moec_trainer *t = nullptr;
+    EXPECT_EQ(moec_trainer_create(session, &o, &t), MOEC_OK)
+        << moec_last_error();
+    return t;
+  }
+
+  /// The session's parameters as saved safetensors bytes.
+  std::vector<uint8_t> weights(moec_session *s, const std::string &name) {
+    std::string path = dir / name;
+    EXPECT_EQ(moec_session_save_weights(s, path.c_str()), MOEC_OK)
+        << moec_last_error();
+    return readBytes(path);
+  }
+
+  TempDir dir;
+  std::string modelPath, data;
+  moec_model *model = nullptr;
+  moec_session *session = nullptr;
+  moec_train_options options;
+};
+
+TEST_F(CApiTrain, OptionDefaults) {
+  moec_train_options o;
+  std::memset(&o, 0x5a, sizeof(o));
+  moec_train_options_init(&o);
+  EXPECT_EQ(o.data_dir, nullptr);
+  EXPECT_EQ(o.epochs, 0);
+  EXPECT_EQ(o.lr, 0);
+  EXPECT_EQ(o.has_seed, 0);
+  EXPECT_EQ(o.checkpoint_dir, nullptr);
+  EXPECT_EQ(o.resume_dir, nullptr);
+  EXPECT_EQ(o.keep_checkpoints, 3);
+  EXPECT_EQ(o.log_every, 10);
+  EXPECT_EQ(o.max_steps, 0);
+  EXPECT_EQ(o.eval_every_epoch, 1);
+  EXPECT_EQ(o.time_budget, 0);
+  moec_train_options_init(nullptr); // ignored
+}
+
+// Steps through the C API are the run moec-run train gives, bit for bit,
+// with the schedule the manifest sets (3 epochs of 2 steps, warm-up 2).
+TEST_F(CApiTrain, StepsMatchMoecRunTrain) {
+  moec_trainer *t = trainer(options);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(moec_trainer_total_steps(t), 6);
+  EXPECT_EQ(moec_trainer_steps_done(t), 0);
+  std::vector<double> lrs;
+  while (!moec_trainer_done(t)) {
+    moec_train_step_result r;
+    ASSERT_EQ(moec_trainer_step(t, &r), MOEC_OK) << moec_last_error();
+    EXPECT_EQ(r.step, moec_trainer_steps_done(t));
+    EXPECT_EQ(r.epoch, (r.step + 1) / 2);
+    EXPECT_TRUE(std::isfinite(r.loss) && r.loss > 0);
+    EXPECT_FLOAT_EQ(float(r.loss), float(r.ce_loss + r.aux_loss));
+    EXPECT_GE(r.accuracy, 0);
+    EXPECT_LE(r.accuracy, 1);
+    lrs.push_back(r.lr);
+  }
+  ASSERT_EQ(lrs.size(), 6u);
+  // Warm-up lr (t+1)/2, then lr (1 - 0.5 t / 6).
+  for (size_t k = 0; k < lrs.size(); ++k)
+    EXPECT_FLOAT_EQ(float(lrs[k]), k < 2 ? 0.001f * float(k + 1) / 2
+                                         : 0.001f * (1 - 0.5f * float(k) / 6))
+        << "step " << k;
+  moec_train_step_result r;
+  EXPECT_EQ(moec_trainer_step(t, &r), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(std::string(moec_last_error()),
+            modelPath + ": training is done (step 6 of 6)");
+
+  moec_eval_result eval;
+  ASSERT_EQ(moec_trainer_evaluate(t, &eval), MOEC_OK) << moec_last_error();
+  EXPECT_EQ(eval.images, 6);
+  EXPECT_DOUBLE_EQ(eval.top1, double(eval.correct) / 6);
+
+  std::string tool = dir / "tool.safetensors";
+  CommandResult run = runMoecRun("train " + modelPath + " --data " + data +
+                                     " --threads 1 -o " + tool,
+                                 dir.path());
+  ASSERT_EQ(run.rc, 0) << run.err;
+  EXPECT_EQ(weights(session, "c.safetensors"), readBytes(tool));
+  char accuracy[64];
+  std::snprintf(accuracy, sizeof(accuracy), "test accuracy: %.2f%%\n",
+                100 * eval.top1);
+  EXPECT_NE(run.out.find(accuracy), std::string::npos) << run.out;
+  moec_trainer_release(t);
+}
+
+// A checkpoint saved through the C API and loaded back continues bitwise;
+// so does a new trainer resuming a directory of checkpoints.
+TEST_F(CApiTrain, CheckpointRoundTripIsBitwise) {
+  std::string ckpt = dir / "ckpt";
+  options.checkpoint_dir = ckpt.c_str();
+  options.max_steps = 4;
+  moec_trainer *t = trainer(options);
+  ASSERT_NE(t, nullptr);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(moec_trainer_step(t, nullptr), MOEC_OK) << moec_last_error();
+  std::string mid = dir / "mid.safetensors";
+  ASSERT_EQ(moec_trainer_save_checkpoint(t, mid.c_str()), MOEC_OK)
+      << moec_last_error();
+  moec_eval_result first, second;
+  ASSERT_EQ(moec_trainer_run(t, &first), MOEC_OK) << moec_last_error();
+  EXPECT_EQ(moec_trainer_steps_done(t), 4); // max_steps
+  EXPECT_TRUE(moec_trainer_done(t));
+  const std::vector<uint8_t> after = weights(session, "a.safetensors");
+  const std::vector<uint8_t> stopCheckpoint =
+      readBytes(ckpt + "/ckpt-4.safetensors");
+  ASSERT_FALSE(stopCheckpoint.empty());
+
+  ASSERT_EQ(moec_trainer_load_checkpoint(t, mid.c_str()), MOEC_OK)
+      << moec_last_error();
+  EXPECT_EQ(moec_trainer_steps_done(t), 3);
+  EXPECT_FALSE(moec_trainer_done(t));
+  EXPECT_NE(weights(session, "m.safetensors"), after);
+  ASSERT_EQ(moec_trainer_run(t, &second), MOEC_OK) << moec_last_error();
+  EXPECT_EQ(weights(session, "b.safetensors"), after);
+  EXPECT_EQ(readBytes(ckpt + "/ckpt-4.safetensors"), stopCheckpoint);
+  EXPECT_EQ(second.loss, first.loss);
+  EXPECT_EQ(second.correct, first.correct);
+  moec_trainer_release(t);
+
+  // The rest in a fresh session, resumed from the directory, equals an
+  // uninterrupted run.
+  moec_session *fresh = nullptr, *whole = nullptr;
+  ASSERT_EQ(moec_session_create(model, "cpu", 1, &fresh), MOEC_OK);
+  ASSERT_EQ(moec_session_create(model, "cpu", 1, &whole), MOEC_OK);
+  moec_train_options resume;
+  moec_train_options_init(&resume);
+  resume.data_dir = data.c_str();
+  resume.resume_dir = ckpt.c_str();
+  moec_trainer *resumed = nullptr, *uninterrupted = nullptr;
+  ASSERT_EQ(moec_trainer_create(fresh, &resume, &resumed), MOEC_OK)
+      << moec_last_error();
+  EXPECT_EQ(moec_trainer_steps_done(resumed), 4);
+  ASSERT_EQ(moec_trainer_run(resumed, nullptr), MOEC_OK) << moec_last_error();
+  moec_train_options plain;
+  moec_train_options_init(&plain);
+  plain.data_dir = data.c_str();
+  ASSERT_EQ(moec_trainer_create(whole, &plain, &uninterrupted), MOEC_OK);
+  ASSERT_EQ(moec_trainer_run(uninterrupted, nullptr), MOEC_OK);
+  EXPECT_EQ(moec_trainer_steps_done(uninterrupted), 6);
+  EXPECT_EQ(weights(fresh, "r.safetensors"), weights(whole, "u.safetensors"));
+  // The trainers keep their sessions alive.
+  moec_session_release(fresh);
+  moec_session_release(whole);
+  EXPECT_EQ(moec_trainer_evaluate(resumed, &first), MOEC_OK);
+  moec_trainer_release(resumed);
+  moec_trainer_release(uninterrupted);
+}
+
+TEST_F(CApiTrain, Errors) {
+  moec_trainer *t = reinterpret_cast<moec_trainer *>(1);
+  EXPECT_EQ(moec_trainer_create(nullptr, &options, &t), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(std::string(moec_last_error()),
+            "moec_trainer_create: null session or trainer");
+  EXPECT_EQ(moec_trainer_step(nullptr, nullptr), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(moec_trainer_run(nullptr, nullptr), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(moec_trainer_run_epoch(nullptr), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(moec_trainer_evaluate(nullptr, nullptr), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(moec_trainer_save_checkpoint(nullptr, "x"), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(moec_trainer_load_checkpoint(nullptr, "x"), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(moec_trainer_steps_done(nullptr), 0);
+  EXPECT_EQ(moec_trainer_done(nullptr), 1);
+  moec_trainer_release(nullptr);
+
+  // Options that contradict each other; a data folder that is not there.
+  moec_train_options o = options;
+  o.resume_dir = "somewhere";
+  o.weights = "w.safetensors";
+  EXPECT_EQ(moec_trainer_create(session, &o, &t), MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(t, nullptr);
+  EXPECT_EQ(std::string(moec_last_error()),
+            "--weights sets the starting weights of a new run; a run "
+            "continued with --resume starts from its checkpoint");
+  std::string missing = dir / "missing";
+  o = options;
+  o.data_dir = missing.c_str();
+  EXPECT_EQ(moec_trainer_create(session, &o, &t), MOEC_ERROR_DATA);
+  EXPECT_EQ(std::string(moec_last_error()), missing + ": no such directory");
+
+  // A model without training entry points.
+  moec_model *tiny = nullptr;
+  moec_session *tinySession = nullptr;
+  std::string tinyPath = dir / "tiny.moec";
+  writeBytes(tinyPath, tinyArtifact());
+  ASSERT_EQ(moec_model_load(tinyPath.c_str(), &tiny), MOEC_OK);
+  ASSERT_EQ(moec_session_create(tiny, "cpu", 1, &tinySession), MOEC_OK);
+  EXPECT_EQ(moec_trainer_create(tinySession, &options, &t),
+            MOEC_ERROR_ARGUMENT);
+  EXPECT_EQ(std::string(moec_last_error()),
+            tinyPath + ": the model has no 'train_step' entry point, so it "
+                       "cannot be trained (compile a trainable spec; see "
+                       "docs/training-abi.md)");
+  moec_session_release(tinySession);
+  moec_model_release(tiny);
+
+  // A NaN gradient (label 9 in the first batch), and a missing checkpoint.
+  std::string poisoned = dir / "poisoned";
+  makeTrainData(poisoned, /*poisoned=*/true);
+  o = options;
+  o.data_dir = poisoned.c_str();
+  t = trainer(o);
+  ASSERT_NE(t, nullptr);
+  moec_train_step_result r;
+  EXPECT_EQ(moec_trainer_step(t, &r), MOEC_ERROR_DATA);
+  EXPECT_EQ(std::string(moec_last_error()),
+            "step 0: non-finite value nan at grad.b[0]");
+  EXPECT_EQ(moec_trainer_steps_done(t), 0);
+  std::string none = dir / "none.safetensors";
+  EXPECT_EQ(moec_trainer_load_checkpoint(t, none.c_str()), MOEC_ERROR_IO);
+  EXPECT_EQ(std::string(moec_last_error()),
+            none + ": cannot open: No such file or directory");
+  EXPECT_EQ(moec_trainer_evaluate(t, nullptr), MOEC_ERROR_ARGUMENT);
+  moec_trainer_release(t);
 }
 
 } // namespace

@@ -297,7 +297,10 @@ TEST(Data, ImageFolderErrors) {
   EXPECT_EQ(error(), dir / "a: no .png images");
   writePng(dir / "a/big.png", PNG_FORMAT_GRAY, 3, 3,
            std::vector<uint8_t>(9, 1));
-  EXPECT_EQ(error(), dir / "a/big.png: image is 3x3, the model expects 2x2");
+  EXPECT_EQ(error(),
+            dir /
+                "a/big.png: image is 3x3, the model expects 2x2 (moec-run does "
+                "not resize; resize the images to 2x2)");
   EXPECT_TRUE(loadImageFolder(dir.path(), 1, 3, 3));
   writeText(dir / "a/broken.png", "not a png at all");
   EXPECT_EQ(error(1, 3).rfind(dir / "a/broken.png: cannot read PNG: ", 0), 0u);

@@ -34,13 +34,16 @@ protected:
   /// Runs `moec-run ARGS` (ARGS is shell text).
   Result run(const std::string &args) { return runMoecRun(args, dir.path()); }
 
-  /// An image-folder dataset of 4x4 gray PNGs: class "a" dark (sum < 0),
-  /// "b" dark, "c" bright; with scale (1, 2, 3) and zero bias the model
-  /// predicts a for dark and c for bright images: accuracy 4/6.
-  std::string makeDataset() {
+  /// An image-folder dataset of 4x4 gray PNGs in `root`/`split`: class "a"
+  /// dark (sum < 0), "b" dark, "c" bright; with scale (1, 2, 3) and zero
+  /// bias the model predicts a for dark and c for bright images: accuracy
+  /// 4/6. `bright` images per class are bright instead (for a train split
+  /// that differs).
+  std::string makeDataset(const std::string &split = "test", int bright = 0) {
     std::string root = dir / "pngs";
     for (const char *cls : {"a", "b", "c"}) {
-      std::filesystem::create_directories(root + "/" + cls);
+      std::string folder = root + "/" + split + "/" + cls;
+      std::filesystem::create_directories(folder);
       for (int i = 0; i < 2; ++i) {
         png_image image;
         std::memset(&image, 0, sizeof(image));
@@ -48,8 +51,9 @@ protected:
         image.width = 4;
         image.height = 4;
         image.format = PNG_FORMAT_GRAY;
-        std::vector<uint8_t> pixels(16, cls[0] == 'c' ? 200 : 20 + i);
-        std::string path = root + "/" + cls + "/" + std::to_string(i) + ".png";
+        bool light = cls[0] == 'c' || i < bright;
+        std::vector<uint8_t> pixels(16, light ? 200 : 20 + i);
+        std::string path = folder + "/" + std::to_string(i) + ".png";
         EXPECT_TRUE(png_image_write_to_file(&image, path.c_str(), 0,
                                             pixels.data(), 0, nullptr));
       }
@@ -206,18 +210,48 @@ TEST_F(MoecRun, InferOnAnImageFolder) {
   r = run("infer " + model + " --weights " + weights + " --data " +
           dir / "missing");
   EXPECT_EQ(r.rc, 2);
-  EXPECT_NE(
-      r.err.find("moec-run: error: " + dir / "missing" + ": no such directory"),
-      std::string::npos)
+  EXPECT_NE(r.err.find("moec-run: error: " + dir / "missing" +
+                       "/test: no such directory"),
+            std::string::npos)
       << r.err;
 
   // More classes in the data than the model has.
-  std::filesystem::create_directories(data + "/d");
-  std::filesystem::copy_file(data + "/a/0.png", data + "/d/0.png");
+  std::filesystem::create_directories(data + "/test/d");
+  std::filesystem::copy_file(data + "/test/a/0.png", data + "/test/d/0.png");
   r = run("infer " + model + " --weights " + weights + " --data " + data);
   EXPECT_EQ(r.rc, 2);
-  EXPECT_NE(r.err.find(data + ": the dataset has 4 classes, but the model "
-                              "has 3"),
+  EXPECT_NE(r.err.find(data + "/test: the dataset has 4 classes, but the "
+                              "model has 3"),
+            std::string::npos)
+      << r.err;
+}
+
+// An image-folder model reads DIR/<split> (DIR/test unless --split train),
+// as train does: from the artifact's own dataset path as from --data.
+TEST_F(MoecRun, InferReadsTheImageFolderSplit) {
+  std::string data = makeDataset("test");
+  makeDataset("train", /*bright=*/1); // a and b: one dark, one bright
+  json manifest = tinyManifest();
+  manifest["dataset"]["path"] = data;
+  std::string own = dir / "own.moec";
+  writeBytes(own, tinyArtifact(manifest));
+  Result r = run("infer " + own + " --weights " + weights);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("accuracy: 0.6667 (4/6)\n"), std::string::npos) << r.out;
+  r = run("infer " + own + " --weights " + weights + " --split train");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  // The bright a and b images are predicted c, the dark b one a: 3 right.
+  EXPECT_NE(r.out.find("accuracy: 0.5000 (3/6)\n"), std::string::npos) << r.out;
+  r = run("infer " + model + " --weights " + weights + " --data " + data +
+          " --split train");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("accuracy: 0.5000 (3/6)\n"), std::string::npos) << r.out;
+
+  // Without DIR/test, the error names the split folder.
+  std::filesystem::remove_all(data + "/test");
+  r = run("infer " + own + " --weights " + weights);
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("moec-run: error: " + data + "/test: no such directory"),
             std::string::npos)
       << r.err;
 }

@@ -433,8 +433,10 @@ TEST_F(MoecRunTrain, ResumeKeepsTheMetricsLogConsistent) {
   std::vector<std::string> kinds;
   for (const MetricRecord &m : *records)
     kinds.push_back(cat(m.split, m.step));
-  EXPECT_EQ(kinds, (std::vector<std::string>{"train1", "train2", "eval2",
-                                             "train3", "train4", "eval4"}));
+  // eval3: the final evaluation of the run stopped by --max-steps.
+  EXPECT_EQ(kinds,
+            (std::vector<std::string>{"train1", "train2", "eval2", "train3",
+                                      "eval3", "train4", "eval4"}));
 }
 
 /// The train iterator moec-run train builds for the test model (seed 0,

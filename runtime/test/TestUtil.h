@@ -435,6 +435,19 @@ inline void makeIdxSplit(const std::string &dir, const std::string &prefix,
   writeIdx(dir, prefix, pixels, ys);
 }
 
+/// The trainable model's tiny Fashion-MNIST-format dataset in `dir`: 10
+/// train images (2 steps of 4 per epoch, 2 dropped) and 6 test images (a
+/// padded last eval batch). No label 9 unless `poisoned`: label 9 poisons
+/// b's gradient (TestKernels.c).
+inline void makeTrainData(const std::string &dir, bool poisoned = false) {
+  std::filesystem::create_directories(dir);
+  std::vector<uint8_t> labels = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  if (poisoned)
+    labels.back() = 9;
+  makeIdxSplit(dir, "train", 10, labels);
+  makeIdxSplit(dir, "t10k", 6, {2, 4, 6, 1, 3, 5});
+}
+
 /// The result of running a command.
 struct CommandResult {
   int rc;

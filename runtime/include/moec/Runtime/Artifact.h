@@ -111,6 +111,10 @@ struct Manifest {
   int64_t classes = 0;
   std::string datasetKind; ///< "fashion-mnist", "cifar10" or "image-folder"
   std::string datasetPath;
+  /// dataset.normalization (artifact 1.2): the per-channel mean and std the
+  /// model was trained with, `channels` values each; empty in artifacts
+  /// that do not say (the dataset kind's constants apply).
+  std::vector<double> normalizationMean, normalizationStd;
   uint64_t paramBytes = 0;
   int64_t paramCount = 0;
   int64_t activeParamsPerImage = 0;

@@ -21,6 +21,10 @@
 //               the dispatch; the kernel computes tiles [begin, end) of its
 //               parallel dimension (images, for every inference kernel).
 //
+// The manifest's optional dataset.normalization (1.2) records the
+// per-channel mean and std the model was trained with: the constants of
+// datasetNormalization below for the spec's dataset.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOEC_RUNTIME_ARTIFACTFORMAT_H
@@ -35,7 +39,7 @@ namespace moec::artifact {
 inline constexpr char kMagic[8] = {'M', 'O', 'E', 'C', 'A', 'R', 'T', '\0'};
 /// Readers reject another major version; minor versions only add.
 inline constexpr uint32_t kVersionMajor = 1;
-inline constexpr uint32_t kVersionMinor = 1;
+inline constexpr uint32_t kVersionMinor = 2;
 /// Section payloads and the section table start at multiples of this.
 inline constexpr uint64_t kAlignment = 64;
 
@@ -81,6 +85,24 @@ inline uint64_t fnv1a64(const void *data, size_t size,
 
 inline uint64_t alignTo(uint64_t value, uint64_t alignment = kAlignment) {
   return (value + alignment - 1) / alignment * alignment;
+}
+
+/// Per-channel normalization x = (pixel / 255 - mean[c]) / std[c]; one-channel
+/// data uses element 0.
+struct DatasetNormalization {
+  double mean[3];
+  double std[3];
+};
+
+/// What the runtime's loader of dataset kind `kind` ("fashion-mnist",
+/// "cifar10", "image-folder") applies; any other kind gets image-folder's.
+/// The runtime uses these as floats (static_cast<float>).
+inline DatasetNormalization datasetNormalization(const char *kind) {
+  if (std::strcmp(kind, "fashion-mnist") == 0)
+    return {{0.2860, 0.2860, 0.2860}, {0.3530, 0.3530, 0.3530}};
+  if (std::strcmp(kind, "cifar10") == 0)
+    return {{0.4914, 0.4822, 0.4465}, {0.2470, 0.2435, 0.2616}};
+  return {{0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}};
 }
 
 } // namespace moec::artifact

@@ -158,6 +158,16 @@ findLatestCheckpoint(const std::string &dir);
 /// Loads the checkpoint `dir`/latest names; an Io error when there is none.
 Expected<Checkpoint> loadLatestCheckpoint(const std::string &dir);
 
+/// Model weights from `path`: a safetensors weights file, a checkpoint
+/// file, or a checkpoint directory (the checkpoint its `latest` names). Of
+/// a checkpoint only the model parameters are kept (its optimizer.* tensors
+/// and training metadata are dropped) and `note` (if given) says so;
+/// otherwise `note` is left empty. `source` (if given) receives the file
+/// read. Errors name the file, or the directory without a `latest`.
+Expected<SafeTensors> readWeights(const std::string &path,
+                                  std::string *note = nullptr,
+                                  std::string *source = nullptr);
+
 } // namespace moec::rt
 
 #endif // MOEC_RUNTIME_CHECKPOINT_H

@@ -89,6 +89,11 @@ Error writeLossPlotSvg(const std::vector<MetricRecord> &records,
 /// "2:31", "1:02:03"; "--:--" for a negative or non-finite time.
 std::string formatDuration(double seconds);
 
+/// The ETA of a training run: `secondsPerStep` times the steps left from
+/// `done` to `total`, or to `maxSteps` when that limit (> 0) comes first.
+double trainEtaSeconds(double secondsPerStep, int64_t done, int64_t total,
+                       int64_t maxSteps = 0);
+
 /// "epoch 3/25 [####................] 12800/60000 loss 0.8123 1520 img/s
 /// ETA 2:31" (no newline or carriage return).
 std::string formatProgress(int64_t epoch, int64_t epochs, int64_t done,

@@ -65,8 +65,10 @@ public:
   Device &device() { return *device_; }
   int threads() const { return device_->threads(); }
 
-  /// Reads a safetensors file and binds it (bindWeights).
-  Error loadWeights(const std::string &path);
+  /// Reads weights (readWeights in Checkpoint.h: a safetensors file, or
+  /// the parameters of a checkpoint file or directory) and binds them
+  /// (bindWeights). `note` (if given) says when a checkpoint was read.
+  Error loadWeights(const std::string &path, std::string *note = nullptr);
   /// Copies `weights` into the parameter block. Every manifest parameter
   /// must be present with its exact shape, and nothing else; errors (code
   /// Weights) name `source` and the tensor. On error the parameters are

@@ -199,6 +199,9 @@ def parse_spec(path_or_dict):
     moe = root.get("moe")
     s["moe"] = None
     if moe:
+        if moe.get("layers"):
+            raise ValueError("spec: per-layer MoE settings (moe.layers) are not "
+                             "supported by the PyTorch baseline")
         r = moe["router"]
         cf = moe.get("capacity_factor", 1.0)
         cf_train = cf

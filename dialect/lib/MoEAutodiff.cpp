@@ -112,6 +112,54 @@ Value moec::moe::buildActivation(OpBuilder &b, Location l, Activation kind,
   llvm_unreachable("unknown activation");
 }
 
+Value moec::moe::buildBeats(OpBuilder &b, Location l, Value otherVal,
+                            Value mineVal, Value otherIdx, Value mineIdx) {
+  Value gt =
+      arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, otherVal, mineVal);
+  Value eq =
+      arith::CmpFOp::create(b, l, arith::CmpFPredicate::OEQ, otherVal, mineVal);
+  Value lower =
+      arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, otherIdx, mineIdx);
+  return arith::OrIOp::create(b, l, gt, arith::AndIOp::create(b, l, eq, lower));
+}
+
+Value moec::moe::buildRank(OpBuilder &b, Location l, Value scores,
+                           unsigned dim) {
+  auto type = cast<RankedTensorType>(scores.getType());
+  unsigned rank = type.getRank();
+  assert(dim < rank && "rank dimension out of range");
+  // Loops: the dimensions of `scores`, then j (the other index, reduced).
+  SmallVector<AffineExpr> other, mine;
+  for (unsigned i = 0; i < rank; ++i) {
+    other.push_back(b.getAffineDimExpr(i == dim ? rank : i));
+    mine.push_back(b.getAffineDimExpr(i));
+  }
+  MLIRContext *ctx = b.getContext();
+  AffineMap mineMap = AffineMap::get(rank + 1, 0, mine, ctx);
+  SmallVector<utils::IteratorType> iters(rank + 1,
+                                         utils::IteratorType::parallel);
+  iters[rank] = utils::IteratorType::reduction;
+  Value init = tensor::EmptyOp::create(b, l, type.getShape(), b.getF32Type());
+  init =
+      linalg::FillOp::create(b, l, ValueRange{c32(b, l, 0.0)}, ValueRange{init})
+          .getResult(0);
+  return linalg::GenericOp::create(
+             b, l, TypeRange{init.getType()}, ValueRange{scores, scores},
+             ValueRange{init},
+             ArrayRef<AffineMap>{AffineMap::get(rank + 1, 0, other, ctx),
+                                 mineMap, mineMap},
+             iters,
+             [&](OpBuilder &nb, Location nl, ValueRange a) {
+               Value mineIdx = linalg::IndexOp::create(nb, nl, dim);
+               Value otherIdx = linalg::IndexOp::create(nb, nl, rank);
+               Value beats = buildBeats(nb, nl, a[0], a[1], otherIdx, mineIdx);
+               Value one = arith::SelectOp::create(
+                   nb, nl, beats, c32(nb, nl, 1.0), c32(nb, nl, 0.0));
+               linalg::YieldOp::create(nb, nl, addf(nb, nl, a[2], one));
+             })
+      .getResult(0);
+}
+
 namespace {
 
 /// Gradients of y = x W (+ bias), x [L..., K], W [K, M]: dx, dW, db. The
@@ -250,28 +298,6 @@ std::pair<Value, Value> cv2(TB &tb, Value v) {
   return {loss, grad};
 }
 
-/// rank[g, r, e] = #{e2 : x[g,r,e2] > x[g,r,e] or (equal and e2 < e)}.
-Value rankLast(TB &tb, Value x) {
-  ArrayRef<int64_t> s = TB::shape(x);
-  return tb.generic({x, x}, {tb.dims(4, {0, 1, 3}), tb.dims(4, {0, 1, 2})},
-                    tb.zeros(s), tb.dims(4, {0, 1, 2}), {kPar, kPar, kPar, kRed},
-                    [](OpBuilder &nb, Location nl, ValueRange a) {
-                      Value other = linalg::IndexOp::create(nb, nl, 3);
-                      Value mine = linalg::IndexOp::create(nb, nl, 2);
-                      Value gt = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OGT,
-                                                       a[0], a[1]);
-                      Value eq = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
-                                                       a[0], a[1]);
-                      Value lt = arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult,
-                                                       other, mine);
-                      Value win = arith::OrIOp::create(
-                          nb, nl, gt, arith::AndIOp::create(nb, nl, eq, lt));
-                      Value one = arith::SelectOp::create(nb, nl, win, c32(nb, nl, 1.0),
-                                                          c32(nb, nl, 0.0));
-                      return addf(nb, nl, a[2], one);
-                    });
-}
-
 /// logits + s * noise.
 Value addNoise(TB &tb, Value logits, Value noise, double s) {
   return tb.elementwise({logits, noise}, [&](OpBuilder &nb, Location nl, ValueRange a) {
@@ -315,7 +341,7 @@ std::pair<Value, Value> moec::moe::buildAuxLoss(OpBuilder &b, AuxLossOp op,
   case AuxLossKind::Load: {
     int64_t k = *op.getK();
     Value noisy = addNoise(tb, logits, noise, noiseScale);
-    Value rank = rankLast(tb, noisy);
+    Value rank = buildRank(b, op.getLoc(), noisy, 2);
     // Threshold: the k-th largest noisy logit of each token.
     Value thr = tb.reduce({noisy, rank}, {all3, all3}, {g, r}, 1,
                           [&](OpBuilder &nb, Location nl, ValueRange a) {
@@ -370,7 +396,7 @@ std::pair<Value, Value> moec::moe::buildAuxLoss(OpBuilder &b, AuxLossOp op,
   case AuxLossKind::Balance: {
     Value gl = noise ? addNoise(tb, logits, noise, noiseScale) : logits;
     Value p = tb.softmaxLast(gl);
-    Value rank = rankLast(tb, p);
+    Value rank = buildRank(b, op.getLoc(), p, 2);
     // f[g, e] = fraction of tokens whose top-1 is e; mg = mean gate.
     Value f = tb.reduce({rank}, {tb.dims(3, {0, 2, 1})}, {g, e}, 1,
                         [&](OpBuilder &nb, Location nl, ValueRange a) {

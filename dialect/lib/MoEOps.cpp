@@ -2,14 +2,17 @@
 //
 // Verifiers: each checks element types, then asks the shared shape rule
 // (ShapeRules.cpp) for the result shape and compares it with the declared one.
+// rebuildRouter (RouterUtils.h) uses the same rules to retype routers.
 //
 //===----------------------------------------------------------------------===//
 
 #include "moec/Dialect/MoE/MoEOps.h"
+#include "moec/Dialect/MoE/RouterUtils.h"
 #include "moec/Dialect/MoE/ShapeRules.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
+#include "mlir/IR/PatternMatch.h"
 
 using namespace mlir;
 using namespace moec::moe;
@@ -409,4 +412,121 @@ LogicalResult SharedExpertOp::verify() {
                                     shapeOf(getFc1Bias()),
                                     shapeOf(getFc2Weight()),
                                     shapeOf(getFc2Bias())));
+}
+
+//===----------------------------------------------------------------------===//
+// Rebuilding routers (RouterUtils.h)
+//===----------------------------------------------------------------------===//
+
+RouterConfig moec::moe::getRouterConfig(RouterOp router) {
+  RouterConfig config;
+  config.kind = router.getKind();
+  config.k = router.getK();
+  if (auto cf = router.getCapacityFactor())
+    config.capacityFactor = cf->convertToDouble();
+  if (auto noise = router.getNoiseStd())
+    config.noiseStd = noise->convertToDouble();
+  config.sinkhornIters = router.getSinkhornIters();
+  config.slotsPerExpert = router.getSlotsPerExpert();
+  return config;
+}
+
+FailureOr<RouterOp> moec::moe::rebuildRouter(RewriterBase &rewriter,
+                                             RouterOp router,
+                                             const RouterConfig &config) {
+  auto emit = [&] { return router.emitOpError(); };
+  FailureOr<RouterShapes> shapes = inferRouterShapes(
+      emit, shapeOf(router.getInput()), shapeOf(router.getWeight()), config,
+      router.getNumExperts());
+  if (failed(shapes))
+    return failure();
+  auto withShape = [](Value like, ArrayRef<int64_t> shape) -> Type {
+    return RankedTensorType::get(
+        shape, cast<RankedTensorType>(like.getType()).getElementType());
+  };
+  SmallVector<Type> resultTypes{
+      withShape(router.getDispatch(), shapes->dispatch),
+      withShape(router.getCombine(), shapes->combine),
+      withShape(router.getLogits(), shapes->logits)};
+
+  // First find every value whose type changes and its new type, so that a
+  // user we cannot retype fails the rewrite before anything changed.
+  SmallVector<std::pair<Value, Type>> retyped;
+  llvm::DenseMap<Value, Type> newTypes;
+  for (auto [result, type] : llvm::zip(router->getResults(), resultTypes))
+    if (result.getType() != type)
+      newTypes[result] = type;
+  SmallVector<Value> worklist(router->getResults().begin(),
+                              router->getResults().end());
+  llvm::erase_if(worklist, [&](Value v) { return !newTypes.count(v); });
+  auto shapeNow = [&](Value v) {
+    auto it = newTypes.find(v);
+    return cast<RankedTensorType>(it == newTypes.end() ? v.getType()
+                                                       : it->second)
+        .getShape();
+  };
+  while (!worklist.empty()) {
+    Value value = worklist.pop_back_val();
+    for (OpOperand &use : value.getUses()) {
+      Operation *user = use.getOwner();
+      auto userEmit = [user] { return user->emitOpError(); };
+      FailureOr<Shape> shape = failure();
+      if (auto dispatch = dyn_cast<DispatchOp>(user)) {
+        shape = inferDispatchShape(userEmit, shapeNow(dispatch.getInput()),
+                                   shapeNow(dispatch.getDispatch()));
+      } else if (auto experts = dyn_cast<ExpertsOp>(user);
+                 experts && use.get() == experts.getInput()) {
+        shape = inferExpertsShape(
+            userEmit, shapeNow(experts.getInput()),
+            shapeNow(experts.getFc1Weight()), shapeNow(experts.getFc1Bias()),
+            shapeNow(experts.getFc2Weight()), shapeNow(experts.getFc2Bias()));
+      } else if (isa<CombineOp, RoutingCountsOp>(user)) {
+        // Their result shapes do not depend on the capacity.
+        continue;
+      } else {
+        InFlightDiagnostic diag = router.emitOpError()
+                                  << "cannot be rebuilt: a value whose type "
+                                     "changes to "
+                                  << newTypes.lookup(value) << " is used by '"
+                                  << user->getName()
+                                  << "', whose types rebuildRouter does not "
+                                     "recompute (rebuild routers before "
+                                     "moe-autodiff)";
+        diag.attachNote(user->getLoc()) << "used here";
+        return failure();
+      }
+      if (failed(shape))
+        return failure();
+      Value result = user->getResult(0);
+      Type type = withShape(result, *shape);
+      if (type == result.getType() || newTypes.count(result))
+        continue;
+      newTypes[result] = type;
+      retyped.emplace_back(result, type);
+      worklist.push_back(result);
+    }
+  }
+
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(router);
+  Value noise = config.kind == RouterKind::TokenChoice && config.noiseStd
+                    ? router.getNoise()
+                    : Value();
+  auto optI64 = [&](std::optional<int64_t> v) {
+    return v ? rewriter.getI64IntegerAttr(*v) : IntegerAttr();
+  };
+  auto optF64 = [&](std::optional<double> v) {
+    return v ? rewriter.getF64FloatAttr(*v) : FloatAttr();
+  };
+  auto rebuilt = RouterOp::create(
+      rewriter, router.getLoc(), resultTypes[0], resultTypes[1], resultTypes[2],
+      config.kind, router.getInput(), router.getWeight(), noise,
+      optI64(config.k), optF64(config.capacityFactor), optF64(config.noiseStd),
+      optI64(config.sinkhornIters), optI64(config.slotsPerExpert));
+  rebuilt->setDiscardableAttrs(router->getDiscardableAttrDictionary());
+  rewriter.replaceOp(router, rebuilt->getResults());
+  for (std::pair<Value, Type> &entry : retyped)
+    rewriter.modifyOpInPlace(entry.first.getDefiningOp(),
+                             [&] { entry.first.setType(entry.second); });
+  return rebuilt;
 }

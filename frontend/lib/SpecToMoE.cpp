@@ -86,7 +86,8 @@ public:
     if (model.pooling == spec::Pooling::Cls) {
       Location clsLoc = loc("cls_token", "/model/pooling");
       Value cls = ParamOp::create(b, clsLoc, tensor({d}), "cls_token",
-                                    InitKind::Normal, b.getF64FloatAttr(1e-6));
+                                  InitKind::Normal, b.getF64FloatAttr(1e-6),
+                                  /*no_decay=*/true);
       x = create<ClassTokenOp>(clsLoc, infer(clsLoc, [&](EmitErrorFn e) {
                                  return inferClassTokenShape(e, shape(x),
                                                              shape(cls));
@@ -94,7 +95,8 @@ public:
                                x, cls);
     }
     Location posLoc = loc("pos_embed", "/model/input");
-    Value pos = param("pos_embed", {model.numTokens(), d}, posLoc);
+    Value pos = param("pos_embed", {model.numTokens(), d}, posLoc,
+                      /*decay=*/false);
     x = create<PosEmbedOp>(posLoc, tensorLike(x), x, pos);
 
     for (int64_t i = 0; i < model.depth; ++i)
@@ -139,7 +141,8 @@ private:
     Location ffnLoc = isMoE ? loc(prefix + ".moe", "/moe/placement")
                             : loc(prefix + ".mlp", "/model/mlp_ratio");
     h = layerNorm(prefix + ".norm2", x, ffnLoc);
-    Value y = isMoE ? emitMoE(prefix + ".moe", h) : emitMlp(prefix, h);
+    Value y = isMoE ? emitMoE(prefix + ".moe", spec.moe.layer(i), h)
+                    : emitMlp(prefix, h);
     return create<AddOp>(ffnLoc, tensorLike(x), x, y);
   }
 
@@ -156,11 +159,23 @@ private:
     return dense(u, w2, b2, l);
   }
 
-  Value emitMoE(const std::string &prefix, Value h) {
-    const spec::MoESpec &moe = spec.moe;
+  /// The pointer of a layer's setting `key`: in the layer's /moe/layers
+  /// entry if it gives one, else in /moe.
+  std::string settingPointer(const spec::MoELayerSpec &layer,
+                             const std::string &key) {
+    std::string own = layer.pointer + "/" + key;
+    if (!layer.pointer.empty() && spec.positions.count(own))
+      return own;
+    return "/moe/" + key;
+  }
+
+  Value emitMoE(const std::string &prefix, const spec::MoELayerSpec &layer,
+                Value h) {
+    const spec::MoELayerSettings &moe = layer.settings;
     int64_t d = model.width, e = moe.experts, hidden = moe.expertHidden;
 
-    Location routerLoc = loc(prefix + ".router", "/moe/router");
+    Location routerLoc =
+        loc(prefix + ".router", settingPointer(layer, "router"));
     RouterConfig config;
     config.kind = toRouterKind(moe.router.kind);
     if (moe.topK > 0)
@@ -172,7 +187,7 @@ private:
       config.capacityFactor = mode == Mode::Train ? moe.capacityFactorTrain
                                                   : moe.capacityFactorEval;
     // Noisy top-k is a token-choice training feature (the router's noise
-    // operand); other routers ignore noise_std.
+    // operand); the spec parser accepts noise_std for no other kind.
     if (mode == Mode::Train && moe.router.noiseStd > 0.0 &&
         config.kind == RouterKind::TokenChoice)
       config.noiseStd = moe.router.noiseStd;
@@ -208,7 +223,8 @@ private:
         optI64(config.slotsPerExpert));
     layers.push_back({prefix, router, noise});
 
-    Location expertsLoc = loc(prefix + ".experts", "/moe/experts");
+    Location expertsLoc =
+        loc(prefix + ".experts", settingPointer(layer, "experts"));
     Value xs = create<DispatchOp>(
         expertsLoc, infer(expertsLoc, [&](EmitErrorFn err) {
           return inferDispatchShape(err, shape(h), shape(router.getDispatch()));
@@ -225,7 +241,8 @@ private:
                                 router.getCombine());
 
     if (moe.sharedExpert) {
-      Location sharedLoc = loc(prefix + ".shared", "/moe/shared_expert");
+      Location sharedLoc =
+          loc(prefix + ".shared", settingPointer(layer, "shared_expert"));
       Value sw1 = param(prefix + ".shared.fc1.weight", {d, hidden}, sharedLoc);
       Value sb1 = zeros(prefix + ".shared.fc1.bias", {hidden}, sharedLoc);
       Value sw2 = param(prefix + ".shared.fc2.weight", {hidden, d}, sharedLoc);
@@ -240,8 +257,8 @@ private:
 
   Value layerNorm(const std::string &name, Value x, Location l) {
     int64_t d = model.width;
-    Value g = ParamOp::create(b, l, tensor({d}), name + ".weight", InitKind::Ones,
-                                FloatAttr());
+    Value g = ParamOp::create(b, l, tensor({d}), name + ".weight",
+                              InitKind::Ones, FloatAttr(), /*no_decay=*/true);
     Value beta = zeros(name + ".bias", {d}, l);
     return create<LayerNormOp>(l, tensorLike(x), x, g, beta,
                                b.getF64FloatAttr(model.layerNormEps));
@@ -255,12 +272,18 @@ private:
                            x, w, bias);
   }
 
-  Value param(const std::string &name, ArrayRef<int64_t> s, Location l) {
+  /// A weight: truncated normal, weight decay unless `decay` is false.
+  /// (Weight decay applies to weight matrices only, timm's rule: not to
+  /// biases, norm weights, the class token or the position embedding.)
+  Value param(const std::string &name, ArrayRef<int64_t> s, Location l,
+              bool decay = true) {
     return ParamOp::create(b, l, tensor(s), name, InitKind::TruncNormal,
-                             b.getF64FloatAttr(0.02));
+                           b.getF64FloatAttr(0.02), /*no_decay=*/!decay);
   }
+  /// A bias: zeros, no weight decay.
   Value zeros(const std::string &name, ArrayRef<int64_t> s, Location l) {
-    return ParamOp::create(b, l, tensor(s), name, InitKind::Zeros, FloatAttr());
+    return ParamOp::create(b, l, tensor(s), name, InitKind::Zeros, FloatAttr(),
+                           /*no_decay=*/true);
   }
 
   template <typename OpTy, typename... Args>
@@ -339,7 +362,8 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
   {
     auto fn = func::FuncOp::create(b, rootLoc, "infer",
                                    b.getFunctionType({imagesType}, {logitsType}));
-    fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
+    fn.setArgAttr(0, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                  b.getStringAttr("images"));
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(fn.addEntryBlock());
     ModelEmitter emitter(b, spec, Mode::Infer);
@@ -353,8 +377,10 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
         b, rootLoc, "train_forward",
         b.getFunctionType({imagesType, labelsType},
                           {lossType, lossType, lossType, lossType, logitsType}));
-    fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
-    fn.setArgAttr(1, "moe.name", b.getStringAttr("labels"));
+    fn.setArgAttr(0, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                  b.getStringAttr("images"));
+    fn.setArgAttr(1, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                  b.getStringAttr("labels"));
     OpBuilder::InsertionGuard guard(b);
     Block *body = fn.addEntryBlock();
     b.setInsertionPointToStart(body);
@@ -363,8 +389,10 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
       unsigned idx = fn.getNumArguments();
       if (failed(fn.insertArgument(idx, type, {}, rootLoc)))
         llvm::report_fatal_error("cannot add an input");
-      fn.setArgAttr(idx, "moe.name", b.getStringAttr(name));
-      fn.setArgAttr(idx, "moe.role", b.getStringAttr("normal_noise"));
+      fn.setArgAttr(idx, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                    b.getStringAttr(name));
+      fn.setArgAttr(idx, moec::moe::MoEDialect::RoleAttrHelper::getNameStr(),
+                    b.getStringAttr("normal_noise"));
       return fn.getArgument(idx);
     };
     Value logits = emitter.emitLogits(fn.getArgument(0));
@@ -423,21 +451,21 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
     // The optimizer moe-autodiff builds into train_step.
     const spec::OptimizerSpec &opt = spec.train.optimizer;
     const spec::ScheduleSpec &sched = spec.train.schedule;
-    NamedAttrList o;
-    o.append("kind", b.getStringAttr(spec::toString(opt.kind)));
-    o.append("lr", b.getF64FloatAttr(opt.lr));
-    o.append("weight_decay", b.getF64FloatAttr(opt.weightDecay));
-    o.append("beta1", b.getF64FloatAttr(opt.beta1));
-    o.append("beta2", b.getF64FloatAttr(opt.beta2));
-    o.append("eps", b.getF64FloatAttr(opt.eps));
-    o.append("momentum", b.getF64FloatAttr(opt.momentum));
-    o.append("grad_clip", b.getF64FloatAttr(opt.gradClip));
-    o.append("schedule", b.getStringAttr(spec::toString(sched.kind)));
-    o.append("min_lr_ratio", b.getF64FloatAttr(sched.minLrRatio));
-    fn->setAttr("moe.optimizer", o.getDictionary(b.getContext()));
+    auto f64 = [&](double v) { return b.getF64FloatAttr(v); };
+    auto optimizer = moe::OptimizerAttr::get(
+        b.getContext(),
+        opt.kind == spec::OptimizerKind::Sgd ? moe::OptimizerKind::Sgd
+                                             : moe::OptimizerKind::AdamW,
+        f64(opt.lr), f64(opt.weightDecay), f64(opt.beta1), f64(opt.beta2),
+        f64(opt.eps), f64(opt.momentum), f64(opt.gradClip),
+        sched.kind == spec::ScheduleKind::Constant ? moe::ScheduleKind::Constant
+                                                   : moe::ScheduleKind::Cosine,
+        f64(sched.minLrRatio));
+    moe::MoEDialect::OptimizerAttrHelper(b.getContext()).setAttr(fn, optimizer);
     const char *names[] = {"loss", "ce_loss", "aux_loss", "correct", "logits"};
     for (unsigned i = 0; i < 5; ++i)
-      fn.setResultAttr(i, "moe.name", b.getStringAttr(names[i]));
+      fn.setResultAttr(i, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                       b.getStringAttr(names[i]));
   }
   // @eval: evaluation capacity, no noise; sums over the masked images.
   {
@@ -445,9 +473,12 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
     auto fn = func::FuncOp::create(
         b, rootLoc, "eval",
         b.getFunctionType({imagesType, labelsType, maskType}, {}));
-    fn.setArgAttr(0, "moe.name", b.getStringAttr("images"));
-    fn.setArgAttr(1, "moe.name", b.getStringAttr("labels"));
-    fn.setArgAttr(2, "moe.name", b.getStringAttr("mask"));
+    fn.setArgAttr(0, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                  b.getStringAttr("images"));
+    fn.setArgAttr(1, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                  b.getStringAttr("labels"));
+    fn.setArgAttr(2, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                  b.getStringAttr("mask"));
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(fn.addEntryBlock());
     ModelEmitter emitter(b, spec, Mode::Infer);
@@ -468,9 +499,11 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
     fn.setType(b.getFunctionType(fn.getArgumentTypes(),
                                  ValueRange(results).getTypes()));
     for (auto [i, name] : llvm::enumerate(names)) {
-      fn.setResultAttr(i, "moe.name", b.getStringAttr(name));
+      fn.setResultAttr(i, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
+                       b.getStringAttr(name));
       if (i >= 2)
-        fn.setResultAttr(i, "moe.role", b.getStringAttr("routing_counts"));
+        fn.setResultAttr(i, moec::moe::MoEDialect::RoleAttrHelper::getNameStr(),
+                         b.getStringAttr("routing_counts"));
     }
   }
 

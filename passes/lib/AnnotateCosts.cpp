@@ -1,6 +1,7 @@
 //===- AnnotateCosts.cpp - moe-annotate-costs -----------------------------===//
 
 #include "moec/Passes/CostModel.h"
+#include "moec/Passes/OpModels.h"
 #include "moec/Passes/Passes.h"
 
 #include "moec/Dialect/MoE/MoEOps.h"
@@ -24,6 +25,11 @@ struct AnnotateCostsPass
     : public moec::impl::AnnotateCostsPassBase<AnnotateCostsPass> {
   using Base::Base;
 
+  void getDependentDialects(DialectRegistry &registry) const override {
+    Base::getDependentDialects(registry);
+    registerMoEOpModels(registry);
+  }
+
   void runOnOperation() override {
     Builder b(&getContext());
     for (auto fn : getOperation().getOps<func::FuncOp>()) {
@@ -46,28 +52,21 @@ struct AnnotateCostsPass
         int64_t opFlops = estimateFlops(op);
         flops += opFlops;
         if (perOp)
-          op->setAttr("moe.flops", b.getI64IntegerAttr(opFlops));
-        // Expert weights a token does not use: (E - k_eff) / E of them.
-        // (moe.experts and train_step's moe.experts_train share operands.)
-        if (isa<ExpertsOp, ExpertsTrainOp>(op)) {
-          auto dispatch = op->getOperand(0).getDefiningOp<DispatchOp>();
-          auto router = dispatch ? dispatch.getDispatch().getDefiningOp<RouterOp>()
-                                 : RouterOp();
-          if (!router)
-            return;
-          int64_t e = router.getNumExperts();
-          int64_t expertParams = 0;
-          for (Value w : op->getOperands().drop_front())
-            expertParams += cast<RankedTensorType>(w.getType()).getNumElements();
-          inactive += expertParams * (e - expectedExpertsPerToken(router)) / e;
-        }
+          op->setAttr(moec::moe::MoEDialect::FlopsAttrHelper::getNameStr(),
+                      b.getI64IntegerAttr(opFlops));
+        // Expert weights a token does not use.
+        if (auto costed = dyn_cast<CostOpInterface>(op))
+          inactive += costed.estimateInactiveParameters();
       });
       if (!usesMoE)
         continue;
-      fn->setAttr("moe.params", b.getI64IntegerAttr(params));
-      fn->setAttr("moe.active_params",
-                  b.getI64IntegerAttr(params - static_cast<int64_t>(inactive + 0.5)));
-      fn->setAttr("moe.flops", b.getI64IntegerAttr(flops));
+      fn->setAttr(moec::moe::MoEDialect::ParamsAttrHelper::getNameStr(),
+                  b.getI64IntegerAttr(params));
+      fn->setAttr(
+          moec::moe::MoEDialect::ActiveParamsAttrHelper::getNameStr(),
+          b.getI64IntegerAttr(params - static_cast<int64_t>(inactive + 0.5)));
+      fn->setAttr(moec::moe::MoEDialect::FlopsAttrHelper::getNameStr(),
+                  b.getI64IntegerAttr(flops));
     }
   }
 };

@@ -40,34 +40,20 @@ struct OptimizerConfig {
 
 OptimizerConfig readConfig(func::FuncOp fn) {
   OptimizerConfig c;
-  auto dict = fn->getAttrOfType<DictionaryAttr>("moe.optimizer");
-  if (!dict)
+  OptimizerAttr o =
+      MoEDialect::OptimizerAttrHelper(fn.getContext()).getAttr(fn);
+  if (!o)
     return c;
-  auto num = [&](StringRef key, double &out) {
-    if (auto f = dict.getAs<FloatAttr>(key))
-      out = f.getValueAsDouble();
-  };
-  if (auto k = dict.getAs<StringAttr>("kind"))
-    c.kind = k.str();
-  if (auto s = dict.getAs<StringAttr>("schedule"))
-    c.cosine = s.getValue() == "cosine";
-  num("weight_decay", c.weightDecay);
-  num("beta1", c.beta1);
-  num("beta2", c.beta2);
-  num("eps", c.eps);
-  num("momentum", c.momentum);
-  num("grad_clip", c.gradClip);
-  num("min_lr_ratio", c.minLrRatio);
+  c.kind = stringifyOptimizerKind(o.getKind()).str();
+  c.cosine = o.getSchedule() == ScheduleKind::Cosine;
+  c.weightDecay = o.getWeightDecay().getValueAsDouble();
+  c.beta1 = o.getBeta1().getValueAsDouble();
+  c.beta2 = o.getBeta2().getValueAsDouble();
+  c.eps = o.getEps().getValueAsDouble();
+  c.momentum = o.getMomentum().getValueAsDouble();
+  c.gradClip = o.getGradClip().getValueAsDouble();
+  c.minLrRatio = o.getMinLrRatio().getValueAsDouble();
   return c;
-}
-
-/// Weight decay applies to weight matrices only: not to biases (the
-/// experts' [E, H] biases included), norm weights or the class token and
-/// position embedding (timm's no-decay set).
-bool decays(ParamOp p) {
-  StringRef name = p.getName();
-  return p.getType().getRank() >= 2 && !name.ends_with(".bias") &&
-         name != "pos_embed" && name != "cls_token";
 }
 
 Value cf(OpBuilder &b, Location l, double v) {
@@ -90,7 +76,7 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
     b.setInsertionPointAfter(fwd);
     auto fn = cast<func::FuncOp>(b.clone(*fwd));
     fn.setSymName(entry);
-    fn->removeAttr("moe.optimizer");
+    fn->removeAttr(MoEDialect::OptimizerAttrHelper::getNameStr());
     OptimizerConfig config = readConfig(fwd);
     Location loc = fn.getLoc();
     auto scalar = RankedTensorType::get({}, b.getF32Type());
@@ -106,7 +92,8 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
       unsigned idx = fn.getNumArguments();
       if (failed(fn.insertArgument(idx, scalar, {}, loc)))
         return signalPassFailure();
-      fn.setArgAttr(idx, "moe.name", b.getStringAttr(name));
+      fn.setArgAttr(idx, MoEDialect::NameAttrHelper::getNameStr(),
+                    b.getStringAttr(name));
       hyper.push_back(fn.getArgument(idx));
     }
 
@@ -248,11 +235,11 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
         auto s = ParamOp::create(b, p.getLoc(), p.getType(),
                                  ("optimizer." + slot + "." + p.getName()).str(),
                                  InitKind::Zeros, FloatAttr());
-        s->setAttr("moe.state", b.getUnitAttr());
+        s->setAttr(MoEDialect::StateAttrHelper::getNameStr(), b.getUnitAttr());
         return s.getResult();
       };
       unsigned r = p.getType().getRank();
-      double wd = decays(p) ? config.weightDecay : 0.0;
+      double wd = p.getNoDecay() ? 0.0 : config.weightDecay;
       SmallVector<Value> ins{p.getResult(), g};
       SmallVector<Value> outs{p.getResult()};
       if (adam) {
@@ -306,8 +293,10 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
             Value p2 = arith::SubFOp::create(nb, nl, pv, arith::MulFOp::create(nb, nl, lr, buf2));
             linalg::YieldOp::create(nb, nl, ValueRange{p2, buf2});
           });
-      update->setAttr("moe.update", b.getUnitAttr());
-      update->setAttr("moe.name", b.getStringAttr(p.getName()));
+      update->setAttr(MoEDialect::UpdateAttrHelper::getNameStr(),
+                      b.getUnitAttr());
+      update->setAttr(MoEDialect::NameAttrHelper::getNameStr(),
+                      b.getStringAttr(p.getName()));
     }
 
     // Results: loss, ce_loss, aux_loss, correct, grad_norm, lr_used, grads.
@@ -324,9 +313,11 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
     SmallVector<DictionaryAttr> resultAttrs;
     for (auto [i, name] : llvm::enumerate(names)) {
       NamedAttrList attrs;
-      attrs.append("moe.name", b.getStringAttr(name));
+      attrs.append(MoEDialect::NameAttrHelper::getNameStr(),
+                   b.getStringAttr(name));
       if (i >= 6)
-        attrs.append("moe.role", b.getStringAttr("gradient"));
+        attrs.append(MoEDialect::RoleAttrHelper::getNameStr(),
+                     b.getStringAttr("gradient"));
       resultAttrs.push_back(attrs.getDictionary(b.getContext()));
     }
     fn.setAllResultAttrs(resultAttrs);
@@ -337,7 +328,8 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
     for (Operation &op : fn.getBody().front().without_terminator())
       all.push_back(&op);
     for (Operation *op : llvm::reverse(all))
-      if (op->use_empty() && !op->hasAttr("moe.update") &&
+      if (op->use_empty() &&
+          !op->hasAttr(MoEDialect::UpdateAttrHelper::getNameStr()) &&
           isMemoryEffectFree(op))
         op->erase();
   }

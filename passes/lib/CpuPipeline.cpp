@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Passes/Passes.h"
 #include "moec/Passes/Pipelines.h"
 
@@ -43,7 +44,7 @@ struct DropPlanPass : public moec::impl::DropPlanPassBase<DropPlanPass> {
   void runOnOperation() override {
     for (auto fn : llvm::make_early_inc_range(
              getOperation().getOps<func::FuncOp>()))
-      if (!fn->hasAttr("moe.kernel"))
+      if (!fn->hasAttr(moec::moe::MoEDialect::KernelAttrHelper::getNameStr()))
         fn.erase();
   }
 };
@@ -52,7 +53,8 @@ struct DropKernelResultsPass
     : public moec::impl::DropKernelResultsPassBase<DropKernelResultsPass> {
   void runOnOperation() override {
     for (auto fn : getOperation().getOps<func::FuncOp>()) {
-      if (!fn->hasAttr("moe.kernel") || fn.isExternal())
+      if (!fn->hasAttr(moec::moe::MoEDialect::KernelAttrHelper::getNameStr()) ||
+          fn.isExternal())
         continue;
       auto ret = cast<func::ReturnOp>(fn.getBody().front().getTerminator());
       for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
@@ -93,6 +95,8 @@ struct ApproximateMathPass
 
 void moec::buildCpuPlanPipeline(OpPassManager &pm,
                                 const CpuPipelineOptions &options) {
+  pm.addNestedPass<func::FuncOp>(createDecomposeLossesPass());
+  pm.addNestedPass<func::FuncOp>(createSplitBatchReductionsPass());
   LowerToKernelsPassOptions lower;
   lower.entry = options.entry;
   lower.kernelPrefix = options.kernelPrefix;

@@ -88,12 +88,14 @@ struct PlanMemoryPass
     // parameters have the same offsets in every entry point.
     for (bool state : {false, true})
       fn.walk([&](moe::ParamOp p) {
-        if (p->hasAttr("moe.state") != state)
+        if (p->hasAttr(moec::moe::MoEDialect::StateAttrHelper::getNameStr()) !=
+            state)
           return;
         auto [it, inserted] = paramOffsets.try_emplace(p.getName(), paramBytes);
         if (inserted)
           paramBytes += alignBytes(tensorBytes(p.getType()));
-        p->setAttr("moe.param_offset", b.getI64IntegerAttr(it->second));
+        p->setAttr(moec::moe::MoEDialect::ParamOffsetAttrHelper::getNameStr(),
+                   b.getI64IntegerAttr(it->second));
       });
 
     // Arena buffers: the entry's arguments and every call destination. A
@@ -152,16 +154,20 @@ struct PlanMemoryPass
     int64_t arenaBytes = assignArenaOffsets(buffers);
 
     for (BlockArgument arg : fn.getArguments())
-      fn.setArgAttr(arg.getArgNumber(), "moe.arena_offset",
+      fn.setArgAttr(arg.getArgNumber(),
+                    moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr(),
                     b.getI64IntegerAttr(buffers[bufferOf[arg]].offset));
     for (auto call : calls) {
       unsigned numDests = call.getNumResults();
       unsigned firstDest = call.getNumOperands() - 2 - numDests;
       for (unsigned r = 0; r < numDests; ++r)
         if (call.getOperand(firstDest + r).getDefiningOp<tensor::EmptyOp>())
-          call.getOperand(firstDest + r).getDefiningOp()->setAttr(
-            "moe.arena_offset",
-            b.getI64IntegerAttr(buffers[bufferOf[call.getResult(r)]].offset));
+          call.getOperand(firstDest + r)
+              .getDefiningOp()
+              ->setAttr(
+                  moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr(),
+                  b.getI64IntegerAttr(
+                      buffers[bufferOf[call.getResult(r)]].offset));
     }
     for (auto [i, v] : llvm::enumerate(
              fn.getBody().front().getTerminator()->getOperands())) {
@@ -170,11 +176,14 @@ struct PlanMemoryPass
         fn.emitError() << "result #" << i << " is not computed by the plan";
         return signalPassFailure();
       }
-      fn.setResultAttr(i, "moe.arena_offset",
-                       b.getI64IntegerAttr(buffers[it->second].offset));
+      fn.setResultAttr(
+          i, moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr(),
+          b.getI64IntegerAttr(buffers[it->second].offset));
     }
-    fn->setAttr("moe.arena_bytes", b.getI64IntegerAttr(arenaBytes));
-    fn->setAttr("moe.param_bytes", b.getI64IntegerAttr(paramBytes));
+    fn->setAttr(moec::moe::MoEDialect::ArenaBytesAttrHelper::getNameStr(),
+                b.getI64IntegerAttr(arenaBytes));
+    fn->setAttr(moec::moe::MoEDialect::ParamBytesAttrHelper::getNameStr(),
+                b.getI64IntegerAttr(paramBytes));
   }
 };
 } // namespace

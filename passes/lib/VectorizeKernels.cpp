@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -258,7 +259,8 @@ struct VectorizeKernelsPass
   }
 
   void runOnOperation() override {
-    if (!getOperation()->hasAttr("moe.kernel"))
+    if (!getOperation()->hasAttr(
+            moec::moe::MoEDialect::KernelAttrHelper::getNameStr()))
       return;
     MLIRContext *ctx = &getContext();
     IRRewriter rewriter(ctx);

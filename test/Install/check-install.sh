@@ -14,5 +14,5 @@ cmake --build "$scratch/consumer" >/dev/null
 "$scratch/prefix/bin/moec-opt" "$src/test/Plugin/plugin.mlir" \
   --load-pass-plugin="$scratch/consumer/ConsumerPlugin.so" \
   --pass-pipeline='builtin.module(moe-test-count-ops)' \
-  | grep -q 'moe.test.num_ops = 2 : i64'
+  | grep -q 'test.num_ops = 2 : i64'
 echo "installed moec + out-of-tree plugin: ok"

@@ -5,7 +5,7 @@
 // train_forward stays; train_step is its clone plus the backward pass and
 // the update.
 // CHECK-LABEL: func.func @train_forward(
-// CHECK-SAME: moe.optimizer = {
+// CHECK-SAME: moe.optimizer = #moe.optimizer<kind = adamw
 // CHECK-NOT: moe.update
 // CHECK: return
 
@@ -22,8 +22,8 @@
 // CHECK-DAG: %[[MB:.*]] = moe.param "optimizer.m.norm.bias" init(zeros) {moe.state} : tensor<8xf32>
 // CHECK-DAG: %[[VG:.*]] = moe.param "optimizer.v.norm.weight" init(zeros) {moe.state} : tensor<8xf32>
 // CHECK-DAG: %[[MG:.*]] = moe.param "optimizer.m.norm.weight" init(zeros) {moe.state} : tensor<8xf32>
-// CHECK: %[[G:.*]] = moe.param "norm.weight" init(ones) : tensor<8xf32>
-// CHECK: %[[B:.*]] = moe.param "norm.bias" init(zeros) : tensor<8xf32>
+// CHECK: %[[G:.*]] = moe.param "norm.weight" init(ones) no_decay : tensor<8xf32>
+// CHECK: %[[B:.*]] = moe.param "norm.bias" init(zeros) no_decay : tensor<8xf32>
 // CHECK: %[[H:.*]] = moe.layer_norm %[[X]], %[[G]], %[[B]]
 // CHECK: %[[W:.*]] = moe.param "head.weight"
 // CHECK: %[[LOGITS:.*]] = moe.dense %[[H]], %[[W]]
@@ -58,7 +58,7 @@
 // CHECK: arith.constant 9.990000e-01 : f32
 // CHECK: math.powf
 // One update per parameter, writing the parameter and its state in place
-// (outs are the moe.param values). No weight decay on rank-1 parameters.
+// (outs are the moe.param values). No weight decay on no_decay parameters.
 // CHECK: linalg.generic {{.*}} ins(%[[G]], %[[GG:[^,]*]], %[[MG]], %[[VG]], %[[LRNOW]], %[[CLIP]], %[[BC1]], %[[BC2]] : tensor<8xf32>, tensor<8xf32>, tensor<8xf32>, tensor<8xf32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) outs(%[[G]], %[[MG]], %[[VG]] : tensor<8xf32>, tensor<8xf32>, tensor<8xf32>) attrs = {moe.name = "norm.weight", moe.update}
 // CHECK-NOT: arith.constant 5.000000e-02
 // CHECK: linalg.generic {{.*}} ins(%[[B]], %[[GB:[^,]*]], %[[MB]], %[[VB]], %[[LRNOW]], %[[CLIP]], %[[BC1]], %[[BC2]] : {{.*}}) outs(%[[B]], %[[MB]], %[[VB]] : {{.*}}) attrs = {moe.name = "norm.bias", moe.update}
@@ -79,11 +79,9 @@
 func.func @train_forward(%x: tensor<2x8xf32> {moe.name = "images"}, %y: tensor<2xi32> {moe.name = "labels"})
     -> (tensor<f32> {moe.name = "loss"}, tensor<f32> {moe.name = "ce_loss"}, tensor<f32> {moe.name = "aux_loss"},
         tensor<f32> {moe.name = "correct"}, tensor<2x3xf32> {moe.name = "logits"})
-    attributes {moe.optimizer = {beta1 = 9.000000e-01 : f64, beta2 = 9.990000e-01 : f64, eps = 1.000000e-08 : f64,
-                                 grad_clip = 1.000000e+00 : f64, kind = "adamw", lr = 1.000000e-03 : f64,
-                                 min_lr_ratio = 0.000000e+00 : f64, schedule = "cosine", weight_decay = 5.000000e-02 : f64}} {
-  %g = moe.param "norm.weight" init(ones) : tensor<8xf32>
-  %b = moe.param "norm.bias" init(zeros) : tensor<8xf32>
+    attributes {moe.optimizer = #moe.optimizer<kind = adamw, lr = 1.000000e-03 : f64, weight_decay = 5.000000e-02 : f64, beta1 = 9.000000e-01 : f64, beta2 = 9.990000e-01 : f64, eps = 1.000000e-08 : f64, momentum = 9.000000e-01 : f64, grad_clip = 1.000000e+00 : f64, schedule = cosine, min_lr_ratio = 0.000000e+00 : f64>} {
+  %g = moe.param "norm.weight" init(ones) no_decay : tensor<8xf32>
+  %b = moe.param "norm.bias" init(zeros) no_decay : tensor<8xf32>
   %h = moe.layer_norm %x, %g, %b {epsilon = 1.0e-06 : f64} : (tensor<2x8xf32>, tensor<8xf32>, tensor<8xf32>) -> tensor<2x8xf32>
   %w = moe.param "head.weight" init(trunc_normal, 2.0e-02) : tensor<8x3xf32>
   %l = moe.dense %h, %w : (tensor<2x8xf32>, tensor<8x3xf32>) -> tensor<2x3xf32>
@@ -153,20 +151,19 @@ func.func @train_forward(%x: tensor<2x8xf32> {moe.name = "images"}, %y: tensor<2
 func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor<2xi32> {moe.name = "labels"},
                          %noise: tensor<2x4x2xf32> {moe.name = "noise.moe", moe.role = "normal_noise"})
     -> (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>)
-    attributes {moe.optimizer = {kind = "sgd", lr = 1.000000e-01 : f64, momentum = 9.000000e-01 : f64,
-                                 weight_decay = 1.000000e-02 : f64, grad_clip = 0.000000e+00 : f64, schedule = "constant"}} {
+    attributes {moe.optimizer = #moe.optimizer<kind = sgd, lr = 1.000000e-01 : f64, weight_decay = 1.000000e-02 : f64, beta1 = 9.000000e-01 : f64, beta2 = 9.990000e-01 : f64, eps = 1.000000e-08 : f64, momentum = 9.000000e-01 : f64, grad_clip = 0.000000e+00 : f64, schedule = constant, min_lr_ratio = 0.000000e+00 : f64>} {
   %wr = moe.param "moe.router.weight" init(trunc_normal, 2.0e-02) : tensor<8x2xf32>
   %d, %c, %l = moe.router token_choice %x, %wr noise %noise {k = 1 : i64, capacity_factor = 1.0 : f64, noise_std = 1.0 : f64} : (tensor<2x4x8xf32>, tensor<8x2xf32>, tensor<2x4x2xf32>) -> (tensor<2x4x2x2xf32>, tensor<2x4x2x2xf32>, tensor<2x4x2xf32>)
   %xs = moe.dispatch %x, %d : (tensor<2x4x8xf32>, tensor<2x4x2x2xf32>) -> tensor<2x2x2x8xf32>
   %w1 = moe.param "moe.experts.fc1.weight" init(trunc_normal, 2.0e-02) : tensor<2x8x16xf32>
-  %b1 = moe.param "moe.experts.fc1.bias" init(zeros) : tensor<2x16xf32>
+  %b1 = moe.param "moe.experts.fc1.bias" init(zeros) no_decay : tensor<2x16xf32>
   %w2 = moe.param "moe.experts.fc2.weight" init(trunc_normal, 2.0e-02) : tensor<2x16x8xf32>
-  %b2 = moe.param "moe.experts.fc2.bias" init(zeros) : tensor<2x8xf32>
+  %b2 = moe.param "moe.experts.fc2.bias" init(zeros) no_decay : tensor<2x8xf32>
   %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2 : (tensor<2x2x2x8xf32>, tensor<2x8x16xf32>, tensor<2x16xf32>, tensor<2x16x8xf32>, tensor<2x8xf32>) -> tensor<2x2x2x8xf32>
   %h = moe.combine %ys, %c : (tensor<2x2x2x8xf32>, tensor<2x4x2x2xf32>) -> tensor<2x4x8xf32>
   %p = moe.pool mean %h : tensor<2x4x8xf32> -> tensor<2x8xf32>
   %wh = moe.param "head.weight" init(trunc_normal, 2.0e-02) : tensor<8x3xf32>
-  %bh = moe.param "head.bias" init(zeros) : tensor<3xf32>
+  %bh = moe.param "head.bias" init(zeros) no_decay : tensor<3xf32>
   %logits = moe.classifier_head %p, %wh, %bh : (tensor<2x8xf32>, tensor<8x3xf32>, tensor<3xf32>) -> tensor<2x3xf32>
   %ce = moe.softmax_cross_entropy %logits, %y : (tensor<2x3xf32>, tensor<2xi32>) -> tensor<f32>
   %imp = moe.aux_loss importance %l {weight = 1.0e-02 : f64} : (tensor<2x4x2xf32>) -> tensor<f32>
@@ -215,20 +212,19 @@ func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor
 // CHECK: return
 func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor<2xi32> {moe.name = "labels"})
     -> (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>)
-    attributes {moe.optimizer = {kind = "sgd", lr = 1.000000e-01 : f64, momentum = 9.000000e-01 : f64,
-                                 weight_decay = 0.000000e+00 : f64, grad_clip = 0.000000e+00 : f64, schedule = "constant"}} {
-  %g = moe.param "norm.weight" init(ones) : tensor<8xf32>
-  %b = moe.param "norm.bias" init(zeros) : tensor<8xf32>
+    attributes {moe.optimizer = #moe.optimizer<kind = sgd, lr = 1.000000e-01 : f64, weight_decay = 0.000000e+00 : f64, beta1 = 9.000000e-01 : f64, beta2 = 9.990000e-01 : f64, eps = 1.000000e-08 : f64, momentum = 9.000000e-01 : f64, grad_clip = 0.000000e+00 : f64, schedule = constant, min_lr_ratio = 0.000000e+00 : f64>} {
+  %g = moe.param "norm.weight" init(ones) no_decay : tensor<8xf32>
+  %b = moe.param "norm.bias" init(zeros) no_decay : tensor<8xf32>
   %h = moe.layer_norm %x, %g, %b {epsilon = 1.0e-06 : f64} : (tensor<2x4x8xf32>, tensor<8xf32>, tensor<8xf32>) -> tensor<2x4x8xf32>
   %wqkv = moe.param "attn.qkv.weight" init(trunc_normal, 2.0e-02) : tensor<8x24xf32>
-  %bqkv = moe.param "attn.qkv.bias" init(zeros) : tensor<24xf32>
+  %bqkv = moe.param "attn.qkv.bias" init(zeros) no_decay : tensor<24xf32>
   %wo = moe.param "attn.proj.weight" init(trunc_normal, 2.0e-02) : tensor<8x8xf32>
-  %bo = moe.param "attn.proj.bias" init(zeros) : tensor<8xf32>
+  %bo = moe.param "attn.proj.bias" init(zeros) no_decay : tensor<8xf32>
   %a = moe.attention %h, %wqkv, %bqkv, %wo, %bo {heads = 2 : i64} : (tensor<2x4x8xf32>, tensor<8x24xf32>, tensor<24xf32>, tensor<8x8xf32>, tensor<8xf32>) -> tensor<2x4x8xf32>
   %ga = moe.activation gelu %a : tensor<2x4x8xf32>
   %p = moe.pool mean %ga : tensor<2x4x8xf32> -> tensor<2x8xf32>
   %wh = moe.param "head.weight" init(trunc_normal, 2.0e-02) : tensor<8x3xf32>
-  %bh = moe.param "head.bias" init(zeros) : tensor<3xf32>
+  %bh = moe.param "head.bias" init(zeros) no_decay : tensor<3xf32>
   %logits = moe.classifier_head %p, %wh, %bh : (tensor<2x8xf32>, tensor<8x3xf32>, tensor<3xf32>) -> tensor<2x3xf32>
   %ce = moe.softmax_cross_entropy %logits, %y : (tensor<2x3xf32>, tensor<2xi32>) -> tensor<f32>
   %aux = moe.sum_losses : () -> tensor<f32>
@@ -257,22 +253,22 @@ func.func @train_forward(%x: tensor<2x4x8xf32> {moe.name = "images"}, %y: tensor
 // CHECK: linalg.generic {{.*}} ins(%[[U]], %[[GU]], {{.*}} attrs = {moe.name = "unused", moe.update}
 // CHECK: return {{.*}}, %[[GW]], %[[GU]] :
 // CHECK-NOT: func.func
-// CHECK-NOT: moe.stale
+// CHECK-NOT: stale
 // With another entry name, the old train_step stays.
 // ENTRY: func.func @my_step(%{{.*}}: tensor<2x4xf32>
-// ENTRY: func.func @train_step() attributes {moe.stale}
+// ENTRY: func.func @train_step() attributes {stale}
 func.func @train_forward(%x: tensor<2x4xf32> {moe.name = "images"}, %y: tensor<2xi32> {moe.name = "labels"})
     -> (tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) {
   %w = moe.param "w" init(trunc_normal, 2.0e-02) : tensor<4x4xf32>
   %h = moe.dense %x, %w : (tensor<2x4xf32>, tensor<4x4xf32>) -> tensor<2x4xf32>
   %w2 = moe.param "w" init(trunc_normal, 2.0e-02) : tensor<4x4xf32>
   %l = moe.dense %h, %w2 : (tensor<2x4xf32>, tensor<4x4xf32>) -> tensor<2x4xf32>
-  %unused = moe.param "unused" init(zeros) : tensor<3xf32>
+  %unused = moe.param "unused" init(zeros) no_decay : tensor<3xf32>
   %ce = moe.softmax_cross_entropy %l, %y : (tensor<2x4xf32>, tensor<2xi32>) -> tensor<f32>
   %aux = moe.sum_losses : () -> tensor<f32>
   %ls, %correct = moe.classification_metrics %l, %y : (tensor<2x4xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
   return %ce, %ce, %aux, %correct : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>
 }
-func.func @train_step() attributes {moe.stale} {
+func.func @train_step() attributes {stale} {
   return
 }

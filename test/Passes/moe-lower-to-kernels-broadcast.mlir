@@ -1,4 +1,4 @@
-// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels=entry=train_step | FileCheck %s
+// RUN: moec-opt %s --split-input-file --pass-pipeline='builtin.module(func.func(moe-split-batch-reductions),moe-lower-to-kernels{entry=train_step})' | FileCheck %s
 
 // The experts' recomputed hidden layer: a bias [E, N] broadcast over
 // [E, B, C, N] slots initializes a matmul that accumulates into it. The

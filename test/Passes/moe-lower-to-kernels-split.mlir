@@ -1,5 +1,5 @@
-// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels=entry=train_step | FileCheck %s
-// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels="entry=train_step split-batch-reductions=false" | FileCheck %s --check-prefix=NOSPLIT
+// RUN: moec-opt %s --split-input-file --pass-pipeline='builtin.module(func.func(moe-split-batch-reductions),moe-lower-to-kernels{entry=train_step})' | FileCheck %s
+// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels=entry=train_step | FileCheck %s --check-prefix=NOSPLIT
 
 // A weight gradient dW = x^T dy summed over the batch (32 images, 16
 // tiles of 2): a partial op over [16, 8, 16] whose tiles each read their
@@ -8,7 +8,7 @@
 // CHECK-SAME: (%[[X:.*]]: tensor<32x40x8xf32>, %[[DY:.*]]: tensor<32x40x16xf32>)
 // CHECK-DAG: %[[XE:.*]] = tensor.expand_shape %[[X]] {{\[}}[0, 1], [2], [3]] output_shape [16, 2, 40, 8]
 // CHECK-DAG: %[[DYE:.*]] = tensor.expand_shape %[[DY]] {{\[}}[0, 1], [2], [3]] output_shape [16, 2, 40, 16]
-// CHECK: %[[P:.*]] = call @moec_k0(%[[XE]], %[[DYE]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.name = "dw", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 16 : i64} : (tensor<16x2x40x8xf32>, tensor<16x2x40x16xf32>, tensor<16x8x16xf32>, index, index) -> tensor<16x8x16xf32>
+// CHECK: %[[P:.*]] = call @moec_k0(%[[XE]], %[[DYE]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.name = "dw", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 16 : i64} : (tensor<16x2x40x8xf32>, tensor<16x2x40x16xf32>, tensor<16x8x16xf32>, index, index) -> tensor<16x8x16xf32>
 // CHECK: %[[W:.*]] = call @moec_k1(%[[P]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.name = "dw", {{.*}}moe.tiles = 8 : i64} : (tensor<16x8x16xf32>, tensor<8x16xf32>, index, index) -> tensor<8x16xf32>
 // CHECK: return %[[W]]
 // CHECK-LABEL: func.func @moec_k0

@@ -1,5 +1,5 @@
-// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels --verify-diagnostics | FileCheck %s
-// RUN: moec-opt %s --split-input-file --moe-lower-to-kernels=fuse=false --verify-diagnostics | FileCheck %s --check-prefix=NOFUSE
+// RUN: moec-opt %s --split-input-file --pass-pipeline='builtin.module(func.func(moe-decompose-losses,moe-split-batch-reductions),moe-lower-to-kernels)' --verify-diagnostics | FileCheck %s
+// RUN: moec-opt %s --split-input-file --pass-pipeline='builtin.module(func.func(moe-decompose-losses,moe-split-batch-reductions),moe-lower-to-kernels{fuse=false})' --verify-diagnostics | FileCheck %s --check-prefix=NOFUSE
 
 // The entry becomes a plan of calls writing into fresh destinations; each
 // kernel loops over its image range and computes one image's slice.
@@ -8,7 +8,7 @@
 // CHECK: %[[D0:.*]] = tensor.empty() : tensor<2x5x8xf32>
 // CHECK: %[[C0:.*]] = arith.constant 0 : index
 // CHECK: %[[C2:.*]] = arith.constant 2 : index
-// CHECK: %[[A:.*]] = call @moec_k0(%[[X]], %[[D0]], %[[C0]], %[[C2]]) {moe.name = "", moe.op = "moe.activation", moe.parallel = "images", moe.tiles = 2 : i64}
+// CHECK: %[[A:.*]] = call @moec_k0(%[[X]], %[[D0]], %[[C0]], %[[C2]]) {moe.name = "", moe.op = "moe.activation", moe.parallel = #moe.parallelism<images>, moe.tiles = 2 : i64}
 // CHECK: %[[D1:.*]] = tensor.empty() : tensor<2x5x8xf32>
 // CHECK: %[[B:.*]] = call @moec_k1(%[[A]], %[[X]], %[[D1]], %{{.*}}, %{{.*}}) {{.*}}moe.op = "moe.add"
 // CHECK: return %[[B]]
@@ -221,7 +221,7 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<4x3x3x16xf
 // CHECK: %[[C0:.*]] = arith.constant 0 : index
 // CHECK: %[[C16:.*]] = arith.constant 16 : index
 // CHECK-NOT: linalg
-// CHECK: %[[S:.*]] = call @moec_k0(%[[X]], %[[D]], %[[C0]], %[[C16]]) {moe.name = "", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 16 : i64} : (tensor<64x16xf32>, tensor<64xf32>, index, index) -> tensor<64xf32>
+// CHECK: %[[S:.*]] = call @moec_k0(%[[X]], %[[D]], %[[C0]], %[[C16]]) {moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 16 : i64} : (tensor<64x16xf32>, tensor<64xf32>, index, index) -> tensor<64xf32>
 // CHECK: return %[[S]]
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-SAME: (%[[IN:.*]]: tensor<64x16xf32>, %[[OUT:.*]]: tensor<64xf32>, %[[BEGIN:.*]]: index, %[[END:.*]]: index) -> tensor<64xf32> attributes {moe.kernel}
@@ -253,7 +253,7 @@ func.func @infer(%x: tensor<64x16xf32>) -> tensor<64xf32> {
 // A linalg op whose outermost loop is a reduction cannot be split: one
 // tile, the whole op.
 // CHECK-LABEL: func.func @infer
-// CHECK: call @moec_k0({{.*}}) {moe.name = "colsum", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 1 : i64}
+// CHECK: call @moec_k0({{.*}}) {moe.name = "colsum", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 1 : i64}
 // CHECK-LABEL: func.func @moec_k0
 // CHECK: scf.for
 // CHECK-NOT: tensor.extract_slice
@@ -283,7 +283,7 @@ func.func @infer(%g: tensor<4x8xf32>) -> tensor<8xf32> {
 // CHECK: %[[P:.*]] = moe.param "w" init(zeros) : tensor<4x8xf32>
 // CHECK: %[[M:.*]] = moe.param "optimizer.momentum.w" init(zeros) {moe.state} : tensor<4x8xf32>
 // CHECK-NOT: tensor.empty
-// CHECK: call @moec_k0(%[[P]], %[[G]], %[[M]], %[[LR]], %[[P]], %[[M]], %{{.*}}, %{{.*}}) {moe.name = "w", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 4 : i64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>, index, index) -> (tensor<4x8xf32>, tensor<4x8xf32>)
+// CHECK: call @moec_k0(%[[P]], %[[G]], %[[M]], %[[LR]], %[[P]], %[[M]], %{{.*}}, %{{.*}}) {moe.name = "w", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>, index, index) -> (tensor<4x8xf32>, tensor<4x8xf32>)
 // CHECK: return %[[G]]
 // The tile of the parameter is read from and written to the destination.
 // CHECK-LABEL: func.func @moec_k0
@@ -318,8 +318,8 @@ func.func @infer(%g: tensor<4x8xf32>, %lr: tensor<f32>) -> tensor<4x8xf32> {
 // CHECK-LABEL: func.func @infer
 // CHECK-SAME: (%[[L:.*]]: tensor<4x10xf32>, %[[Y:.*]]: tensor<4xi32>) -> tensor<f32>
 // CHECK-NOT: moe.softmax_cross_entropy
-// CHECK: %[[ROWS:.*]]:3 = call @moec_k0(%[[L]], %[[Y]], {{.*}}) {moe.fused = 3 : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 4 : i64}
-// CHECK: %[[LOSS:.*]] = call @moec_k1(%[[ROWS]]#0, %[[ROWS]]#1, %[[ROWS]]#2, {{.*}}) {moe.name = "", moe.op = "linalg.generic", moe.parallel = "fixed", moe.tiles = 1 : i64} : {{.*}} -> tensor<f32>
+// CHECK: %[[ROWS:.*]]:3 = call @moec_k0(%[[L]], %[[Y]], {{.*}}) {moe.fused = 3 : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64}
+// CHECK: %[[LOSS:.*]] = call @moec_k1(%[[ROWS]]#0, %[[ROWS]]#1, %[[ROWS]]#2, {{.*}}) {moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 1 : i64} : {{.*}} -> tensor<f32>
 // CHECK: return %[[LOSS]] : tensor<f32>
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-COUNT-3: linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
@@ -418,7 +418,7 @@ func.func @infer(%x: tensor<4x8xf32>) -> tensor<f32> {
 // log-sum-exp (one exp per score, no row max, sum or division) and writes
 // dQ, dK and dV into their columns.
 // CHECK-LABEL: func.func @infer
-// CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_grad", moe.parallel = "images"
+// CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_grad", moe.parallel = #moe.parallelism<images>
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-SAME: -> tensor<2x6x24xf32>
 // CHECK: scf.for
@@ -453,7 +453,7 @@ func.func @infer(%qkv: tensor<2x6x24xf32>, %o: tensor<2x6x8xf32>, %lse: tensor<2
 // moe.activation_train: one per-image kernel, one generic with two outputs
 // (the activation and its derivative).
 // CHECK-LABEL: func.func @infer
-// CHECK: %{{.*}}:2 = call @moec_k0({{.*}}) {{.*}}moe.op = "moe.activation_train", moe.parallel = "images"
+// CHECK: %{{.*}}:2 = call @moec_k0({{.*}}) {{.*}}moe.op = "moe.activation_train", moe.parallel = #moe.parallelism<images>
 // CHECK-LABEL: func.func @moec_k0
 // CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<5x8xf32>) outs(%{{.*}}, %{{.*}} : tensor<5x8xf32>, tensor<5x8xf32>)
 // CHECK: math.erf
@@ -470,7 +470,7 @@ func.func @infer(%x: tensor<2x5x8xf32>) -> (tensor<2x5x8xf32>, tensor<2x5x8xf32>
 // into its destination instead of a temporary, the heads into theirs, and
 // each head's row log-sum-exp, scale * max + log(sum), into row h of lse.
 // CHECK-LABEL: func.func @infer
-// CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_train", moe.parallel = "images"
+// CHECK: call @moec_k0({{.*}}) {{.*}}moe.op = "moe.attention_train", moe.parallel = #moe.parallelism<images>
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-SAME: %{{[^:]*}}: tensor<8xf32>, %{{[^:]*}}: tensor<2x6x8xf32>, %[[QKVD:[^:]*]]: tensor<2x6x24xf32>, %[[OD:[^:]*]]: tensor<2x6x8xf32>, %[[LSED:[^:]*]]: tensor<2x2x6xf32>, %{{.*}}: index, %{{.*}}: index)
 // CHECK-SAME: -> (tensor<2x6x8xf32>, tensor<2x6x24xf32>, tensor<2x6x8xf32>, tensor<2x2x6xf32>)

@@ -1,8 +1,10 @@
 //===- TestPlugin.cpp - a pass plugin for moec-opt's plugin test ----------===//
 //
 // Registers `moe-test-count-ops`, which tags every function with the number
-// of moe ops it contains (`moe.test.num_ops`). Loaded with
-// `moec-opt --load-pass-plugin=MoETestPlugin.so`.
+// of moe ops it contains (`test.num_ops`: not a `moe.` attribute, which the
+// moe dialect verifies). Loaded with `moec-opt --load-pass-plugin=
+// MoETestPlugin.so` or `moec compile --load-pass-plugin=MoETestPlugin.so
+// --run-passes=<point>:moe-test-count-ops`.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,7 +33,7 @@ struct CountOpsPass
         if (op->getDialect() && op->getDialect()->getNamespace() == "moe")
           ++count;
       });
-      fn->setAttr("moe.test.num_ops", b.getI64IntegerAttr(count));
+      fn->setAttr("test.num_ops", b.getI64IntegerAttr(count));
     });
   }
 };

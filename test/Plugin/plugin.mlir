@@ -6,7 +6,7 @@
 // RUN:   | FileCheck %s --check-prefix=MISSING
 
 // CHECK-LABEL: func.func @two_ops
-// CHECK-SAME: moe.test.num_ops = 2 : i64
+// CHECK-SAME: test.num_ops = 2 : i64
 func.func @two_ops(%x: tensor<2x8xf32>) -> tensor<2x8xf32> {
   %0 = moe.activation gelu %x : tensor<2x8xf32>
   %1 = moe.add %0, %x : tensor<2x8xf32>

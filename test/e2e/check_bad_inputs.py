@@ -65,14 +65,14 @@ def main():
     corrupted = variant("corrupted.moec", bytes(flipped))
     expect("corrupted artifact", [run_, "inspect", corrupted], 2,
            "corrupted.moec", "checksum mismatch")
-    # moec writes artifact version 1.1 (docs/artifact.md).
+    # moec writes artifact version 1.2 (docs/artifact.md).
     major, minor = struct.unpack_from("<II", data, 8)
-    if (major, minor) != (1, 1):
-        FAILURES.append(f"compiled artifact has version {major}.{minor}, want 1.1")
+    if (major, minor) != (1, 2):
+        FAILURES.append(f"compiled artifact has version {major}.{minor}, want 1.2")
     newer = bytearray(data)
     struct.pack_into("<I", newer, 8, 2)
     expect("wrong version", [run_, "inspect", variant("v2.moec", bytes(newer))], 2,
-           "v2.moec", "artifact version 2.1 is not supported (this runtime reads 1.x)")
+           "v2.moec", "artifact version 2.2 is not supported (this runtime reads 1.x)")
     # Any other minor version of major 1 is read (it only adds fields).
     later = bytearray(data)
     struct.pack_into("<I", later, 12, 7)

@@ -310,8 +310,15 @@ def check_eval(args, spec, manifest, weights_path, model, stem, rng):
         close.append(top - second < 1e-4 * max(1.0, abs(top)))
 
     with open(spec) as f:
-        router = ((json.load(f).get("moe") or {}).get("router") or {}).get("kind")
-    one_hot = router is not None and router != "soft"
+        moe = json.load(f).get("moe") or {}
+
+    def one_hot(key):
+        """Whether the layer of output `key` ("routing.blocks.3.moe") has a
+        one-hot router: /moe/layers/3/router/kind, else /moe/router/kind."""
+        block = key.split(".")[2] if key.count(".") >= 3 else None
+        kind = (((moe.get("layers") or {}).get(block) or {}).get("router")
+                or {}).get("kind") or (moe.get("router") or {}).get("kind")
+        return kind is not None and kind != "soft"
     masks = {"all": [1.0] * batch,
              "all but the last": [1.0] * (batch - 1) + [0.0],
              "only the last": [0.0] * (batch - 1) + [1.0],
@@ -362,7 +369,7 @@ def check_eval(args, spec, manifest, weights_path, model, stem, rng):
         for what, c in counts.items():
             if any(v < -tol for v in c):
                 problems.append(f"eval ({what}): {key}: negative counts {list(c)}")
-            if one_hot and any(abs(v - round(v)) > 1e-3 for v in c):
+            if one_hot(key) and any(abs(v - round(v)) > 1e-3 for v in c):
                 problems.append(f"eval ({what}): {key}: counts {list(c)} of a "
                                 "one-hot router are not whole numbers")
         if total <= 0:

@@ -245,6 +245,18 @@ private:
 enum class Act { Gelu, GeluTanh, Relu, Silu };
 enum class RouterKind { TokenChoice, ExpertChoice, Soft, PerImage, Sinkhorn };
 
+/// The settings of one MoE layer ("moe", or "moe" merged with the block's
+/// entry in "moe.layers").
+struct Layer {
+  int64_t E = 0, k = 1, Hx = 0; // experts, top_k, expert_hidden
+  RouterKind router = RouterKind::TokenChoice;
+  int64_t iterations = 3, slots = 1;
+  double cf = 1.0;      // eval capacity factor (inference)
+  double cfTrain = 1.0; // training capacity factor
+  bool shared = false;
+  double noiseStd = 0.0;
+};
+
 struct Spec {
   int64_t C = 0, H = 0, W = 0, P = 0, D = 0, L = 0, heads = 0, K = 0, Hm = 0;
   bool clsPool = true;
@@ -253,13 +265,8 @@ struct Spec {
 
   bool hasMoE = false;
   std::set<int64_t> moeBlocks;
-  int64_t E = 0, k = 1, Hx = 0; // experts, top_k, expert_hidden
-  RouterKind router = RouterKind::TokenChoice;
-  int64_t iterations = 3, slots = 1;
-  double cf = 1.0;      // eval capacity factor (inference)
-  double cfTrain = 1.0; // training capacity factor
-  bool shared = false;
-  double noiseStd = 0.0;
+  Layer moe;                      // the model-wide values in "moe"
+  std::map<int64_t, Layer> layer; // MoE block -> its merged settings
 
   // Training (loss / fdgrad only).
   double wImportance = 0, wLoad = 0, wBalance = 0, wZ = 0, wSuperClass = 0;
@@ -328,6 +335,94 @@ json preset(const std::string &name) {
     return m;
   }
   fail("spec: unknown preset '" + name + "' in 'extends'");
+}
+
+/// Reads the MoE layer settings in `obj` ("moe", or an entry of
+/// "moe.layers" when `base` is given) into `out`, which holds what they
+/// override: a layer starts from "moe"'s values, and a router of another
+/// kind than "moe"'s starts from that kind's defaults.
+void readLayer(const json &obj, const std::string &ctx, const Layer *base,
+               int64_t Hm, Layer &out) {
+  if (base)
+    out = *base;
+  else
+    out.Hx = Hm;
+  if (!base || obj.contains("experts"))
+    out.E = getPosInt(obj, "experts", ctx);
+  if (obj.contains("top_k"))
+    out.k = getPosInt(obj, "top_k", ctx);
+  if (obj.contains("expert_hidden"))
+    out.Hx = getPosInt(obj, "expert_hidden", ctx);
+  if (obj.contains("shared_expert")) {
+    if (!obj["shared_expert"].is_boolean())
+      fail("spec: '" + ctx + "shared_expert' must be a boolean");
+    out.shared = obj["shared_expert"].get<bool>();
+  }
+  if (obj.contains("capacity_factor")) {
+    const json &cf = obj["capacity_factor"];
+    const std::string c = ctx + "capacity_factor.";
+    if (cf.is_number()) {
+      out.cf = out.cfTrain = cf.get<double>();
+    } else if (cf.is_object()) {
+      // {train, eval}: each defaults to 1.0 in "moe", to "moe"'s value in
+      // a layer.
+      if (cf.contains("eval"))
+        out.cf = getNum(cf, "eval", c);
+      if (cf.contains("train"))
+        out.cfTrain = getNum(cf, "train", c);
+    } else {
+      fail("spec: '" + ctx + "capacity_factor' must be a number or an object");
+    }
+    if (!(out.cf > 0) || !std::isfinite(out.cf) || !(out.cfTrain > 0) ||
+        !std::isfinite(out.cfTrain))
+      fail("spec: capacity_factor must be positive");
+  }
+  if (!base && (!obj.contains("router") || !obj["router"].is_object()))
+    fail("spec: missing 'moe.router'");
+  if (obj.contains("router")) {
+    const json &r = obj["router"];
+    const std::string c = ctx + "router.";
+    if (!r.is_object())
+      fail("spec: '" + ctx + "router' must be an object");
+    RouterKind kind = out.router;
+    if (!base || r.contains("kind")) {
+      std::string name = getStr(r, "kind", c);
+      if (name == "token-choice")
+        kind = RouterKind::TokenChoice;
+      else if (name == "expert-choice")
+        kind = RouterKind::ExpertChoice;
+      else if (name == "soft")
+        kind = RouterKind::Soft;
+      else if (name == "per-image")
+        kind = RouterKind::PerImage;
+      else if (name == "sinkhorn")
+        kind = RouterKind::Sinkhorn;
+      else
+        fail("spec: unknown router kind '" + name + "'");
+    }
+    if (!base || kind != base->router) {
+      out.iterations = 3;
+      out.slots = 1;
+      out.noiseStd = 0.0;
+    }
+    out.router = kind;
+    if (r.contains("noise_std")) {
+      out.noiseStd = getNum(r, "noise_std", c);
+      if (!(out.noiseStd >= 0) || !std::isfinite(out.noiseStd))
+        fail("spec: '" + c + "noise_std' must be >= 0");
+    }
+    if (r.contains("iterations"))
+      out.iterations = getInt(r, "iterations", c);
+    if (out.iterations < 0)
+      fail("spec: '" + c + "iterations' must be non-negative");
+    if (r.contains("slots_per_expert"))
+      out.slots = getPosInt(r, "slots_per_expert", c);
+  }
+  if ((out.router == RouterKind::TokenChoice ||
+       out.router == RouterKind::Sinkhorn ||
+       out.router == RouterKind::PerImage) &&
+      out.k > out.E)
+    fail("spec: top_k exceeds the number of experts");
 }
 
 Spec parseSpec(const std::string &path) {
@@ -416,31 +511,7 @@ Spec parseSpec(const std::string &path) {
     if (!moe.is_object())
       fail("spec: 'moe' must be an object");
     s.hasMoE = true;
-    s.E = getPosInt(moe, "experts", "moe.");
-    s.k = moe.contains("top_k") ? getPosInt(moe, "top_k", "moe.") : 1;
-    s.Hx = moe.contains("expert_hidden") ? getPosInt(moe, "expert_hidden", "moe.") : s.Hm;
-    if (moe.contains("shared_expert")) {
-      if (!moe["shared_expert"].is_boolean())
-        fail("spec: 'moe.shared_expert' must be a boolean");
-      s.shared = moe["shared_expert"].get<bool>();
-    }
-    if (moe.contains("capacity_factor")) {
-      const json &cf = moe["capacity_factor"];
-      if (cf.is_number()) {
-        s.cf = s.cfTrain = cf.get<double>();
-      } else if (cf.is_object()) {
-        // {train, eval}: each defaults to 1.0.
-        if (cf.contains("eval"))
-          s.cf = getNum(cf, "eval", "moe.capacity_factor.");
-        if (cf.contains("train"))
-          s.cfTrain = getNum(cf, "train", "moe.capacity_factor.");
-      } else {
-        fail("spec: 'moe.capacity_factor' must be a number or an object");
-      }
-      if (!(s.cf > 0) || !std::isfinite(s.cf) || !(s.cfTrain > 0) ||
-          !std::isfinite(s.cfTrain))
-        fail("spec: capacity_factor must be positive");
-    }
+    readLayer(moe, "moe.", nullptr, s.Hm, s.moe);
     if (moe.contains("aux_loss")) {
       const json &a = moe["aux_loss"];
       if (!a.is_object())
@@ -463,8 +534,7 @@ Spec parseSpec(const std::string &path) {
       if (!mp.is_array())
         fail("spec: 'moe.super_class_map' must be an array");
       for (const json &v : mp) {
-        if (!v.is_number_integer() || v.get<int64_t>() < 0 ||
-            v.get<int64_t>() >= s.E)
+        if (!v.is_number_integer() || v.get<int64_t>() < 0)
           fail("spec: 'moe.super_class_map' entries must be expert indices");
         s.superClassMap.push_back(v.get<int64_t>());
       }
@@ -474,37 +544,6 @@ Spec parseSpec(const std::string &path) {
       if (!moe.contains("aux_loss") || !moe["aux_loss"].contains("super_class"))
         s.wSuperClass = 0.3;
     }
-    if (!moe.contains("router") || !moe["router"].is_object())
-      fail("spec: missing 'moe.router'");
-    const json &r = moe["router"];
-    std::string kind = getStr(r, "kind", "moe.router.");
-    if (kind == "token-choice")
-      s.router = RouterKind::TokenChoice;
-    else if (kind == "expert-choice")
-      s.router = RouterKind::ExpertChoice;
-    else if (kind == "soft")
-      s.router = RouterKind::Soft;
-    else if (kind == "per-image")
-      s.router = RouterKind::PerImage;
-    else if (kind == "sinkhorn")
-      s.router = RouterKind::Sinkhorn;
-    else
-      fail("spec: unknown router kind '" + kind + "'");
-    if (r.contains("noise_std")) {
-      s.noiseStd = getNum(r, "noise_std", "moe.router.");
-      if (!(s.noiseStd >= 0) || !std::isfinite(s.noiseStd))
-        fail("spec: 'moe.router.noise_std' must be >= 0");
-    }
-    if (r.contains("iterations"))
-      s.iterations = getInt(r, "iterations", "moe.router.");
-    if (s.iterations < 0)
-      fail("spec: 'moe.router.iterations' must be non-negative");
-    if (r.contains("slots_per_expert"))
-      s.slots = getPosInt(r, "slots_per_expert", "moe.router.");
-    if ((s.router == RouterKind::TokenChoice || s.router == RouterKind::Sinkhorn ||
-         s.router == RouterKind::PerImage) &&
-        s.k > s.E)
-      fail("spec: top_k exceeds the number of experts");
 
     if (!moe.contains("placement") || !moe["placement"].is_object())
       fail("spec: missing 'moe.placement'");
@@ -538,6 +577,34 @@ Spec parseSpec(const std::string &path) {
     } else {
       fail("spec: unknown placement rule '" + rule + "'");
     }
+    // Per-layer settings: "moe.layers" maps a block index to overrides.
+    for (int64_t b : s.moeBlocks)
+      s.layer[b] = s.moe;
+    if (moe.contains("layers")) {
+      const json &ls = moe["layers"];
+      if (!ls.is_object())
+        fail("spec: 'moe.layers' must be an object");
+      for (auto it = ls.begin(); it != ls.end(); ++it) {
+        int64_t b = -1;
+        try {
+          size_t used = 0;
+          b = std::stoll(it.key(), &used);
+          if (used != it.key().size())
+            b = -1;
+        } catch (const std::exception &) {
+        }
+        if (!s.layer.count(b))
+          fail("spec: 'moe.layers." + it.key() + "' is not an MoE block");
+        if (!it.value().is_object())
+          fail("spec: 'moe.layers." + it.key() + "' must be an object");
+        readLayer(it.value(), "moe.layers." + it.key() + ".", &s.moe, s.Hm,
+                  s.layer[b]);
+      }
+    }
+    for (const auto &kv : s.layer)
+      for (int64_t c : s.superClassMap)
+        if (c >= kv.second.E)
+          fail("spec: 'moe.super_class_map' entries must be expert indices");
   }
   if (root.contains("train") && root["train"].is_object() &&
       root["train"].contains("label_smoothing")) {
@@ -642,6 +709,7 @@ struct FFNWeights {
 };
 
 struct MoEWeights {
+  Layer cfg;          // this layer's settings
   Vec router;         // [D, E * slots]
   Vec w1, b1, w2, b2; // [E, D, H], [E, H], [E, H, D], [E, D]
   bool shared = false;
@@ -691,15 +759,17 @@ Model loadModel(const Spec &s, const SafeTensors &st) {
       b.mlp.w2 = st.get(p + "mlp.fc2.weight", {s.Hm, D});
       b.mlp.b2 = st.get(p + "mlp.fc2.bias", {D});
     } else {
-      const int64_t E = s.E, H = s.Hx;
-      const int64_t slots = s.router == RouterKind::Soft ? s.slots : 1;
+      const Layer &c = s.layer.at(i);
+      const int64_t E = c.E, H = c.Hx;
+      const int64_t slots = c.router == RouterKind::Soft ? c.slots : 1;
+      b.moeW.cfg = c;
       b.moeW.router = st.get(p + "moe.router.weight", {D, E * slots});
       b.moeW.w1 = st.get(p + "moe.experts.fc1.weight", {E, D, H});
       b.moeW.b1 = st.get(p + "moe.experts.fc1.bias", {E, H});
       b.moeW.w2 = st.get(p + "moe.experts.fc2.weight", {E, H, D});
       b.moeW.b2 = st.get(p + "moe.experts.fc2.bias", {E, D});
-      b.moeW.shared = s.shared;
-      if (s.shared) {
+      b.moeW.shared = c.shared;
+      if (c.shared) {
         b.moeW.sharedFFN.w1 = st.get(p + "moe.shared.fc1.weight", {D, H});
         b.moeW.sharedFFN.b1 = st.get(p + "moe.shared.fc1.bias", {H});
         b.moeW.sharedFFN.w2 = st.get(p + "moe.shared.fc2.weight", {H, D});
@@ -779,7 +849,7 @@ Vec mlp(const Vec &x, int64_t n, int64_t D, int64_t H, const double *w1,
 /// Expert e applied to a single vector v [D].
 Vec expert(const Model &m, const MoEWeights &w, int64_t e, const Vec &v,
            TrainCtx *ctx) {
-  const int64_t D = m.s.D, H = m.s.Hx;
+  const int64_t D = m.s.D, H = w.cfg.Hx;
   return mlp(v, 1, D, H, &w.w1[size_t(e * D * H)], &w.b1[size_t(e * H)],
              &w.w2[size_t(e * H * D)], &w.b2[size_t(e * D)], m.s.act, ctx);
 }
@@ -803,7 +873,7 @@ int64_t capacityOf(int64_t k, int64_t S, double cf, int64_t E) {
 Vec fillAndCombine(const Model &m, const MoEWeights &w, const Vec &h,
                    const std::vector<std::vector<int64_t>> &choice, const Vec &G,
                    double cf, TrainCtx *ctx) {
-  const int64_t S = m.S, D = m.s.D, E = m.s.E, k = m.s.k;
+  const int64_t S = m.S, D = m.s.D, E = w.cfg.E, k = w.cfg.k;
   const int64_t C = capacityOf(k, S, cf, E);
   std::vector<int64_t> fill(size_t(E), 0);
   Vec y(size_t(S * D), 0.0);
@@ -908,11 +978,12 @@ void routerAux(TrainCtx &ctx, LayerLoss &out, const Spec &s, const Vec &L,
 Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
                TrainCtx *ctx) {
   const Spec &s = m.s;
-  const int64_t S = m.S, D = s.D, E = s.E;
-  const double cf = ctx ? s.cfTrain : s.cf;
+  const Layer &c = w.cfg;
+  const int64_t S = m.S, D = s.D, E = c.E;
+  const double cf = ctx ? c.cfTrain : c.cf;
   LayerLoss *ll = ctx ? &ctx->layers[ctx->block] : nullptr;
   Vec y(size_t(S * D), 0.0);
-  switch (s.router) {
+  switch (c.router) {
   case RouterKind::TokenChoice:
   case RouterKind::Sinkhorn: {
     Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
@@ -921,8 +992,8 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       softmaxStrided(&G[size_t(t * E)], E, 1);
     // Training with noise (token-choice): gates = softmax(L + sn * N).
     const bool noisy =
-        ctx && s.router == RouterKind::TokenChoice && s.noiseStd > 0;
-    const double sn = s.noiseStd / double(E);
+        ctx && c.router == RouterKind::TokenChoice && c.noiseStd > 0;
+    const double sn = c.noiseStd / double(E);
     Vec Ln;
     if (noisy) {
       const double *N = ctx->noise.at(ctx->block);
@@ -934,9 +1005,9 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
         softmaxStrided(&G[size_t(t * E)], E, 1);
     }
     Vec Q = G;
-    if (s.router == RouterKind::Sinkhorn) {
+    if (c.router == RouterKind::Sinkhorn) {
       const double target = double(S) / double(E);
-      for (int64_t it = 0; it < s.iterations; ++it) {
+      for (int64_t it = 0; it < c.iterations; ++it) {
         for (int64_t e = 0; e < E; ++e) {
           double sum = 0;
           for (int64_t t = 0; t < S; ++t)
@@ -955,16 +1026,16 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     }
     std::vector<std::vector<int64_t>> choice;
     for (int64_t t = 0; t < S; ++t) {
-      choice.push_back(topK(&Q[size_t(t * E)], E, s.k));
+      choice.push_back(topK(&Q[size_t(t * E)], E, c.k));
       if (ctx) {
-        ctx->noteMargin(&Q[size_t(t * E)], E, s.k);
+        ctx->noteMargin(&Q[size_t(t * E)], E, c.k);
         for (int64_t e : choice.back())
           ctx->mix(uint64_t(e));
       }
     }
     y = fillAndCombine(m, w, h, choice, G, cf, ctx);
     if (ctx)
-      routerAux(*ctx, *ll, s, Lg, S, E, G, noisy ? &Ln : nullptr, s.k, sn);
+      routerAux(*ctx, *ll, s, Lg, S, E, G, noisy ? &Ln : nullptr, c.k, sn);
     break;
   }
   case RouterKind::ExpertChoice: {
@@ -991,7 +1062,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     break;
   }
   case RouterKind::Soft: {
-    const int64_t J = E * s.slots;
+    const int64_t J = E * c.slots;
     Vec Lg = linear(h, S, D, w.router.data(), nullptr, J);
     Vec Dw = Lg, Cw = Lg;
     for (int64_t j = 0; j < J; ++j)
@@ -1004,7 +1075,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       for (int64_t t = 0; t < S; ++t)
         for (int64_t i = 0; i < D; ++i)
           X[size_t(i)] += Dw[size_t(t * J + j)] * h[size_t(t * D + i)];
-      Y[size_t(j)] = expert(m, w, j / s.slots, X, ctx);
+      Y[size_t(j)] = expert(m, w, j / c.slots, X, ctx);
     }
     for (int64_t t = 0; t < S; ++t)
       for (int64_t j = 0; j < J; ++j)
@@ -1024,8 +1095,8 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     Vec G = Lg;
     softmaxStrided(G.data(), E, 1);
     if (ctx)
-      ctx->noteMargin(G.data(), E, s.k);
-    for (int64_t e : topK(G.data(), E, s.k)) {
+      ctx->noteMargin(G.data(), E, c.k);
+    for (int64_t e : topK(G.data(), E, c.k)) {
       if (ctx)
         ctx->mix(uint64_t(e));
       for (int64_t t = 0; t < S; ++t)
@@ -1043,7 +1114,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
   }
   if (w.shared) {
     const FFNWeights &f = w.sharedFFN;
-    Vec z = mlp(h, S, D, s.Hx, f.w1.data(), f.b1.data(), f.w2.data(), f.b2.data(),
+    Vec z = mlp(h, S, D, c.Hx, f.w1.data(), f.b1.data(), f.w2.data(), f.b2.data(),
                 s.act, ctx);
     for (size_t i = 0; i < y.size(); ++i)
       y[i] += z[i];
@@ -1145,8 +1216,9 @@ Vec forward(const Model &m, const float *img, TrainCtx *ctx = nullptr) {
 /// Whether block `i`'s router is a noisy token-choice router in training
 /// (the only router that reads a `noise.<layer>` input).
 bool noisyLayer(const Spec &s, int64_t i) {
-  return s.hasMoE && s.moeBlocks.count(i) && s.router == RouterKind::TokenChoice &&
-         s.noiseStd > 0;
+  return s.hasMoE && s.moeBlocks.count(i) &&
+         s.layer.at(i).router == RouterKind::TokenChoice &&
+         s.layer.at(i).noiseStd > 0;
 }
 
 std::string moePrefix(int64_t i) { return "blocks." + std::to_string(i) + ".moe"; }
@@ -1179,7 +1251,7 @@ Batch loadBatch(const Model &m, const SafeTensors &st) {
   for (int64_t i = 0; i < s.L; ++i)
     if (noisyLayer(s, i)) {
       const std::string name = "noise." + moePrefix(i);
-      bt.noise[i] = st.get(name, {B, m.S, s.E});
+      bt.noise[i] = st.get(name, {B, m.S, s.layer.at(i).E});
       used.insert(name);
     }
   for (const std::string &n : st.names())
@@ -1204,7 +1276,8 @@ LossResult evalLoss(const Model &m, const Batch &bt) {
   for (int64_t i = 0; i < bt.B; ++i) {
     ctx.label = bt.labels[size_t(i)];
     for (const auto &kv : bt.noise)
-      ctx.noise[kv.first] = &kv.second[size_t(i * m.S * s.E)];
+      ctx.noise[kv.first] =
+          &kv.second[size_t(i * m.S * s.layer.at(kv.first).E)];
     Vec z = forward(m, &bt.images[size_t(i * per)], &ctx);
     // Cross-entropy with label smoothing: target (1-eps) onehot + eps/K.
     const double lse = logSumExp(z.data(), K), eps = s.labelSmoothing;
@@ -1271,14 +1344,15 @@ std::vector<ParamRef> paramList(Model &m) {
       add(p + "mlp.fc2.weight", {s.Hm, D}, b.mlp.w2);
       add(p + "mlp.fc2.bias", {D}, b.mlp.b2);
     } else {
-      const int64_t E = s.E, H = s.Hx;
-      const int64_t slots = s.router == RouterKind::Soft ? s.slots : 1;
+      const Layer &c = s.layer.at(i);
+      const int64_t E = c.E, H = c.Hx;
+      const int64_t slots = c.router == RouterKind::Soft ? c.slots : 1;
       add(p + "moe.router.weight", {D, E * slots}, b.moeW.router);
       add(p + "moe.experts.fc1.weight", {E, D, H}, b.moeW.w1);
       add(p + "moe.experts.fc1.bias", {E, H}, b.moeW.b1);
       add(p + "moe.experts.fc2.weight", {E, H, D}, b.moeW.w2);
       add(p + "moe.experts.fc2.bias", {E, D}, b.moeW.b2);
-      if (s.shared) {
+      if (c.shared) {
         add(p + "moe.shared.fc1.weight", {D, H}, b.moeW.sharedFFN.w1);
         add(p + "moe.shared.fc1.bias", {H}, b.moeW.sharedFFN.b1);
         add(p + "moe.shared.fc2.weight", {H, D}, b.moeW.sharedFFN.w2);
@@ -1355,7 +1429,8 @@ json lossJson(const Model &m, const LossResult &r) {
                {"z_loss", l.z}};
     if (noisyLayer(s, kv.first))
       lj["load"] = l.load;
-    if (s.router == RouterKind::PerImage && !s.superClassMap.empty())
+    if (s.layer.at(kv.first).router == RouterKind::PerImage &&
+        !s.superClassMap.empty())
       lj["super_class"] = l.superClass;
     layers[moePrefix(kv.first)] = lj;
     tot.importance += l.importance, tot.load += l.load, tot.balance += l.balance,
@@ -1389,8 +1464,9 @@ Loaded loadAll(const std::string &specPath, const std::string &wPath,
                const std::string &batchPath) {
   Loaded l;
   l.spec = parseSpec(specPath);
-  if (l.spec.wSuperClass > 0 && l.spec.router != RouterKind::PerImage)
-    fail("spec: the super_class loss needs a per-image router");
+  for (const auto &kv : l.spec.layer)
+    if (l.spec.wSuperClass > 0 && kv.second.router != RouterKind::PerImage)
+      fail("spec: the super_class loss needs a per-image router");
   SafeTensors st(wPath);
   l.model = loadModel(l.spec, st);
   SafeTensors bs(batchPath);

@@ -42,6 +42,34 @@ def f32(x):
 # Resolved configuration
 # --------------------------------------------------------------------------
 
+def layer_overrides(c, o):
+    """The settings a "moe.layers" entry `o` changes, as keys of `c`. A
+    router of another kind starts from that kind's defaults; an object
+    capacity factor keeps the factors it does not give."""
+    lc = {}
+    for key, name in (("experts", "E"), ("top_k", "k"),
+                      ("expert_hidden", "Hx"), ("shared_expert", "shared")):
+        if key in o:
+            lc[name] = o[key]
+    cf = o.get("capacity_factor")
+    if cf is not None:
+        lc["cf"] = cf.get("eval", c["cf"]) if isinstance(cf, dict) else cf
+    r = o.get("router")
+    if r is not None:
+        kind = r.get("kind", c["router"])
+        same = kind == c["router"]
+        lc["router"] = kind
+        lc["iters"] = r.get("iterations", c["iters"] if same else 3)
+        lc["slots"] = (r.get("slots_per_expert", c["slots"] if same else 1)
+                       if kind == "soft" else 1)
+    return lc
+
+
+def layer_cfg(c, blk):
+    """`c` with MoE block `blk`'s own settings."""
+    return dict(c, **c.get("layer", {}).get(blk, {}))
+
+
 def resolve(spec):
     model = {}
     if "extends" in spec:
@@ -89,6 +117,8 @@ def resolve(spec):
         cf = moe.get("capacity_factor", 1.0)
         c["cf"] = cf.get("eval", 1.0) if isinstance(cf, dict) else cf
         c["shared"] = moe.get("shared_expert", False)
+        c["layer"] = {int(b): layer_overrides(c, o)
+                      for b, o in moe.get("layers", {}).items()}
     c["T"] = (c["H"] // c["P"]) * (c["W"] // c["P"])
     c["S"] = c["T"] + (1 if c["pool"] == "cls" else 0)
     return c
@@ -116,13 +146,14 @@ def param_shapes(c):
         shapes[p + "norm2.weight"] = [D]
         shapes[p + "norm2.bias"] = [D]
         if i in c["moe_blocks"]:
-            E, H = c["E"], c["Hx"]
-            shapes[p + "moe.router.weight"] = [D, E * c["slots"]]
+            lc = layer_cfg(c, i)
+            E, H = lc["E"], lc["Hx"]
+            shapes[p + "moe.router.weight"] = [D, E * lc["slots"]]
             shapes[p + "moe.experts.fc1.weight"] = [E, D, H]
             shapes[p + "moe.experts.fc1.bias"] = [E, H]
             shapes[p + "moe.experts.fc2.weight"] = [E, H, D]
             shapes[p + "moe.experts.fc2.bias"] = [E, D]
-            if c["shared"]:
+            if lc["shared"]:
                 shapes[p + "moe.shared.fc1.weight"] = [D, H]
                 shapes[p + "moe.shared.fc1.bias"] = [H]
                 shapes[p + "moe.shared.fc2.weight"] = [H, D]
@@ -359,7 +390,7 @@ def model_forward(c, weights, img, stats):
         x = [[a + b for a, b in zip(x[s], proj[s])] for s in range(S)]
         h2 = [layer_norm(t, B["norm2.weight"], B["norm2.bias"], c["eps"]) for t in x]
         if blk in c["moe_blocks"]:
-            f = moe_layer(h2, c, B, act, stats)
+            f = moe_layer(h2, layer_cfg(c, blk), B, act, stats)
         else:
             f = [ffn(t, B["mlp.fc1.weight"], B["mlp.fc1.bias"],
                      B["mlp.fc2.weight"], B["mlp.fc2.bias"], act) for t in h2]
@@ -462,8 +493,22 @@ CASES = [
         "moe": moe({"kind": "soft"}, experts=2, shared_expert=True)}, {}),
     ("per-image-k1", {
         "model": base_model(pooling="mean"),
-        "moe": moe({"kind": "per-image", "noise_std": 0.5},
+        "moe": moe({"kind": "per-image"},
                    placement={"rule": "every-n", "n": 2})}, {}),
+    # Per-layer settings: token-choice top-2 in block 0, expert-choice with
+    # its own experts, hidden size, shared expert and eval capacity in
+    # block 1, Soft MoE with 2 experts x 2 slots in block 2.
+    ("per-layer-routers", {
+        "model": base_model(depth=3),
+        "moe": moe({"kind": "token-choice"}, top_k=2, capacity_factor=0.75,
+                   layers={"1": {"router": {"kind": "expert-choice"},
+                                 "experts": 4, "expert_hidden": 3,
+                                 "shared_expert": True,
+                                 "capacity_factor": {"eval": 1.5}},
+                           "2": {"router": {"kind": "soft",
+                                            "slots_per_expert": 2},
+                                 "experts": 2}})},
+     {"expect_drops": True}),
     ("per-image-k2-ties", {
         "model": base_model(),
         "moe": moe({"kind": "per-image"}, top_k=2, experts=4)},

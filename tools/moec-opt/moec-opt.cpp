@@ -1,12 +1,15 @@
 //===- moec-opt.cpp - mlir-opt with the moe dialect -----------------------===//
 //
 // MlirOptMain with every upstream dialect, extension and pass, plus the moe
-// dialect and moec's passes and pipelines. `--load-pass-plugin=lib.so` and
-// `--load-dialect-plugin=lib.so` load user extensions.
+// dialect and moec's passes and pipelines, the stages of moec compile
+// included (moe-frontend-costs, moe-train, moe-cpu-plan, moe-cpu-codegen).
+// `--load-pass-plugin=lib.so` and `--load-dialect-plugin=lib.so` load user
+// extensions.
 //
 //===----------------------------------------------------------------------===//
 
 #include "moec/Dialect/MoE/MoEDialect.h"
+#include "moec/Driver/Pipelines.h"
 #include "moec/Passes/Passes.h"
 #include "moec/Passes/Pipelines.h"
 
@@ -20,6 +23,7 @@ int main(int argc, char **argv) {
   mlir::registerAllPasses();
   moec::registerMoEPasses();
   moec::registerMoEPipelines();
+  moec::driver::registerDriverPipelines();
 
   mlir::DialectRegistry registry;
   mlir::registerAllDialects(registry);

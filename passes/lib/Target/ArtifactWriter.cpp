@@ -54,24 +54,33 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
 
   for (const std::string &entry : entries) {
     auto fn = plan.lookupSymbol<func::FuncOp>(entry);
-    if (!fn || !fn->hasAttr("moe.arena_bytes"))
+    if (!fn ||
+        !fn->hasAttr(moec::moe::MoEDialect::ArenaBytesAttrHelper::getNameStr()))
       return plan.emitError() << "no memory-planned entry '" << entry << "'";
-    arenaBytes = std::max(arenaBytes, intAttr(fn, "moe.arena_bytes"));
-    paramBytes = std::max(paramBytes, intAttr(fn, "moe.param_bytes"));
+    arenaBytes = std::max(
+        arenaBytes,
+        intAttr(fn, moec::moe::MoEDialect::ArenaBytesAttrHelper::getNameStr()));
+    paramBytes = std::max(
+        paramBytes,
+        intAttr(fn, moec::moe::MoEDialect::ParamBytesAttrHelper::getNameStr()));
     if (entry == entries.front()) {
-      paramCount = intAttr(fn, "moe.params");
-      activeParams = intAttr(fn, "moe.active_params");
+      paramCount =
+          intAttr(fn, moec::moe::MoEDialect::ParamsAttrHelper::getNameStr());
+      activeParams = intAttr(
+          fn, moec::moe::MoEDialect::ActiveParamsAttrHelper::getNameStr());
     }
 
     // Where every tensor of the plan lives.
     DenseMap<Value, json> where;
     for (BlockArgument arg : fn.getArguments()) {
-      auto off = fn.getArgAttrOfType<IntegerAttr>(arg.getArgNumber(),
-                                                  "moe.arena_offset");
+      auto off = fn.getArgAttrOfType<IntegerAttr>(
+          arg.getArgNumber(),
+          moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr());
       where[arg] = json{{"space", "arena"}, {"offset", off.getInt()}};
     }
     for (auto p : fn.getOps<moe::ParamOp>()) {
-      int64_t off = intAttr(p, "moe.param_offset");
+      int64_t off = intAttr(
+          p, moec::moe::MoEDialect::ParamOffsetAttrHelper::getNameStr());
       where[p.getResult()] = json{{"space", "param"}, {"offset", off}};
       auto [it, inserted] = paramOffsets.try_emplace(p.getName(), off);
       if (!inserted) {
@@ -88,7 +97,10 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
                      {"init", moe::stringifyInitKind(p.getInit()).str()}};
       if (auto std = p.getStd())
         entryJson["std"] = std->convertToDouble();
-      (p->hasAttr("moe.state") ? state : params).push_back(std::move(entryJson));
+      (p->hasAttr(moec::moe::MoEDialect::StateAttrHelper::getNameStr())
+           ? state
+           : params)
+          .push_back(std::move(entryJson));
     }
 
     json dispatches = json::array();
@@ -115,11 +127,17 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
           continue;
         }
         auto empty = dest.getDefiningOp<tensor::EmptyOp>();
-        if (!empty || !empty->hasAttr("moe.arena_offset"))
+        if (!empty ||
+            !empty->hasAttr(
+                moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr()))
           return call.emitOpError() << "destination #" << r
                                     << " has no arena offset";
-        json loc{{"space", "arena"},
-                 {"offset", intAttr(empty, "moe.arena_offset")}};
+        json loc{
+            {"space", "arena"},
+            {"offset",
+             intAttr(
+                 empty,
+                 moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr())}};
         where[dest] = loc;
         where[call.getResult(r)] = loc;
       }
@@ -132,16 +150,24 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
                                     << "' is not a planned buffer";
         args.push_back(it->second);
       }
+      auto parallelism = [](Operation *op) -> std::string {
+        auto a = moec::moe::MoEDialect::ParallelAttrHelper(op->getContext())
+                     .getAttr(op);
+        return a ? moec::moe::stringifyKernelParallelism(a.getValue()).str()
+                 : std::string();
+      };
       auto str = [&](StringRef name) {
         auto a = call->getAttrOfType<StringAttr>(name);
         return a ? a.str() : std::string();
       };
-      dispatches.push_back(json{{"kernel", call.getCallee().str()},
-                                {"op", str("moe.op")},
-                                {"name", str("moe.name")},
-                                {"parallel", str("moe.parallel")},
-                                {"tiles", intAttr(call, "moe.tiles")},
-                                {"args", std::move(args)}});
+      dispatches.push_back(json{
+          {"kernel", call.getCallee().str()},
+          {"op", str(moec::moe::MoEDialect::OpAttrHelper::getNameStr())},
+          {"name", str(moec::moe::MoEDialect::NameAttrHelper::getNameStr())},
+          {"parallel", parallelism(call)},
+          {"tiles",
+           intAttr(call, moec::moe::MoEDialect::TilesAttrHelper::getNameStr())},
+          {"args", std::move(args)}});
     }
 
     auto tensorJson = [&](StringAttr name, StringAttr role, Type t,
@@ -158,20 +184,27 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
     json inputs = json::array(), outputs = json::array();
     for (BlockArgument arg : fn.getArguments()) {
       unsigned i = arg.getArgNumber();
-      inputs.push_back(tensorJson(fn.getArgAttrOfType<StringAttr>(i, "moe.name"),
-                                  fn.getArgAttrOfType<StringAttr>(i, "moe.role"),
-                                  arg.getType(), where[arg]["offset"], "input"));
+      inputs.push_back(tensorJson(
+          fn.getArgAttrOfType<StringAttr>(
+              i, moec::moe::MoEDialect::NameAttrHelper::getNameStr()),
+          fn.getArgAttrOfType<StringAttr>(
+              i, moec::moe::MoEDialect::RoleAttrHelper::getNameStr()),
+          arg.getType(), where[arg]["offset"], "input"));
     }
     for (auto [i, t] : llvm::enumerate(fn.getResultTypes())) {
-      auto off = fn.getResultAttrOfType<IntegerAttr>(i, "moe.arena_offset");
-      outputs.push_back(
-          tensorJson(fn.getResultAttrOfType<StringAttr>(i, "moe.name"),
-                     fn.getResultAttrOfType<StringAttr>(i, "moe.role"), t,
-                     off ? off.getInt() : -1, i == 0 ? "logits" : "output"));
+      auto off = fn.getResultAttrOfType<IntegerAttr>(
+          i, moec::moe::MoEDialect::ArenaOffsetAttrHelper::getNameStr());
+      outputs.push_back(tensorJson(
+          fn.getResultAttrOfType<StringAttr>(
+              i, moec::moe::MoEDialect::NameAttrHelper::getNameStr()),
+          fn.getResultAttrOfType<StringAttr>(
+              i, moec::moe::MoEDialect::RoleAttrHelper::getNameStr()),
+          t, off ? off.getInt() : -1, i == 0 ? "logits" : "output"));
     }
     auto images = cast<RankedTensorType>(fn.getArgumentTypes()[0]);
     batch = images.getDimSize(0);
-    int64_t flops = intAttr(fn, "moe.flops");
+    int64_t flops =
+        intAttr(fn, moec::moe::MoEDialect::FlopsAttrHelper::getNameStr());
     manifestEntries[entry] = {{"inputs", std::move(inputs)},
                               {"outputs", std::move(outputs)},
                               {"flops", flops},
@@ -180,22 +213,37 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
   }
 
   json spec = json::parse(info.specJson, nullptr, /*allow_exceptions=*/false);
-  json manifest{
-      {"model", info.model},
-      {"target", info.target},
-      {"compiler", "moec 0.2.0"},
-      {"target_cpu",
-       {{"name", info.targetCpu}, {"features", info.targetFeatures}}},
-      {"batch", batch},
-      {"input",
-       {{"channels", info.channels}, {"height", info.height}, {"width", info.width}}},
-      {"classes", info.classes},
-      {"dataset", {{"kind", info.datasetKind}, {"path", info.datasetPath}}},
-      {"param_bytes", paramBytes},
-      {"param_count", paramCount},
-      {"active_params_per_image", activeParams},
-      {"arena_bytes", arenaBytes},
-      {"params", std::move(params)}};
+  // The normalization the runtime's loader of the spec's dataset applies,
+  // per channel (artifact 1.2): what the model is trained with.
+  artifact::DatasetNormalization norm =
+      artifact::datasetNormalization(info.datasetKind.c_str());
+  json mean = json::array(), stdDev = json::array();
+  for (int64_t c = 0; c < info.channels; ++c) {
+    int64_t i = std::min<int64_t>(c, 2);
+    mean.push_back(norm.mean[i]);
+    stdDev.push_back(norm.std[i]);
+  }
+  json manifest{{"model", info.model},
+                {"target", info.target},
+                {"compiler", "moec 0.2.0"},
+                {"target_cpu",
+                 {{"name", info.targetCpu}, {"features", info.targetFeatures}}},
+                {"batch", batch},
+                {"input",
+                 {{"channels", info.channels},
+                  {"height", info.height},
+                  {"width", info.width}}},
+                {"classes", info.classes},
+                {"dataset",
+                 {{"kind", info.datasetKind},
+                  {"path", info.datasetPath},
+                  {"normalization",
+                   {{"mean", std::move(mean)}, {"std", std::move(stdDev)}}}}},
+                {"param_bytes", paramBytes},
+                {"param_count", paramCount},
+                {"active_params_per_image", activeParams},
+                {"arena_bytes", arenaBytes},
+                {"params", std::move(params)}};
   if (!state.empty())
     manifest["state"] = std::move(state);
   if (info.train) {

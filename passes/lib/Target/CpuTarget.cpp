@@ -105,11 +105,31 @@ createTargetMachine(const CpuTargetOptions &options, std::string &error,
     }
     llvm::sort(enabled);
   }
+  if (options.cpu != "native") {
+    // Checked first: LLVM only warns about an unknown CPU and goes on.
+    std::unique_ptr<llvm::MCSubtargetInfo> probe(
+        target->createMCSubtargetInfo(triple, "", ""));
+    if (!probe || !probe->isCPUStringValid(cpu)) {
+      error = "unknown CPU '" + cpu + "'";
+      return nullptr;
+    }
+  }
   cpuName = cpu;
   llvm::TargetOptions targetOptions;
-  return std::unique_ptr<llvm::TargetMachine>(target->createTargetMachine(
+  std::unique_ptr<llvm::TargetMachine> tm(target->createTargetMachine(
       triple, cpu, features, targetOptions, llvm::Reloc::PIC_,
       llvm::CodeModel::Small, llvm::CodeGenOptLevel::Aggressive));
+  if (tm && options.cpu != "native") {
+    const llvm::MCSubtargetInfo *sti = tm->getMCSubtargetInfo();
+    // The ISA extensions the named CPU has: the features the host's
+    // detection knows (ISA, not tuning flags) that the CPU model enables.
+    llvm::StringMap<bool> isa = llvm::sys::getHostCPUFeatures();
+    for (const llvm::SubtargetFeatureKV &kv : sti->getAllProcessorFeatures())
+      if (isa.count(kv.Key) && sti->getFeatureBits().test(kv.Value))
+        enabled.push_back(kv.Key);
+    llvm::sort(enabled);
+  }
+  return tm;
 }
 
 void optimize(llvm::Module &m, llvm::TargetMachine &tm) {
@@ -140,6 +160,22 @@ struct TempFiles {
   }
 };
 } // namespace
+
+LogicalResult moec::checkCpuName(StringRef cpu, std::string &error) {
+  if (cpu == "native")
+    return success();
+  std::string ignored;
+  std::vector<std::string> features;
+  CpuTargetOptions options;
+  options.cpu = cpu.str();
+  if (createTargetMachine(options, error, ignored, features))
+    return success();
+  error += " (an x86-64 level such as x86-64-v3 (AVX2) or x86-64-v4 "
+           "(AVX-512), or a CPU such as znver3, znver4, skylake-avx512, "
+           "sapphirerapids; host: " +
+           llvm::sys::getHostCPUName().str() + ")";
+  return failure();
+}
 
 FailureOr<CpuRegisterFile>
 moec::getCpuRegisterFile(const CpuTargetOptions &options, std::string &error) {

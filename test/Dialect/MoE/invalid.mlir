@@ -719,3 +719,33 @@ func.func @routing_counts_result(%d: tensor<8x50x4x32xf32>) -> tensor<32xf32> {
   %0 = moe.routing_counts %d : (tensor<8x50x4x32xf32>) -> tensor<32xf32>
   return %0 : tensor<32xf32>
 }
+
+// -----
+
+// The discardable moe.* attributes: declared names only, with their types.
+// expected-error @+1 {{'func.func' op has unknown moe dialect attribute 'moe.flop'}}
+func.func @unknown_attribute() attributes {moe.flop = 3 : i64} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'func.func' op expects 'moe.flops' to be an integer, got "3"}}
+func.func @flops_not_integer() attributes {moe.flops = "3"} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'func.func' op expects 'moe.optimizer' to be a #moe.optimizer, got {kind = "sgd"}}}
+func.func @optimizer_dictionary() attributes {moe.optimizer = {kind = "sgd"}} {
+  return
+}
+
+// -----
+
+func.func @parallel_string(%x: tensor<4xf32>) {
+  // expected-error @+1 {{'func.call' op expects 'moe.parallel' to be a #moe.parallelism, got "fixed"}}
+  call @parallel_string(%x) {moe.parallel = "fixed"} : (tensor<4xf32>) -> ()
+  return
+}

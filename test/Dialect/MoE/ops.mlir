@@ -7,8 +7,8 @@
 func.func @params() -> (tensor<64x192xf32>, tensor<192xf32>, tensor<64xf32>, tensor<64xf32>) {
   // CHECK: moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
   %w = moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
-  // CHECK: moe.param "blocks.0.attn.qkv.bias" init(zeros) : tensor<192xf32>
-  %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) : tensor<192xf32>
+  // CHECK: moe.param "blocks.0.attn.qkv.bias" init(zeros) no_decay : tensor<192xf32>
+  %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) no_decay : tensor<192xf32>
   // CHECK: moe.param "norm.weight" init(ones) : tensor<64xf32>
   %g = moe.param "norm.weight" init(ones) : tensor<64xf32>
   // CHECK: moe.param "cls_token" init(normal, 9.9999999999999995E-7) : tensor<64xf32>

@@ -67,7 +67,8 @@ struct ModelSpec {
 
 struct RouterSpec {
   RouterKind kind = RouterKind::TokenChoice;
-  /// Std of the Gaussian noise added to router logits in training.
+  /// Std of the Gaussian noise added to router logits in training
+  /// (token-choice only; 0 for every other kind).
   double noiseStd = 0.0;
   /// Sinkhorn: number of normalisation iterations.
   int64_t sinkhornIters = 0;
@@ -85,14 +86,9 @@ struct AuxLossWeights {
   double superClass = 0.0;
 };
 
-struct MoESpec {
-  /// False when the spec has no "moe" section: a dense ViT.
-  bool enabled = false;
-  PlacementRule rule = PlacementRule::LastN;
-  /// Parameter of every-n / last-n.
-  int64_t n = 0;
-  /// Resolved MoE block indices, sorted ascending, unique, in [0, depth).
-  std::vector<int64_t> blocks;
+/// The settings a MoE layer may override in /moe/layers. /moe's own values
+/// are the defaults of every layer.
+struct MoELayerSettings {
   int64_t experts = 0;
   /// Experts per token (token-choice, sinkhorn) or per image (per-image).
   /// 0 for expert-choice and soft, which have no k.
@@ -102,12 +98,38 @@ struct MoESpec {
   double capacityFactorTrain = 1.0;
   double capacityFactorEval = 1.0;
   bool sharedExpert = false;
+};
+
+/// One MoE layer: its block and its settings, /moe's values merged with the
+/// block's entry in /moe/layers (if any).
+struct MoELayerSpec {
+  int64_t block = 0;
+  MoELayerSettings settings;
+  /// JSON pointer of the block's entry ("/moe/layers/5"), empty if none.
+  std::string pointer;
+};
+
+/// The "moe" section. Its MoELayerSettings are the model-wide values given
+/// directly in /moe; `layers` holds what each MoE block actually uses.
+struct MoESpec : MoELayerSettings {
+  /// False when the spec has no "moe" section: a dense ViT.
+  bool enabled = false;
+  PlacementRule rule = PlacementRule::LastN;
+  /// Parameter of every-n / last-n.
+  int64_t n = 0;
+  /// Resolved MoE block indices, sorted ascending, unique, in [0, depth).
+  std::vector<int64_t> blocks;
+  /// One entry per block in `blocks`, in the same order.
+  std::vector<MoELayerSpec> layers;
   AuxLossWeights aux;
   /// class index -> super-class index; empty when not given. When given its
-  /// size is model.classes and every value is in [0, experts).
+  /// size is model.classes and every value is in [0, experts) of every
+  /// layer.
   std::vector<int64_t> superClassMap;
 
   bool isMoEBlock(int64_t block) const;
+  /// The layer of MoE block `block` (which must be one).
+  const MoELayerSpec &layer(int64_t block) const;
 };
 
 struct OptimizerSpec {

@@ -18,7 +18,8 @@ class Operation;
 namespace moec::moe {
 class RouterOp;
 
-/// FLOPs of one execution of `op`: a moe op by its formula, a linalg op
+/// FLOPs of one execution of `op`: a moe op by its CostOpInterface model
+/// (none is attached unless moec::registerMoEOpModels ran), a linalg op
 /// (what moe-autodiff builds the backward pass and optimizer from) as its
 /// iterations times its body's float arithmetic; 0 for anything else.
 int64_t estimateFlops(mlir::Operation *op);

@@ -47,6 +47,10 @@ struct CpuRegisterFile {
   int64_t registers = 16;
 };
 
+/// Succeeds if LLVM knows `cpu` ("native" or an x86-64 CPU or level name);
+/// otherwise fails with a message in `error`.
+mlir::LogicalResult checkCpuName(llvm::StringRef cpu, std::string &error);
+
 /// The register file of `options.cpu` (with the host's features for
 /// "native"): AVX-512 512 bits x 32, AVX/AVX2 256 x 16, else SSE 128 x 16.
 /// Fails with a message in `error` when LLVM has no target for this machine.

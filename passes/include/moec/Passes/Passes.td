@@ -94,6 +94,67 @@ def AutodiffPass : Pass<"moe-autodiff", "mlir::ModuleOp"> {
 // CPU lowering
 //===----------------------------------------------------------------------===//
 
+def DecomposeLossesPass : Pass<"moe-decompose-losses", "mlir::func::FuncOp"> {
+  let summary = "Rewrites the loss and metric ops into whole-batch linalg.";
+  let description = [{
+    The batch-level moe ops reduce over images, so they get no per-image
+    kernel: `moe.softmax_cross_entropy`, `moe.aux_loss`, `moe.sum_losses`,
+    `moe.classification_metrics` and `moe.routing_counts` each become
+    whole-batch linalg (one rewrite pattern per op,
+    `moec::populateDecomposeLossPatterns`), which moe-lower-to-kernels then
+    outlines like the backward pass.
+
+    Before:
+    ```mlir
+    %loss = moe.softmax_cross_entropy %logits, %labels {label_smoothing = 0.0 : f32}
+        : (tensor<8x10xf32>, tensor<8xi32>) -> tensor<f32>
+    ```
+    After:
+    ```mlir
+    %max = linalg.generic ... // row max of %logits       -> tensor<8xf32>
+    %sum = linalg.generic ... // row sum of exp(x - max)  -> tensor<8xf32>
+    %dot = linalg.generic ... // sum_k target_k logit_k   -> tensor<8xf32>
+    %loss = linalg.generic ... // mean of max + log(sum) - dot -> tensor<f32>
+    ```
+  }];
+  let dependentDialects = ["mlir::arith::ArithDialect",
+                           "mlir::linalg::LinalgDialect", "mlir::math::MathDialect",
+                           "mlir::tensor::TensorDialect"];
+}
+
+def SplitBatchReductionsPass : Pass<"moe-split-batch-reductions", "mlir::func::FuncOp"> {
+  let summary = "Splits sums over the batch into per-tile partials and their sum.";
+  let description = [{
+    Weight gradients sum over the batch: x^T dy reduces [B*S, K] x [B*S, N]
+    into a small [K, N]. Split over its output, every tile of such a kernel
+    would stream all of dy from memory. Instead, a generic that sums over
+    the batch (the extent of the function's first ranked argument's
+    dimension 0) into a much smaller output without a batch dimension (a
+    weight gradient, a bias or norm gradient) becomes a partial op with a
+    leading parallel dimension over 16 tiles of images, each summing its
+    own images into its own slice of a [16, ...] tensor (the slices it reads
+    stay in cache), and a second op that adds the partials in a fixed order,
+    so results do not depend on the thread count. moe-lower-to-kernels then
+    splits both over their tiles.
+
+    Before:
+    ```mlir
+    %dw = linalg.generic {iterator_types = ["reduction", "parallel", "parallel"]}
+        ins(%x, %dy : tensor<32x8xf32>, tensor<32x16xf32>) outs(%zero : tensor<8x16xf32>)
+    ```
+    After:
+    ```mlir
+    %x2 = tensor.expand_shape %x [[0, 1], [2]] : tensor<32x8xf32> into tensor<16x2x8xf32>
+    %partial = linalg.generic {iterator_types = ["parallel", "reduction", ...]}
+        ins(%x2, %dy2 : ...) outs(%zeros : tensor<16x8x16xf32>)
+    %dw = linalg.generic ... // sum_t %partial[t] into %zero
+    ```
+  }];
+  let dependentDialects = ["mlir::arith::ArithDialect",
+                           "mlir::linalg::LinalgDialect",
+                           "mlir::tensor::TensorDialect"];
+}
+
 def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
   let summary = "Outlines every moe op of an entry function into a per-image kernel.";
   let description = [{
@@ -116,9 +177,12 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     dispatch and the same router's combine compute filled slots only (their
     kernel also takes the routing tensor).
 
-    Whole-batch ops (the backward pass, losses, metrics and optimizer updates
-    of `train_step`): the loss and metric ops become linalg first; every
-    linalg op becomes a "fixed" kernel over at most 16 tiles of its loop
+    Every moe op is lowered through its `ImageKernelOpInterface` model
+    (passes/lib/Ops/, attached by moec::registerMoEOpModels); an op without
+    one is an error (run moe-decompose-losses first for losses and
+    metrics). Whole-batch ops (the backward pass, the decomposed losses and
+    metrics and the optimizer updates of `train_step`): every linalg op
+    becomes a "fixed" kernel over at most 16 tiles of its loop
     dimension 0 (when that dimension is parallel and every operand indexes
     it as a plain dimension; otherwise one tile). A `linalg.fill` that only
     initializes the op is done per tile in the kernel, and so is a broadcast
@@ -130,15 +194,6 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     `fuse`, consecutive linalg ops split the same way, each reading its
     producers at the tile they wrote, share one kernel. `tensor.collapse_shape`
     and `expand_shape` stay in the plan as views.
-
-    With `split-batch-reductions`, a generic that sums over the batch into an
-    output without a batch dimension (a weight gradient x^T dy, a bias or
-    norm gradient) is split first: a partial op with a leading parallel
-    dimension over the 16 tiles of images sums each tile's images into its
-    own slice of a [16, ...] tensor (the tile's inputs stay in cache; split
-    over the output instead, every tile would stream the whole input), and a
-    second op adds the 16 partials in a fixed order, so results do not depend
-    on the thread count.
 
     Before:
     ```mlir
@@ -174,10 +229,6 @@ def LowerToKernelsPass : Pass<"moe-lower-to-kernels", "mlir::ModuleOp"> {
     Option<"fuseKernels", "fuse", "bool", /*default=*/"true",
            "Put consecutive whole-batch linalg ops that split the same way "
            "into one kernel">,
-    Option<"splitBatchReductions", "split-batch-reductions", "bool",
-           /*default=*/"true",
-           "Sum reductions over the batch (weight gradients) per tile of "
-           "images into partials, then add the partials">,
   ];
 }
 

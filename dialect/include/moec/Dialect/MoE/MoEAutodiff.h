@@ -21,6 +21,20 @@ mlir::Value buildActivation(mlir::OpBuilder &b, mlir::Location loc,
 mlir::Value buildActivationDerivative(mlir::OpBuilder &b, mlir::Location loc,
                                       Activation kind, mlir::Value x);
 
+/// The routers' ranking rule, written once for the forward kernels
+/// (passes/lib/Ops/RoutingOps.cpp), the aux losses and the VJPs: entry j
+/// beats entry i when x_j > x_i, or x_j == x_i and j < i (ties go to the
+/// lower index). An i1 for scalar scores and their indices.
+mlir::Value buildBeats(mlir::OpBuilder &b, mlir::Location loc,
+                       mlir::Value otherVal, mlir::Value mineVal,
+                       mlir::Value otherIdx, mlir::Value mineIdx);
+
+/// rank[.., i, ..] = #{j : j beats i} along dimension `dim` of the f32
+/// tensor `scores`: 0 for the best entry. A linalg.generic over the
+/// dimensions of `scores` plus j, reduced innermost.
+mlir::Value buildRank(mlir::OpBuilder &b, mlir::Location loc,
+                      mlir::Value scores, unsigned dim);
+
 /// Whole-batch linalg for an aux loss: the per-group loss [G] (unweighted)
 /// and, with `wantGrad`, d(sum_g loss_g) / d logits. `operands` are the
 /// op's operands or their replacements.

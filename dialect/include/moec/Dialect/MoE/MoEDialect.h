@@ -9,6 +9,8 @@
 
 #include "mlir/IR/Dialect.h"
 
+#include "moec/Dialect/MoE/MoEAttrs.h"
+
 #include "moec/Dialect/MoE/MoEDialect.h.inc"
 
 #endif // MOEC_DIALECT_MOE_MOEDIALECT_H

@@ -33,8 +33,42 @@ def MoE_Dialect : Dialect {
 
     Parameters are `moe.param` ops naming an entry of the model's parameter
     table; weights of dense layers are stored `[in, out]`.
+
+    The passes annotate ops and functions with the discardable attributes
+    declared below (`moe.name`, `moe.flops`, `moe.parallel`, ...); the
+    dialect verifies the type of every `moe.*` attribute on an op and
+    rejects names it does not declare.
   }];
-  let useDefaultAttributePrinterParser = 0;
+  let discardableAttrs = (ins
+    // Names and roles (ops; function arguments and results).
+    "::mlir::StringAttr":$name,
+    "::mlir::StringAttr":$role,
+    // moe-annotate-costs.
+    "::mlir::IntegerAttr":$flops,
+    "::mlir::IntegerAttr":$params,
+    "::mlir::IntegerAttr":$active_params,
+    // The frontend's training settings, read by moe-autodiff.
+    "::moec::moe::OptimizerAttr":$optimizer,
+    // On the module: the JSON spec it was built from (moec compile of moe
+    // IR takes the manifest's model and training settings from it).
+    "::mlir::StringAttr":$spec,
+    // moe-autodiff: optimizer state parameters and parameter updates.
+    "::mlir::UnitAttr":$state,
+    "::mlir::UnitAttr":$update,
+    // moe-lower-to-kernels: kernels and the plan's calls.
+    "::mlir::UnitAttr":$kernel,
+    "::mlir::StringAttr":$op,
+    "::moec::moe::KernelParallelismAttr":$parallel,
+    "::mlir::IntegerAttr":$tiles,
+    "::mlir::IntegerAttr":$fused,
+    // moe-plan-memory.
+    "::mlir::IntegerAttr":$arena_offset,
+    "::mlir::IntegerAttr":$arena_bytes,
+    "::mlir::IntegerAttr":$param_offset,
+    "::mlir::IntegerAttr":$param_bytes
+  );
+  let hasOperationAttrVerify = 1;
+  let useDefaultAttributePrinterParser = 1;
 }
 
 class MoE_Op<string mnemonic, list<Trait> traits = []>
@@ -82,6 +116,79 @@ def MoE_InitKind : I32EnumAttr<"InitKind", "parameter initialisation", [
     I32EnumAttrCase<"Normal", 2, "normal">,
     I32EnumAttrCase<"TruncNormal", 3, "trunc_normal">]> {
   let cppNamespace = "::moec::moe";
+}
+
+def MoE_OptimizerKind : I32EnumAttr<"OptimizerKind", "parameter update rule", [
+    I32EnumAttrCase<"AdamW", 0, "adamw">,
+    I32EnumAttrCase<"Sgd", 1, "sgd">]> {
+  let cppNamespace = "::moec::moe";
+  let genSpecializedAttr = 0;
+}
+
+def MoE_ScheduleKind : I32EnumAttr<"ScheduleKind", "learning-rate schedule after warm-up", [
+    I32EnumAttrCase<"Cosine", 0, "cosine">,
+    I32EnumAttrCase<"Constant", 1, "constant">]> {
+  let cppNamespace = "::moec::moe";
+  let genSpecializedAttr = 0;
+}
+
+def MoE_KernelParallelism : I32EnumAttr<"KernelParallelism",
+    "how the runtime splits a kernel's work over threads", [
+    I32EnumAttrCase<"Images", 0, "images">,
+    I32EnumAttrCase<"Fixed", 1, "fixed">]> {
+  let cppNamespace = "::moec::moe";
+  let genSpecializedAttr = 0;
+}
+
+//===----------------------------------------------------------------------===//
+// Attributes
+//===----------------------------------------------------------------------===//
+
+class MoE_Attr<string name, string attrMnemonic, list<Trait> traits = []>
+    : AttrDef<MoE_Dialect, name, traits> {
+  let mnemonic = attrMnemonic;
+}
+
+def MoE_KernelParallelismAttr
+    : EnumAttr<MoE_Dialect, MoE_KernelParallelism, "parallelism"> {
+  let summary = "How a kernel call's range is split over threads";
+  let description = [{
+    `images`: a per-image kernel; the runtime splits the image range.
+    `fixed`: a whole-batch kernel over `moe.tiles` tiles of its outermost
+    dimension; the runtime splits the tiles.
+  }];
+  let assemblyFormat = "`<` $value `>`";
+}
+
+def MoE_OptimizerAttr : MoE_Attr<"Optimizer", "optimizer"> {
+  let summary = "The optimizer and schedule moe-autodiff builds into train_step";
+  let description = [{
+    The frontend puts the spec's `/train/optimizer` and `/train/schedule`
+    on `train_forward`; moe-autodiff reads them to build the update. The
+    learning rate is a `train_step` input (the runtime's schedule and
+    `--lr`); `lr` here is the spec's base rate, carried for reference.
+
+    ```mlir
+    func.func @train_forward(...) attributes {moe.optimizer = #moe.optimizer<
+        kind = adamw, lr = 1.000000e-03 : f64,
+        weight_decay = 5.000000e-02 : f64, beta1 = 9.000000e-01 : f64,
+        beta2 = 9.990000e-01 : f64, eps = 1.000000e-08 : f64,
+        momentum = 9.000000e-01 : f64, grad_clip = 1.000000e+00 : f64,
+        schedule = cosine, min_lr_ratio = 0.000000e+00 : f64>}
+    ```
+  }];
+  let parameters = (ins
+    EnumParameter<MoE_OptimizerKind>:$kind,
+    "::mlir::FloatAttr":$lr,
+    "::mlir::FloatAttr":$weight_decay,
+    "::mlir::FloatAttr":$beta1,
+    "::mlir::FloatAttr":$beta2,
+    "::mlir::FloatAttr":$eps,
+    "::mlir::FloatAttr":$momentum,
+    "::mlir::FloatAttr":$grad_clip,
+    EnumParameter<MoE_ScheduleKind>:$schedule,
+    "::mlir::FloatAttr":$min_lr_ratio);
+  let assemblyFormat = "`<` struct(params) `>`";
 }
 
 #endif // MOEC_DIALECT_MOE_MOEDIALECT_TD

@@ -1,7 +1,9 @@
 //===- MoEInterfaces.td - moe dialect interfaces -----------*- tablegen -*-===//
 //
-// The differentiation interface every differentiable moe op implements;
-// moe-autodiff builds the backward pass from it.
+// The differentiation interface every differentiable moe op implements
+// (moe-autodiff builds the backward pass from it), and the two interfaces
+// the passes attach as external models (passes/lib/Ops/): the per-image
+// kernel lowering and the cost model.
 //
 //===----------------------------------------------------------------------===//
 
@@ -33,6 +35,62 @@ def MoE_DifferentiableOpInterface : OpInterface<"DifferentiableOpInterface"> {
       (ins "::mlir::OpBuilder &":$builder,
            "::llvm::ArrayRef<::mlir::Value>":$resultGrads,
            "::llvm::SmallVectorImpl<::mlir::Value> &":$operandGrads)>,
+  ];
+}
+
+def MoE_ImageKernelOpInterface : OpInterface<"ImageKernelOpInterface"> {
+  let cppNamespace = "::moec::moe";
+  let description = [{
+    An op that moe-lower-to-kernels outlines into a kernel over a range of
+    images: the kernel loops over images and computes one image's slice of
+    every result from one image's slice of every operand. The dialect only
+    declares the interface; its implementations are external models that
+    the passes library attaches (moec::registerMoEOpModels), grouped by op
+    family in passes/lib/Ops/, like Linalg's TilingInterface models.
+
+    `getImageDim` says along which dimension an operand or result holds
+    the images (-1: not per image, e.g. parameters, which every image reads
+    whole). `buildImageKernel` emits, at the builder's insertion point, the
+    computation of one image on static f32 tensors in destination-passing
+    style: `inputs` are the per-image operand slices (plus, with
+    `options.filledSlotsOnly`, the routing tensor of the router that filled
+    the slots), `dests` the per-image destination slices; it returns the
+    per-image results, written into `dests` so that bufferization computes
+    in place.
+  }];
+  let methods = [
+    InterfaceMethod<
+      "The dimension of the images in operand (or result) `value`, -1 if it "
+      "is not per image.",
+      "int64_t", "getImageDim",
+      (ins "::mlir::Value":$value, "bool":$isResult)>,
+    InterfaceMethod<
+      "Emits the computation of one image.",
+      "::mlir::FailureOr<::llvm::SmallVector<::mlir::Value>>",
+      "buildImageKernel",
+      (ins "::mlir::OpBuilder &":$builder, "::mlir::Location":$loc,
+           "::llvm::ArrayRef<::mlir::Value>":$inputs,
+           "::llvm::ArrayRef<::mlir::Value>":$dests,
+           "const ::moec::moe::ImageKernelOptions &":$options)>,
+  ];
+}
+
+def MoE_CostOpInterface : OpInterface<"CostOpInterface"> {
+  let cppNamespace = "::moec::moe";
+  let description = [{
+    The cost model of an op (moe-annotate-costs, the artifact manifest):
+    the FLOPs of one execution, a multiply-add counted as 2, and the
+    parameters an image does not use on average (the expert weights of
+    experts a token is not routed to). Implemented as external models next
+    to each op family's kernel lowering (passes/lib/Ops/).
+  }];
+  let methods = [
+    InterfaceMethod<"FLOPs of one execution of this op.",
+      "int64_t", "estimateFlops", (ins)>,
+    InterfaceMethod<
+      "Parameters read by this op that one token does not use, on average.",
+      "double", "estimateInactiveParameters", (ins), /*methodBody=*/"",
+      /*defaultImplementation=*/"return 0.0;">,
   ];
 }
 

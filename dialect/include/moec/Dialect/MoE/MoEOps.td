@@ -30,18 +30,22 @@ def MoE_ParamOp : MoE_Op<"param", [Pure]> {
     binds it from a weights file, or initialises it as `init` says when no
     weights are given: `zeros`, `ones`, `normal` (std) or `trunc_normal`
     (std, truncated at two standard deviations, as timm/ViT do). Names are
-    unique in a module and use timm's dotted style.
+    unique in a module and use timm's dotted style. `no_decay`: the
+    optimizer applies no weight decay to it (the frontend marks biases,
+    norm weights, the class token and the position embedding, timm's
+    no-decay set).
 
     ```mlir
     %w = moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
-    %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) : tensor<192xf32>
+    %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) no_decay : tensor<192xf32>
     ```
   }];
   let arguments = (ins StrAttr:$name, MoE_InitKind:$init,
-                   OptionalAttr<F64Attr>:$std);
+                   OptionalAttr<F64Attr>:$std, UnitAttr:$no_decay);
   let results = (outs MoE_FloatTensor:$result);
   let assemblyFormat = [{
-    $name `init` `(` $init (`,` $std^)? `)` attr-dict `:` type($result)
+    $name `init` `(` $init (`,` $std^)? `)` (`no_decay` $no_decay^)? attr-dict
+    `:` type($result)
   }];
   let hasVerifier = 1;
 }
@@ -353,43 +357,77 @@ def MoE_SoftmaxCrossEntropyOp : MoE_Op<"softmax_cross_entropy", [Pure, MoE_Diffe
 def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
   let summary = "Computes the dispatch and combine tensors of one MoE layer.";
   let description = [{
-    `input` holds the tokens `[G, S, D]` of G groups (one group per image).
-    The router scores tokens against E experts with `weight` `[D, E*P]`
-    (P = `slots_per_expert` for `soft`, else 1) and returns:
+    `input` holds the tokens `[G, S, D]` of G groups (one group per image;
+    routing never mixes images). The router has no bias: its logits are
+    `L = x * weight` with `weight` `[D, E*P]` (P = `slots_per_expert` for
+    `soft`, else 1). It returns:
 
     * `dispatch` `D[G, S, E, C]`: expert input slot `(e, c)` of group g is
       `X~[e, g, c] = sum_s D[g, s, e, c] x[g, s]` (see `moe.dispatch`);
     * `combine` `C[G, S, E, C]`: token s's output is
       `sum_{e, c} C[g, s, e, c] Expert_e(X~[e, g, c])` (see `moe.combine`);
-    * `logits` `[G, R, E*P]`: the raw router logits, for the auxiliary
-      losses; R = 1 for `per_image` (one decision per image), else S.
+    * `logits` `[G, R, E*P]`: the clean router logits (never noisy), for the
+      auxiliary losses; R = 1 for `per_image` (one decision per image), else
+      S.
+
+    Rules shared by the kinds:
+
+    * The gates are `softmax(L)` over the E experts of each token. They are
+      not renormalised over the experts a token is sent to: with top-2 of
+      4 experts a token's two combine weights sum to less than 1.
+    * Every ranking breaks ties towards the lower index: the lower expert
+      index when a token ranks experts, the lower token index when an expert
+      ranks tokens.
+    * Capacity C, the last dimension of `dispatch`: for `token_choice` and
+      `sinkhorn`, `C = min(S, max(1, ceil(k * S * capacity_factor / E)))`
+      (computed in double precision); for `expert_choice` the same with
+      k = 1; for `per_image` C = S; for `soft` C = P.
+    * For every kind but `soft`, `D` is 0/1, a slot holds at most one token,
+      an expert's filled slots are `0 .. n_e - 1` (the rest of its slots are
+      all zero), and `C = D * gate`.
 
     Kinds (google-research/vmoe names in brackets):
 
     * `token_choice` (top-k, V-MoE): each token picks its `k` highest-gate
-      experts, gates = softmax over experts (+ `noise_std` Gaussian noise on
-      the logits in training); tokens fill an expert's `C` slots in order
-      and overflowing tokens are dropped. `D` is 0/1, `C = D * gate`.
-      `C = clamp(ceil(k * S * capacity_factor / E), 1, S)`.
-    * `expert_choice` (Zhou et al.): each expert picks its `C` highest-gate
-      tokens, `C = clamp(ceil(S * capacity_factor / E), 1, S)`;
-      `C = D * gate`.
-    * `sinkhorn` (BASE-style balanced assignment): gates are balanced with
-      `sinkhorn_iters` Sinkhorn normalisations before top-k selection; slots
-      and capacity as for `token_choice`; combine weights use the softmax
-      gates.
-    * `soft` (Soft MoE, Puigcerver et al.): every expert has `C =
-      slots_per_expert` slots; `D` is the softmax of the logits over tokens
-      (each slot a convex mix of all tokens), `C` the softmax over all E*C
-      slots (each token a convex mix of all slot outputs). Nothing is dropped.
-    * `per_image` (Mobile V-MoE): the router scores the mean token of each
-      image; the image's k best experts each receive all S tokens (`C = S`),
-      weighted by the image's gate.
+      experts. Expert e's queue holds every token that picked e as its first
+      choice, in token order, then every token that picked e as its second
+      choice, in token order, and so on (V-MoE's order without batch
+      priority); the token at queue position c takes slot c, and positions
+      `>= C` are dropped (a token dropped by one expert may still be kept by
+      its other choices).
+    * `expert_choice` (Zhou et al.): the gates are the softmax over experts
+      of each token, as above; then each expert takes the `C` tokens with
+      the highest gate for it, its best token in slot 0, the next in slot 1,
+      and so on. A token may be taken by several experts or by none.
+    * `sinkhorn` (BASE-style balanced assignment): starts from the softmax
+      gates, `Q = softmax(L)`, and runs `sinkhorn_iters` iterations, each
+      first scaling every column (expert) of Q to sum `S / E`, then every
+      row (token) to sum 1. Each token's k experts are the k highest of its
+      row of Q; queues, slots and drops are then those of `token_choice`.
+      The combine weights are the softmax gates, not Q.
+    * `soft` (Soft MoE, Puigcerver et al.): slot p of expert e is column
+      `e*P + p` of L. `D[g, s, e, p]` is the softmax of that column over the
+      S tokens (each slot a convex mix of all tokens); `C[g, s, e, p]` is
+      the softmax of token s's row over all E*P slots (each token a convex
+      mix of all slot outputs). Nothing is dropped.
+    * `per_image` (Mobile V-MoE): one decision per image, from the mean
+      token `m = (1/S) sum_s x[g, s]` (all S tokens of the input, a class
+      token included): logits `m * weight` `[G, 1, E]`, gates their softmax.
+      The image's k highest-gate experts each take all S tokens, token s in
+      slot s (C = S, nothing is dropped): `D[g, s, e, c] = 1` iff e is
+      chosen and c = s, weighted by the image's gate for e.
 
     Training: `noise` (optional, `token_choice` with `noise_std` only) holds
     standard normal samples `[G, S, E]`; the gates that select, fill and
-    weight become `softmax(logits + noise_std / E * noise)` (V-MoE's noisy
-    top-k). `logits` stays the clean logits.
+    weight become `softmax(L + noise_std / E * noise)` (V-MoE's noisy
+    top-k). `logits` stays the clean logits. Without a `noise` operand,
+    `noise_std` has no effect.
+
+    Differentiation goes through the gate values only: for every kind but
+    `soft`, `dgate = sum_slots dC * D`, then the softmax's VJP (for
+    `sinkhorn` that of the softmax gates, not of the iterations); the
+    choices, slot positions and drops are constants. `soft` differentiates
+    both of its softmaxes.
 
     ```mlir
     %d, %c, %l = moe.router token_choice %x, %w {k = 2 : i64, capacity_factor = 2.000000e+00 : f64}
@@ -424,6 +462,9 @@ def MoE_DispatchOp : MoE_Op<"dispatch", [Pure, MoE_Differentiable]> {
     `input` `[G, S, D]`, `dispatch` `[G, S, E, C]` (from `moe.router`); the
     result is expert-major, `[E, G, C, D]`:
     `result[e, g, c, :] = sum_s dispatch[g, s, e, c] * input[g, s, :]`.
+    For every router but soft MoE the dispatch tensor is one-hot per slot,
+    so each slot is a copy of one token's row, or zeros if the slot is
+    unfilled.
 
     ```mlir
     %xs = moe.dispatch %x, %d : (tensor<8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<4x8x50x64xf32>
@@ -444,6 +485,11 @@ def MoE_ExpertsOp : MoE_Op<"experts", [Pure, MoE_Differentiable]> {
     FFN with hidden size H: `fc1_weight` `[E, D, H]`, `fc1_bias` `[E, H]`,
     `fc2_weight` `[E, H, D]`, `fc2_bias` `[E, D]`:
     `result[e] = act(input[e] * fc1_weight[e] + fc1_bias[e]) * fc2_weight[e] + fc2_bias[e]`.
+    The formula holds for every slot, unfilled ones included (there it gives
+    `act(fc1_bias[e]) * fc2_weight[e] + fc2_bias[e]`); when the result is
+    read only by the same router's `moe.combine`, which weights unfilled
+    slots by 0, the CPU kernel computes the filled slots only and writes
+    zeros to the others.
 
     ```mlir
     %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2
@@ -499,7 +545,9 @@ def MoE_CombineOp : MoE_Op<"combine", [Pure, MoE_Differentiable]> {
     `input` `[E, G, C, D]` (expert outputs), `combine` `[G, S, E, C]` (from
     `moe.router`); the result is `[G, S, D]`:
     `result[g, s, :] = sum_{e, c} combine[g, s, e, c] * input[e, g, c, :]`.
-    Tokens that no expert took get zeros (the residual carries them).
+    Tokens that no expert took get zeros (the residual carries them). The
+    weights are the router's gates as they are, not renormalised over the
+    experts a token reached.
 
     ```mlir
     %y = moe.combine %ys, %c : (tensor<4x8x50x64xf32>, tensor<8x50x4x50xf32>) -> tensor<8x50x64xf32>
@@ -517,10 +565,13 @@ def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure, MoE_Differentiable]> {
   let summary = "The always-active expert of a ViMoE layer.";
   let description = [{
     ViMoE's shared expert: one FFN that every token passes through, its
-    output added to the routed experts' combined output. `input` `[G, S, D]`,
-    `fc1_weight` `[D, H]`, `fc1_bias` `[H]`, `fc2_weight` `[H, D]`,
-    `fc2_bias` `[D]`:
+    output added (unweighted, by a `moe.add`) to the routed experts'
+    combined output. `input` `[G, S, D]`, `fc1_weight` `[D, H]`, `fc1_bias`
+    `[H]`, `fc2_weight` `[H, D]`, `fc2_bias` `[D]`:
     `result = act(input * fc1_weight + fc1_bias) * fc2_weight + fc2_bias`.
+    H is taken from the weights; the frontend gives the shared expert the
+    routed experts' hidden size (the spec's `expert_hidden`, by default the
+    model's MLP hidden size) and their activation.
 
     ```mlir
     %s = moe.shared_expert gelu %x, %w1, %b1, %w2, %b2
@@ -546,8 +597,9 @@ def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure, MoE_Differentiable]> {
 def MoE_AuxLossOp : MoE_Op<"aux_loss", [Pure, MoE_Differentiable, AttrSizedOperandSegments]> {
   let summary = "A router auxiliary loss, weighted (google-research/vmoe definitions).";
   let description = [{
-    `logits` are a router's clean logits `[G, R, E]`. Each group's loss is
-    computed as below, averaged over the G groups and multiplied by `weight`:
+    `logits` are a router's clean logits `[G, R, J]` (J = E, or E*P for
+    soft MoE; R = 1 for a per-image router). Each group's loss is computed
+    as below, averaged over the G groups and multiplied by `weight`:
 
     * `importance`: CV^2 over experts of `sum_tokens softmax(logits)`.
     * `load` (needs `noise` `[G, S, E]`, `noise_std` and `k`): with noisy
@@ -555,8 +607,9 @@ def MoE_AuxLossOp : MoE_Op<"aux_loss", [Pure, MoE_Differentiable, AttrSizedOpera
       largest noisy logit of a token, `p = 1 - Phi((t - L) / s)`; the loss is
       CV^2 over experts of `mean_tokens p`.
     * `balance` (GShard/Switch): `E^2 * mean_e(mean_tokens(g_e) * f_e)`, `g`
-      the gates used for dispatch (noisy when `noise` is given), `f_e` the
-      fraction of tokens whose largest gate is expert e.
+      the softmax of the logits (noisy when `noise` is given), `f_e` the
+      fraction of tokens whose largest gate is expert e (the lower index on
+      ties).
     * `z_loss`: `mean_tokens logsumexp(L)^2`.
     * `super_class` (needs `labels` and `super_class_map`): cross-entropy of
       the (per-image) logits against the super-class of the image's label.

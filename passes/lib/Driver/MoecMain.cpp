@@ -1,0 +1,421 @@
+//===- MoecMain.cpp - moec's command line ---------------------------------===//
+//
+//   moec compile SPEC.json|MODEL.mlir [-o OUT]
+//                [--emit=mlir|plan|llvm|artifact] [--target=cpu]
+//                [--target-cpu=host|x86-64-v3|x86-64-v4|CPU] [--batch N]
+//                [--entries=infer,train_step,eval] [--quiet]
+//                [--load-pass-plugin=LIB.so]...
+//                [--run-passes=POINT:PIPELINE]...
+//   moec --list-passes [--load-pass-plugin=LIB.so]...
+//
+// Parses and validates the spec, builds the moe module, and depending on
+// --emit prints it (mlir), lowers it to a plan of per-image kernels with a
+// memory plan (plan), compiles the kernels to the LLVM dialect (llvm), or
+// builds the whole .moec artifact (artifact: manifest, plan and a native
+// kernel library; the default). MODEL.mlir is moe IR as --emit=mlir
+// prints it (possibly edited): it is compiled from that IR, with the spec
+// it keeps (moe.spec). Progress lines go to stderr (--quiet: none).
+// --load-pass-plugin loads passes from a
+// plugin (as in mlir-opt) and --run-passes runs a pass pipeline at one of
+// the extension points of moec/Driver/Pipelines.h. Exit codes: 0 success, 1
+// compile or I/O failure, 2 bad spec or bad usage (flags, plugins,
+// pipelines). The output file is created only once everything succeeded, so
+// a failure never leaves a partial file and never touches an existing one.
+//
+// The usual MLIR debug flags work (--mlir-print-ir-after-all,
+// --mlir-print-debuginfo, --mlir-timing, ...).
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Driver/MoecMain.h"
+#include "moec/Driver/Driver.h"
+#include "moec/Driver/Pipelines.h"
+#include "moec/Frontend/Spec.h"
+#include "moec/Passes/Passes.h"
+#include "moec/Passes/Pipelines.h"
+
+#include "mlir/Debug/CLOptionsSetup.h"
+#include "mlir/IR/AsmState.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/InitAllPasses.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Support/Timing.h"
+#include "mlir/Tools/Plugins/PassPlugin.h"
+
+#include "moec/Passes/CpuTarget.h"
+
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Support/FileUtilities.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/Error.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <chrono>
+
+using namespace mlir;
+using namespace moec::driver;
+namespace cl = llvm::cl;
+
+namespace {
+
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+int usageError(const llvm::Twine &message) {
+  llvm::errs()
+      << "moec: error: " << message
+      << "\nusage: moec compile SPEC.json|MODEL.mlir [-o OUT] "
+         "[--emit=mlir|plan|llvm|artifact]\n"
+         "       [--target=cpu] [--target-cpu=host|x86-64-v3|x86-64-v4|CPU] "
+         "[--batch N] [--quiet]\n"
+         "       [--entries=infer,train_step,eval]\n"
+         "       [--load-pass-plugin=LIB.so]... "
+         "[--run-passes=POINT:PIPELINE]...\n"
+         "       moec --list-passes [--load-pass-plugin=LIB.so]...\n";
+  return kExitUsage;
+}
+
+/// A plugin loaded by --load-pass-plugin.
+struct LoadedPlugin {
+  std::string path, name, version;
+};
+
+/// moec's own options: the only ones `moec --help` shows (MLIR's and LLVM's
+/// are under --help-hidden and work as usual).
+cl::OptionCategory &moecCategory() {
+  static cl::OptionCategory category("moec options");
+  return category;
+}
+
+/// moec's command-line options, registered while an instance lives.
+struct Options {
+  cl::list<std::string> positional{cl::Positional,
+                                   cl::desc("compile <spec.json | model.mlir>"),
+                                   cl::cat(moecCategory())};
+  cl::opt<std::string> outputFilename{
+      "o", cl::desc("Output file ('-' = stdout)"), cl::value_desc("file"),
+      cl::init("-"), cl::cat(moecCategory())};
+  cl::opt<EmitKind> emit{
+      "emit", cl::desc("What to produce"), cl::init(EmitKind::Artifact),
+      cl::cat(moecCategory()),
+      cl::values(
+          clEnumValN(EmitKind::Mlir, "mlir", "the verified moe module"),
+          clEnumValN(EmitKind::Plan, "plan",
+                     "the plan: per-image kernels and arena offsets (MLIR)"),
+          clEnumValN(EmitKind::Llvm, "llvm",
+                     "the kernels in the LLVM dialect (MLIR)"),
+          clEnumValN(EmitKind::Artifact, "artifact",
+                     "the .moec artifact (needs -o)"))};
+  cl::opt<std::string> target{
+      "target", cl::desc("Where the artifact runs: cpu (x86-64 native code)"),
+      cl::value_desc("cpu"), cl::init("cpu"), cl::cat(moecCategory())};
+  cl::opt<std::string> targetCpu{
+      "target-cpu",
+      cl::desc("The CPU the kernels are compiled for: host (the compiling "
+               "machine, the default), an x86-64 level (x86-64-v3: AVX2, "
+               "x86-64-v4: AVX-512) or an LLVM CPU name (znver4, "
+               "sapphirerapids, ...); the artifact records it and runs on "
+               "CPUs that have its ISA"),
+      cl::value_desc("cpu"), cl::init("host"), cl::cat(moecCategory())};
+  cl::opt<std::string> dumpLLVMIR{
+      "dump-llvm-ir",
+      cl::desc("Also write the optimized LLVM IR of the kernels"),
+      cl::value_desc("file"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> entries{
+      "entries",
+      cl::desc(
+          "Comma-separated entry points to compile: infer, train_step, eval"),
+      cl::init("infer,train_step,eval"), cl::cat(moecCategory())};
+  cl::opt<bool> vectorize{
+      "vectorize", cl::desc("Tile and vectorize the kernels (default on)"),
+      cl::init(true), cl::cat(moecCategory())};
+  cl::opt<int64_t> codegenThreads{
+      "codegen-threads",
+      cl::desc("Threads for LLVM's optimization and code generation of the "
+               "kernels (default 0: one per core, at most 8)"),
+      cl::init(0), cl::cat(moecCategory())};
+  cl::opt<std::string> batch{
+      "batch",
+      cl::desc("Images per call of the entry functions (default: the "
+               "spec's /train/batch)"),
+      cl::value_desc("N"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<bool> quiet{"quiet",
+                      cl::desc("No progress lines on stderr, errors only"),
+                      cl::init(false), cl::cat(moecCategory())};
+
+  // User passes. Plugins load while the command line is parsed (as in
+  // mlir-opt), so their passes are registered before anything names them.
+  std::vector<LoadedPlugin> plugins;
+  std::string pluginError;
+  cl::list<std::string> passPlugins{
+      "load-pass-plugin",
+      cl::desc("Load passes from a pass plugin library (repeatable); run "
+               "them with --run-passes"),
+      cl::value_desc("lib.so"), cl::cat(moecCategory()),
+      cl::callback([this](const std::string &path) {
+        llvm::Expected<PassPlugin> plugin = PassPlugin::load(path);
+        if (!plugin) {
+          if (pluginError.empty())
+            pluginError = "--load-pass-plugin=" + path + ": " +
+                          llvm::toString(plugin.takeError());
+          else
+            llvm::consumeError(plugin.takeError());
+          return;
+        }
+        plugin->registerPassRegistryCallbacks();
+        plugins.push_back({path, plugin->getPluginName().str(),
+                           plugin->getPluginVersion().str()});
+      })};
+  cl::list<std::string> runPasses{
+      "run-passes",
+      cl::desc("Run a pass pipeline at an extension point of the standard "
+               "pipeline: <point>:<pipeline>, the pipeline as in mlir-opt's "
+               "--pass-pipeline, on builtin.module (repeatable; points: "
+               "frontend, autodiff, plan; see --list-passes)"),
+      cl::value_desc("point:pipeline"), cl::cat(moecCategory())};
+  cl::opt<bool> listPasses{
+      "list-passes",
+      cl::desc("List the stages of moec compile, the extension points, the "
+               "loaded plugins and every registered pass and pipeline, then "
+               "exit"),
+      cl::cat(moecCategory())};
+};
+
+void listPasses(const Options &options) {
+  llvm::raw_ostream &os = llvm::outs();
+  printStages(os);
+  os << "\nPass plugins (--load-pass-plugin):\n";
+  if (options.plugins.empty())
+    os << "  none loaded\n";
+  for (const LoadedPlugin &plugin : options.plugins)
+    os << "  " << plugin.name << " " << plugin.version << " (" << plugin.path
+       << ")\n";
+  os << "\n";
+  os.flush();
+  // mlir::printRegisteredPasses() leaves out the pipelines; the parser of a
+  // pass-pipeline option prints both, as mlir-opt --help does. With no
+  // argument name its help line is the heading.
+  PassPipelineCLParser registered(
+      "", "Registered passes and pass pipelines (moec's, upstream MLIR's and "
+          "the plugins'), as --run-passes and moec-opt name them:");
+  // Its option is registered under every pass's name: find it by its help.
+  for (const auto &entry : cl::getRegisteredOptions()) {
+    cl::Option *opt = entry.second;
+    if (!opt->hasArgStr() && opt->HelpStr.starts_with("Registered passes")) {
+      opt->printOptionInfo(opt->getOptionWidth());
+      return;
+    }
+  }
+  printRegisteredPasses();
+}
+} // namespace
+
+int moec::driver::moecMain(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  // Every pass a --run-passes pipeline may name; plugins add theirs.
+  registerAllPasses();
+  moec::registerMoEPasses();
+  moec::registerMoEPipelines();
+  registerDriverPipelines();
+  registerMLIRContextCLOptions();
+  registerPassManagerCLOptions();
+  registerAsmPrinterCLOptions();
+  registerDefaultTimingManagerCLOptions();
+  tracing::DebugConfig::registerCLOptions();
+  Options cli;
+  // --help shows moec's options; MLIR's (--mlir-print-ir-after-all,
+  // --mlir-timing, ...) and LLVM's work as usual and show in --help-hidden.
+  cl::HideUnrelatedOptions(moecCategory());
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "moec: compiles a vision MoE model spec (or its moe IR) into a .moec "
+      "artifact\n\n"
+      "  moec compile SPEC.json -o model.moec\n"
+      "  moec compile SPEC.json --emit=mlir -o model.mlir   (then edit it, or "
+      "run passes on it)\n"
+      "  moec compile model.mlir -o model.moec\n\n"
+      "MLIR's debugging options (--mlir-print-ir-after-all, --mlir-timing, "
+      "...) are listed by --help-hidden.\n");
+
+  if (!cli.pluginError.empty())
+    return usageError(cli.pluginError);
+  if (cli.listPasses) {
+    listPasses(cli);
+    return 0;
+  }
+
+  // Copy the options: the in-process linker resets llvm::cl options when it
+  // runs, so their values are read once, here.
+  CompileOptions options;
+  const std::string outputPath = cli.outputFilename;
+  options.emit = cli.emit;
+  options.vectorize = cli.vectorize;
+  const bool quiet = cli.quiet;
+  if (cli.target != "cpu") {
+    if (cli.target == "cuda")
+      return usageError("--target=cuda: the CUDA backend is not available "
+                        "yet; targets: cpu");
+    return usageError("--target=" + cli.target +
+                      ": unknown target; targets: "
+                      "cpu");
+  }
+  options.target.cpu = cli.targetCpu == "host" ? std::string("native")
+                                               : cli.targetCpu.getValue();
+  {
+    std::string cpuError;
+    if (failed(moec::checkCpuName(options.target.cpu, cpuError)))
+      return usageError("--target-cpu=" + cli.targetCpu + ": " + cpuError);
+  }
+  if (!cli.batch.empty()) {
+    StringRef text(cli.batch);
+    if (text.getAsInteger(10, options.batch) || options.batch < 1)
+      return usageError("--batch must be an integer >= 1, got '" + text + "'");
+  }
+  options.entries.clear();
+  {
+    SmallVector<StringRef> parts;
+    StringRef(cli.entries).split(parts, ',', -1, /*KeepEmpty=*/false);
+    for (StringRef e : parts) {
+      e = e.trim();
+      if (e != "infer" && e != "train_step" && e != "eval")
+        return usageError("unknown entry point '" + e +
+                          "' in --entries (expected infer, train_step, eval)");
+      if (llvm::is_contained(options.entries, e.str()))
+        return usageError("entry point '" + e +
+                          "' is listed twice in --entries");
+      options.entries.push_back(e.str());
+    }
+    if (options.entries.empty())
+      return usageError("--entries names no entry point");
+    if (options.entries.front() != "infer")
+      return usageError("--entries must list infer first (every artifact "
+                        "has it)");
+  }
+  options.target.dumpLLVMIRPath = cli.dumpLLVMIR;
+  if (cli.codegenThreads < 0 || cli.codegenThreads > 1024)
+    return usageError("--codegen-threads must be in [0, 1024], got " +
+                      llvm::Twine(cli.codegenThreads.getValue()));
+  options.target.threads = static_cast<unsigned>(cli.codegenThreads);
+
+  if (cli.positional.empty())
+    return usageError("missing command");
+  if (cli.positional[0] != "compile")
+    return usageError("unknown command '" + cli.positional[0] + "'");
+  if (cli.positional.size() != 2)
+    return usageError("'compile' takes exactly one spec file");
+  if (options.emit == EmitKind::Artifact && outputPath == "-")
+    return usageError("--emit=artifact writes a binary file: give -o FILE");
+  for (const std::string &value : cli.runPasses) {
+    std::string error;
+    std::optional<PassHook> hook = parsePassHook(value, error);
+    if (!hook)
+      return usageError(error);
+    // A point the compile does not reach runs nothing: say so.
+    bool reached = true;
+    if (hook->point != ExtensionPoint::Frontend &&
+        options.emit == EmitKind::Mlir)
+      reached = false;
+    if (hook->point == ExtensionPoint::Autodiff &&
+        !llvm::is_contained(options.entries, "train_step"))
+      reached = false;
+    if (!reached)
+      llvm::errs()
+          << "moec: warning: --run-passes=" << value
+          << ": this compile does not reach the '"
+          << stringifyExtensionPoint(hook->point)
+          << "' point (--emit, --entries); the pipeline does not run\n";
+    options.passHooks.push_back(std::move(*hook));
+  }
+  const std::string specPath = cli.positional[1];
+
+  const bool fromIR = StringRef(specPath).ends_with(".mlir");
+  moec::spec::ParseResult parsed;
+  std::string specJson;
+  if (!fromIR) {
+    parsed = moec::spec::parseSpecFile(specPath);
+    if (!parsed) {
+      llvm::errs() << "moec: error: " << parsed.error->str() << "\n";
+      return kExitUsage;
+    }
+    // The manifest and the moe module keep the spec's text.
+    if (auto text = llvm::MemoryBuffer::getFile(specPath))
+      specJson = (*text)->getBuffer().str();
+  }
+
+  DialectRegistry registry;
+  registerCompilerDialects(registry);
+  MLIRContext context(registry);
+  options.setupPassManager = [](PassManager &pm) -> LogicalResult {
+    if (failed(applyPassManagerCLOptions(pm)))
+      return failure();
+    applyDefaultTimingPassManagerCLOptions(pm);
+    return success();
+  };
+  auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                         start)
+        .count();
+  };
+  if (!quiet)
+    options.progress = [&](StringRef stage) {
+      llvm::errs() << llvm::format("moec: [%5.1f s] ", elapsed()) << stage
+                   << "\n";
+    };
+
+  CompileResult result;
+  std::string error;
+  LogicalResult compiled = failure();
+  // Diagnostics on IR input (moec compile model.mlir) name file:line:col
+  // and show the line.
+  llvm::SourceMgr sourceMgr;
+  std::optional<SourceMgrDiagnosticHandler> diagnostics;
+  if (fromIR) {
+    diagnostics.emplace(sourceMgr, &context);
+    std::string readError;
+    std::unique_ptr<llvm::MemoryBuffer> file =
+        openInputFile(specPath, &readError);
+    if (!file) {
+      llvm::errs() << "moec: error: " << readError << "\n";
+      return kExitUsage;
+    }
+    sourceMgr.AddNewSourceBuffer(std::move(file), llvm::SMLoc());
+    OwningOpRef<ModuleOp> module =
+        parseSourceFile<ModuleOp>(sourceMgr, &context);
+    if (!module)
+      return kExitUsage;
+    if (options.progress)
+      options.progress("read moe IR from " + specPath);
+    compiled =
+        compileModule(context, std::move(module), options, result, error);
+    if (failed(compiled) && !error.empty()) {
+      llvm::errs() << "moec: error: " << specPath << ": " << error << "\n";
+      return kExitUsage;
+    }
+  } else {
+    compiled = compile(context, *parsed.spec, specJson, options, result, error);
+  }
+  if (failed(compiled)) {
+    if (!error.empty())
+      llvm::errs() << "moec: error: " << error << "\n";
+    return kExitFailure;
+  }
+  if (failed(writeOutput(outputPath, options.emit, result, error))) {
+    llvm::errs() << "moec: error: " << error << "\n";
+    return kExitFailure;
+  }
+  if (!quiet && outputPath != "-") {
+    uint64_t size = 0;
+    (void)llvm::sys::fs::file_size(outputPath, size);
+    llvm::errs() << llvm::format("moec: [%5.1f s] wrote ", elapsed())
+                 << outputPath << " (" << size << " bytes)\n";
+  }
+  return 0;
+}

@@ -1,0 +1,250 @@
+//===- LossOps.cpp - cost models and decomposition of losses and metrics -===//
+//
+// The batch-level moe ops (softmax_cross_entropy, aux_loss, sum_losses,
+// classification_metrics, routing_counts) reduce over images, so they get
+// no per-image kernel: moe-decompose-losses rewrites each into whole-batch
+// linalg (one pattern per op), which moe-lower-to-kernels outlines like
+// the backward pass. Their FLOP formulas are here too.
+//
+//===----------------------------------------------------------------------===//
+
+#include "KernelSupport.h"
+
+#include "moec/Dialect/MoE/TensorBuilder.h"
+#include "moec/Passes/OpModels.h"
+
+#include "mlir/IR/PatternMatch.h"
+
+using namespace mlir;
+using namespace moec::kernels;
+
+namespace {
+
+Value identityBody(OpBuilder &, Location, ValueRange a) { return a[0]; }
+
+Value cst(OpBuilder &nb, Location nl, double v) {
+  return arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v));
+}
+
+/// Row max and sum of exp(x - max) of logits [N, K].
+std::pair<Value, Value> rowStats(TensorBuilder &tb, Value logits) {
+  int64_t n = TensorBuilder::shape(logits)[0];
+  AffineMap all = tb.identity(2), row = tb.dims(2, {0});
+  Value mx = tb.reduce({logits}, {all}, {n}, 1, identityBody, -INFINITY, true);
+  Value se =
+      tb.reduce({logits, mx}, {all, row}, {n}, 1,
+                [](OpBuilder &nb, Location nl, ValueRange a) {
+                  return math::ExpOp::create(
+                             nb, nl, arith::SubFOp::create(nb, nl, a[0], a[1]))
+                      .getResult();
+                });
+  return std::make_pair(mx, se);
+}
+
+/// Whether loop dimension `dim` is the (integer) label.
+Value isLabel(OpBuilder &nb, Location nl, Value label, unsigned dim) {
+  Value l = arith::IndexCastOp::create(nb, nl, nb.getIndexType(), label);
+  return arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::eq,
+                               linalg::IndexOp::create(nb, nl, dim), l);
+}
+
+struct DecomposeSoftmaxCrossEntropy
+    : public OpRewritePattern<SoftmaxCrossEntropyOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(SoftmaxCrossEntropyOp ce,
+                                PatternRewriter &b) const override {
+    TensorBuilder tb(b, ce.getLoc());
+    SmallVector<Value> repl;
+    Value logits = ce.getLogits(), labels = ce.getLabels();
+    int64_t n = TensorBuilder::shape(logits)[0],
+            k = TensorBuilder::shape(logits)[1];
+    double a = ce.getLabelSmoothing().convertToDouble();
+    auto [mx, se] = rowStats(tb, logits);
+    // sum_k target_k logit_k
+    Value dot =
+        tb.reduce({logits, labels}, {tb.identity(2), tb.dims(2, {0})}, {n}, 1,
+                  [&](OpBuilder &nb, Location nl, ValueRange v) {
+                    Value t = arith::SelectOp::create(
+                        nb, nl, isLabel(nb, nl, v[1], 1),
+                        cst(nb, nl, 1 - a + a / k), cst(nb, nl, a / k));
+                    return arith::MulFOp::create(nb, nl, t, v[0]).getResult();
+                  });
+    AffineMap n1 = tb.identity(1);
+    repl.push_back(tb.reduce(
+        {mx, se, dot}, {n1, n1, n1}, {}, 1,
+        [&](OpBuilder &nb, Location nl, ValueRange v) {
+          Value lse = arith::AddFOp::create(nb, nl, v[0],
+                                            math::LogOp::create(nb, nl, v[1]));
+          Value l = arith::SubFOp::create(nb, nl, lse, v[2]);
+          return arith::MulFOp::create(nb, nl, l, cst(nb, nl, 1.0 / n))
+              .getResult();
+        }));
+    b.replaceOp(ce, repl);
+    return success();
+  }
+};
+
+struct DecomposeClassificationMetrics
+    : public OpRewritePattern<ClassificationMetricsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ClassificationMetricsOp m,
+                                PatternRewriter &b) const override {
+    TensorBuilder tb(b, m.getLoc());
+    SmallVector<Value> repl;
+    Value logits = m.getLogits(), labels = m.getLabels(), mask = m.getMask();
+    int64_t n = TensorBuilder::shape(logits)[0];
+    auto [mx, se] = rowStats(tb, logits);
+    AffineMap all = tb.identity(2), row = tb.dims(2, {0});
+    Value lab = tb.reduce({logits, labels}, {all, row}, {n}, 1,
+                          [&](OpBuilder &nb, Location nl, ValueRange v) {
+                            return arith::SelectOp::create(
+                                       nb, nl, isLabel(nb, nl, v[1], 1), v[0],
+                                       cst(nb, nl, 0.0))
+                                .getResult();
+                          });
+    // Logits equal to the max before the label's column (first wins ties).
+    Value before = tb.reduce(
+        {logits, labels, mx}, {all, row, row}, {n}, 1,
+        [&](OpBuilder &nb, Location nl, ValueRange v) {
+          Value l = arith::IndexCastOp::create(nb, nl, nb.getIndexType(), v[1]);
+          Value lt =
+              arith::CmpIOp::create(nb, nl, arith::CmpIPredicate::ult,
+                                    linalg::IndexOp::create(nb, nl, 1), l);
+          Value eq = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                           v[0], v[2]);
+          return arith::SelectOp::create(nb, nl,
+                                         arith::AndIOp::create(nb, nl, lt, eq),
+                                         cst(nb, nl, 1.0), cst(nb, nl, 0.0))
+              .getResult();
+        });
+    SmallVector<Value> ins{mx, se, lab, before};
+    if (mask)
+      ins.push_back(mask);
+    SmallVector<AffineMap> maps(ins.size(), tb.identity(1));
+    auto weightOf = [&](OpBuilder &nb, Location nl, ValueRange v) {
+      return mask ? v[4] : cst(nb, nl, 1.0);
+    };
+    repl.push_back(tb.reduce(
+        ins, maps, {}, 1, [&](OpBuilder &nb, Location nl, ValueRange v) {
+          Value lse = arith::AddFOp::create(nb, nl, v[0],
+                                            math::LogOp::create(nb, nl, v[1]));
+          return arith::MulFOp::create(nb, nl,
+                                       arith::SubFOp::create(nb, nl, lse, v[2]),
+                                       weightOf(nb, nl, v))
+              .getResult();
+        }));
+    repl.push_back(tb.reduce(
+        ins, maps, {}, 1, [&](OpBuilder &nb, Location nl, ValueRange v) {
+          Value top = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                            v[2], v[0]);
+          Value first = arith::CmpFOp::create(nb, nl, arith::CmpFPredicate::OEQ,
+                                              v[3], cst(nb, nl, 0.0));
+          Value ok = arith::AndIOp::create(nb, nl, top, first);
+          return arith::SelectOp::create(nb, nl, ok, weightOf(nb, nl, v),
+                                         cst(nb, nl, 0.0))
+              .getResult();
+        }));
+    b.replaceOp(m, repl);
+    return success();
+  }
+};
+
+struct DecomposeRoutingCounts : public OpRewritePattern<RoutingCountsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(RoutingCountsOp rc,
+                                PatternRewriter &b) const override {
+    TensorBuilder tb(b, rc.getLoc());
+    SmallVector<Value> repl;
+    Value d = rc.getDispatch(), mask = rc.getMask();
+    ArrayRef<int64_t> ds = TensorBuilder::shape(d);
+    // counts[e] = sum_{g,s,c} mask[g] D[g,s,e,c]; loops (e, g, s, c).
+    SmallVector<Value> ins{d};
+    SmallVector<AffineMap> maps{tb.dims(4, {1, 2, 0, 3})};
+    if (mask) {
+      ins.push_back(mask);
+      maps.push_back(tb.dims(4, {1}));
+    }
+    repl.push_back(tb.reduce(
+        ins, maps, {ds[2]}, 3, [&](OpBuilder &nb, Location nl, ValueRange v) {
+          return mask ? arith::MulFOp::create(nb, nl, v[0], v[1]).getResult()
+                      : v[0];
+        }));
+    b.replaceOp(rc, repl);
+    return success();
+  }
+};
+
+struct DecomposeSumLosses : public OpRewritePattern<SumLossesOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(SumLossesOp sum,
+                                PatternRewriter &b) const override {
+    TensorBuilder tb(b, sum.getLoc());
+    SmallVector<Value> repl;
+    if (sum.getTerms().empty()) {
+      repl.push_back(tb.zeros({}));
+    } else if (sum.getTerms().size() == 1) {
+      repl.push_back(sum.getTerms()[0]);
+    } else {
+      SmallVector<AffineMap> maps(sum.getTerms().size(), tb.scalarMap(0));
+      repl.push_back(tb.pointwise(sum.getTerms(), {}, maps,
+                                  [](OpBuilder &nb, Location nl, ValueRange v) {
+                                    Value acc = v[0];
+                                    for (Value t : v.drop_front().drop_back())
+                                      acc =
+                                          arith::AddFOp::create(nb, nl, acc, t);
+                                    return acc;
+                                  }));
+    }
+    b.replaceOp(sum, repl);
+    return success();
+  }
+};
+
+struct DecomposeAuxLoss : public OpRewritePattern<AuxLossOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(AuxLossOp aux,
+                                PatternRewriter &b) const override {
+    TensorBuilder tb(b, aux.getLoc());
+    SmallVector<Value> repl;
+    auto [perGroup, unused] = buildAuxLoss(b, aux, aux->getOperands(), false);
+    (void)unused;
+    int64_t g = TensorBuilder::shape(perGroup)[0];
+    double w = aux.getWeight().convertToDouble() / g;
+    repl.push_back(tb.reduce({perGroup}, {tb.identity(1)}, {}, 1,
+                             [&](OpBuilder &nb, Location nl, ValueRange v) {
+                               return arith::MulFOp::create(nb, nl, v[0],
+                                                            cst(nb, nl, w))
+                                   .getResult();
+                             }));
+    b.replaceOp(aux, repl);
+    return success();
+  }
+};
+
+int64_t softmaxCrossEntropyFlops(SoftmaxCrossEntropyOp o) {
+  return 6 * numel(o.getLogits());
+}
+
+/// The loss and metric ops below are counted as free: their work (O(N*K)
+/// or O(G*S*E)) is small next to the model's, and they run once a step.
+template <typename OpT> int64_t uncounted(OpT) { return 0; }
+
+template <typename OpT, FlopsFn<OpT> Flops> void attachCost(MLIRContext *ctx) {
+  OpT::template attachInterface<CostModel<OpT, Flops>>(*ctx);
+}
+
+} // namespace
+
+void moec::populateDecomposeLossPatterns(RewritePatternSet &patterns) {
+  patterns.add<DecomposeSoftmaxCrossEntropy, DecomposeClassificationMetrics,
+               DecomposeRoutingCounts, DecomposeSumLosses, DecomposeAuxLoss>(
+      patterns.getContext());
+}
+
+void moec::kernels::attachLossOpModels(MLIRContext *ctx) {
+  attachCost<SoftmaxCrossEntropyOp, softmaxCrossEntropyFlops>(ctx);
+  attachCost<AuxLossOp, uncounted<AuxLossOp>>(ctx);
+  attachCost<SumLossesOp, uncounted<SumLossesOp>>(ctx);
+  attachCost<ClassificationMetricsOp, uncounted<ClassificationMetricsOp>>(ctx);
+  attachCost<RoutingCountsOp, uncounted<RoutingCountsOp>>(ctx);
+}

@@ -10,8 +10,10 @@
 
 #include "JsonCheck.h"
 #include "ManifestNormalization.h"
+#include "PlanCheck.h"
 #include "moec/Runtime/ArtifactFormat.h"
 #include "moec/Runtime/FileUtil.h"
+#include "moec/Runtime/Limits.h"
 
 #include <algorithm>
 #include <cctype>
@@ -401,14 +403,15 @@ static bool readOptimizer(JsonCheck &check, const json &root, Manifest &m) {
       !check.getString(*value, at, "kind", o.kind, /*nonEmpty=*/true) ||
       !check.getPositiveNumber(*value, at, "lr", o.lr))
     return false;
+  if (Error e = checkLearningRate(o.lr, ErrorCode::Format, "lr"))
+    return check.fail("/optimizer/lr", e.message().substr(4));
   const std::pair<const char *, double *> optional[] = {
       {"weight_decay", &o.weightDecay}, {"beta1", &o.beta1},
       {"beta2", &o.beta2},              {"eps", &o.eps},
       {"momentum", &o.momentum},        {"grad_clip", &o.gradClip}};
   for (auto [key, out] : optional)
     if (value->contains(key) &&
-        !check.getNumber(*value, at, key, 0,
-                         std::numeric_limits<double>::max(), *out))
+        !check.getNumber(*value, at, key, 0, kMaxOptimizerValue, *out))
       return false;
   m.optimizer = o;
   return true;
@@ -424,13 +427,16 @@ static bool readTrain(JsonCheck &check, const json &root, Manifest &m) {
       !check.getInt(*value, at, "batch", 1, t.batch) ||
       !check.getInt(*value, at, "epochs", 1, t.epochs))
     return false;
+  if (t.epochs > kMaxEpochs)
+    return check.fail("/train/epochs",
+                      cat("expected at most ", kMaxEpochs, ", got ", t.epochs));
   if (t.batch != m.batch)
     return check.fail("/train/batch",
                       cat("is ", t.batch, ", but /batch is ", m.batch,
                           " (the artifact's batch is the train batch)"));
   if (value->contains("warmup_epochs") &&
-      !check.getNumber(*value, at, "warmup_epochs", 0,
-                       std::numeric_limits<double>::max(), t.warmupEpochs))
+      !check.getNumber(*value, at, "warmup_epochs", 0, double(kMaxEpochs),
+                       t.warmupEpochs))
     return false;
   if (value->contains("label_smoothing") &&
       !check.getNumber(*value, at, "label_smoothing", 0, 1, t.labelSmoothing))
@@ -765,7 +771,9 @@ static bool readDispatch(JsonCheck &check, const json &value,
     BufferArg arg;
     if (!check.getEnum((*args)[i], argAt, "space", {"arena", "param"},
                        "buffer space", space) ||
-        !check.getUInt((*args)[i], argAt, "offset", arg.offset))
+        !check.getUInt((*args)[i], argAt, "offset", arg.offset) ||
+        ((*args)[i].contains("bytes") &&
+         !check.getUInt((*args)[i], argAt, "bytes", arg.bytes)))
       return false;
     arg.space =
         space == "arena" ? BufferArg::Space::Arena : BufferArg::Space::Param;
@@ -846,34 +854,6 @@ const SectionInfo *Artifact::section(const std::string &name) const {
     if (s.name == name)
       return &s;
   return nullptr;
-}
-
-/// Checks that the kernels section is an x86-64 ELF shared object.
-static Error checkKernelsElf(const uint8_t *data, uint64_t size,
-                             const std::string &path) {
-  if (size < 64 || std::memcmp(data,
-                               "\x7f"
-                               "ELF",
-                               4) != 0)
-    return makeError(ErrorCode::Format, path,
-                     ": the kernels section is not an ELF file");
-  if (data[4] != 2 || data[5] != 1)
-    return makeError(ErrorCode::Format, path,
-                     ": the kernels section is not a 64-bit little-endian "
-                     "ELF file");
-  uint16_t type, machine;
-  std::memcpy(&type, data + 16, 2);
-  std::memcpy(&machine, data + 18, 2);
-  if (type != 3 /*ET_DYN*/)
-    return makeError(ErrorCode::Format, path,
-                     ": the kernels section is not an ELF shared object "
-                     "(e_type ",
-                     type, ")");
-  if (machine != 62 /*EM_X86_64*/)
-    return makeError(ErrorCode::Format, path,
-                     ": the kernels section is ELF code for machine ", machine,
-                     ", not x86-64");
-  return Error::success();
 }
 
 Expected<std::shared_ptr<const Artifact>>
@@ -990,6 +970,9 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
   if (!plan)
     return plan.takeError();
   artifact->plan_ = std::move(*plan);
+  if (Error e =
+          checkPlan(artifact->plan_, artifact->manifest_, cat(path, ": plan")))
+    return e;
 
   if (Error e = checkKernelsElf(artifact->kernelsData(),
                                 artifact->kernelsSize(), path))

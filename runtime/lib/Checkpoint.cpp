@@ -2,11 +2,14 @@
 
 #include "moec/Runtime/Checkpoint.h"
 
+#include "Format.h"
+#include "moec/Runtime/ArtifactFormat.h"
 #include "moec/Runtime/FileUtil.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cinttypes>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -17,8 +20,8 @@ namespace fs = std::filesystem;
 
 namespace moec::rt {
 
-static const char *const kReservedKeys[] = {"format", "step", "epoch",
-                                            "position", "rng_state"};
+static const char *const kReservedKeys[] = {
+    "format", "step", "epoch", "position", "rng_state", "data_checksum"};
 static const char *const kCheckpointPrefix = "ckpt-";
 static const char *const kCheckpointSuffix = ".safetensors";
 
@@ -320,6 +323,11 @@ Error saveCheckpoint(const std::string &path, const TrainState &state,
   }
   std::vector<TensorRef> all = params;
   all.insert(all.end(), optimizer.begin(), optimizer.end());
+  uint64_t checksum = artifact::kFnvOffsetBasis;
+  for (const TensorRef &t : all)
+    checksum = artifact::fnv1a64(t.bytes(), size_t(numElements(t.shape)) * 4,
+                                 checksum);
+  metadata["data_checksum"] = formatPrintf("%016" PRIx64, checksum);
   if (Error e = writeSafeTensors(path, all, metadata))
     return e;
   return syncDirectory(parentDirectory(path));
@@ -365,6 +373,21 @@ Expected<Checkpoint> loadCheckpoint(const std::string &path) {
   if (!words)
     return fail("bad metadata 'rng_state': ", words.error().message());
   ckpt.state.rngState = std::move(*words);
+  // The data checksum; checkpoints written before it have none.
+  auto sum = meta.find("data_checksum");
+  if (sum != meta.end()) {
+    uint64_t checksum = artifact::kFnvOffsetBasis;
+    for (const Tensor &t : file->tensors)
+      checksum =
+          t.dtype == DType::F32
+              ? artifact::fnv1a64(t.data.data(), t.data.size() * 4, checksum)
+              : artifact::fnv1a64(t.ints.data(), t.ints.size() * 4, checksum);
+    if (sum->second != formatPrintf("%016" PRIx64, checksum))
+      return fail("data checksum mismatch (metadata 'data_checksum' is '",
+                  sum->second, "', the data's is ",
+                  formatPrintf("%016" PRIx64, checksum),
+                  "): the checkpoint is corrupted");
+  }
   for (auto &entry : meta) {
     const std::string &key = entry.first;
     if (std::find_if(std::begin(kReservedKeys), std::end(kReservedKeys),

@@ -157,11 +157,16 @@ bool JsonCheck::getNumber(const json &obj, const std::string &pointer,
     return false;
   if (!value->is_number() || !std::isfinite(value->get<double>()) ||
       value->get<double>() < min || value->get<double>() > max) {
-    std::string range =
-        max == std::numeric_limits<double>::max()
-            ? (min == 0 ? std::string("a non-negative number")
-                        : cat("a number >= ", min))
-            : cat("a number in [", min, ", ", max, "]");
+    // A max of 1e6 or more is a safety cap, named only when exceeded.
+    const bool capped = max >= 1e6;
+    if (capped && value->is_number() && std::isfinite(value->get<double>()) &&
+        value->get<double>() > max)
+      return fail(jsonPointer(pointer, key),
+                  cat("expected at most ", max, ", got ", value->dump()));
+    std::string range = capped
+                            ? (min == 0 ? std::string("a non-negative number")
+                                        : cat("a number >= ", min))
+                            : cat("a number in [", min, ", ", max, "]");
     return fail(jsonPointer(pointer, key),
                 cat("expected ", range, ", got ", value->dump()));
   }

@@ -80,7 +80,8 @@ public:
   /// A finite number > 0.
   bool getPositiveNumber(const json &obj, const std::string &pointer,
                          const char *key, double &out);
-  /// A finite number >= `min` (and <= `max`).
+  /// A finite number >= `min` (and <= `max`; a `max` of 1e6 or more is a
+  /// safety cap, named in the message only when the value exceeds it).
   bool getNumber(const json &obj, const std::string &pointer, const char *key,
                  double min, double max, double &out);
   /// true or false.

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <set>
 
 namespace moec::rt {
 
@@ -44,6 +46,28 @@ static size_t dtypeSize(const std::string &dtype) {
   return 0;
 }
 
+/// The first key repeated within one JSON object of [begin, end) (which
+/// parses), as "KEY"; nullopt when every object's keys are distinct.
+static std::optional<std::string> duplicateKey(const char *begin,
+                                               const char *end) {
+  std::vector<std::set<std::string>> open;
+  std::optional<std::string> found;
+  auto callback = [&](int, ordered_json::parse_event_t event,
+                      ordered_json &parsed) {
+    using Event = ordered_json::parse_event_t;
+    if (event == Event::object_start)
+      open.emplace_back();
+    else if (event == Event::object_end && !open.empty())
+      open.pop_back();
+    else if (event == Event::key && !open.empty() && !found &&
+             !open.back().insert(parsed.get<std::string>()).second)
+      found = parsed.get<std::string>();
+    return true;
+  };
+  (void)ordered_json::parse(begin, end, callback, /*allow_exceptions=*/false);
+  return found;
+}
+
 Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
                                        const std::string &path,
                                        TensorTypes types) {
@@ -55,6 +79,9 @@ Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
                 " bytes, less than the 8-byte header length)");
   uint64_t headerSize;
   std::memcpy(&headerSize, data, 8);
+  if (headerSize > kMaxSafeTensorsHeader)
+    return fail("header length ", headerSize, " exceeds the limit of ",
+                kMaxSafeTensorsHeader, " bytes");
   if (headerSize > size - 8)
     return fail("truncated (header length ", headerSize, " exceeds the file's ",
                 size - 8, " bytes after it)");
@@ -65,6 +92,9 @@ Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
     return e;
   if (!header.is_object())
     return fail("the header is not a JSON object");
+  if (std::optional<std::string> key =
+          duplicateKey(headerBegin, headerBegin + headerSize))
+    return fail("the header names '", *key, "' twice");
 
   const uint8_t *buffer = data + 8 + headerSize;
   const uint64_t bufferSize = size - 8 - headerSize;
@@ -145,11 +175,25 @@ Expected<SafeTensors> parseSafeTensors(const uint8_t *data, size_t size,
   std::sort(ranges.begin(), ranges.end(), [](const Range &a, const Range &b) {
     return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
   });
-  for (size_t i = 1; i < ranges.size(); ++i)
+  // The tensors tile the data buffer: no overlap, no gap, nothing after.
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    const std::string &before = result.tensors[ranges[i - 1].tensor].name;
+    const std::string &after = result.tensors[ranges[i].tensor].name;
     if (ranges[i - 1].end > ranges[i].begin)
-      return fail("tensors '", result.tensors[ranges[i - 1].tensor].name,
-                  "' and '", result.tensors[ranges[i].tensor].name,
+      return fail("tensors '", before, "' and '", after,
                   "' overlap in the data buffer");
+    if (ranges[i - 1].end < ranges[i].begin)
+      return fail("a gap of ", ranges[i].begin - ranges[i - 1].end,
+                  " bytes between tensors '", before, "' and '", after,
+                  "' in the data buffer");
+  }
+  if (!ranges.empty() && ranges.front().begin != 0)
+    return fail("a gap of ", ranges.front().begin,
+                " bytes before the first tensor, '",
+                result.tensors[ranges.front().tensor].name, "'");
+  const uint64_t used = ranges.empty() ? 0 : ranges.back().end;
+  if (used != bufferSize)
+    return fail(bufferSize - used, " bytes after the last tensor's data");
   std::vector<Tensor> ordered;
   ordered.reserve(ranges.size());
   for (const Range &r : ranges)

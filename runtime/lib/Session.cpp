@@ -157,6 +157,16 @@ std::vector<Tensor> Session::state() const {
   return downloadBlock(manifest().state);
 }
 
+std::vector<TensorRef> Session::blockViews() const {
+  std::vector<TensorRef> views;
+  for (const auto *specs : {&manifest().params, &manifest().state})
+    for (const ParamSpec &p : *specs)
+      views.push_back({p.name, p.shape,
+                       reinterpret_cast<const float *>(
+                           static_cast<const char *>(params_) + p.offset)});
+  return views;
+}
+
 void Session::resetState() {
   std::vector<float> zeros;
   for (const ParamSpec &p : manifest().state) {

@@ -10,6 +10,7 @@
 
 #include "Format.h"
 #include "moec/Runtime/Finite.h"
+#include "moec/Runtime/Limits.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -87,6 +88,13 @@ Expected<TrainSettings> checkpointSettings(const Checkpoint &ckpt,
     return makeError(ErrorCode::Weights, ckpt.path,
                      ": not a moec-run train checkpoint (metadata 'lr' is '",
                      meta["lr"], "')");
+  if (Error e = checkLearningRate(lr, ErrorCode::Weights,
+                                  cat(ckpt.path, ": metadata 'lr'")))
+    return e;
+  if (Error e = checkEpochs(int64_t(std::min<uint64_t>(epochs, INT64_MAX)),
+                            ErrorCode::Weights,
+                            cat(ckpt.path, ": metadata 'epochs'")))
+    return e;
   TrainSettings settings;
   settings.seed = seed;
   settings.epochs = int64_t(epochs);
@@ -119,12 +127,14 @@ Error TrainerOptions::check() const {
   if (useSessionWeights && (resumeDir || weights))
     return bad("the session's weights start a new run; they cannot be "
                "combined with --weights or --resume");
-  if (epochs && *epochs < 1)
-    return bad("--epochs: expected at least 1, got ", *epochs);
+  if (epochs)
+    if (Error e = checkEpochs(*epochs, ErrorCode::Argument, "--epochs"))
+      return e;
   if (batch && *batch < 1)
     return bad("--batch: expected at least 1, got ", *batch);
-  if (lr && !(std::isfinite(*lr) && *lr > 0))
-    return bad("--lr: expected a positive number, got ", *lr);
+  if (lr)
+    if (Error e = checkLearningRate(*lr, ErrorCode::Argument, "--lr"))
+      return e;
   if (keepCheckpoints < 0)
     return bad("--keep-checkpoints: expected at least 0, got ",
                keepCheckpoints);
@@ -460,6 +470,9 @@ Error Trainer::setUpTensors() {
   for (const EntryTensor &t : session_.outputs(kEntryTrainStep))
     if (t.spec->role == kRoleGradient)
       finiteChecked_.push_back({t.spec->name, t.spec->shape, t.f32()});
+  // The updated parameters and optimizer state, before any is written.
+  for (TensorRef &view : session_.blockViews())
+    finiteChecked_.push_back(std::move(view));
   return Error::success();
 }
 

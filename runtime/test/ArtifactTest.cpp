@@ -296,6 +296,78 @@ TEST(Artifact, PlanSchemaErrors) {
             p + "/entries/infer/0/tiles: required field is missing");
 }
 
+// A plan whose checksum matches is still checked whole before anything
+// runs: argument counts, extents and tile counts.
+TEST(Artifact, PlanValidation) {
+  const std::string p = "model.moec: plan: ";
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][0]["args"] = json::array();
+            }),
+            p + "/entries/infer/0/args: expected 1 to 1024 arguments, got 0");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][2]["kernel"] = "moec_k1";
+            }),
+            p + "/entries/infer/2/args: 4 arguments, but kernel 'moec_k1' "
+                "takes 2 (at /entries/infer/1)");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][0]["tiles"] = int64_t(1) << 62;
+            }),
+            p + "/entries/infer/0/tiles: 4611686018427387904 tiles, more "
+                "than the limit of 1048576");
+  EXPECT_EQ(planError([](json &j) { j["entries"]["infer"][1]["tiles"] = 5; }),
+            p + "/entries/infer/1/tiles: 5 tiles, but an images dispatch "
+                "runs over at most the batch (4)");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][2]["args"][1]["offset"] = 4;
+            }),
+            p + "/entries/infer/2/args/1/offset: 4 is not the start of a "
+                "parameter or state tensor");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][0]["args"][0]["bytes"] = 128;
+            }),
+            p + "/entries/infer/0/args/0: bytes [64, 192) extend past the "
+                "end of the parameter block (128 bytes)");
+  EXPECT_EQ(planError([](json &j) {
+              j["entries"]["infer"][2]["args"][3] = {
+                  {"space", "arena"}, {"offset", 444}, {"bytes", 48}};
+            }),
+            p + "/entries/infer/2/args/3: bytes [444, 492) extend past the "
+                "end of the arena (448 bytes)");
+  // Extents inside the blocks load.
+  json plan = tinyPlan();
+  plan["entries"]["infer"][2]["args"][3]["bytes"] = 48;
+  plan["entries"]["infer"][2]["args"][1]["bytes"] = 12;
+  EXPECT_TRUE(Artifact::fromBytes(tinyArtifact(tinyManifest(), plan), "m"));
+}
+
+// A kernels section whose ELF headers point past its end is refused before
+// dlopen maps it (which would raise SIGBUS).
+TEST(Artifact, TruncatedKernels) {
+  std::string library = kernelLibrary();
+  ASSERT_GT(library.size(), 4096u);
+  ArtifactBuilder cut;
+  cut.add("manifest", tinyManifest().dump());
+  cut.add("plan", tinyPlan().dump());
+  cut.add("kernels", library.substr(0, 4096));
+  Error e = loadError(cut.build());
+  EXPECT_EQ(e.code(), ErrorCode::Format);
+  EXPECT_TRUE(
+      e.message().find("model.moec: the kernels section (4096 bytes) is "
+                       "truncated: ") == 0)
+      << e.message();
+
+  // Program headers past the end.
+  std::string moved = library;
+  uint64_t phoff = library.size();
+  std::memcpy(moved.data() + 32, &phoff, 8);
+  ArtifactBuilder bad;
+  bad.add("manifest", tinyManifest().dump());
+  bad.add("plan", tinyPlan().dump());
+  bad.add("kernels", moved);
+  EXPECT_NE(loadError(bad.build()).message().find("program headers at offset "),
+            std::string::npos);
+}
+
 } // namespace
 
 // The manifest's target_cpu features are checked against this CPU before
@@ -483,6 +555,17 @@ TEST(Artifact, OptimizerAndTrainSchemaErrors) {
             m + "/optimizer/lr: required field is missing");
   EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["lr"] = 0; }),
             m + "/optimizer/lr: expected a positive number, got 0");
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["lr"] = 1e39; }),
+            m + "/optimizer/lr: expected a positive number representable in "
+                "f32 (at most 3.4028235e+38, at least 1.4e-45), got 1e+39");
+  EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["eps"] = 1e300; }),
+            m + "/optimizer/eps: expected at most 3.40282e+38, got 1e+300");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["train"]["epochs"] = 1ll << 62; }),
+      m + "/train/epochs: expected at most 1000000, got 4611686018427387904");
+  EXPECT_EQ(
+      trainManifestError([](json &j) { j["train"]["warmup_epochs"] = 1e300; }),
+      m + "/train/warmup_epochs: expected at most 1e+06, got 1e+300");
   EXPECT_EQ(trainManifestError([](json &j) { j["optimizer"]["kind"] = ""; }),
             m + "/optimizer/kind: expected a non-empty string");
   EXPECT_EQ(

@@ -131,6 +131,7 @@ TEST(Checkpoint, RoundTrip) {
             "0000000000000001,deadbeefcafef00d,ffffffffffffffff,"
             "0000000000000000");
   EXPECT_EQ(raw->metadata.at("model"), "tiny");
+  EXPECT_EQ(raw->metadata.at("data_checksum").size(), 16u);
 
   Expected<Checkpoint> ckpt = loadCheckpoint(path);
   ASSERT_TRUE(ckpt) << ckpt.error().message();
@@ -293,6 +294,24 @@ TEST(Checkpoint, LoadErrorsNameTheFileAndField) {
   EXPECT_EQ(loadError(orphan),
             orphan + ": optimizer tensor 'optimizer.m.ghost' has no "
                      "parameter 'ghost' in the file");
+
+  // A flipped bit in the data: the data checksum catches it, on load and
+  // when the checkpoint is read as weights.
+  std::string summed = dir / "summed.safetensors";
+  ASSERT_FALSE(saveCheckpoint(summed, sampleState(3), model.params(),
+                              model.optimizer()));
+  std::vector<uint8_t> flipped = readBytes(summed);
+  flipped[flipped.size() - 5] ^= 0x04;
+  std::string corrupt = dir / "corrupt.safetensors";
+  writeBytes(corrupt, flipped);
+  EXPECT_TRUE(contains(loadError(corrupt),
+                       corrupt + ": data checksum mismatch (metadata "
+                                 "'data_checksum' is '"))
+      << loadError(corrupt);
+  Expected<SafeTensors> asWeights = readWeights(corrupt);
+  ASSERT_FALSE(asWeights);
+  EXPECT_TRUE(contains(asWeights.error().message(), "data checksum mismatch"));
+  EXPECT_TRUE(loadCheckpoint(summed));
 
   // A truncated checkpoint.
   std::string good = dir / "good.safetensors";

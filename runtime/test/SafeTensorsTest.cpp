@@ -208,6 +208,37 @@ TEST(SafeTensors, Errors) {
       0u);
 }
 
+// As strict as the format: one entry per name, tensors that tile the data
+// buffer, and a bounded header.
+TEST(SafeTensors, StrictLayout) {
+  EXPECT_EQ(parseError("{" + entry("a", "F32", "[2]", "[0, 8]") + ", " +
+                       entry("a", "F32", "[2]", "[8, 16]") + "}"),
+            "w.safetensors: the header names 'a' twice");
+  EXPECT_EQ(parseError(R"({"a": {"dtype": "F32", "dtype": "F32", "shape": [4],)"
+                       R"( "data_offsets": [0, 16]}})"),
+            "w.safetensors: the header names 'dtype' twice");
+  EXPECT_EQ(parseError("{" + entry("a", "F32", "[1]", "[0, 4]") + ", " +
+                       entry("b", "F32", "[2]", "[8, 16]") + "}"),
+            "w.safetensors: a gap of 4 bytes between tensors 'a' and 'b' in "
+            "the data buffer");
+  EXPECT_EQ(parseError("{" + entry("a", "F32", "[3]", "[4, 16]") + "}"),
+            "w.safetensors: a gap of 4 bytes before the first tensor, 'a'");
+  EXPECT_EQ(parseError("{" + entry("a", "F32", "[3]", "[0, 12]") + "}"),
+            "w.safetensors: 4 bytes after the last tensor's data");
+  EXPECT_EQ(parseError("{}"),
+            "w.safetensors: 16 bytes after the last tensor's data");
+
+  std::vector<uint8_t> bytes = rawSafeTensors("{}", {});
+  uint64_t huge = kMaxSafeTensorsHeader + 1;
+  std::memcpy(bytes.data(), &huge, 8);
+  Expected<SafeTensors> r =
+      parseSafeTensors(bytes.data(), bytes.size(), "w.safetensors");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message(),
+            "w.safetensors: header length 100000001 exceeds the limit of "
+            "100000000 bytes");
+}
+
 TEST(SafeTensors, ContainerErrors) {
   uint8_t small[4] = {1, 2, 3, 4};
   Expected<SafeTensors> r = parseSafeTensors(small, 4, "w.safetensors");

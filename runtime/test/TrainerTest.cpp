@@ -465,6 +465,28 @@ TEST_F(TrainerTest, NonFiniteGradient) {
   EXPECT_FALSE(fs::exists(dir / "ckpt/latest"));
 }
 
+// A learning rate that f32 holds but the update overflows: the loss and
+// gradients are finite, the updated parameters are not. The step stops
+// before anything is written.
+TEST_F(TrainerTest, NonFiniteParameters) {
+  TrainerOptions o = options();
+  o.lr = 3.4e38;
+  o.checkpointDir = dir / "ckpt";
+  std::unique_ptr<Session> session = newSession();
+  std::unique_ptr<Trainer> trainer = create(*session, o);
+  ASSERT_TRUE(trainer);
+  Expected<StepResult> step = trainer->step();
+  ASSERT_FALSE(step);
+  EXPECT_EQ(step.error().code(), ErrorCode::Data);
+  EXPECT_TRUE(contains(step.error().message(), "step 0: non-finite value "))
+      << step.error().message();
+  EXPECT_FALSE(contains(step.error().message(), "grad."))
+      << step.error().message();
+  EXPECT_EQ(trainer->lastFailure(), TrainFailure::NonFinite);
+  EXPECT_EQ(trainer->stepsDone(), 0);
+  EXPECT_FALSE(fs::exists(dir / "ckpt/latest"));
+}
+
 TEST_F(TrainerTest, CreateErrors) {
   std::string tiny = dir / "tiny.moec";
   writeBytes(tiny, tinyArtifact());
@@ -513,7 +535,18 @@ TEST_F(TrainerTest, CreateErrors) {
   o = options();
   o.lr = -1;
   EXPECT_EQ(createError(o, TrainFailure::Options),
-            "--lr: expected a positive number, got -1");
+            "--lr: expected a positive number representable in f32 (at most "
+            "3.4028235e+38, at least 1.4e-45), got -1");
+  // A learning rate that overflows f32 would train with lr = inf.
+  o = options();
+  o.lr = 1e39;
+  EXPECT_EQ(createError(o, TrainFailure::Options),
+            "--lr: expected a positive number representable in f32 (at most "
+            "3.4028235e+38, at least 1.4e-45), got 1e+39");
+  o = options();
+  o.epochs = int64_t(1) << 62;
+  EXPECT_EQ(createError(o, TrainFailure::Options),
+            "--epochs: expected 1 to 1000000 epochs, got 4611686018427387904");
   o = options();
   o.logEvery = 0;
   EXPECT_EQ(createError(o, TrainFailure::Options),
@@ -557,6 +590,33 @@ TEST_F(TrainerTest, CreateErrors) {
   EXPECT_EQ(createError(o, TrainFailure::Options),
             "--epochs 3 differs from the run being resumed (2); a resumed run "
             "keeps the settings it started with");
+
+  // A checkpoint whose settings are out of range does not resume.
+  const std::string latest = ckpt + "/ckpt-1.safetensors";
+  Expected<SafeTensors> file = readSafeTensors(latest);
+  ASSERT_TRUE(file);
+  std::vector<TensorRef> refs;
+  for (const Tensor &t : file->tensors)
+    refs.push_back({t.name, t.shape, t.data.data()});
+  auto resumeWith = [&](const char *key, const char *value) {
+    std::map<std::string, std::string> meta = file->metadata;
+    meta[key] = value;
+    EXPECT_FALSE(writeSafeTensors(latest, refs, meta));
+    TrainerOptions r = options();
+    r.resumeDir = ckpt;
+    return createError(r, TrainFailure::Input, ErrorCode::Weights);
+  };
+  EXPECT_EQ(resumeWith("lr", "nan"),
+            latest + ": metadata 'lr': expected a positive number "
+                     "representable in f32 (at most 3.4028235e+38, at least "
+                     "1.4e-45), got nan");
+  EXPECT_EQ(resumeWith("lr", "1e39"),
+            latest + ": metadata 'lr': expected a positive number "
+                     "representable in f32 (at most 3.4028235e+38, at least "
+                     "1.4e-45), got 1e+39");
+  EXPECT_EQ(resumeWith("epochs", "4611686018427387904"),
+            latest + ": metadata 'epochs': expected 1 to 1000000 epochs, got "
+                     "4611686018427387904");
 }
 
 TEST_F(TrainerTest, LoadCheckpointErrorsChangeNothing) {

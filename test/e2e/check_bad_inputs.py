@@ -32,6 +32,45 @@ def expect(name, cmd, code, *needles):
     print(f"{name}: exit {proc.returncode}: {out.strip().splitlines()[0] if out.strip() else ''}")
 
 
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def sections(data):
+    """The artifact's sections as {name: bytes}, in file order."""
+    count, table = struct.unpack_from("<QQ", data, 24)
+    out = {}
+    for i in range(count):
+        name, off, size = struct.unpack_from("<16sQQ", data, table + 48 * i)
+        out[name.rstrip(b"\0").decode()] = data[off:off + size]
+    return out
+
+
+def rebuild(data, replaced):
+    """The artifact with some sections replaced, laid out and checksummed as
+    a valid file (docs/artifact.md), as an attacker who recomputes the
+    checksum would write it."""
+    parts = sections(data)
+    parts.update(replaced)
+    out = bytearray(data[:64])
+    entries = []
+    for name, payload in parts.items():
+        out += b"\0" * (-len(out) % 64)
+        entries.append(struct.pack("<16sQQ16x", name.encode(), len(out),
+                                   len(payload)))
+        out += payload
+    out += b"\0" * (-len(out) % 64)
+    table = len(out)
+    for entry in entries:
+        out += entry
+    struct.pack_into("<QQQ", out, 16, len(out), len(entries), table)
+    struct.pack_into("<Q", out, 40, fnv1a64(bytes(out[64:])))
+    return bytes(out)
+
+
 def main():
     bindir, spec, work = sys.argv[1:4]
     os.makedirs(work, exist_ok=True)
@@ -78,6 +117,43 @@ def main():
     struct.pack_into("<I", later, 12, 7)
     expect("later minor version", [run_, "inspect", variant("v1.7.moec", bytes(later))],
            0, "version:      1.7")
+    # A tampered plan or kernels section with the checksum recomputed: the
+    # loader checks the whole plan and the kernels' ELF headers.
+    plan = json.loads(sections(data)["plan"])
+
+    def tampered(name, mutate):
+        p = json.loads(json.dumps(plan))
+        mutate(p["entries"]["infer"])
+        return variant(name, rebuild(data, {"plan": json.dumps(p).encode()}))
+
+    expect("tampered: no arguments",
+           [run_, "inspect", tampered("noargs.moec",
+                                      lambda d: d[0].update(args=[]))],
+           2, "noargs.moec", "/entries/infer/0/args: expected 1 to 1024 "
+           "arguments, got 0")
+    expect("tampered: 2^62 tiles",
+           [run_, "inspect",
+            tampered("tiles.moec",
+                     lambda d: d[0].update(parallel="fixed", tiles=2**62))],
+           2, "tiles.moec", "4611686018427387904 tiles, more than the limit")
+    param_bytes = json.loads(sections(data)["manifest"])["param_bytes"]
+
+    def past_the_end(d):
+        d[0]["args"][1] = {"space": "param", "offset": param_bytes - 4,
+                           "bytes": 64}
+
+    expect("tampered: argument past the end",
+           [run_, "inspect", tampered("extent.moec", past_the_end)],
+           2, "extent.moec", "/entries/infer/0/args/1")
+    cut = variant("cut-kernels.moec",
+                  rebuild(data, {"kernels": sections(data)["kernels"][:4096]}))
+    expect("tampered: kernels cut to 4 KB", [run_, "infer", cut, "--weights",
+                                             weights, "--limit", "4"],
+           2, "cut-kernels.moec", "the kernels section (4096 bytes) is "
+           "truncated")
+    expect("untampered rebuild", [run_, "inspect",
+                                  variant("same.moec", rebuild(data, {}))], 0)
+
     expect("not an artifact", [run_, "inspect", spec], 2, os.path.basename(spec))
     expect("missing artifact", [run_, "inspect", os.path.join(work, "none.moec")],
            2, "none.moec")
@@ -88,14 +164,24 @@ def main():
     header = json.loads(raw[8:8 + n])
     body = raw[8 + n:]
 
-    def rewrite(name, mutate):
+    def rewrite(name, mutate, data=body):
         h = json.loads(json.dumps(header))
         mutate(h)
         text = json.dumps(h).encode()
         text += b" " * (-len(text) % 8)
-        return variant(name, struct.pack("<Q", len(text)) + text + body)
+        return variant(name, struct.pack("<Q", len(text)) + text + data)
 
-    missing = rewrite("missing.safetensors", lambda h: h.pop("head.bias"))
+    def drop(h, tensor):
+        # Remove the tensor and its bytes, so the rest still tiles the data.
+        begin, end = h.pop(tensor)["data_offsets"]
+        for key, value in h.items():
+            if key != "__metadata__" and value["data_offsets"][0] >= end:
+                value["data_offsets"] = [o - (end - begin)
+                                         for o in value["data_offsets"]]
+
+    begin, end = header["head.bias"]["data_offsets"]
+    missing = rewrite("missing.safetensors", lambda h: drop(h, "head.bias"),
+                      body[:begin] + body[end:])
     expect("missing tensor", [run_, "run", model, "--weights", missing,
                               "--input", os.path.join(work, "x.f32"),
                               "--output", os.path.join(work, "y.f32")],
@@ -111,6 +197,20 @@ def main():
     expect("truncated weights", [run_, "infer", model, "--weights",
                                  variant("short.safetensors", raw[:-100]),
                                  "--limit", "4"], 2, "short.safetensors")
+    expect("trailing bytes", [run_, "infer", model, "--weights",
+                              variant("long.safetensors", raw + b"\0" * 8),
+                              "--limit", "4"],
+           2, "long.safetensors", "8 bytes after the last tensor's data")
+    text = raw[8:8 + n].decode().rstrip()
+    first = next(k for k in header if k != "__metadata__")
+    dup = (text[:-1] + ", " + json.dumps(first) + ": " +
+           json.dumps(header[first]) + "}").encode()
+    dup += b" " * (-len(dup) % 8)
+    expect("duplicate tensor", [run_, "infer", model, "--weights",
+                                variant("dup.safetensors",
+                                        struct.pack("<Q", len(dup)) + dup + body),
+                                "--limit", "4"],
+           2, "dup.safetensors", f"the header names '{first}' twice")
 
     # Data.
     empty_dir = os.path.join(work, "no-data")

@@ -148,7 +148,14 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
           return call.emitOpError() << "operand #" << i << " of a call to '"
                                     << call.getCallee() << "' in '" << entry
                                     << "' is not a planned buffer";
-        args.push_back(it->second);
+        json arg = it->second;
+        // The tensor's extent, so that the runtime checks that the whole
+        // tensor lies inside its space, not only its offset.
+        if (auto t = dyn_cast<RankedTensorType>(call.getOperand(i).getType());
+            t && t.hasStaticShape())
+          arg["bytes"] = t.getNumElements() *
+                         ((t.getElementTypeBitWidth() + 7) / 8);
+        args.push_back(std::move(arg));
       }
       auto parallelism = [](Operation *op) -> std::string {
         auto a = moec::moe::MoEDialect::ParallelAttrHelper(op->getContext())

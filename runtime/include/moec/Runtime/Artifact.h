@@ -146,6 +146,9 @@ struct BufferArg {
   enum class Space { Arena, Param };
   Space space = Space::Arena;
   uint64_t offset = 0;
+  /// The bytes the kernel may touch from `offset` (the plan's optional
+  /// "bytes"); 0 when the plan does not say.
+  uint64_t bytes = 0;
 };
 
 /// One kernel call of an entry point.

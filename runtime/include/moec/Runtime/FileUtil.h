@@ -29,6 +29,10 @@ Expected<std::vector<uint8_t>> readFile(const std::string &path);
 /// A file written to a temporary name in the target's directory and renamed
 /// over the target by commit(), so a failed write leaves the old file (or no
 /// file) behind. Destroying an uncommitted AtomicFile removes the temporary.
+/// A target that is a symbolic link is resolved first: its final target is
+/// replaced (or created) atomically and the link stays.
+/// A character or block device or a FIFO is written through, never replaced;
+/// a directory or other special file is an Io error.
 class AtomicFile {
 public:
   static Expected<AtomicFile> create(const std::string &path);

@@ -81,10 +81,15 @@ struct SafeTensors {
   const Tensor *find(const std::string &name) const;
 };
 
-/// Reads `path`. Errors (code Weights, or Io) name the file and the tensor:
-/// "w.safetensors: tensor 'x' has dtype F16; only F32 is supported".
-/// With TensorTypes::F32AndI32, I32 tensors are read too ("... only F32
-/// and I32 are supported").
+/// The largest JSON header a reader accepts (100 MB).
+inline constexpr uint64_t kMaxSafeTensorsHeader = 100'000'000;
+
+/// Reads `path`, strictly: a header of at most kMaxSafeTensorsHeader bytes
+/// with no key twice in one object, and tensors that tile the data buffer
+/// exactly (no overlap, no gap, no bytes after the last). Errors (code Weights,
+/// or Io) name the file and the tensor: "w.safetensors: tensor 'x' has dtype
+/// F16; only F32 is supported". With TensorTypes::F32AndI32, I32 tensors are
+/// read too ("... only F32 and I32 are supported").
 Expected<SafeTensors>
 readSafeTensors(const std::string &path,
                 TensorTypes types = TensorTypes::F32Only);

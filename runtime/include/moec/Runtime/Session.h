@@ -86,6 +86,10 @@ public:
   /// The current state tensors (manifest "state", the optimizer slots), in
   /// manifest order. Sessions start with them zeroed.
   std::vector<Tensor> state() const;
+  /// The parameters, then the state tensors, as views into the parameter
+  /// block (host memory on the cpu device), in manifest order; valid while
+  /// the session lives. The trainer checks them for NaN and infinities.
+  std::vector<TensorRef> blockViews() const;
   /// Zeroes the state tensors.
   void resetState();
   /// Copies `state` into the state tensors: every manifest state tensor

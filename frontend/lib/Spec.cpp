@@ -17,11 +17,14 @@
 #include <cassert>
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string_view>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace moec::spec;
 using namespace moec::spec::detail;
@@ -162,7 +165,7 @@ bool SpecParser::run(Json &root, Spec &spec) {
   if (const Json *data = member(root, "data"))
     if (!parseData(*data, spec.data))
       return false;
-  if (!finishData(spec.data, spec.model))
+  if (!finishData(spec.data, spec.model) || !checkTotals(spec))
     return false;
 
   spec.positions = std::move(values);
@@ -185,17 +188,20 @@ bool SpecParser::parseModel(const Json &model, ModelSpec &out) {
   if (!expectObject(input, inputPtr) ||
       !checkKeys(input, inputPtr, {"channels", "height", "width"}) ||
       !requireKeys(input, inputPtr, {"channels", "height", "width"}) ||
-      !optInt(input, inputPtr, "channels", 1, out.input.channels) ||
-      !optInt(input, inputPtr, "height", 1, out.input.height) ||
-      !optInt(input, inputPtr, "width", 1, out.input.width))
+      !optInt(input, inputPtr, "channels", 1, out.input.channels,
+              limits::kMaxChannels) ||
+      !optInt(input, inputPtr, "height", 1, out.input.height,
+              limits::kMaxImageSide) ||
+      !optInt(input, inputPtr, "width", 1, out.input.width,
+              limits::kMaxImageSide))
     return false;
 
   if (!optInt(model, ptr, "patch_size", 1, out.patchSize) ||
-      !optInt(model, ptr, "width", 1, out.width) ||
-      !optInt(model, ptr, "depth", 1, out.depth) ||
+      !optInt(model, ptr, "width", 1, out.width, limits::kMaxWidth) ||
+      !optInt(model, ptr, "depth", 1, out.depth, limits::kMaxDepth) ||
       !optInt(model, ptr, "heads", 1, out.heads) ||
       !optNumber(model, ptr, "mlp_ratio", above(0), out.mlpRatio) ||
-      !optInt(model, ptr, "classes", 2, out.classes) ||
+      !optInt(model, ptr, "classes", 2, out.classes, limits::kMaxClasses) ||
       !optEnum(model, ptr, "pooling", "pooling", kPoolings, out.pooling) ||
       !optEnum(model, ptr, "activation", "activation", kActivations,
                out.activation) ||
@@ -220,10 +226,10 @@ bool SpecParser::parseModel(const Json &model, ModelSpec &out) {
   if (hidden < 1)
     return fail("/model/mlp_ratio",
                 "round(mlp_ratio * width) must be >= 1, " + found);
-  // 2^62: far beyond any real model, and safely convertible.
-  if (hidden > 4611686018427387904.0)
-    return fail("/model/mlp_ratio",
-                "round(mlp_ratio * width) must be <= 2^62, " + found);
+  if (hidden > static_cast<double>(limits::kMaxHidden))
+    return fail("/model/mlp_ratio", "round(mlp_ratio * width) must be <= " +
+                                        std::to_string(limits::kMaxHidden) +
+                                        ", " + found);
   out.mlpHidden = std::llround(out.mlpRatio * static_cast<double>(out.width));
   return true;
 }
@@ -241,12 +247,12 @@ bool SpecParser::parseTrain(const Json &train, TrainSpec &out) {
   if (const Json *schedule = member(train, "schedule"))
     if (!parseSchedule(*schedule, out.schedule))
       return false;
-  if (!optInt(train, ptr, "batch", 1, out.batch) ||
-      !optInt(train, ptr, "epochs", 1, out.epochs) ||
+  if (!optInt(train, ptr, "batch", 1, out.batch, limits::kMaxBatch) ||
+      !optInt(train, ptr, "epochs", 1, out.epochs, limits::kMaxEpochs) ||
       !optNumber(train, ptr, "label_smoothing", kFraction, out.labelSmoothing))
     return false;
   if (const Json *seed = member(train, "seed"))
-    if (!readUInt(*seed, ptr + "/seed", out.seed))
+    if (!readUInt(*seed, ptr + "/seed", out.seed, limits::kMaxSeed))
       return false;
   if (out.schedule.warmupEpochs >= static_cast<double>(out.epochs))
     return fail("/train/schedule/warmup_epochs",
@@ -266,6 +272,11 @@ bool SpecParser::parseOptimizer(const Json &optimizer, OptimizerSpec &out) {
       !optNumber(optimizer, ptr, "lr", above(0), out.lr) ||
       !optNumber(optimizer, ptr, "weight_decay", atLeast(0), out.weightDecay))
     return false;
+  if (out.lr < limits::kMinLearningRate)
+    return fail(ptr + "/lr",
+                "must be >= " + formatNumber(limits::kMinLearningRate) +
+                    " (the smallest positive f32), got " +
+                    formatNumber(out.lr));
   const char *kindName = toString(out.kind);
   bool adamw = out.kind == OptimizerKind::AdamW;
 
@@ -318,7 +329,8 @@ bool SpecParser::parseData(const Json &data, DataSpec &out) {
     const std::string augmentPtr = ptr + "/augment";
     if (!expectObject(*augment, augmentPtr) ||
         !checkKeys(*augment, augmentPtr, {"crop_padding", "horizontal_flip"}) ||
-        !optInt(*augment, augmentPtr, "crop_padding", 0, out.cropPadding) ||
+        !optInt(*augment, augmentPtr, "crop_padding", 0, out.cropPadding,
+                limits::kMaxCropPadding) ||
         !optBool(*augment, augmentPtr, "horizontal_flip", out.horizontalFlip))
       return false;
   }
@@ -520,23 +532,46 @@ ParseResult moec::spec::parseSpec(const std::string &text,
 }
 
 ParseResult moec::spec::parseSpecFile(const std::string &path) {
-  std::string text;
-  std::FILE *file = std::fopen(path.c_str(), "rb");
-  int savedErrno = errno;
-  if (file) {
-    char buf[1 << 16];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), file)) > 0)
-      text.append(buf, n);
-    savedErrno = std::ferror(file) ? errno : 0;
-    std::fclose(file);
-  }
-  if (!file || savedErrno != 0) {
-    ParseResult result;
-    result.error = SpecError{path, SourcePos{0, 0}, "",
-                             std::string("cannot read file: ") +
-                                 std::strerror(savedErrno)};
+  ParseResult result;
+  auto failWith = [&](std::string message) {
+    result.error = SpecError{path, SourcePos{0, 0}, "", std::move(message)};
     return result;
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return failWith(std::string("cannot read file: ") + std::strerror(errno));
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat info;
+  if (::fstat(fd, &info) != 0)
+    return failWith(std::string("cannot read file: ") + std::strerror(errno));
+  if (S_ISDIR(info.st_mode))
+    return failWith("cannot read file: is a directory, not a spec file");
+  if (!S_ISREG(info.st_mode))
+    return failWith("cannot read file: not a regular file (a spec is a JSON "
+                    "file of at most 16 MiB)");
+  constexpr int64_t cap = limits::kMaxSpecFileBytes;
+  if (info.st_size > cap)
+    return failWith("file too large: " + std::to_string(info.st_size) +
+                    " bytes, a spec may have at most " + std::to_string(cap) +
+                    " (16 MiB)");
+  // Read at most one byte past the cap, in case the file grows meanwhile.
+  std::string text;
+  char buf[1 << 16];
+  while (static_cast<int64_t>(text.size()) <= cap) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return failWith(std::string("cannot read file: ") + std::strerror(errno));
+    if (n == 0)
+      break;
+    text.append(buf, static_cast<std::size_t>(n));
   }
+  if (static_cast<int64_t>(text.size()) > cap)
+    return failWith("file too large: a spec may have at most " +
+                    std::to_string(cap) + " bytes (16 MiB)");
   return parseSpec(text, path);
 }

@@ -91,7 +91,7 @@ bool SpecParser::parseSettings(const Json &object, const std::string &ptr,
   // `out` holds what this object inherits: /moe's settings for a layer, the
   // defaults for /moe itself.
   const MoELayerSettings base = out;
-  if (!optInt(object, ptr, "experts", 2, out.experts))
+  if (!optInt(object, ptr, "experts", 2, out.experts, limits::kMaxExperts))
     return false;
   if (const Json *router = member(object, "router"))
     if (!parseRouter(*router, ptr + "/router", isLayer ? &base.router : nullptr,
@@ -118,7 +118,8 @@ bool SpecParser::parseSettings(const Json &object, const std::string &ptr,
                     ", from /moe/top_k), got " + std::to_string(out.experts));
   }
 
-  if (!optInt(object, ptr, "expert_hidden", 1, out.expertHidden))
+  if (!optInt(object, ptr, "expert_hidden", 1, out.expertHidden,
+              limits::kMaxHidden))
     return false;
 
   if (const Json *capacity = member(object, "capacity_factor")) {
@@ -309,7 +310,8 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
     return notUsedBy(ptr + "/iterations", "router kind", kindName);
   if (!inherit)
     out.sinkhornIters = sinkhorn ? 3 : 0;
-  if (!optInt(router, ptr, "iterations", 1, out.sinkhornIters))
+  if (!optInt(router, ptr, "iterations", 1, out.sinkhornIters,
+              limits::kMaxSinkhornIters))
     return false;
 
   bool soft = kind == RouterKind::Soft;
@@ -317,7 +319,8 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
     return notUsedBy(ptr + "/slots_per_expert", "router kind", kindName);
   if (!inherit)
     out.slotsPerExpert = soft ? 1 : 0;
-  return optInt(router, ptr, "slots_per_expert", 1, out.slotsPerExpert);
+  return optInt(router, ptr, "slots_per_expert", 1, out.slotsPerExpert,
+                limits::kMaxSlotsPerExpert);
 }
 
 bool SpecParser::parseCapacityFactor(const Json &value, const std::string &ptr,

@@ -214,13 +214,12 @@ bool SpecParser::requireKeys(const Json &object, const std::string &pointer,
 }
 
 bool SpecParser::readInt(const Json &value, const std::string &pointer,
-                         int64_t min, int64_t &out) {
+                         int64_t min, int64_t &out, int64_t max) {
   if (!value.is_number_integer())
     return fail(pointer,
                 std::string("expected an integer, got ") + describeType(value));
   if (value.is_number_unsigned()) {
     uint64_t u = *value.get_ptr<const Json::number_unsigned_t *>();
-    constexpr int64_t max = std::numeric_limits<int64_t>::max();
     if (u > static_cast<uint64_t>(max))
       return fail(pointer, "must be <= " + std::to_string(max) + ", got " +
                                std::to_string(u));
@@ -231,11 +230,14 @@ bool SpecParser::readInt(const Json &value, const std::string &pointer,
   if (out < min)
     return fail(pointer, "must be >= " + std::to_string(min) + ", got " +
                              std::to_string(out));
+  if (out > max)
+    return fail(pointer, "must be <= " + std::to_string(max) + ", got " +
+                             std::to_string(out));
   return true;
 }
 
 bool SpecParser::readUInt(const Json &value, const std::string &pointer,
-                          uint64_t &out) {
+                          uint64_t &out, uint64_t max) {
   if (!value.is_number_integer())
     return fail(pointer,
                 std::string("expected an integer, got ") + describeType(value));
@@ -244,9 +246,12 @@ bool SpecParser::readUInt(const Json &value, const std::string &pointer,
     if (i < 0)
       return fail(pointer, "must be >= 0, got " + std::to_string(i));
     out = static_cast<uint64_t>(i);
-    return true;
+  } else {
+    out = *value.get_ptr<const Json::number_unsigned_t *>();
   }
-  out = *value.get_ptr<const Json::number_unsigned_t *>();
+  if (out > max)
+    return fail(pointer, "must be <= " + std::to_string(max) + ", got " +
+                             std::to_string(out));
   return true;
 }
 
@@ -258,6 +263,12 @@ bool SpecParser::readNumber(const Json &value, const std::string &pointer,
   double x = value.get<double>();
   if (!std::isfinite(x))
     return fail(pointer, "expected a finite number, got " + formatNumber(x));
+  // The kernels and moec-run read every setting in f32: beyond its range it
+  // would become infinite.
+  if (std::fabs(x) > limits::kMaxNumber)
+    return fail(pointer, "must be <= " + formatNumber(limits::kMaxNumber) +
+                             " in magnitude (the largest f32), got " +
+                             formatNumber(x));
   if (!range.contains(x))
     return fail(pointer,
                 "must be " + range.describe() + ", got " + formatNumber(x));
@@ -294,9 +305,10 @@ bool SpecParser::readNonEmptyString(const Json &value,
 }
 
 bool SpecParser::optInt(const Json &object, const std::string &pointer,
-                        const char *key, int64_t min, int64_t &out) {
+                        const char *key, int64_t min, int64_t &out,
+                        int64_t max) {
   const Json *value = member(object, key);
-  return !value || readInt(*value, childPointer(pointer, key), min, out);
+  return !value || readInt(*value, childPointer(pointer, key), min, out, max);
 }
 
 bool SpecParser::optNumber(const Json &object, const std::string &pointer,

@@ -2,8 +2,9 @@
 //
 // The validator behind parseSpec (Spec.h), shared by the files that check
 // the spec's sections: Spec.cpp (top level, model, train, data), SpecMoE.cpp
-// (moe, placement, routers, per-layer settings) and SpecParser.cpp (the
-// readers and diagnostics). Private to the frontend library.
+// (moe, placement, routers, per-layer settings), SpecLimits.cpp (the derived
+// totals) and SpecParser.cpp (the readers and diagnostics). Private to the
+// frontend library.
 //
 //===----------------------------------------------------------------------===//
 
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -24,6 +26,8 @@
 #include <vector>
 
 namespace moec::spec::detail {
+
+inline constexpr int64_t kNoMax = std::numeric_limits<int64_t>::max();
 
 /// Object keys keep their document order, so unknown keys are reported in
 /// the order they appear.
@@ -179,9 +183,11 @@ private:
                    const KeyList &required);
 
   // Scalars.
+  /// An integer in [min, max].
   bool readInt(const Json &value, const std::string &pointer, int64_t min,
-               int64_t &out);
-  bool readUInt(const Json &value, const std::string &pointer, uint64_t &out);
+               int64_t &out, int64_t max = kNoMax);
+  bool readUInt(const Json &value, const std::string &pointer, uint64_t &out,
+                uint64_t max);
   bool readNumber(const Json &value, const std::string &pointer, Range range,
                   double &out);
   bool readBool(const Json &value, const std::string &pointer, bool &out);
@@ -210,7 +216,7 @@ private:
 
   // Optional members: leave `out` alone when `key` is absent.
   bool optInt(const Json &object, const std::string &pointer, const char *key,
-              int64_t min, int64_t &out);
+              int64_t min, int64_t &out, int64_t max = kNoMax);
   bool optNumber(const Json &object, const std::string &pointer,
                  const char *key, Range range, double &out);
   bool optBool(const Json &object, const std::string &pointer, const char *key,
@@ -250,6 +256,9 @@ private:
   bool parseData(const Json &data, DataSpec &out);
   /// Checks the dataset against the model and resolves the default path.
   bool finishData(DataSpec &data, const ModelSpec &model);
+  /// Checks the derived totals (SpecLimits.cpp) of a spec whose fields are
+  /// all within their caps.
+  bool checkTotals(const Spec &spec);
 
   const std::string &sourceName;
   std::map<std::string, SourcePos> values;

@@ -207,14 +207,22 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
       return arith::MinimumFOp::create(nb, nl, s, cf(nb, nl, 1.0)).getResult();
     });
 
-    // AdamW's bias corrections 1 - beta^(t+1), once per step.
+    // AdamW's bias corrections 1 - beta^(t+1), once per step. They are
+    // computed in f64 and rounded once: in f32, beta itself rounds (0.999 ->
+    // 0.99900001) and 1 - powf cancels most digits, which scaled early
+    // updates by ~4e-6 (relative). The per-element update stays f32.
     auto correction = [&](double beta) {
-      return tb.elementwise({hyper[0]}, [&](OpBuilder &nb, Location nl, ValueRange a) {
-        Value t = arith::AddFOp::create(nb, nl, a[0], cf(nb, nl, 1.0));
-        return arith::SubFOp::create(nb, nl, cf(nb, nl, 1.0),
-                                     math::PowFOp::create(nb, nl, cf(nb, nl, beta), t))
-            .getResult();
-      });
+      auto body = [&](OpBuilder &nb, Location nl, ValueRange a) {
+        auto cd = [&](double v) -> Value {
+          return arith::ConstantOp::create(nb, nl, nb.getF64FloatAttr(v));
+        };
+        Value step = arith::ExtFOp::create(nb, nl, nb.getF64Type(), a[0]);
+        Value t = arith::AddFOp::create(nb, nl, step, cd(1.0));
+        Value pow = math::PowFOp::create(nb, nl, cd(beta), t);
+        Value bc = arith::SubFOp::create(nb, nl, cd(1.0), pow);
+        return arith::TruncFOp::create(nb, nl, nb.getF32Type(), bc).getResult();
+      };
+      return tb.elementwise({hyper[0]}, body);
     };
     Value bc1, bc2;
     if (config.kind == "adamw") {

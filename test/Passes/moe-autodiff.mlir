@@ -50,13 +50,18 @@
 // CHECK: %[[CLIP:.*]] = linalg.generic {{.*}} ins(%[[NORM]] : tensor<f32>)
 // CHECK: arith.constant 9.99999997E-7 : f32
 // CHECK: arith.minimumf
-// Bias corrections 1 - beta^(step + 1).
+// Bias corrections 1 - beta^(step + 1), in f64 (beta exact, no cancellation
+// in f32), rounded to f32 once.
 // CHECK: %[[BC1:.*]] = linalg.generic {{.*}} ins(%[[STEP]] : tensor<f32>)
-// CHECK: arith.constant 0.899999976 : f32
-// CHECK: math.powf
+// CHECK: arith.extf {{.*}} : f32 to f64
+// CHECK: arith.constant 9.000000e-01 : f64
+// CHECK: math.powf {{.*}} : f64
+// CHECK: arith.truncf {{.*}} : f64 to f32
 // CHECK: %[[BC2:.*]] = linalg.generic {{.*}} ins(%[[STEP]] : tensor<f32>)
-// CHECK: arith.constant 9.990000e-01 : f32
-// CHECK: math.powf
+// CHECK: arith.extf {{.*}} : f32 to f64
+// CHECK: arith.constant 0.99899999999999999 : f64
+// CHECK: math.powf {{.*}} : f64
+// CHECK: arith.truncf {{.*}} : f64 to f32
 // One update per parameter, writing the parameter and its state in place
 // (outs are the moe.param values). No weight decay on no_decay parameters.
 // CHECK: linalg.generic {{.*}} ins(%[[G]], %[[GG:[^,]*]], %[[MG]], %[[VG]], %[[LRNOW]], %[[CLIP]], %[[BC1]], %[[BC2]] : tensor<8xf32>, tensor<8xf32>, tensor<8xf32>, tensor<8xf32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) outs(%[[G]], %[[MG]], %[[VG]] : tensor<8xf32>, tensor<8xf32>, tensor<8xf32>) attrs = {moe.name = "norm.weight", moe.update}

@@ -29,7 +29,9 @@ and compare with `moec-reference` (test/reference/README.md, training mode):
     formulas of docs/training-abi.md (global-norm clipping, no decay for
     rank-1 parameters, cls_token and pos_embed, bias correction with
     step + 1) applied to that call's own gradients from zero state: update
-    relative error < 1e-3, state < 1e-4.
+    relative error < 1e-3, state < 1e-4, and no common scale error on the
+    updates (their least-squares ratio to the reference within 1e-6 of 1,
+    which catches a step scalar such as a bias correction computed in f32).
   * then `eval` (unless --no-eval-check) on a random batch under four masks
     (all images, all but the last, only the last, none): `loss_sum` and
     `correct` against the plain cross-entropy and top-1 of the reference's
@@ -223,7 +225,8 @@ def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):
     b2_ = float(opt.get("beta2", 0.999))
     eps = float(opt.get("eps", 1e-8))
     state_names = {st["name"] for st in manifest.get("state", [])}
-    worst_p = worst_s = 0.0
+    worst_p = worst_s = worst_raw = 0.0
+    dot = dd = 0.0  # <got update, reference update>, |reference update|^2
     for p in manifest["params"]:
         n, shape = p["name"], p["shape"]
         pv, g = w[n][2], grads[n]
@@ -249,7 +252,11 @@ def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):
             d_got = [a - b for a, b in zip(got[key][2], pv)]
             # float32 rounding of p + delta: a few ulps of |p|.
             slack = norm([4 * 2.0 ** -24 * abs(x) for x in pv])
-            err = max(0.0, norm([a - b for a, b in zip(d_got, delta)]) - slack)
+            raw = norm([a - b for a, b in zip(d_got, delta)])
+            dot += sum(a * b for a, b in zip(d_got, delta))
+            dd += sum(b * b for b in delta)
+            worst_raw = max(worst_raw, raw / max(norm(delta), 1e-30))
+            err = max(0.0, raw - slack)
             err /= max(norm(delta), 1e-30)
             worst_p = max(worst_p, err)
             if not err < 1e-3:
@@ -269,9 +276,19 @@ def check_optimizer(args, manifest, entry, batch, weights_path, model, stem):
             worst_s = max(worst_s, err)
             if not err < 1e-4:
                 problems.append(f"optimizer step: {sname}: relative error {err:.2e}")
+    # A common factor on every update (a schedule or bias-correction scalar
+    # computed imprecisely) shows as a scale error: the f32 rounding of the
+    # updates themselves averages out far below 1e-6.
+    scale_err = dot / dd - 1 if dd else 0.0
+    if not abs(scale_err) < 1e-6:
+        problems.append(f"optimizer step: the updates are scaled by 1 {scale_err:+.2e} "
+                        "against the reference (a step scalar off, e.g. AdamW's bias "
+                        "corrections)")
     if args.verbose:
         print(f"    optimizer step ({kind}, clip coefficient {coef:.4g}): updates max rel "
-              f"err {worst_p:.2e}, state max rel err {worst_s:.2e}")
+              f"err {worst_p:.2e} ({worst_raw:.2e} before the rounding allowance), "
+              f"systematic scale error {scale_err:+.2e}, "
+              f"state max rel err {worst_s:.2e}")
     return problems
 
 

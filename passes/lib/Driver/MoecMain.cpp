@@ -17,10 +17,13 @@
 // it keeps (moe.spec). Progress lines go to stderr (--quiet: none).
 // --load-pass-plugin loads passes from a
 // plugin (as in mlir-opt) and --run-passes runs a pass pipeline at one of
-// the extension points of moec/Driver/Pipelines.h. Exit codes: 0 success, 1
-// compile or I/O failure, 2 bad spec or bad usage (flags, plugins,
-// pipelines). The output file is created only once everything succeeded, so
-// a failure never leaves a partial file and never touches an existing one.
+// the extension points of moec/Driver/Pipelines.h. Exit codes (as
+// moec-run's, docs/spec.md#exit-codes): 0 success, 1 compile, internal or
+// output failure, 2 bad usage or input (flags, plugins, pipelines, a spec
+// that is unreadable, invalid, over a limit or too big for this machine's
+// memory, unparsable IR). The output file is created only once everything
+// succeeded, so a failure never leaves a partial file and never touches an
+// existing one.
 //
 // The usual MLIR debug flags work (--mlir-print-ir-after-all,
 // --mlir-print-debuginfo, --mlir-timing, ...).
@@ -233,8 +236,7 @@ int moec::driver::moecMain(int argc, char **argv) {
   // --help shows moec's options; MLIR's (--mlir-print-ir-after-all,
   // --mlir-timing, ...) and LLVM's work as usual and show in --help-hidden.
   cl::HideUnrelatedOptions(moecCategory());
-  cl::ParseCommandLineOptions(
-      argc, argv,
+  const char *overview =
       "moec: compiles a vision MoE model spec (or its moe IR) into a .moec "
       "artifact\n\n"
       "  moec compile SPEC.json -o model.moec\n"
@@ -242,7 +244,11 @@ int moec::driver::moecMain(int argc, char **argv) {
       "run passes on it)\n"
       "  moec compile model.mlir -o model.moec\n\n"
       "MLIR's debugging options (--mlir-print-ir-after-all, --mlir-timing, "
-      "...) are listed by --help-hidden.\n");
+      "...) are listed by --help-hidden.\n";
+  // A malformed option (--emit=exe, --codegen-threads=x) is a usage error:
+  // exit 2, where cl would exit 1 by itself.
+  if (!cl::ParseCommandLineOptions(argc, argv, overview, &llvm::errs()))
+    return usageError("bad command line (see moec --help)");
 
   if (!cli.pluginError.empty())
     return usageError(cli.pluginError);
@@ -277,6 +283,10 @@ int moec::driver::moecMain(int argc, char **argv) {
     StringRef text(cli.batch);
     if (text.getAsInteger(10, options.batch) || options.batch < 1)
       return usageError("--batch must be an integer >= 1, got '" + text + "'");
+    if (options.batch > moec::spec::limits::kMaxBatch)
+      return usageError(
+          "--batch must be <= " + llvm::Twine(moec::spec::limits::kMaxBatch) +
+          ", got " + text);
   }
   options.entries.clear();
   {
@@ -342,6 +352,21 @@ int moec::driver::moecMain(int argc, char **argv) {
     parsed = moec::spec::parseSpecFile(specPath);
     if (!parsed) {
       llvm::errs() << "moec: error: " << parsed.error->str() << "\n";
+      return kExitUsage;
+    }
+    // Before any IR exists: the batch and the entries chosen must fit in
+    // this machine's memory.
+    int64_t batch =
+        options.batch > 0 ? options.batch : parsed.spec->train.batch;
+    bool training = llvm::is_contained(options.entries, "train_step");
+    if (std::optional<moec::spec::SpecError> tooBig =
+            moec::spec::checkMemory(*parsed.spec, batch, training)) {
+      // The batch of --batch is not in the file: name the flag instead.
+      if (options.batch > 0)
+        llvm::errs() << "moec: error: " << specPath << ": --batch "
+                     << options.batch << ": " << tooBig->message << "\n";
+      else
+        llvm::errs() << "moec: error: " << tooBig->str() << "\n";
       return kExitUsage;
     }
     // The manifest and the moe module keep the spec's text.

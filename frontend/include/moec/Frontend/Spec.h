@@ -216,8 +216,63 @@ struct ParseResult {
 
 /// Parses and validates spec text; `sourceName` is used in errors.
 ParseResult parseSpec(const std::string &text, const std::string &sourceName);
-/// Reads and parses a spec file (an unreadable file is an error too).
+/// Reads and parses a spec file: a regular file of at most
+/// limits::kMaxSpecFileBytes (anything else is an error too).
 ParseResult parseSpecFile(const std::string &path);
+
+/// The caps a spec must respect (docs/spec.md#limits), checked by parseSpec
+/// before any IR exists, so that an absurd spec fails at once instead of
+/// exhausting the compiler.
+namespace limits {
+inline constexpr int64_t kMaxSpecFileBytes = int64_t(16) << 20;
+inline constexpr int64_t kMaxChannels = 1024;
+inline constexpr int64_t kMaxImageSide = 4096;
+inline constexpr int64_t kMaxWidth = 16384;
+inline constexpr int64_t kMaxDepth = 256;
+inline constexpr int64_t kMaxHidden = 65536;
+inline constexpr int64_t kMaxClasses = int64_t(1) << 20;
+inline constexpr int64_t kMaxExperts = 4096;
+inline constexpr int64_t kMaxSinkhornIters = 100;
+inline constexpr int64_t kMaxSlotsPerExpert = 256;
+inline constexpr int64_t kMaxBatch = 65536;
+inline constexpr int64_t kMaxEpochs = 100000;
+inline constexpr int64_t kMaxCropPadding = 1024;
+/// Any number (learning rate, eps, capacity factors, ...): the largest f32.
+inline constexpr double kMaxNumber = 3.4028234663852886e38;
+/// The smallest learning rate: the smallest positive f32.
+inline constexpr double kMinLearningRate = 1.401298464324817e-45;
+/// What moec-run accepts in an artifact's manifest.
+inline constexpr uint64_t kMaxSeed = (uint64_t(1) << 63) - 1;
+/// Derived totals.
+inline constexpr double kMaxParameters = 2147483648.0;          // 2^31
+inline constexpr double kMaxFlopsPerImage = 1e13;               // forward pass
+inline constexpr double kMaxTensorBytesPerImage = 4294967296.0; // 2^32
+inline constexpr double kMaxImageActivationBytes = 1e10;        // per image
+} // namespace limits
+
+/// Sizes derived from a spec, estimated without building it. The byte
+/// counts are lower bounds (f32, the tensors a training step keeps).
+struct SpecTotals {
+  double parameters = 0;
+  /// The part of `parameters` in routed experts.
+  double expertParameters = 0;
+  /// Forward-pass floating-point operations per image (2 per multiply-add).
+  double flopsPerImage = 0;
+  /// The largest single activation tensor of one image, in bytes.
+  double largestTensorBytesPerImage = 0;
+  /// The activations a training step keeps for the backward pass, per image.
+  double activationBytesPerImage = 0;
+};
+SpecTotals estimateTotals(const Spec &spec);
+
+/// Checks that compiling `spec` for `batch` images per call (`training`:
+/// with a train_step entry) fits in `memoryBytes` (0: this machine's
+/// physical memory): the activations, plus the parameters, their gradients
+/// and the optimizer state when training. Returns the error, if any.
+std::optional<SpecError> checkMemory(const Spec &spec, int64_t batch,
+                                     bool training, uint64_t memoryBytes = 0);
+/// This machine's physical memory in bytes (0 if unknown).
+uint64_t physicalMemoryBytes();
 
 /// Names of the built-in presets ("vit-tiny", "vit-small", "vit-base").
 std::vector<std::string> presetNames();

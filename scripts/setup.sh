@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what moec needs from Debian 12's packages, and only what is
 # missing: `apt-get update` runs once, and only if something must be
-# installed. Idempotent; safe to run before every build.
+# installed. Idempotent; safe to run before every build. Arguments name
+# more packages to install the same way (scripts/fuzz.sh and
+# scripts/sanitize.sh ask for libclang-rt-22-dev, the sanitizer runtimes).
 set -euo pipefail
 
 PACKAGES=(
@@ -10,6 +12,7 @@ PACKAGES=(
   liblld-22-dev
   nlohmann-json3-dev googletest libgtest-dev zlib1g-dev libpng-dev
   dataset-fashion-mnist
+  "$@"
 )
 
 missing=()

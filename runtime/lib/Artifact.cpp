@@ -842,11 +842,11 @@ Expected<Plan> parsePlan(const std::string &text, const Manifest &manifest,
 //===----------------------------------------------------------------------===//
 
 Expected<std::shared_ptr<const Artifact>>
-Artifact::load(const std::string &path) {
+Artifact::load(const std::string &path, const LoadOptions &options) {
   Expected<std::vector<uint8_t>> bytes = readFile(path);
   if (!bytes)
     return bytes.takeError();
-  return fromBytes(std::move(*bytes), path);
+  return fromBytes(std::move(*bytes), path, options);
 }
 
 const SectionInfo *Artifact::section(const std::string &name) const {
@@ -857,7 +857,8 @@ const SectionInfo *Artifact::section(const std::string &name) const {
 }
 
 Expected<std::shared_ptr<const Artifact>>
-Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
+Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path,
+                    const LoadOptions &options) {
   const uint64_t size = bytes.size();
   auto formatError = [&](const auto &...args) {
     return makeError(ErrorCode::Format, path, ": ", args...);
@@ -887,7 +888,7 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path) {
                        size, " (trailing bytes)");
   uint64_t checksum =
       fmt::fnv1a64(bytes.data() + sizeof(header), size - sizeof(header));
-  if (checksum != header.checksum)
+  if (options.verifyChecksum && checksum != header.checksum)
     return makeError(ErrorCode::Checksum, path,
                      ": checksum mismatch (file is corrupted)");
 

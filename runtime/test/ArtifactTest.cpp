@@ -97,6 +97,27 @@ TEST(Artifact, ContainerErrors) {
                              " (trailing bytes)"));
 }
 
+TEST(Artifact, SkipChecksumForFuzzing) {
+  // LoadOptions::verifyChecksum = false (the fuzz target's setting) skips
+  // only the checksum; the default still checks it.
+  std::vector<uint8_t> bytes = tinyArtifact();
+  moec::artifact::FileHeader header;
+  std::memcpy(&header, bytes.data(), sizeof(header));
+  header.checksum ^= 1;
+  std::memcpy(bytes.data(), &header, sizeof(header));
+  EXPECT_EQ(loadError(bytes).code(), ErrorCode::Checksum);
+  LoadOptions options;
+  options.verifyChecksum = false;
+  auto artifact = Artifact::fromBytes(bytes, "model.moec", options);
+  ASSERT_TRUE(artifact) << artifact.error().message();
+  EXPECT_EQ((*artifact)->manifest().model, "tiny");
+  // Other container checks stay on.
+  bytes.push_back(0);
+  artifact = Artifact::fromBytes(bytes, "model.moec", options);
+  ASSERT_FALSE(artifact);
+  EXPECT_EQ(artifact.error().code(), ErrorCode::Format);
+}
+
 TEST(Artifact, SectionErrors) {
   ArtifactBuilder noPlan;
   noPlan.add("manifest", tinyManifest().dump());

@@ -183,16 +183,26 @@ struct SectionInfo {
   uint64_t size = 0;
 };
 
+/// How Artifact::load and Artifact::fromBytes check the container. The
+/// defaults are the only settings for real files.
+struct LoadOptions {
+  /// Compare the header's checksum with the file's bytes. For fuzzing only
+  /// (test/fuzz/artifact.cpp): with false, mutated inputs get past the
+  /// checksum to the section table and the JSON schema checks.
+  bool verifyChecksum = true;
+};
+
 /// A loaded, validated artifact. Immutable; share it between sessions.
 class Artifact {
 public:
   /// Reads and validates `path`. Errors name `path` as given.
   static Expected<std::shared_ptr<const Artifact>>
-  load(const std::string &path);
+  load(const std::string &path, const LoadOptions &options = {});
   /// Validates an artifact held in memory; `displayName` stands for the
   /// file in messages.
   static Expected<std::shared_ptr<const Artifact>>
-  fromBytes(std::vector<uint8_t> bytes, const std::string &displayName);
+  fromBytes(std::vector<uint8_t> bytes, const std::string &displayName,
+            const LoadOptions &options = {});
 
   const std::string &path() const { return path_; }
   uint32_t versionMajor() const { return versionMajor_; }

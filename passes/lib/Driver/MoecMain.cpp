@@ -346,6 +346,10 @@ int moec::driver::moecMain(int argc, char **argv) {
   const std::string specPath = cli.positional[1];
 
   const bool fromIR = StringRef(specPath).ends_with(".mlir");
+  if (fromIR && options.batch > 0)
+    return usageError("--batch does not apply to moe IR: its images per call "
+                      "are the IR's (give --batch when printing it with "
+                      "--emit=mlir)");
   moec::spec::ParseResult parsed;
   std::string specJson;
   if (!fromIR) {

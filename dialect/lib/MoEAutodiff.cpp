@@ -825,6 +825,35 @@ LogicalResult CombineOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   return success();
 }
 
+std::pair<Value, Value> moec::moe::buildRouterInputGrads(OpBuilder &b, Location loc,
+                                                        RouterKind kind, Value x,
+                                                        Value w, Value dl) {
+  TB tb(b, loc);
+  ArrayRef<int64_t> xs = TB::shape(x);
+  int64_t s = xs[1], e = TB::shape(w)[1];
+  auto d = [&](unsigned i) { return tb.d(i); };
+  if (kind == RouterKind::PerImage) {
+    // logits[g, 0, e] = mean_s(x[g, s]) . w[:, e]
+    Value mean = tb.scale(tb.sumOver(x, {0, 2}), 1.0 / s); // [G, D]
+    int64_t dm = xs[2];
+    // dW[d, e] = sum_g mean[g, d] dl[g, 0, e]; loops (d, e, g).
+    Value dw = tb.contract(mean, tb.dims(3, {2, 0}), dl,
+                           tb.map(3, {d(2), tb.c(0), d(1)}), {dm, e}, 1);
+    // dx[g, s, d] = (1/S) sum_e dl[g, 0, e] w[d, e]; loops (g, s, d, e).
+    Value dx = tb.generic({dl, w}, {tb.map(4, {d(0), tb.c(0), d(3)}), tb.dims(4, {2, 3})},
+                          tb.zeros(xs), tb.dims(4, {0, 1, 2}),
+                          {kPar, kPar, kPar, kRed},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value prod = mulf(nb, nl, mulf(nb, nl, a[0], a[1]),
+                                              c32(nb, nl, 1.0 / s));
+                            return addf(nb, nl, a[2], prod);
+                          });
+    return {dx, dw};
+  }
+  LinearGrads lg = linearVJP(tb, x, w, dl, true, false);
+  return {lg.dx, lg.dw};
+}
+
 LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
                                  SmallVectorImpl<Value> &grads) {
   if (noGradient(*this, dys, grads))
@@ -909,28 +938,9 @@ LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   if (!dl)
     return success();
 
-  if (getKind() == RouterKind::PerImage) {
-    // logits[g, 0, e] = mean_s(x[g, s]) . w[:, e]
-    Value mean = tb.scale(tb.sumOver(x, {0, 2}), 1.0 / s); // [G, D]
-    int64_t dm = xs[2];
-    // dW[d, e] = sum_g mean[g, d] dl[g, 0, e]; loops (d, e, g).
-    grads[2] = Value();
-    grads[1] = tb.contract(mean, tb.dims(3, {2, 0}), dl,
-                           tb.map(3, {d(2), tb.c(0), d(1)}), {dm, e}, 1);
-    // dx[g, s, d] = (1/S) sum_e dl[g, 0, e] w[d, e]; loops (g, s, d, e).
-    grads[0] = tb.generic({dl, w}, {tb.map(4, {d(0), tb.c(0), d(3)}), tb.dims(4, {2, 3})},
-                          tb.zeros(xs), tb.dims(4, {0, 1, 2}),
-                          {kPar, kPar, kPar, kRed},
-                          [&](OpBuilder &nb, Location nl, ValueRange a) {
-                            Value prod = mulf(nb, nl, mulf(nb, nl, a[0], a[1]),
-                                              c32(nb, nl, 1.0 / s));
-                            return addf(nb, nl, a[2], prod);
-                          });
-    return success();
-  }
-  LinearGrads lg = linearVJP(tb, x, w, dl, true, false);
-  grads[0] = lg.dx;
-  grads[1] = lg.dw;
+  auto [dx, dw] = buildRouterInputGrads(b, getLoc(), getKind(), x, w, dl);
+  grads[0] = dx;
+  grads[1] = dw;
   return success();
 }
 

@@ -361,12 +361,13 @@ LogicalResult ClassificationMetricsOp::verify() {
 
 LogicalResult RoutingCountsOp::verify() {
   ArrayRef<int64_t> d = shapeOf(getDispatch());
-  if (d.size() != 4)
-    return emitOpError() << "expects dispatch [G, S, E, C]";
+  if (d.size() != 4 && d.size() != 2)
+    return emitOpError() << "expects dispatch [G, S, E, C] or counts [G, E]";
   if (getMask() && shapeOf(getMask()) != ArrayRef<int64_t>{d[0]})
     return emitOpError() << "expects mask [" << d[0] << "]";
-  if (shapeOf(getResult()) != ArrayRef<int64_t>{d[2]})
-    return emitOpError() << "expects result [" << d[2] << "]";
+  int64_t experts = d.size() == 4 ? d[2] : d[1];
+  if (shapeOf(getResult()) != ArrayRef<int64_t>{experts})
+    return emitOpError() << "expects result [" << experts << "]";
   return success();
 }
 

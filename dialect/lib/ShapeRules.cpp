@@ -247,8 +247,8 @@ LogicalResult verifyRouterConfig(EmitErrorFn emitError,
                        << "'";
   };
 
-  if (numExperts < 2)
-    return emitError() << "expects at least 2 experts, got " << numExperts;
+  if (numExperts < 1)
+    return emitError() << "expects at least 1 expert, got " << numExperts;
   if (takesK != config.k.has_value())
     return takesK ? missing("k") : notUsed("k");
   if (config.k && *config.k > numExperts)
@@ -293,6 +293,26 @@ int64_t routerCapacity(const RouterConfig &config, int64_t tokens,
   }
   }
   llvm_unreachable("unknown router kind");
+}
+
+int64_t routedRowBound(RouterKind kind, int64_t tokens, int64_t numExperts,
+                       int64_t k, int64_t capacity, int64_t rowTile) {
+  int64_t filled = 0;
+  switch (kind) {
+  case RouterKind::ExpertChoice:
+  case RouterKind::Soft:
+    filled = numExperts * capacity; // every expert fills all its slots
+    break;
+  case RouterKind::PerImage:
+    filled = k * tokens; // k experts, each all tokens
+    break;
+  case RouterKind::TokenChoice:
+  case RouterKind::Sinkhorn:
+    filled = std::min(tokens * k, numExperts * capacity);
+    break;
+  }
+  int64_t perExpert = (capacity + rowTile - 1) / rowTile * rowTile;
+  return std::min(numExperts * perExpert, filled + numExperts * (rowTile - 1));
 }
 
 FailureOr<RouterShapes> inferRouterShapes(EmitErrorFn emitError,

@@ -91,7 +91,7 @@ bool SpecParser::parseSettings(const Json &object, const std::string &ptr,
   // `out` holds what this object inherits: /moe's settings for a layer, the
   // defaults for /moe itself.
   const MoELayerSettings base = out;
-  if (!optInt(object, ptr, "experts", 2, out.experts, limits::kMaxExperts))
+  if (!optInt(object, ptr, "experts", 1, out.experts, limits::kMaxExperts))
     return false;
   if (const Json *router = member(object, "router"))
     if (!parseRouter(*router, ptr + "/router", isLayer ? &base.router : nullptr,

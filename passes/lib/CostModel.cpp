@@ -59,11 +59,20 @@ int64_t moec::moe::estimateFlops(Operation *op) {
 }
 
 double moec::moe::expectedExpertsPerToken(RouterOp router) {
-  if (auto k = router.getK())
+  std::optional<uint64_t> k;
+  if (auto rk = router.getK())
+    k = *rk;
+  return expectedExpertsPerToken(k, router.getNumExperts(),
+                                 router.getCapacity(), dim(router.getInput(), 1));
+}
+
+double moec::moe::expectedExpertsPerToken(std::optional<uint64_t> k,
+                                          int64_t numExperts, int64_t capacity,
+                                          int64_t tokens) {
+  if (k)
     return static_cast<double>(*k);
-  int64_t e = router.getNumExperts(), c = router.getCapacity();
-  int64_t s = dim(router.getInput(), 1);
-  if (s == 0)
-    return static_cast<double>(e);
-  return std::min<double>(e, static_cast<double>(e * c) / s);
+  if (tokens == 0)
+    return static_cast<double>(numExperts);
+  return std::min<double>(numExperts,
+                          static_cast<double>(numExperts * capacity) / tokens);
 }

@@ -95,6 +95,8 @@ struct ApproximateMathPass
 
 void moec::buildCpuPlanPipeline(OpPassManager &pm,
                                 const CpuPipelineOptions &options) {
+  if (options.fuseRouting)
+    pm.addNestedPass<func::FuncOp>(createFuseRoutingPass());
   pm.addNestedPass<func::FuncOp>(createDecomposeLossesPass());
   pm.addNestedPass<func::FuncOp>(createSplitBatchReductionsPass());
   LowerToKernelsPassOptions lower;

@@ -234,7 +234,7 @@ struct LowerToKernelsPass
       auto lop = dyn_cast<linalg::LinalgOp>(op);
       if (!lop) {
         if (failed(flush()) ||
-            failed(outline(op, index++, batch, kernelOptions.lookup(op), b)))
+            failed(outline(op, index++, kernelOptions.lookup(op), b)))
           return signalPassFailure();
         continue;
       }
@@ -531,7 +531,7 @@ struct LowerToKernelsPass
     return success();
   }
 
-  LogicalResult outline(Operation *op, unsigned index, int64_t batch,
+  LogicalResult outline(Operation *op, unsigned index,
                         const ImageKernelOptions &options, OpBuilder &b) {
     ModuleOp module = getOperation();
     Location loc = op->getLoc();
@@ -620,8 +620,13 @@ struct LowerToKernelsPass
       callArgs.push_back(
           tensor::EmptyOp::create(b, loc, rt.getShape(), rt.getElementType()));
     }
+    // The images (or, for ops over tiles of images, the tiles) are the
+    // first result's extent along its image dimension.
+    Value first = op->getResult(0);
+    int64_t images = cast<RankedTensorType>(first.getType())
+                         .getDimSize(kernelOp.getImageDim(first, true));
     callArgs.push_back(arith::ConstantIndexOp::create(b, loc, 0));
-    callArgs.push_back(arith::ConstantIndexOp::create(b, loc, batch));
+    callArgs.push_back(arith::ConstantIndexOp::create(b, loc, images));
     auto call = func::CallOp::create(b, loc, kernel, callArgs);
     call->setAttr(MoEDialect::OpAttrHelper::getNameStr(),
                   b.getStringAttr(op->getName().getStringRef()));
@@ -634,7 +639,7 @@ struct LowerToKernelsPass
         .setAttr(call, KernelParallelismAttr::get(b.getContext(),
                                                   KernelParallelism::Images));
     call->setAttr(MoEDialect::TilesAttrHelper::getNameStr(),
-                  b.getI64IntegerAttr(batch));
+                  b.getI64IntegerAttr(images));
     if (Attribute flops =
             op->getAttr(MoEDialect::FlopsAttrHelper::getNameStr()))
       call->setAttr(MoEDialect::FlopsAttrHelper::getNameStr(), flops);

@@ -40,6 +40,16 @@ and compare with `moec-reference` (test/reference/README.md, training mode):
     `routing_counts`) additive over disjoint masks, zero under the empty
     mask, non-negative, and whole numbers for one-hot routers.
 
+  * then (unless --no-unfused-check) the same model compiled with
+    `moec compile --no-fuse` (every MoE layer as separate router, dispatch,
+    experts and combine kernels) on the same weights and batch: every
+    output of `train_step` (losses, `correct`, every gradient, the norm)
+    and the logits of `infer` against the fused model's, relative error
+    < --unfused-tol (1e-5; a tensor whose norm is below 1e-3 of the largest
+    gradient's is held to that floor), `correct` equal; and the artifact
+    must contain no `moe.router`/`moe.dispatch`/`moe.combine` kernel of a
+    fusable layer (one of a `moe.routed_ffn*` op per fused layer instead).
+
 The batch is redrawn (up to --tries times) until every routing decision of
 the reference has a margin of at least --min-margin, so that float32 cannot
 route differently from float64.
@@ -59,6 +69,7 @@ import json
 import math
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -397,6 +408,90 @@ def check_eval(args, spec, manifest, weights_path, model, stem, rng):
     return problems, summary
 
 
+def check_unfused(args, spec, manifest, weights, batch, got, stem):
+    """The --no-fuse build of `spec` against the fused outputs `got` of
+    train_step on the same weights and batch, and infer's logits of both.
+    Returns (problems, summary)."""
+    problems = []
+    unfused = stem + ".unfused.moec"
+    batch_size = manifest["batch"]
+    run([args.moec, "compile", spec, "--batch", str(batch_size), "--no-fuse",
+         "-o", unfused])
+    fused_ops = kernel_ops(args, spec, batch_size, [], stem)
+    unfused_ops = kernel_ops(args, spec, batch_size, ["--no-fuse"],
+                             stem + ".unfused")
+    if not any(op.startswith("moe.routed_ffn") for op in fused_ops) and any(
+            op == "moe.dispatch" for op in unfused_ops):
+        kinds = spec_router_kinds(spec)
+        if kinds - {"soft"}:
+            problems.append("the default build fused no MoE layer "
+                            f"(routers: {', '.join(sorted(kinds))})")
+    if any(op.startswith("moe.routed_ffn") for op in unfused_ops):
+        problems.append("--no-fuse still has moe.routed_ffn kernels")
+    batch_path = stem + ".batch.safetensors"
+    other = call_entry(args, unfused, "train_step", weights, batch_path,
+                       stem + ".unfused.out.safetensors")
+    grad_norms = [norm(v[2]) for k, v in got.items() if k.startswith("grad.")]
+    floor = 1e-3 * max(grad_norms, default=0.0)
+    worst, worst_key = 0.0, ""
+    for key, (_, shape, values) in got.items():
+        if key not in other:
+            problems.append(f"--no-fuse has no output '{key}'")
+            continue
+        ref = other[key][2]
+        if other[key][1] != shape:
+            problems.append(f"'{key}': shape {shape} fused, {other[key][1]} unfused")
+            continue
+        if key == "correct":
+            if list(values) != list(ref):
+                problems.append(f"correct {values} fused, {ref} unfused")
+            continue
+        denom = max(norm(ref), floor if key.startswith("grad.") else 0.0)
+        diff = norm([a - b for a, b in zip(values, ref)])
+        err = diff / denom if denom > 0 else diff
+        if err > worst:
+            worst, worst_key = err, key
+        if not err < args.unfused_tol:
+            problems.append(f"'{key}': fused vs unfused relative error {err:.2e}")
+    # infer: the logits of the batch's images.
+    images = stem + ".images.safetensors"
+    write_tensors(images, {"images": batch["images"]})
+    fused_logits = call_entry(args, stem + ".moec", "infer", weights, images,
+                              stem + ".infer.safetensors")
+    unfused_logits = call_entry(args, unfused, "infer", weights, images,
+                                stem + ".unfused.infer.safetensors")
+    for key, (_, shape, values) in fused_logits.items():
+        ref = unfused_logits.get(key, (None, None, []))[2]
+        err = norm([a - b for a, b in zip(values, ref)]) / max(norm(ref), 1e-30)
+        if len(ref) != len(values) or not err < args.unfused_tol:
+            problems.append(f"infer '{key}': fused vs unfused relative error {err:.2e}")
+        if err > worst:
+            worst, worst_key = err, "infer." + key
+    fused_layers = sum(op == "moe.routed_ffn_train" for op in fused_ops)
+    return problems, (f"fused vs unfused: {fused_layers} fused layer(s), "
+                      f"max rel diff {worst:.1e} ({worst_key})")
+
+
+def kernel_ops(args, spec, batch_size, extra, stem):
+    """The moe op of every call in the plan `moec compile --emit=plan`
+    builds (all entry points)."""
+    plan = stem + ".plan.mlir"
+    run([args.moec, "compile", spec, "--batch", str(batch_size), "--emit=plan",
+         "--quiet", "-o", plan] + extra)
+    with open(plan) as f:
+        return re.findall(r'moe\.op = "([a-z_.]+)"', f.read())
+
+
+def spec_router_kinds(spec):
+    with open(spec) as f:
+        moe = json.load(f).get("moe") or {}
+    kinds = {(moe.get("router") or {}).get("kind", "token-choice").replace("-", "_")}
+    for layer in (moe.get("layers") or {}).values():
+        if isinstance(layer, dict) and "router" in layer:
+            kinds.add(layer["router"].get("kind", "token-choice").replace("-", "_"))
+    return kinds
+
+
 def check_spec(spec, args):
     name = os.path.splitext(os.path.basename(spec))[0]
     work = args.work
@@ -542,6 +637,12 @@ def check_spec(spec, args):
                                                  os.path.join(work, name), rng)
         problems += eval_problems
 
+    if not args.no_unfused_check:
+        unfused_problems, unfused_summary = check_unfused(
+            args, spec, manifest, weights, batch, got, os.path.join(work, name))
+        problems += unfused_problems
+        eval_summary = "; ".join(x for x in (eval_summary, unfused_summary) if x)
+
     entries = sum(len(f) for _, f in sampled.values())
     print(f"{'ok' if not problems else 'FAIL'}: {name}: " + "; ".join(loss_report) +
           f"; max grad rel err {worst:.2e} ({worst_name}) over {entries} FD entries "
@@ -582,6 +683,9 @@ def main():
     ap.add_argument("--no-eval-check", action="store_true",
                     help="skip the eval entry point checks (four masks against "
                     "the reference's inference logits)")
+    ap.add_argument("--no-unfused-check", action="store_true",
+                    help="skip the comparison with the --no-fuse build")
+    ap.add_argument("--unfused-tol", type=float, default=1e-5)
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args()
     args.moec = args.moec or os.path.join(args.bin, "moec")

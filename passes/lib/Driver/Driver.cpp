@@ -211,14 +211,18 @@ LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
     CpuPipelineOptions planOptions;
     planOptions.entry = entry;
     planOptions.kernelPrefix = kernelPrefixFor(entry);
+    planOptions.fuseRouting = options.fuseRouting;
     if (failed(runPipeline(*copy, [&](OpPassManager &pm) {
           LogicalResult hooked = success();
-          if (entry == "train_step")
+          if (entry == "train_step") {
+            TrainPipelineOptions trainOptions;
+            trainOptions.fuseRouting = options.fuseRouting;
             buildTrainPipeline(
-                pm, TrainPipelineOptions(), [&](OpPassManager &trainPm) {
+                pm, trainOptions, [&](OpPassManager &trainPm) {
                   hooked = addPassHooks(trainPm, hooks,
                                         ExtensionPoint::Autodiff, error);
                 });
+          }
           buildCpuPlanPipeline(pm, planOptions);
           return hooked;
         })))

@@ -139,6 +139,12 @@ struct Options {
   cl::opt<bool> vectorize{
       "vectorize", cl::desc("Tile and vectorize the kernels (default on)"),
       cl::init(true), cl::cat(moecCategory())};
+  cl::opt<bool> noFuse{
+      "no-fuse",
+      cl::desc("Keep every MoE layer's router, dispatch, experts and combine "
+               "as separate kernels (no moe-fuse-routing): the unfused "
+               "path, for comparison"),
+      cl::init(false), cl::cat(moecCategory())};
   cl::opt<int64_t> codegenThreads{
       "codegen-threads",
       cl::desc("Threads for LLVM's optimization and code generation of the "
@@ -263,6 +269,7 @@ int moec::driver::moecMain(int argc, char **argv) {
   const std::string outputPath = cli.outputFilename;
   options.emit = cli.emit;
   options.vectorize = cli.vectorize;
+  options.fuseRouting = !cli.noFuse;
   const bool quiet = cli.quiet;
   if (cli.target != "cpu") {
     if (cli.target == "cuda")

@@ -8,6 +8,7 @@
 #include "moec/Driver/Pipelines.h"
 #include "moec/Passes/Passes.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Pass/PassRegistry.h"
 #include "llvm/ADT/StringExtras.h"
@@ -139,6 +140,8 @@ void moec::driver::buildFrontendCostsPipeline(OpPassManager &pm) {
 void moec::driver::buildTrainPipeline(OpPassManager &pm,
                                       const TrainPipelineOptions &options,
                                       PipelineExtension afterAutodiff) {
+  if (options.fuseRouting)
+    pm.addNestedPass<func::FuncOp>(createFuseRoutingPass());
   AutodiffPassOptions autodiff;
   autodiff.forward = options.forward;
   autodiff.entry = options.entry;
@@ -175,9 +178,11 @@ void moec::driver::printStages(raw_ostream &os) {
         "    [frontend]\n"
         "  moe-frontend-costs                 --emit=mlir\n"
         "  per entry point, on its own copy of the module:\n"
-        "    moe-train (train_step only)      moe-autodiff, [autodiff], "
-        "moe-annotate-costs\n"
-        "    moe-cpu-plan{entry=E kernel-prefix=P}\n"
+        "    moe-train (train_step only)      moe-fuse-routing, moe-autodiff, "
+        "[autodiff], moe-annotate-costs\n"
+        "    moe-cpu-plan{entry=E kernel-prefix=P}  (starts with "
+        "moe-fuse-routing)\n"
+        "  (--no-fuse: both without moe-fuse-routing)\n"
         "  the entry points' plans in one module\n"
         "    [plan]                           --emit=plan\n"
         "  moe-cpu-codegen                    --emit=llvm\n"

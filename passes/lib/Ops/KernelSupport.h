@@ -433,6 +433,10 @@ void attachKernelAndCost(MLIRContext *ctx) {
   OpT::template attachInterface<CostModel<OpT, Flops>>(*ctx);
 }
 
+/// The Sinkhorn router's scores from its gates [S, E]: `iters` rounds of
+/// scaling the columns to sum S / E and the rows to sum 1 (RoutingOps.cpp).
+Value sinkhornScores(ImageBuilder &ib, Value gates, int64_t iters);
+
 /// How moe-lower-to-kernels lowers `op`, from the routers its operands come
 /// from; taken for every op before any is outlined (RoutingOps.cpp).
 ImageKernelOptions planImageKernel(Operation *op);
@@ -450,6 +454,9 @@ void attachAttentionOpModels(MLIRContext *ctx);
 void attachRoutingOpModels(MLIRContext *ctx);
 /// experts, experts_train, shared_expert (ExpertOps.cpp).
 void attachExpertOpModels(MLIRContext *ctx);
+/// routed_ffn, routed_ffn_train, routed_ffn_grad, routed_ffn_weight_grad:
+/// the fused MoE layer (RoutedOps.cpp).
+void attachRoutedOpModels(MLIRContext *ctx);
 /// softmax_cross_entropy, aux_loss, sum_losses, classification_metrics,
 /// routing_counts: cost models only; moe-decompose-losses turns them into
 /// whole-batch linalg (LossOps.cpp).

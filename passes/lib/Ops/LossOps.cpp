@@ -157,15 +157,19 @@ struct DecomposeRoutingCounts : public OpRewritePattern<RoutingCountsOp> {
     SmallVector<Value> repl;
     Value d = rc.getDispatch(), mask = rc.getMask();
     ArrayRef<int64_t> ds = TensorBuilder::shape(d);
-    // counts[e] = sum_{g,s,c} mask[g] D[g,s,e,c]; loops (e, g, s, c).
+    // counts[e] = sum_{g,s,c} mask[g] D[g,s,e,c]; loops (e, g, s, c). From
+    // a fused layer's per-group counts [G, E]: loops (e, g).
+    bool perGroup = ds.size() == 2;
     SmallVector<Value> ins{d};
-    SmallVector<AffineMap> maps{tb.dims(4, {1, 2, 0, 3})};
+    SmallVector<AffineMap> maps{perGroup ? tb.dims(2, {1, 0})
+                                         : tb.dims(4, {1, 2, 0, 3})};
     if (mask) {
       ins.push_back(mask);
-      maps.push_back(tb.dims(4, {1}));
+      maps.push_back(tb.dims(perGroup ? 2 : 4, {1}));
     }
     repl.push_back(tb.reduce(
-        ins, maps, {ds[2]}, 3, [&](OpBuilder &nb, Location nl, ValueRange v) {
+        ins, maps, {perGroup ? ds[1] : ds[2]}, perGroup ? 1 : 3,
+        [&](OpBuilder &nb, Location nl, ValueRange v) {
           return mask ? arith::MulFOp::create(nb, nl, v[0], v[1]).getResult()
                       : v[0];
         }));

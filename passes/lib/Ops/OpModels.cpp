@@ -51,6 +51,7 @@ void moec::registerMoEOpModels(DialectRegistry &registry) {
     kernels::attachAttentionOpModels(ctx);
     kernels::attachRoutingOpModels(ctx);
     kernels::attachExpertOpModels(ctx);
+    kernels::attachRoutedOpModels(ctx);
     kernels::attachLossOpModels(ctx);
     checkOpModels(ctx);
   });

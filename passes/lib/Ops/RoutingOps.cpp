@@ -303,37 +303,8 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
 
   // Token choice and Sinkhorn: rank experts per token by `score`.
   Value score = gates;
-  if (o.getKind() == RouterKind::Sinkhorn) {
-    double target = static_cast<double>(s) / e;
-    for (int64_t it = 0, n = *o.getSinkhornIters(); it < n; ++it) {
-      // Columns sum to S / E, then rows sum to 1.
-      Value colSum = ib.generic(
-          {score}, ib.fill({e}, 0.0), {ib.map(2, {0, 1}), ib.map(2, {1})},
-          {kRed, kPar}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-            return arith::AddFOp::create(nb, nl, a[1], a[0]);
-          });
-      score = ib.generic(
-          {score, colSum}, ib.empty({s, e}),
-          {ib.map(2, {0, 1}), ib.map(2, {1}), ib.map(2, {0, 1})}, {kPar, kPar},
-          [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-            Value scaled = arith::MulFOp::create(
-                nb, nl, a[0],
-                arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(target)));
-            return arith::DivFOp::create(nb, nl, scaled, a[1]);
-          });
-      Value rowSum = ib.reduceRows(
-          score, 0.0,
-          [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
-            return arith::AddFOp::create(nb, nl, acc, v);
-          });
-      score = ib.generic({score, rowSum}, ib.empty({s, e}),
-                         {ib.map(2, {0, 1}), ib.map(2, {0}), ib.map(2, {0, 1})},
-                         {kPar, kPar},
-                         [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-                           return arith::DivFOp::create(nb, nl, a[0], a[1]);
-                         });
-    }
-  }
+  if (o.getKind() == RouterKind::Sinkhorn)
+    score = sinkhornScores(ib, gates, *o.getSinkhornIters());
   int64_t k = *o.getK();
   Value rank = ib.rankAlongLastDim(score);
   Value pos = ib.queuePosition(rank, k);
@@ -453,6 +424,42 @@ ImageKernelOptions moec::kernels::planImageKernel(Operation *op) {
                               isPrefixFilled(router.getKind());
   }
   return options;
+}
+
+Value moec::kernels::sinkhornScores(ImageBuilder &ib, Value gates,
+                                    int64_t iters) {
+  ArrayRef<int64_t> shape = ImageBuilder::shape(gates); // [S, E]
+  int64_t s = shape[0], e = shape[1];
+  double target = static_cast<double>(s) / e;
+  Value score = gates;
+  for (int64_t it = 0; it < iters; ++it) {
+    // Columns sum to S / E, then rows sum to 1.
+    Value colSum = ib.generic(
+        {score}, ib.fill({e}, 0.0), {ib.map(2, {0, 1}), ib.map(2, {1})},
+        {kRed, kPar}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          return arith::AddFOp::create(nb, nl, a[1], a[0]);
+        });
+    score = ib.generic(
+        {score, colSum}, ib.empty({s, e}),
+        {ib.map(2, {0, 1}), ib.map(2, {1}), ib.map(2, {0, 1})}, {kPar, kPar},
+        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+          Value scaled = arith::MulFOp::create(
+              nb, nl, a[0],
+              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(target)));
+          return arith::DivFOp::create(nb, nl, scaled, a[1]);
+        });
+    Value rowSum = ib.reduceRows(
+        score, 0.0, [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+          return arith::AddFOp::create(nb, nl, acc, v);
+        });
+    score = ib.generic({score, rowSum}, ib.empty({s, e}),
+                       {ib.map(2, {0, 1}), ib.map(2, {0}), ib.map(2, {0, 1})},
+                       {kPar, kPar},
+                       [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                         return arith::DivFOp::create(nb, nl, a[0], a[1]);
+                       });
+  }
+  return score;
 }
 
 void moec::kernels::attachRoutingOpModels(MLIRContext *ctx) {

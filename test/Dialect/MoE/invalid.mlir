@@ -305,10 +305,10 @@ func.func @router_dynamic_experts(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>)
 
 // -----
 
-func.func @router_one_expert(%x: tensor<2x50x64xf32>, %w: tensor<64x1xf32>) -> tensor<2x50x1xf32> {
-  // expected-error @+1 {{expects at least 2 experts, got 1}}
-  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x1xf32>) -> (tensor<2x50x1x50xf32>, tensor<2x50x1x50xf32>, tensor<2x50x1xf32>)
-  return %l : tensor<2x50x1xf32>
+func.func @router_no_expert(%x: tensor<2x50x64xf32>, %w: tensor<64x0xf32>) -> tensor<2x50x0xf32> {
+  // expected-error @+1 {{expects at least 1 expert, got 0}}
+  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x0xf32>) -> (tensor<2x50x0x50xf32>, tensor<2x50x0x50xf32>, tensor<2x50x0xf32>)
+  return %l : tensor<2x50x0xf32>
 }
 
 // -----
@@ -747,5 +747,63 @@ func.func @optimizer_dictionary() attributes {moe.optimizer = {kind = "sgd"}} {
 func.func @parallel_string(%x: tensor<4xf32>) {
   // expected-error @+1 {{'func.call' op expects 'moe.parallel' to be a #moe.parallelism, got "fixed"}}
   call @parallel_string(%x) {moe.parallel = "fixed"} : (tensor<4xf32>) -> ()
+  return
+}
+
+// -----
+
+func.func @routed_soft(%x: tensor<2x6x8xf32>, %wr: tensor<8x4xf32>, %w1: tensor<4x8x16xf32>, %b1: tensor<4x16xf32>, %w2: tensor<4x16x8xf32>, %b2: tensor<4x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn' op does not take soft routing}}
+  %y, %l, %n = moe.routed_ffn soft gelu %x, %wr, %w1, %b1, %w2, %b2 {capacity = 2 : i64, row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
+  return
+}
+
+// -----
+
+func.func @routed_capacity(%x: tensor<2x6x8xf32>, %wr: tensor<8x4xf32>, %w1: tensor<4x8x16xf32>, %b1: tensor<4x16xf32>, %w2: tensor<4x16x8xf32>, %b2: tensor<4x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn' op expects capacity 3 (the router's rule for 6 tokens), got 4}}
+  %y, %l, %n = moe.routed_ffn token_choice gelu %x, %wr, %w1, %b1, %w2, %b2 {k = 2 : i64, capacity_factor = 1.0 : f64, capacity = 4 : i64, row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
+  return
+}
+
+// -----
+
+func.func @routed_weights(%x: tensor<2x6x8xf32>, %wr: tensor<8x4xf32>, %w1: tensor<4x8x16xf32>, %b1: tensor<4x16xf32>, %w2: tensor<4x8x16xf32>, %b2: tensor<4x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn' op expects fc2_weight of shape 4x16x8, got 4x8x16}}
+  %y, %l, %n = moe.routed_ffn token_choice gelu %x, %wr, %w1, %b1, %w2, %b2 {k = 2 : i64, capacity_factor = 1.0 : f64, capacity = 3 : i64, row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x8x16xf32>, tensor<4x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
+  return
+}
+
+// -----
+
+func.func @routed_per_image_logits(%x: tensor<2x6x8xf32>, %wr: tensor<8x4xf32>, %w1: tensor<4x8x16xf32>, %b1: tensor<4x16xf32>, %w2: tensor<4x16x8xf32>, %b2: tensor<4x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn' op expects logits of shape 2x1x4, got 2x6x4}}
+  %y, %l, %n = moe.routed_ffn per_image gelu %x, %wr, %w1, %b1, %w2, %b2 {k = 2 : i64, capacity = 6 : i64, row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
+  return
+}
+
+// -----
+
+// The row bound of token choice with k = 2, 6 tokens, E = 4, C = 3 and
+// row tiles of 8: min(4 * 8, min(12, 12) + 4 * 7) = 32 rows.
+func.func @routed_train_rows(%x: tensor<2x6x8xf32>, %wr: tensor<8x4xf32>, %w1: tensor<4x8x16xf32>, %b1: tensor<4x16xf32>, %w2: tensor<4x16x8xf32>, %b2: tensor<4x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn_train' op expects row_token of shape 2x32, got 2x12}}
+  %r:10 = moe.routed_ffn_train token_choice gelu %x, %wr, %w1, %b1, %w2, %b2 {k = 2 : i64, capacity_factor = 1.0 : f64, capacity = 3 : i64, row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>, tensor<2x6x4xf32>, tensor<2x12xf32>, tensor<2x12xf32>, tensor<2x4xf32>, tensor<2x12x16xf32>, tensor<2x12x16xf32>, tensor<2x12x8xf32>)
+  return
+}
+
+// -----
+
+func.func @routed_grad_gates(%dy: tensor<2x6x8xf32>, %w1t: tensor<4x16x8xf32>, %w2t: tensor<4x8x16xf32>, %tok: tensor<2x32xf32>, %gate: tensor<2x32xf32>, %off: tensor<2x4xf32>, %cnt: tensor<2x4xf32>, %dact: tensor<2x32x16xf32>, %yo: tensor<2x32x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn_grad' op expects gate_grad [G, S, E] or, for per-image routing, [G, 1, E]}}
+  %r:4 = moe.routed_ffn_grad %dy, %w1t, %w2t, %tok, %gate, %off, %cnt, %dact, %yo {row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<4x16x8xf32>, tensor<4x8x16xf32>, tensor<2x32xf32>, tensor<2x32xf32>, tensor<2x4xf32>, tensor<2x4xf32>, tensor<2x32x16xf32>, tensor<2x32x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x5x4xf32>, tensor<2x32x16xf32>, tensor<2x32x8xf32>)
+  return
+}
+
+// -----
+
+func.func @routed_weight_grad_tiles(%x: tensor<2x3x6x8xf32>, %tok: tensor<2x3x32xf32>, %off: tensor<2x3x4xf32>, %cnt: tensor<2x3x4xf32>, %h: tensor<2x3x32x16xf32>, %da: tensor<2x3x32x16xf32>, %dyt: tensor<2x3x32x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn_weight_grad' op expects fc1_weight_grad of shape 2x4x8x16, got 1x4x8x16}}
+  %r:4 = moe.routed_ffn_weight_grad %x, %tok, %off, %cnt, %h, %da, %dyt {row_tile = 8 : i64} : (tensor<2x3x6x8xf32>, tensor<2x3x32xf32>, tensor<2x3x4xf32>, tensor<2x3x4xf32>, tensor<2x3x32x16xf32>, tensor<2x3x32x16xf32>, tensor<2x3x32x8xf32>) -> (tensor<1x4x8x16xf32>, tensor<2x4x16xf32>, tensor<2x4x16x8xf32>, tensor<2x4x8xf32>)
   return
 }

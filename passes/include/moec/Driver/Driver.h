@@ -47,6 +47,9 @@ struct CompileOptions {
   std::vector<std::string> entries{"infer", "train_step", "eval"};
   /// Tile and vectorize the kernels.
   bool vectorize = true;
+  /// Fuse every MoE layer's routing with its grouped expert GEMMs
+  /// (moe-fuse-routing in moe-train and moe-cpu-plan).
+  bool fuseRouting = true;
   /// The CPU the kernels are compiled for and LLVM's codegen settings.
   CpuTargetOptions target;
   /// User passes at the extension points (--run-passes).

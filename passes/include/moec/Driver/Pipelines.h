@@ -115,9 +115,15 @@ struct TrainPipelineOptions
   Option<std::string> entry{*this, "entry",
                             llvm::cl::desc("The function moe-autodiff builds"),
                             llvm::cl::init("train_step")};
+  Option<bool> fuseRouting{
+      *this, "fuse-routing",
+      llvm::cl::desc("Fuse every MoE layer's routing with its grouped expert "
+                     "GEMMs before differentiating (moe-fuse-routing)"),
+      llvm::cl::init(true)};
 };
 
-/// moe-train: moe-autodiff builds the training step, `afterAutodiff` (the
+/// moe-train: moe-fuse-routing (unless disabled), moe-autodiff builds the
+/// training step, `afterAutodiff` (the
 /// autodiff extension point) adds its passes, and moe-annotate-costs counts
 /// the step again (forward, backward and update).
 void buildTrainPipeline(mlir::OpPassManager &pm,

@@ -10,6 +10,7 @@
 #define MOEC_PASSES_COSTMODEL_H
 
 #include <cstdint>
+#include <optional>
 
 namespace mlir {
 class Operation;
@@ -28,6 +29,9 @@ int64_t estimateFlops(mlir::Operation *op);
 /// token-choice, Sinkhorn and per-image routers; E * C / S (capped at E) for
 /// expert-choice and soft routers.
 double expectedExpertsPerToken(RouterOp router);
+/// The same from a router's k (absent for expert choice), E, C and S.
+double expectedExpertsPerToken(std::optional<uint64_t> k, int64_t numExperts,
+                               int64_t capacity, int64_t tokens);
 
 } // namespace moec::moe
 

@@ -54,6 +54,55 @@ def AnnotateCostsPass : Pass<"moe-annotate-costs", "mlir::ModuleOp"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Fusion
+//===----------------------------------------------------------------------===//
+
+def FuseRoutingPass : Pass<"moe-fuse-routing", "mlir::func::FuncOp"> {
+  let summary = "Fuses router, dispatch, experts and combine into moe.routed_ffn.";
+  let description = [{
+    Rewrites every MoE layer whose routing tensors are used only to move
+    tokens, `moe.router` -> `moe.dispatch` -> `moe.experts` ->
+    `moe.combine`, into one `moe.routed_ffn`, whose lowering never builds
+    the `[G, S, E, C]` dispatch and combine tensors nor the `[E, G, C, D]`
+    slots: routing becomes a row list (a token and a gate per filled slot),
+    the first grouped GEMM gathers its rows through it and the second adds
+    its gated rows into the tokens' outputs. Runs before moe-autodiff, so
+    training differentiates the fused op (its VJP keeps the row list).
+
+    The router's logits keep their users (the auxiliary losses); a
+    `moe.routing_counts` of the dispatch tensor (eval's routing statistics)
+    reads the fused op's per-group counts instead. A layer is left as it is
+    when:
+
+    * the router is `soft` (its dispatch weights are dense: slots mix all
+      tokens, so there is no row list to gather through);
+    * the dispatch or combine tensor, the slots or the experts' output has
+      another user (other than routing counts of the dispatch), or the
+      dispatch reads other tokens than the router;
+    * a user of the logits or of the routing counts comes before the combine
+      (the fused op takes the combine's place).
+
+    Before:
+    ```mlir
+    %d, %c, %l = moe.router token_choice %x, %wr {k = 2 : i64, capacity_factor = 1.25 : f64} : ...
+    %xs = moe.dispatch %x, %d : ...
+    %ys = moe.experts gelu %xs, %w1, %b1, %w2, %b2 : ...
+    %y = moe.combine %ys, %c : ...
+    ```
+    After:
+    ```mlir
+    %y, %l, %n = moe.routed_ffn token_choice gelu %x, %wr, %w1, %b1, %w2, %b2
+        {capacity = 32 : i64, capacity_factor = 1.25 : f64, k = 2 : i64, row_tile = 8 : i64} : ...
+    ```
+  }];
+  let options = [
+    Option<"rowTile", "row-tile", "int64_t", /*default=*/"8",
+           "Rows of a grouped GEMM tile: every expert's segment of the row "
+           "list is padded to a multiple of it">,
+  ];
+}
+
+//===----------------------------------------------------------------------===//
 // Training
 //===----------------------------------------------------------------------===//
 
@@ -135,7 +184,10 @@ def SplitBatchReductionsPass : Pass<"moe-split-batch-reductions", "mlir::func::F
     own images into its own slice of a [16, ...] tensor (the slices it reads
     stay in cache), and a second op that adds the partials in a fixed order,
     so results do not depend on the thread count. moe-lower-to-kernels then
-    splits both over their tiles.
+    splits both over their tiles. A `moe.routed_ffn_weight_grad` over one
+    tile of groups (as moe.routed_ffn's VJP builds it) is split the same
+    way: its inputs are regrouped into as many tiles, and the ops summing
+    its partials then sum over all of them.
 
     Before:
     ```mlir

@@ -36,6 +36,11 @@ struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions>
       *this, "vector-registers",
       llvm::cl::desc("Vector registers of the target CPU"),
       llvm::cl::init(32)};
+  Option<bool> fuseRouting{
+      *this, "fuse-routing",
+      llvm::cl::desc("Fuse every MoE layer's routing with its grouped expert "
+                     "GEMMs first (moe-fuse-routing)"),
+      llvm::cl::init(true)};
 };
 
 /// moe -> per-image kernels + a plan function with arena offsets.

@@ -678,6 +678,9 @@ def MoE_RoutingCountsOp : MoE_Op<"routing_counts", [Pure]> {
     `[E]`, `sum over counted groups, tokens and slots of dispatch`. For
     one-hot routers this is the number of tokens each expert processed
     (dropped tokens are not counted); for soft MoE the summed weights.
+    `dispatch` may also be the per-group counts `[G, E]` of a
+    `moe.routed_ffn` (the fused layer has no dispatch tensor): then the
+    result is their sum over the counted groups.
 
     ```mlir
     %n = moe.routing_counts %dispatch mask %mask
@@ -691,5 +694,7 @@ def MoE_RoutingCountsOp : MoE_Op<"routing_counts", [Pure]> {
   }];
   let hasVerifier = 1;
 }
+
+include "moec/Dialect/MoE/MoERoutedOps.td"
 
 #endif // MOEC_DIALECT_MOE_MOEOPS_TD

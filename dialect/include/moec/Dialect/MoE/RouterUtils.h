@@ -43,6 +43,19 @@ mlir::FailureOr<RouterOp> rebuildRouter(mlir::RewriterBase &rewriter,
                                         RouterOp router,
                                         const RouterConfig &config);
 
+/// The router attributes of a fused MoE layer (moe.routed_ffn).
+RouterConfig getRouterConfig(RoutedFFNOp layer);
+
+/// Sets the router attributes of a fused layer and its capacity, in place:
+/// its result types do not depend on them. Fails after a diagnostic,
+/// changing nothing, if `config` is invalid for the layer, changes its kind
+/// or would drop or add the noise operand. (The training step's fused op,
+/// moe.routed_ffn_train, sizes the backward pass's row list from k and the
+/// capacity: change layers before moe-autodiff.)
+mlir::LogicalResult setRouterConfig(mlir::RewriterBase &rewriter,
+                                    RoutedFFNOp layer,
+                                    const RouterConfig &config);
+
 } // namespace moec::moe
 
 #endif // MOEC_DIALECT_MOE_ROUTERUTILS_H

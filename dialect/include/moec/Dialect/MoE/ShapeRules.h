@@ -90,6 +90,12 @@ LogicalResult verifyRouterConfig(EmitErrorFn emitError,
 int64_t routerCapacity(const RouterConfig &config, int64_t tokens,
                        int64_t numExperts);
 
+/// Rows of one group's row list in a fused MoE layer (moe.routed_ffn): the
+/// most filled slots the router can produce, each expert's segment padded
+/// to a multiple of `rowTile` rows. `k` is ignored by expert_choice.
+int64_t routedRowBound(RouterKind kind, int64_t tokens, int64_t numExperts,
+                       int64_t k, int64_t capacity, int64_t rowTile);
+
 struct RouterShapes {
   Shape dispatch; // [G, S, E, C]
   Shape combine;  // [G, S, E, C]

@@ -5,7 +5,7 @@
 // moe.routed_ffn_train (which keeps the row list and the hidden layer), the
 // backward is one per-group op through the same row list
 // (moe.routed_ffn_grad), the experts' weight gradients over filled rows
-// (moe.routed_ffn_weight_grad, partial sums per batch tile) and the
+// (moe.routed_ffn_weight_grad, one expert per parallel step) and the
 // router's softmax and input gradients as whole-batch linalg.
 //
 //===----------------------------------------------------------------------===//
@@ -182,23 +182,23 @@ LogicalResult RoutedFFNWeightGradOp::verify() {
   ArrayRef<int64_t> x = shapeOf(getInput());
   ArrayRef<int64_t> hid = shapeOf(getHidden());
   ArrayRef<int64_t> off = shapeOf(getOffsets());
-  if (x.size() != 4 || hid.size() != 4 || off.size() != 3)
-    return emitOpError() << "expects input [T, Gt, S, D], hidden "
-                            "[T, Gt, N, H] and offsets [T, Gt, E]";
-  int64_t t = x[0], g = x[1], d = x[3], n = hid[2], h = hid[3], e = off[2];
+  if (x.size() != 3 || hid.size() != 3 || off.size() != 2)
+    return emitOpError() << "expects input [G, S, D], hidden [G, N, H] and "
+                            "offsets [E, G]";
+  int64_t g = x[0], d = x[2], n = hid[1], h = hid[2], e = off[0];
   Operation *op = *this;
-  if (failed(expectShapeOf(op, "row_token", getRowToken(), {t, g, n})) ||
-      failed(expectShapeOf(op, "offsets", getOffsets(), {t, g, e})) ||
-      failed(expectShapeOf(op, "counts", getCounts(), {t, g, e})) ||
-      failed(expectShapeOf(op, "hidden", getHidden(), {t, g, n, h})) ||
-      failed(expectShapeOf(op, "hidden_grad", getHiddenGrad(), {t, g, n, h})) ||
-      failed(expectShapeOf(op, "row_grad", getRowGrad(), {t, g, n, d})) ||
+  if (failed(expectShapeOf(op, "row_token", getRowToken(), {g, n})) ||
+      failed(expectShapeOf(op, "offsets", getOffsets(), {e, g})) ||
+      failed(expectShapeOf(op, "counts", getCounts(), {e, g})) ||
+      failed(expectShapeOf(op, "hidden", getHidden(), {g, n, h})) ||
+      failed(expectShapeOf(op, "hidden_grad", getHiddenGrad(), {g, n, h})) ||
+      failed(expectShapeOf(op, "row_grad", getRowGrad(), {g, n, d})) ||
       failed(expectShapeOf(op, "fc1_weight_grad", getFc1WeightGrad(),
-                           {t, e, d, h})) ||
-      failed(expectShapeOf(op, "fc1_bias_grad", getFc1BiasGrad(), {t, e, h})) ||
+                           {e, d, h})) ||
+      failed(expectShapeOf(op, "fc1_bias_grad", getFc1BiasGrad(), {e, h})) ||
       failed(expectShapeOf(op, "fc2_weight_grad", getFc2WeightGrad(),
-                           {t, e, h, d})) ||
-      failed(expectShapeOf(op, "fc2_bias_grad", getFc2BiasGrad(), {t, e, d})))
+                           {e, h, d})) ||
+      failed(expectShapeOf(op, "fc2_bias_grad", getFc2BiasGrad(), {e, d})))
     return failure();
   return success();
 }
@@ -206,39 +206,6 @@ LogicalResult RoutedFFNWeightGradOp::verify() {
 //===----------------------------------------------------------------------===//
 // VJP
 //===----------------------------------------------------------------------===//
-
-namespace {
-/// [G, ...] -> [1, G, ...]: the whole batch as one tile of groups.
-Value asOneTile(TB &tb, Value v) {
-  SmallVector<int64_t> shape{1};
-  llvm::append_range(shape, TB::shape(v));
-  SmallVector<ReassociationIndices> groups{{0, 1}};
-  for (int64_t i = 2, r = shape.size(); i < r; ++i)
-    groups.push_back({i});
-  return tensor::ExpandShapeOp::create(
-      tb.b, tb.loc, RankedTensorType::get(shape, tb.b.getF32Type()), v, groups);
-}
-
-/// sum_t partial[t] of partials [T, E, ...]: loops (e, t, rest...), so the
-/// sum splits over experts and runs along the last dimension.
-Value sumTiles(TB &tb, Value partial) {
-  ArrayRef<int64_t> ps = TB::shape(partial);
-  unsigned rank = ps.size();
-  SmallVector<int64_t> out(ps.drop_front());
-  SmallVector<AffineExpr> in{tb.d(1), tb.d(0)}, res{tb.d(0)};
-  for (unsigned i = 2; i < rank; ++i) {
-    in.push_back(tb.d(i));
-    res.push_back(tb.d(i));
-  }
-  SmallVector<TB::IteratorType> iters(rank, TB::kPar);
-  iters[1] = TB::kRed;
-  return tb.generic({partial}, {tb.map(rank, in)}, tb.zeros(out),
-                    tb.map(rank, res), iters,
-                    [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-                      return arith::AddFOp::create(nb, nl, a[1], a[0]);
-                    });
-}
-} // namespace
 
 LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
                                     SmallVectorImpl<Value> &grads) {
@@ -282,20 +249,20 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
         train.getCounts(), train.getDact(), train.getExpertOut(),
         getRowTileAttr());
     dx = grad.getInputGrad();
+    // The weight gradients, one expert per parallel step: the segments
+    // expert-major.
     auto wg = RoutedFFNWeightGradOp::create(
         b, loc,
-        TypeRange{f32({1, e, d, h}), f32({1, e, h}), f32({1, e, h, d}),
-                  f32({1, e, d})},
-        asOneTile(tb, getInput()), asOneTile(tb, train.getRowToken()),
-        asOneTile(tb, train.getOffsets()), asOneTile(tb, train.getCounts()),
-        asOneTile(tb, train.getHidden()), asOneTile(tb, grad.getHiddenGrad()),
-        asOneTile(tb, grad.getRowGrad()), getRowTileAttr());
+        TypeRange{f32({e, d, h}), f32({e, h}), f32({e, h, d}), f32({e, d})},
+        getInput(), train.getRowToken(), tb.transposeLast2(train.getOffsets()),
+        tb.transposeLast2(train.getCounts()), train.getHidden(),
+        grad.getHiddenGrad(), grad.getRowGrad(), getRowTileAttr());
     // Operands: input, router_weight, fc1 weight and bias, fc2 weight and
     // bias, noise.
-    grads[2] = sumTiles(tb, wg.getFc1WeightGrad());
-    grads[3] = sumTiles(tb, wg.getFc1BiasGrad());
-    grads[4] = sumTiles(tb, wg.getFc2WeightGrad());
-    grads[5] = sumTiles(tb, wg.getFc2BiasGrad());
+    grads[2] = wg.getFc1WeightGrad();
+    grads[3] = wg.getFc1BiasGrad();
+    grads[4] = wg.getFc2WeightGrad();
+    grads[5] = wg.getFc2BiasGrad();
     // Gates to logits: the softmax's VJP (the noise is a constant).
     Value fromGates = tb.softmaxLastVJP(train.getGates(), grad.getGateGrad());
     dl = dl ? tb.add(dl, fromGates) : fromGates;

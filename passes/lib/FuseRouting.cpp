@@ -116,7 +116,8 @@ struct FuseRoutingPass
         router.getWeight(), experts.getFc1Weight(), experts.getFc1Bias(),
         experts.getFc2Weight(), experts.getFc2Bias(), router.getNoise(),
         router.getKAttr(), b.getI64IntegerAttr(router.getCapacity()),
-        b.getI64IntegerAttr(rowTile), router.getCapacityFactorAttr(),
+        b.getI64IntegerAttr(std::min<int64_t>(rowTile, router.getCapacity())),
+        router.getCapacityFactorAttr(),
         router.getNoiseStdAttr(), router.getSinkhornItersAttr());
     layer.combine.getResult().replaceAllUsesWith(fused.getOutput());
     router.getLogits().replaceAllUsesWith(fused.getLogits());

@@ -620,11 +620,17 @@ struct LowerToKernelsPass
       callArgs.push_back(
           tensor::EmptyOp::create(b, loc, rt.getShape(), rt.getElementType()));
     }
-    // The images (or, for ops over tiles of images, the tiles) are the
-    // first result's extent along its image dimension.
+    // The kernel's range is its first result's extent along the image
+    // dimension: the images, run over any range of them ("images"
+    // parallelism: the runtime may run a batch in chunks), or for an op
+    // whose parallel steps are not images (the experts of
+    // moe.routed_ffn_weight_grad) exactly that many steps ("fixed").
     Value first = op->getResult(0);
     int64_t images = cast<RankedTensorType>(first.getType())
                          .getDimSize(kernelOp.getImageDim(first, true));
+    KernelParallelism parallelism = options.overImages
+                                        ? KernelParallelism::Images
+                                        : KernelParallelism::Fixed;
     callArgs.push_back(arith::ConstantIndexOp::create(b, loc, 0));
     callArgs.push_back(arith::ConstantIndexOp::create(b, loc, images));
     auto call = func::CallOp::create(b, loc, kernel, callArgs);
@@ -636,8 +642,8 @@ struct LowerToKernelsPass
     call->setAttr(MoEDialect::NameAttrHelper::getNameStr(),
                   b.getStringAttr(role));
     MoEDialect::ParallelAttrHelper(b.getContext())
-        .setAttr(call, KernelParallelismAttr::get(b.getContext(),
-                                                  KernelParallelism::Images));
+        .setAttr(call,
+                 KernelParallelismAttr::get(b.getContext(), parallelism));
     call->setAttr(MoEDialect::TilesAttrHelper::getNameStr(),
                   b.getI64IntegerAttr(images));
     if (Attribute flops =

@@ -5,7 +5,6 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moec/Dialect/MoE/MoEOps.h"
 #include "moec/Passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -210,57 +209,6 @@ bool splitBatchReduction(linalg::GenericOp op, int64_t batch, int64_t tiles,
   return true;
 }
 
-/// A moe.routed_ffn_weight_grad over one tile of `batch` groups (inputs
-/// [1, B, ...] regrouped from [B, ...]) becomes one over `tiles` tiles of
-/// B / tiles groups: each input is regrouped again from its source, and
-/// the results [tiles, ...] replace the [1, ...] ones in their users (the
-/// sums over the tile dimension, which then add all the partials). Returns
-/// whether `op` was rewritten.
-bool splitRoutedWeightGrad(moec::moe::RoutedFFNWeightGradOp op, int64_t batch,
-                           int64_t tiles, OpBuilder &b) {
-  auto first = cast<RankedTensorType>(op.getInput().getType());
-  if (tiles <= 1 || batch % tiles != 0 || first.getDimSize(0) != 1 ||
-      first.getDimSize(1) != batch)
-    return false;
-  SmallVector<Value> sources;
-  for (Value in : op->getOperands()) {
-    auto expand = in.getDefiningOp<tensor::ExpandShapeOp>();
-    if (!expand)
-      return false;
-    sources.push_back(expand.getSrc());
-  }
-  for (Operation *user : op->getUsers())
-    if (!isa<linalg::GenericOp>(user))
-      return false;
-  b.setInsertionPoint(op);
-  Location loc = op.getLoc();
-  SmallVector<Value> operands;
-  for (Value src : sources) {
-    auto type = cast<RankedTensorType>(src.getType());
-    SmallVector<int64_t> shape{tiles, batch / tiles};
-    llvm::append_range(shape, type.getShape().drop_front());
-    SmallVector<ReassociationIndices> groups{{0, 1}};
-    for (int64_t i = 2, r = shape.size(); i < r; ++i)
-      groups.push_back({i});
-    operands.push_back(tensor::ExpandShapeOp::create(
-        b, loc, RankedTensorType::get(shape, type.getElementType()), src,
-        groups));
-  }
-  SmallVector<Type> types;
-  for (Type t : op->getResultTypes()) {
-    auto rt = cast<RankedTensorType>(t);
-    SmallVector<int64_t> shape(rt.getShape());
-    shape[0] = tiles;
-    types.push_back(RankedTensorType::get(shape, rt.getElementType()));
-  }
-  auto split = moec::moe::RoutedFFNWeightGradOp::create(
-      b, loc, types, operands, op->getAttrs());
-  for (auto [from, to] : llvm::zip(op->getResults(), split->getResults()))
-    from.replaceAllUsesWith(to);
-  op->erase();
-  return true;
-}
-
 struct SplitBatchReductionsPass
     : public moec::impl::SplitBatchReductionsPassBase<
           SplitBatchReductionsPass> {
@@ -282,10 +230,7 @@ struct SplitBatchReductionsPass
     OpBuilder b(&getContext());
     for (linalg::GenericOp op : generics)
       (void)splitBatchReduction(op, batch, tiles, b);
-    SmallVector<moec::moe::RoutedFFNWeightGradOp> weightGrads(
-        fn.getBody().front().getOps<moec::moe::RoutedFFNWeightGradOp>());
-    for (auto op : weightGrads)
-      (void)splitRoutedWeightGrad(op, batch, tiles, b);
+
   }
 };
 } // namespace

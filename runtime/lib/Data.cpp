@@ -212,10 +212,12 @@ Expected<Dataset> loadFashionMnist(const std::string &dir,
   data.classNames = datasetClassNames("fashion-mnist");
   const Normalization normalization =
       norm ? *norm : normalizationFor("fashion-mnist");
-  // Read in slices so that a header claiming more images than the file
-  // holds fails on truncation, not on a huge allocation.
+  // Read in slices of at most 4096 images and 16 MiB so that a header
+  // claiming more (or larger) images than the file holds fails on
+  // truncation, not on a huge allocation.
   const size_t imagePixels = size_t(rows) * cols;
-  const int64_t kSlice = 4096;
+  const int64_t kSlice = std::clamp<int64_t>(
+      int64_t((size_t(16) << 20) / imagePixels), 1, 4096);
   for (int64_t done = 0; done < data.n; done += kSlice) {
     int64_t count = std::min(kSlice, data.n - done);
     std::vector<uint8_t> raw(size_t(count) * imagePixels);

@@ -130,6 +130,20 @@ TEST(Data, FashionMnistErrors) {
   writeGz(dir / "t10k-labels-idx1-ubyte.gz", manyLabels);
   EXPECT_EQ(error(), dir / "t10k-images-idx3-ubyte.gz: truncated (expected "
                            "12000000000 bytes of pixels, got 60)");
+  // Large images too (found by the idx fuzzer: 196608 images of 1024 x 768
+  // made the first 4096-image slice a 3 GiB allocation).
+  images = idxImages(1, 1024, 768);
+  images.resize(16 + 100);
+  images[4] = 0x00;
+  images[5] = 0x03;
+  images[6] = 0x00;
+  images[7] = 0x00;
+  manyLabels = idxLabels(0);
+  std::copy(images.begin() + 4, images.begin() + 8, manyLabels.begin() + 4);
+  writeGz(dir / "t10k-images-idx3-ubyte.gz", images);
+  writeGz(dir / "t10k-labels-idx1-ubyte.gz", manyLabels);
+  EXPECT_EQ(error(), dir / "t10k-images-idx3-ubyte.gz: truncated (expected "
+                           "154618822656 bytes of pixels, got 100)");
   std::vector<uint8_t> labels = idxLabels(5);
   labels.back() = 10;
   writeGz(dir / "t10k-images-idx3-ubyte.gz", idxImages(5, 3, 4));

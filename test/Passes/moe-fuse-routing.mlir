@@ -11,11 +11,13 @@
 // CHECK-NOT: moe.experts gelu
 // CHECK-NOT: moe.combine
 // CHECK: %[[Y:.*]], %[[L:.*]], %{{.*}} = moe.routed_ffn token_choice gelu %[[X]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} noise %[[N]]
-// CHECK-SAME: {capacity = 3 : i64, capacity_factor = 1.000000e+00 : f64, k = 2 : i64, noise_std = 1.000000e+00 : f64, row_tile = 8 : i64}
+// CHECK-SAME: {capacity = 3 : i64, capacity_factor = 1.000000e+00 : f64, k = 2 : i64, noise_std = 1.000000e+00 : f64, row_tile = 3 : i64}
 // CHECK-SAME: -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
 // CHECK: %[[R:.*]] = moe.add %[[Y]], %[[X]]
 // CHECK: moe.aux_loss importance %[[L]]
-// TILE4: row_tile = 4 : i64
+// Row tiles are at most the capacity (8 by default).
+// TILE4-LABEL: func.func @token_choice
+// TILE4: row_tile = 3 : i64
 func.func @token_choice(%x: tensor<2x6x8xf32>, %noise: tensor<2x6x4xf32>) -> (tensor<2x6x8xf32>, tensor<f32>) {
   %wr = moe.param "moe.router.weight" init(trunc_normal, 2.000000e-02) : tensor<8x4xf32>
   %d, %c, %l = moe.router token_choice %x, %wr noise %noise {k = 2 : i64, capacity_factor = 1.0 : f64, noise_std = 1.0 : f64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<2x6x4xf32>) -> (tensor<2x6x4x3xf32>, tensor<2x6x4x3xf32>, tensor<2x6x4xf32>)
@@ -40,7 +42,7 @@ func.func @token_choice(%x: tensor<2x6x8xf32>, %noise: tensor<2x6x4xf32>) -> (te
 // CHECK-LABEL: func.func @shared_and_counts
 // CHECK: %[[S:.*]] = moe.shared_expert gelu
 // CHECK: %[[Y:.*]], %{{.*}}, %[[C:.*]] = moe.routed_ffn expert_choice relu
-// CHECK-SAME: {capacity = 3 : i64, capacity_factor = 1.000000e+00 : f64, row_tile = 8 : i64}
+// CHECK-SAME: {capacity = 3 : i64, capacity_factor = 1.000000e+00 : f64, row_tile = 3 : i64}
 // CHECK: moe.add %[[S]], %[[Y]]
 // CHECK: moe.routing_counts %[[C]] mask %{{.*}} : (tensor<2x4xf32>, tensor<2xf32>) -> tensor<4xf32>
 func.func @shared_and_counts(%x: tensor<2x12x8xf32>, %mask: tensor<2xf32>) -> (tensor<2x12x8xf32>, tensor<4xf32>) {
@@ -68,7 +70,10 @@ func.func @shared_and_counts(%x: tensor<2x12x8xf32>, %mask: tensor<2xf32>) -> (t
 // Sinkhorn and per-image routers fuse too; per-image logits are [G, 1, E].
 // CHECK-LABEL: func.func @sinkhorn_and_per_image
 // CHECK: moe.routed_ffn sinkhorn gelu
-// CHECK-SAME: {capacity = 6 : i64, capacity_factor = 2.000000e+00 : f64, k = 1 : i64, row_tile = 8 : i64, sinkhorn_iters = 3 : i64}
+// CHECK-SAME: {capacity = 6 : i64, capacity_factor = 2.000000e+00 : f64, k = 1 : i64, row_tile = 6 : i64, sinkhorn_iters = 3 : i64}
+// TILE4-LABEL: func.func @sinkhorn_and_per_image
+// TILE4: row_tile = 4 : i64
+// TILE4: row_tile = 4 : i64
 // CHECK: moe.routed_ffn per_image gelu
 // CHECK-SAME: {capacity = 12 : i64, k = 2 : i64, row_tile = 8 : i64}
 // CHECK-SAME: -> (tensor<2x12x8xf32>, tensor<2x1x4xf32>, tensor<2x4xf32>)

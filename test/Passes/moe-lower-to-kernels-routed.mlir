@@ -2,7 +2,8 @@
 // RUN: moec-opt %s --pass-pipeline='builtin.module(moe-lower-to-kernels)' | FileCheck %s --check-prefix=UNFUSED
 
 // The fused layer's kernel: per image, the router's logits, then per expert
-// and row tile of 8 rows the gathered GEMM pair and the gated scatter-add.
+// and row tile (3 rows: at most the capacity) the gathered GEMM pair and
+// the gated scatter-add.
 // Neither the [S, E, C] = 6x4x3 routing tensors nor the [E, C, D] = 4x3x8
 // slots exist in the plan or the kernel.
 // CHECK-LABEL: func.func @infer
@@ -20,9 +21,9 @@
 // CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args
 // CHECK: scf.for %[[ROW:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args
 // CHECK: tensor.extract_slice %{{.*}}[%{{.*}}, 0] [1, 8] [1, 1] : tensor<6x8xf32> to tensor<8xf32>
-// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<8x8xf32>, tensor<8x16xf32>)
+// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<3x8xf32>, tensor<8x16xf32>)
 // CHECK: math.erf
-// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<8x16xf32>, tensor<16x8xf32>)
+// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<3x16xf32>, tensor<16x8xf32>)
 // CHECK-NOT: 6x4x3xf32
 // CHECK-NOT: 4x3x8xf32
 // CHECK: return

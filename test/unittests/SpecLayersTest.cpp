@@ -147,8 +147,8 @@ TEST(SpecTest, LayersErrors) {
       "layers": {"5": {"experts": 2}}})")),
             "t.json:4:35: /moe/layers/5/experts: must be >= top_k (3, from "
             "/moe/top_k), got 2");
-  EXPECT_EQ(errorOf(withLayers(R"({"5": {"experts": 1}})")),
-            "t.json:4:84: /moe/layers/5/experts: must be >= 2, got 1");
+  EXPECT_EQ(errorOf(withLayers(R"({"5": {"experts": 0}})")),
+            "t.json:4:84: /moe/layers/5/experts: must be >= 1, got 0");
   EXPECT_EQ(errorOf(withLayers(
                 R"({"5": {"router": {"kind": "sinkhorn", "noise_std": 1}}})")),
             "t.json:4:117: /moe/layers/5/router/noise_std: not used by router "

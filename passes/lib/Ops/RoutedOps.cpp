@@ -8,9 +8,10 @@
 // and the second GEMM's rows are scaled by their gates and added into their
 // tokens' outputs. No [S, E, C] tensor exists. moe.routed_ffn_grad runs the
 // backward through the same row list, and moe.routed_ffn_weight_grad sums
-// the experts' weight gradients over a tile of groups, row tile by row
-// tile. Every loop runs in a fixed order on one thread per group (or tile
-// of groups), so the results do not depend on the thread count.
+// each expert's weight gradients over its filled rows of every group, in
+// chunks of rows packed from the row lists. Every loop runs in a fixed
+// order on one thread per group (or, for the weight gradients, per
+// expert), so the results do not depend on the thread count.
 //
 //===----------------------------------------------------------------------===//
 
@@ -76,6 +77,60 @@ Value validRows(OpBuilder &b, Location loc, const Segment &seg, Value row,
                                 arith::SubIOp::create(b, loc, end, row));
 }
 
+/// `full` with its slice at `offsets` / `sizes` (of rank-reduced shape
+/// `type`) set to body(srcs..., old element), by a linalg.generic whose
+/// destination is that slice: it vectorizes and bufferizes in place. (An
+/// insert_slice of another tensor would become a memref.copy, which the
+/// CPU pipeline lowers to scalar loops.) Without `body` the slice is a copy
+/// of srcs[0].
+Value writeSlice(ImageBuilder &ib, Value full, ArrayRef<OpFoldResult> offsets,
+                 ArrayRef<int64_t> sizes, ArrayRef<int64_t> type,
+                 ValueRange srcs,
+                 function_ref<Value(OpBuilder &, Location, ValueRange)> body =
+                     nullptr) {
+  OpBuilder &b = ib.b;
+  Location loc = ib.loc;
+  Value dst = sliceOf(b, loc, full, offsets, sizes, type);
+  Value v = ib.elementwise(
+      srcs, dst, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        return body ? body(nb, nl, a) : a[0];
+      });
+  SmallVector<OpFoldResult> sz, st;
+  for (int64_t n : sizes) {
+    sz.push_back(b.getIndexAttr(n));
+    st.push_back(b.getIndexAttr(1));
+  }
+  return tensor::InsertSliceOp::create(b, loc, v, full, offsets, sz, st);
+}
+
+/// `full` with the slice at offsets / sizes set to zeros (in place).
+Value zeroSlice(ImageBuilder &ib, Value full, ArrayRef<OpFoldResult> offsets,
+                ArrayRef<int64_t> sizes, ArrayRef<int64_t> type) {
+  Value dst = sliceOf(ib.b, ib.loc, full, offsets, sizes, type);
+  Value zero = ib.fill(dst, 0.0);
+  SmallVector<OpFoldResult> sz, st;
+  for (int64_t n : sizes) {
+    sz.push_back(ib.b.getIndexAttr(n));
+    st.push_back(ib.b.getIndexAttr(1));
+  }
+  return tensor::InsertSliceOp::create(ib.b, ib.loc, zero, full, offsets, sz,
+                                       st);
+}
+
+/// x's row of token rowToken[lead, row + r] ([D], x [lead..., S, D]).
+Value tokenRow(OpBuilder &b, Location loc, Value x, Value rowToken,
+               ValueRange lead, Value at) {
+  int64_t width = ImageBuilder::shape(x).back();
+  SmallVector<Value> idx(lead);
+  idx.push_back(at);
+  Value token = toIndex(b, loc, extractAt(b, loc, rowToken, idx));
+  SmallVector<OpFoldResult> off(lead.begin(), lead.end());
+  off.append({token, b.getIndexAttr(0)});
+  SmallVector<int64_t> sizes(lead.size(), 1);
+  sizes.append({1, width});
+  return sliceOf(b, loc, x, off, sizes, {width});
+}
+
 /// A [R, D] tile whose first `valid` rows are x[rowToken[row + r]] and the
 /// rest zeros: the first grouped GEMM's rows, gathered through the index.
 Value gatherRows(ImageBuilder &ib, Value x, Value rowToken, ValueRange lead,
@@ -87,20 +142,17 @@ Value gatherRows(ImageBuilder &ib, Value x, Value rowToken, ValueRange lead,
   return forRange(
       b, loc, cIndex(b, loc, 0), valid, cIndex(b, loc, 1), {tile},
       [&](OpBuilder &rb, Location rl, Value r, ValueRange acc) {
-        SmallVector<Value> at(lead);
-        at.push_back(arith::AddIOp::create(rb, rl, row, r));
-        Value token = toIndex(rb, rl, extractAt(rb, rl, rowToken, at));
-        SmallVector<OpFoldResult> off(lead.begin(), lead.end());
-        off.append({token, rb.getIndexAttr(0)});
-        SmallVector<int64_t> sizes(lead.size(), 1);
-        sizes.append({1, width});
-        Value src = sliceOf(rb, rl, x, off, sizes, {width});
-        return SmallVector<Value>{
-            putRow(rb, rl, src, acc[0], {r, rb.getIndexAttr(0)})};
+        ImageBuilder rib(rb, rl);
+        Value at = arith::AddIOp::create(rb, rl, row, r);
+        Value src = tokenRow(rb, rl, x, rowToken, lead, at);
+        return SmallVector<Value>{writeSlice(rib, acc[0],
+                                             {r, rb.getIndexAttr(0)},
+                                             {1, width}, {width}, {src})};
       })[0];
 }
 
-/// Rows [row, row + R) of `full` [N, C] as a tile [R, C], and back.
+/// Rows [row, row + R) of `full` [lead..., N, C] as a tile [R, C], and
+/// back (a tile computed into rowsOf's slice is written in place).
 Value rowsOf(OpBuilder &b, Location loc, Value full, ValueRange lead,
              Value row, int64_t rowTile) {
   ArrayRef<int64_t> shape = ImageBuilder::shape(full);
@@ -122,19 +174,14 @@ Value putRows(OpBuilder &b, Location loc, Value tile, Value full, Value row) {
 
 /// full[at] = full[at] + scale * row (rows of [S, D]); `scale` may be null.
 Value addRow(ImageBuilder &ib, Value full, Value at, Value row, Value scale) {
-  OpBuilder &b = ib.b;
-  Location loc = ib.loc;
   int64_t width = ImageBuilder::shape(full)[1];
-  OpFoldResult zero = b.getIndexAttr(0);
-  Value cur = sliceOf(b, loc, full, {at, zero}, {1, width}, {width});
-  Value sum = ib.elementwise(
-      {row, cur}, ib.empty({width}),
-      [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-        Value v = scale ? arith::MulFOp::create(nb, nl, a[0], scale).getResult()
-                        : a[0];
-        return arith::AddFOp::create(nb, nl, a[1], v);
-      });
-  return putRow(b, loc, sum, full, {at, zero});
+  return writeSlice(ib, full, {at, ib.b.getIndexAttr(0)}, {1, width}, {width},
+                    {row}, [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                      Value v = scale ? arith::MulFOp::create(nb, nl, a[0], scale)
+                                            .getResult()
+                                      : a[0];
+                      return arith::AddFOp::create(nb, nl, a[1], v);
+                    });
 }
 
 /// Row `r` [C] of a tile [R, C].
@@ -143,21 +190,12 @@ Value tileRow(OpBuilder &b, Location loc, Value tile, Value r) {
   return sliceOf(b, loc, tile, {r, b.getIndexAttr(0)}, {1, cols}, {cols});
 }
 
-/// acc[m, n] + sum_k a[k, m] w[k, n]: a weight gradient's update by one row
-/// tile (a read transposed in place).
-Value accumulateTransposedA(ImageBuilder &ib, Value a, Value w, Value acc) {
-  return ib.generic(
-      {a, w}, acc, {ib.map(3, {2, 0}), ib.map(3, {2, 1}), ib.map(3, {0, 1})},
-      {kPar, kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange v) -> Value {
-        return arith::AddFOp::create(nb, nl, v[2],
-                                     arith::MulFOp::create(nb, nl, v[0], v[1]));
-      });
-}
-
-/// acc[n] + sum_r t[r, n].
+/// acc[n] + sum_r t[r, n]: loops (r, n), the output's innermost, so the sum
+/// vectorizes along the row (a reduction innermost would gather a strided
+/// column per element).
 Value accumulateRows(ImageBuilder &ib, Value t, Value acc) {
-  return ib.generic({t}, acc, {ib.map(2, {1, 0}), ib.map(2, {0})},
-                    {kPar, kRed},
+  return ib.generic({t}, acc, {ib.map(2, {0, 1}), ib.map(2, {1})},
+                    {kRed, kPar},
                     [](OpBuilder &nb, Location nl, ValueRange v) -> Value {
                       return arith::AddFOp::create(nb, nl, v[1], v[0]);
                     });
@@ -483,7 +521,8 @@ KernelResults routedFFNGradKernel(RoutedFFNGradOp o, ImageBuilder &ib,
             [&](OpBuilder &tb, Location tl, Value row, ValueRange acc) {
               ImageBuilder tib(tb, tl);
               Value valid = validRows(tb, tl, seg, row, rowTile);
-              // Gather: dyt[r] = gate * dy[token]; and the gate gradients
+              // Gather: dyt[r] = gate * dy[token] (into row_grad's rows,
+              // zero past the segment); and the gate gradients
               // dgate[token, e] = dy[token] . expert_out[r].
               Value dyt0 = tib.fill({rowTile, width}, 0.0);
               SmallVector<Value> g = forRange(
@@ -498,12 +537,11 @@ KernelResults routedFFNGradKernel(RoutedFFNGradOp o, ImageBuilder &ib,
                     OpFoldResult z = rb.getIndexAttr(0);
                     Value dyRow =
                         sliceOf(rb, rl2, dy, {token, z}, {1, width}, {width});
-                    Value scaled = rib.elementwise(
-                        {dyRow}, rib.empty({width}),
+                    Value dytNext = writeSlice(
+                        rib, racc[0], {r, z}, {1, width}, {width}, {dyRow},
                         [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
                           return arith::MulFOp::create(nb, nl, a[0], gate);
                         });
-                    Value dytNext = putRow(rb, rl2, scaled, racc[0], {r, z});
                     Value yRow = sliceOf(rb, rl2, expertOut, {at, z},
                                          {1, width}, {width});
                     // A [1] result (one parallel loop) rather than a 0-d
@@ -561,9 +599,25 @@ int64_t routedGradImageDim(Operation *op, Value v, bool isResult) {
   return 0;
 }
 
-/// moe.routed_ffn_weight_grad for one tile of groups. `in`: input
-/// [Gt, S, D], row_token [Gt, N], offsets, counts [Gt, E], hidden,
-/// hidden_grad [Gt, N, H], row_grad [Gt, N, D].
+/// acc[m, n] + sum_k a[k, m] w[k, n]: a weight gradient's update by one
+/// row tile (a read transposed in place).
+Value accumulateTransposedA(ImageBuilder &ib, Value a, Value w, Value acc) {
+  return ib.generic(
+      {a, w}, acc, {ib.map(3, {2, 0}), ib.map(3, {2, 1}), ib.map(3, {0, 1})},
+      {kPar, kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange v) -> Value {
+        return arith::AddFOp::create(nb, nl, v[2],
+                                     arith::MulFOp::create(nb, nl, v[0], v[1]));
+      });
+}
+
+/// moe.routed_ffn_weight_grad for one expert. `in`: input [G, S, D],
+/// row_token [G, N], the expert's offsets and counts [G], hidden,
+/// hidden_grad [G, N, H], row_grad [G, N, D]. For every group in order and
+/// every row tile of the expert's segment, the tile's input rows gathered
+/// through the row list and its residual rows update the accumulators:
+/// dW1 += X^T dA, db1 += sum dA, dW2 += H^T dY, db2 += sum dY. Padding rows
+/// contribute nothing: their gathered input rows and their gradient rows
+/// (moe.routed_ffn_grad) are zeros.
 KernelResults routedWeightGradKernel(RoutedFFNWeightGradOp o, ImageBuilder &ib,
                                      ArrayRef<Value> in, ArrayRef<Value> dests,
                                      const ImageKernelOptions &) {
@@ -571,59 +625,40 @@ KernelResults routedWeightGradKernel(RoutedFFNWeightGradOp o, ImageBuilder &ib,
   Location loc = ib.loc;
   Value x = in[0], rowToken = in[1], offsets = in[2], counts = in[3],
         hid = in[4], da = in[5], dyt = in[6];
-  ArrayRef<int64_t> xs = ImageBuilder::shape(x);
-  int64_t groups = xs[0], width = xs[2];
-  int64_t e = ImageBuilder::shape(offsets)[1];
-  int64_t hidden = ImageBuilder::shape(hid)[2];
+  int64_t groups = ImageBuilder::shape(x)[0];
   int64_t rowTile = o.getRowTile();
-  SmallVector<Value> init(dests.begin(), dests.end());
+  SmallVector<Value> accs{ib.fill(dests[0], 0.0), ib.fill(dests[1], 0.0),
+                          ib.fill(dests[2], 0.0), ib.fill(dests[3], 0.0)};
   return forRange(
-      b, loc, cIndex(b, loc, 0), cIndex(b, loc, e), cIndex(b, loc, 1), init,
-      [&](OpBuilder &eb, Location el, Value ei, ValueRange eacc) {
-        ImageBuilder eib(eb, el);
-        OpFoldResult zero = eb.getIndexAttr(0);
-        // This expert's accumulators, summed over the tile's groups.
-        SmallVector<Value> accs{
-            eib.fill({width, hidden}, 0.0), eib.fill({hidden}, 0.0),
-            eib.fill({hidden, width}, 0.0), eib.fill({width}, 0.0)};
-        accs = forRange(
-            eb, el, cIndex(eb, el, 0), cIndex(eb, el, groups),
-            cIndex(eb, el, 1), accs,
-            [&](OpBuilder &gb, Location gl, Value gi, ValueRange gacc) {
-              Segment seg =
-                  segmentOf(gb, gl, offsets, counts, {gi, ei}, rowTile);
-              return forRange(
-                  gb, gl, seg.begin, seg.tilesEnd, cIndex(gb, gl, rowTile),
-                  gacc,
-                  [&](OpBuilder &tb, Location tl, Value row, ValueRange acc) {
-                    ImageBuilder tib(tb, tl);
-                    Value valid = validRows(tb, tl, seg, row, rowTile);
-                    Value xt = gatherRows(tib, x, rowToken, {gi}, row, valid,
-                                          rowTile);
-                    Value dat = rowsOf(tb, tl, da, {gi}, row, rowTile);
-                    Value ht = rowsOf(tb, tl, hid, {gi}, row, rowTile);
-                    Value dyt2 = rowsOf(tb, tl, dyt, {gi}, row, rowTile);
-                    return SmallVector<Value>{
-                        accumulateTransposedA(tib, xt, dat, acc[0]),
-                        accumulateRows(tib, dat, acc[1]),
-                        accumulateTransposedA(tib, ht, dyt2, acc[2]),
-                        accumulateRows(tib, dyt2, acc[3])};
-                  });
+      b, loc, cIndex(b, loc, 0), cIndex(b, loc, groups), cIndex(b, loc, 1),
+      accs, [&](OpBuilder &gb, Location gl, Value gi, ValueRange gacc) {
+        Segment seg = segmentOf(gb, gl, offsets, counts, {gi}, rowTile);
+        return forRange(
+            gb, gl, seg.begin, seg.tilesEnd, cIndex(gb, gl, rowTile), gacc,
+            [&](OpBuilder &tb, Location tl, Value row, ValueRange acc) {
+              ImageBuilder tib(tb, tl);
+              Value valid = validRows(tb, tl, seg, row, rowTile);
+              Value xt = gatherRows(tib, x, rowToken, {gi}, row, valid, rowTile);
+              Value dat = rowsOf(tb, tl, da, {gi}, row, rowTile);
+              Value ht = rowsOf(tb, tl, hid, {gi}, row, rowTile);
+              Value dyt2 = rowsOf(tb, tl, dyt, {gi}, row, rowTile);
+              return SmallVector<Value>{
+                  accumulateTransposedA(tib, xt, dat, acc[0]),
+                  accumulateRows(tib, dat, acc[1]),
+                  accumulateTransposedA(tib, ht, dyt2, acc[2]),
+                  accumulateRows(tib, dyt2, acc[3])};
             });
-        auto put = [&](Value acc, Value full) -> Value {
-          ArrayRef<int64_t> s = ImageBuilder::shape(acc);
-          SmallVector<OpFoldResult> off{ei}, sizes{eb.getIndexAttr(1)},
-              strides(s.size() + 1, eb.getIndexAttr(1));
-          for (int64_t d : s) {
-            off.push_back(zero);
-            sizes.push_back(eb.getIndexAttr(d));
-          }
-          return tensor::InsertSliceOp::create(eb, el, acc, full, off, sizes,
-                                               strides);
-        };
-        return SmallVector<Value>{put(accs[0], eacc[0]), put(accs[1], eacc[1]),
-                                  put(accs[2], eacc[2]), put(accs[3], eacc[3])};
       });
+}
+
+/// moe.routed_ffn_weight_grad: one expert per parallel step. Its results
+/// and the expert-major segments ([E, G]) are sliced per expert; the rows
+/// are read whole.
+int64_t weightGradImageDim(Operation *op, Value v, bool isResult) {
+  auto wg = cast<RoutedFFNWeightGradOp>(op);
+  if (isResult || v == wg.getOffsets() || v == wg.getCounts())
+    return 0;
+  return -1;
 }
 
 //===----------------------------------------------------------------------===//
@@ -666,9 +701,8 @@ int64_t gradFlops(RoutedFFNGradOp o) {
 }
 
 int64_t weightGradFlops(RoutedFFNWeightGradOp o) {
-  int64_t rows = dimOf(o.getHidden(), 0) * dimOf(o.getHidden(), 1) *
-                 dimOf(o.getHidden(), 2);
-  int64_t d = dimOf(o.getInput(), 3), h = dimOf(o.getHidden(), 3);
+  int64_t rows = dimOf(o.getHidden(), 0) * dimOf(o.getHidden(), 1);
+  int64_t d = dimOf(o.getInput(), 2), h = dimOf(o.getHidden(), 2);
   return rows * (4 * d * h + h + d);
 }
 
@@ -688,5 +722,5 @@ void moec::kernels::attachRoutedOpModels(MLIRContext *ctx) {
   attachKernelAndCost<RoutedFFNGradOp, routedFFNGradKernel, gradFlops,
                       routedGradImageDim>(ctx);
   attachKernelAndCost<RoutedFFNWeightGradOp, routedWeightGradKernel,
-                      weightGradFlops>(ctx);
+                      weightGradFlops, weightGradImageDim>(ctx);
 }

@@ -404,6 +404,8 @@ int64_t combineFlops(CombineOp o) {
 
 ImageKernelOptions moec::kernels::planImageKernel(Operation *op) {
   ImageKernelOptions options;
+  // The fused layer's weight gradients run one expert per parallel step.
+  options.overImages = !isa<RoutedFFNWeightGradOp>(op);
   if (auto d = dyn_cast<DispatchOp>(op))
     options.oneHotRouting = isHardRouted(d.getDispatch());
   if (auto c = dyn_cast<CombineOp>(op))

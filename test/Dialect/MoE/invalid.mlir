@@ -802,8 +802,8 @@ func.func @routed_grad_gates(%dy: tensor<2x6x8xf32>, %w1t: tensor<4x16x8xf32>, %
 
 // -----
 
-func.func @routed_weight_grad_tiles(%x: tensor<2x3x6x8xf32>, %tok: tensor<2x3x32xf32>, %off: tensor<2x3x4xf32>, %cnt: tensor<2x3x4xf32>, %h: tensor<2x3x32x16xf32>, %da: tensor<2x3x32x16xf32>, %dyt: tensor<2x3x32x8xf32>) {
-  // expected-error @+1 {{'moe.routed_ffn_weight_grad' op expects fc1_weight_grad of shape 2x4x8x16, got 1x4x8x16}}
-  %r:4 = moe.routed_ffn_weight_grad %x, %tok, %off, %cnt, %h, %da, %dyt {row_tile = 8 : i64} : (tensor<2x3x6x8xf32>, tensor<2x3x32xf32>, tensor<2x3x4xf32>, tensor<2x3x4xf32>, tensor<2x3x32x16xf32>, tensor<2x3x32x16xf32>, tensor<2x3x32x8xf32>) -> (tensor<1x4x8x16xf32>, tensor<2x4x16xf32>, tensor<2x4x16x8xf32>, tensor<2x4x8xf32>)
+func.func @routed_weight_grad_experts(%x: tensor<2x6x8xf32>, %tok: tensor<2x32xf32>, %off: tensor<4x2xf32>, %cnt: tensor<4x2xf32>, %h: tensor<2x32x16xf32>, %da: tensor<2x32x16xf32>, %dyt: tensor<2x32x8xf32>) {
+  // expected-error @+1 {{'moe.routed_ffn_weight_grad' op expects fc1_weight_grad of shape 4x8x16, got 2x8x16}}
+  %r:4 = moe.routed_ffn_weight_grad %x, %tok, %off, %cnt, %h, %da, %dyt {row_tile = 8 : i64} : (tensor<2x6x8xf32>, tensor<2x32xf32>, tensor<4x2xf32>, tensor<4x2xf32>, tensor<2x32x16xf32>, tensor<2x32x16xf32>, tensor<2x32x8xf32>) -> (tensor<2x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>)
   return
 }

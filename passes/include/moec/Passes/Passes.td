@@ -97,8 +97,9 @@ def FuseRoutingPass : Pass<"moe-fuse-routing", "mlir::func::FuncOp"> {
   }];
   let options = [
     Option<"rowTile", "row-tile", "int64_t", /*default=*/"8",
-           "Rows of a grouped GEMM tile: every expert's segment of the row "
-           "list is padded to a multiple of it">,
+           "Rows of a grouped GEMM tile (at most the layer's capacity): "
+           "every expert's segment of the row list is padded to a multiple "
+           "of it">,
   ];
 }
 
@@ -184,10 +185,7 @@ def SplitBatchReductionsPass : Pass<"moe-split-batch-reductions", "mlir::func::F
     own images into its own slice of a [16, ...] tensor (the slices it reads
     stay in cache), and a second op that adds the partials in a fixed order,
     so results do not depend on the thread count. moe-lower-to-kernels then
-    splits both over their tiles. A `moe.routed_ffn_weight_grad` over one
-    tile of groups (as moe.routed_ffn's VJP builds it) is split the same
-    way: its inputs are regrouped into as many tiles, and the ops summing
-    its partials then sum over all of them.
+    splits both over their tiles.
 
     Before:
     ```mlir

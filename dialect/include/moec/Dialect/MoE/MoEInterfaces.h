@@ -22,6 +22,11 @@ struct ImageKernelOptions {
   /// Experts: only the filled slots [0, n_e) of every expert are computed;
   /// the kernel gets the router's dispatch tensor as an extra input.
   bool filledSlotsOnly = false;
+  /// The kernel's parallel steps are images (the default: the runtime may
+  /// run any range of a batch's images, e.g. in chunks), or, when false,
+  /// exactly the extent of the first result's image dimension (the experts
+  /// of moe.routed_ffn_weight_grad): a "fixed" kernel.
+  bool overImages = true;
 };
 } // namespace moec::moe
 

@@ -134,7 +134,8 @@ def MoE_RoutedFFNGradOp : MoE_Op<"routed_ffn_grad", [Pure]> {
       routing, R = 1, where the products of all tokens add up).
 
     Padding rows of `row_grad` and `hidden_grad` are 0, so the weight
-    gradients (moe.routed_ffn_weight_grad) may sum whole row tiles.
+    gradients (moe.routed_ffn_weight_grad) may sum whole row tiles; rows
+    past the last row tile of a segment are not written.
   }];
   let arguments = (ins MoE_FloatTensor:$output_grad,
                    MoE_FloatTensor:$fc1_weight_t, MoE_FloatTensor:$fc2_weight_t,
@@ -152,23 +153,26 @@ def MoE_RoutedFFNGradOp : MoE_Op<"routed_ffn_grad", [Pure]> {
 }
 
 def MoE_RoutedFFNWeightGradOp : MoE_Op<"routed_ffn_weight_grad", [Pure]> {
-  let summary = "The experts' weight gradients over filled rows, one partial sum per batch tile.";
+  let summary = "The experts' weight gradients, over their filled rows only.";
   let description = [{
-    The groups come in T tiles of Gt: `input` `[T, Gt, S, D]`, `row_token`
-    `[T, Gt, N]`, `offsets` and `counts` `[T, Gt, E]`, `hidden`,
-    `hidden_grad` `[T, Gt, N, H]`, `row_grad` `[T, Gt, N, D]`. Result t
-    sums tile t's groups, over each expert's row tiles only (whole tiles of
-    `row_tile` rows, whose padding rows have zero gradients):
+    From moe.routed_ffn_train's `input` `[G, S, D]`, `row_token` `[G, N]`
+    and `hidden` `[G, N, H]`, moe.routed_ffn_grad's `hidden_grad`
+    `[G, N, H]` and `row_grad` `[G, N, D]`, and the segments of the row
+    lists expert-major (`offsets` and `counts` `[E, G]`: expert e's first
+    row and filled rows in group g), the sums over every group's filled rows
+    r of expert e (token t):
 
-    * `fc1_weight_grad[t, e] = sum_rows input[token]^T hidden_grad[r]`, `[T, E, D, H]`;
-    * `fc1_bias_grad[t, e] = sum_rows hidden_grad[r]`, `[T, E, H]`;
-    * `fc2_weight_grad[t, e] = sum_rows hidden[r]^T row_grad[r]`, `[T, E, H, D]`;
-    * `fc2_bias_grad[t, e] = sum_rows row_grad[r]`, `[T, E, D]`.
+    * `fc1_weight_grad[e] = sum_r input[g, t]^T hidden_grad[g, r]`, `[E, D, H]`;
+    * `fc1_bias_grad[e] = sum_r hidden_grad[g, r]`, `[E, H]`;
+    * `fc2_weight_grad[e] = sum_r hidden[g, r]^T row_grad[g, r]`, `[E, H, D]`;
+    * `fc2_bias_grad[e] = sum_r row_grad[g, r]`, `[E, D]`.
 
-    moe.routed_ffn's VJP builds it with T = 1 and sums over T in a separate
-    op; moe-split-batch-reductions splits it into as many tiles as
-    moe-lower-to-kernels makes of the batch, so the tiles run on different
-    threads and their partial sums are added in a fixed order.
+    The experts are independent: the kernel computes one expert per
+    parallel step (reading every group's rows of it, in group order), so the
+    sums do not depend on the thread count and need no per-thread partial
+    copies of the weights. An expert's segments are read in whole row tiles
+    of `row_tile` rows (their padding rows have zero gradients); unfilled
+    slots cost nothing.
   }];
   let arguments = (ins MoE_FloatTensor:$input, MoE_FloatTensor:$row_token,
                    MoE_FloatTensor:$offsets, MoE_FloatTensor:$counts,

@@ -45,3 +45,4 @@ func.func @infer(%x: tensor<2x6x8xf32>) -> tensor<2x6x8xf32> {
   %y = moe.combine %ys, %c : (tensor<4x2x3x8xf32>, tensor<2x6x4x3xf32>) -> tensor<2x6x8xf32>
   return %y : tensor<2x6x8xf32>
 }
+

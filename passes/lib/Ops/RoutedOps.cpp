@@ -103,20 +103,6 @@ Value writeSlice(ImageBuilder &ib, Value full, ArrayRef<OpFoldResult> offsets,
   return tensor::InsertSliceOp::create(b, loc, v, full, offsets, sz, st);
 }
 
-/// `full` with the slice at offsets / sizes set to zeros (in place).
-Value zeroSlice(ImageBuilder &ib, Value full, ArrayRef<OpFoldResult> offsets,
-                ArrayRef<int64_t> sizes, ArrayRef<int64_t> type) {
-  Value dst = sliceOf(ib.b, ib.loc, full, offsets, sizes, type);
-  Value zero = ib.fill(dst, 0.0);
-  SmallVector<OpFoldResult> sz, st;
-  for (int64_t n : sizes) {
-    sz.push_back(ib.b.getIndexAttr(n));
-    st.push_back(ib.b.getIndexAttr(1));
-  }
-  return tensor::InsertSliceOp::create(ib.b, ib.loc, zero, full, offsets, sz,
-                                       st);
-}
-
 /// x's row of token rowToken[lead, row + r] ([D], x [lead..., S, D]).
 Value tokenRow(OpBuilder &b, Location loc, Value x, Value rowToken,
                ValueRange lead, Value at) {

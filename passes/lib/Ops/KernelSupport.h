@@ -433,6 +433,14 @@ void attachKernelAndCost(MLIRContext *ctx) {
   OpT::template attachInterface<CostModel<OpT, Flops>>(*ctx);
 }
 
+/// A router's logits of one image: x [S, D] * w, or for per-image routing
+/// the mean token's, [1, E] (RoutingOps.cpp).
+Value routerLogits(ImageBuilder &ib, RouterKind kind, Value x, Value w,
+                   Value dest);
+
+/// logits + scale * noise, element-wise ([S, E]): noisy top-k's gate logits.
+Value noisyLogits(ImageBuilder &ib, Value logits, Value noise, double scale);
+
 /// The Sinkhorn router's scores from its gates [S, E]: `iters` rounds of
 /// scaling the columns to sum S / E and the rows to sum 1 (RoutingOps.cpp).
 Value sinkhornScores(ImageBuilder &ib, Value gates, int64_t iters);

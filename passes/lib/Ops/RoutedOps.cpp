@@ -211,45 +211,14 @@ RowList emitRowList(OpT o, ImageBuilder &ib, Value x, Value w, Value noise,
   RouterKind kind = o.getKind();
   RowList out;
 
-  Value logits;
-  if (kind == RouterKind::PerImage) {
-    // One decision per group, from the mean token.
-    Value sum = ib.generic(
-        {x}, ib.fill({xs[1]}, 0.0), {ib.map(2, {1, 0}), ib.map(2, {0})},
-        {kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          return arith::AddFOp::create(nb, nl, a[1], a[0]);
-        });
-    double inv = 1.0 / s;
-    Value mean = ib.elementwise(
-        {sum}, ib.empty({xs[1]}),
-        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          return arith::MulFOp::create(
-              nb, nl, a[0],
-              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(inv)));
-        });
-    Value mean2 =
-        tensor::ExpandShapeOp::create(b, loc, ib.type({1, xs[1]}), mean,
-                                      ArrayRef<ReassociationIndices>{{0, 1}});
-    logits = ib.matmul(mean2, w, Value(), logitsDest); // [1, E]
-  } else {
-    logits = ib.matmul(x, w, Value(), logitsDest); // [S, E]
-  }
+  Value logits = routerLogits(ib, kind, x, w, logitsDest); // [S or 1, E]
   out.logits = logits;
   int64_t r = ImageBuilder::shape(logits)[0];
 
-  Value gateLogits = logits;
-  if (noise) {
-    double scale = o.getNoiseStd()->convertToDouble() / e;
-    gateLogits = ib.generic(
-        {logits, noise}, ib.empty({s, e}),
-        {ib.map(2, {0, 1}), ib.map(2, {0, 1}), ib.map(2, {0, 1})}, {kPar, kPar},
-        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          Value k =
-              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale));
-          return arith::AddFOp::create(nb, nl, a[0],
-                                       arith::MulFOp::create(nb, nl, a[1], k));
-        });
-  }
+  Value gateLogits =
+      noise ? noisyLogits(ib, logits, noise,
+                          o.getNoiseStd()->convertToDouble() / e)
+            : logits;
   Value gates = ib.softmaxRows(gateLogits, gatesDest ? gatesDest
                                                      : ib.empty({r, e}));
   out.gates = gates;

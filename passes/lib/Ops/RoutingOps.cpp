@@ -177,24 +177,7 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
   Value dispatchDest = dests[0], combineDest = dests[1], logitsDest = dests[2];
 
   if (o.getKind() == RouterKind::PerImage) {
-    // One decision per image, from the mean token.
-    Value sum = ib.generic(
-        {x}, ib.fill({xs[1]}, 0.0), {ib.map(2, {1, 0}), ib.map(2, {0})},
-        {kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          return arith::AddFOp::create(nb, nl, a[1], a[0]);
-        });
-    double inv = 1.0 / s;
-    Value mean = ib.elementwise(
-        {sum}, ib.empty({xs[1]}),
-        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          return arith::MulFOp::create(
-              nb, nl, a[0],
-              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(inv)));
-        });
-    Value mean2 =
-        tensor::ExpandShapeOp::create(b, loc, ib.type({1, xs[1]}), mean,
-                                      ArrayRef<ReassociationIndices>{{0, 1}});
-    Value logits = ib.matmul(mean2, w, Value(), logitsDest); // [1, E]
+    Value logits = routerLogits(ib, RouterKind::PerImage, x, w, logitsDest);
     Value gates = ib.softmaxRows(logits, ib.empty({1, e}));
     Value rank = ib.rankAlongLastDim(gates);
     auto drop = [&](Value v) -> Value {
@@ -218,7 +201,7 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
     return SmallVector<Value>{dispatch, combine, logits};
   }
 
-  Value logits = ib.matmul(x, w, Value(), logitsDest); // [S, E*P]
+  Value logits = routerLogits(ib, o.getKind(), x, w, logitsDest); // [S, E*P]
 
   if (o.getKind() == RouterKind::Soft) {
     int64_t p = *o.getSlotsPerExpert();
@@ -273,19 +256,10 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
 
   // Noisy top-k (training): the gates come from logits + s * noise; the
   // logits result stays clean for the auxiliary losses.
-  Value gateLogits = logits;
-  if (o.getNoise()) {
-    double scale = o.getNoiseStd()->convertToDouble() / e;
-    gateLogits = ib.generic(
-        {logits, in[2]}, ib.empty({s, e}),
-        {ib.map(2, {0, 1}), ib.map(2, {0, 1}), ib.map(2, {0, 1})}, {kPar, kPar},
-        [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
-          Value k =
-              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale));
-          return arith::AddFOp::create(nb, nl, a[0],
-                                       arith::MulFOp::create(nb, nl, a[1], k));
-        });
-  }
+  Value gateLogits =
+      o.getNoise() ? noisyLogits(ib, logits, in[2],
+                                 o.getNoiseStd()->convertToDouble() / e)
+                   : logits;
   Value gates = ib.softmaxRows(gateLogits, ib.empty({s, e}));
 
   if (o.getKind() == RouterKind::ExpertChoice) {
@@ -426,6 +400,44 @@ ImageKernelOptions moec::kernels::planImageKernel(Operation *op) {
                               isPrefixFilled(router.getKind());
   }
   return options;
+}
+
+Value moec::kernels::routerLogits(ImageBuilder &ib, RouterKind kind, Value x,
+                                  Value w, Value dest) {
+  if (kind != RouterKind::PerImage)
+    return ib.matmul(x, w, Value(), dest);
+  // One decision per image, from the mean token.
+  ArrayRef<int64_t> xs = ImageBuilder::shape(x); // [S, D]
+  Value sum = ib.generic(
+      {x}, ib.fill({xs[1]}, 0.0), {ib.map(2, {1, 0}), ib.map(2, {0})},
+      {kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        return arith::AddFOp::create(nb, nl, a[1], a[0]);
+      });
+  double inv = 1.0 / xs[0];
+  Value mean = ib.elementwise(
+      {sum}, ib.empty({xs[1]}),
+      [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        return arith::MulFOp::create(
+            nb, nl, a[0],
+            arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(inv)));
+      });
+  Value mean2 =
+      tensor::ExpandShapeOp::create(ib.b, ib.loc, ib.type({1, xs[1]}), mean,
+                                    ArrayRef<ReassociationIndices>{{0, 1}});
+  return ib.matmul(mean2, w, Value(), dest); // [1, E]
+}
+
+Value moec::kernels::noisyLogits(ImageBuilder &ib, Value logits, Value noise,
+                                 double scale) {
+  ArrayRef<int64_t> shape = ImageBuilder::shape(logits);
+  return ib.generic(
+      {logits, noise}, ib.empty(shape),
+      {ib.map(2, {0, 1}), ib.map(2, {0, 1}), ib.map(2, {0, 1})}, {kPar, kPar},
+      [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+        Value k = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(scale));
+        return arith::AddFOp::create(nb, nl, a[0],
+                                     arith::MulFOp::create(nb, nl, a[1], k));
+      });
 }
 
 Value moec::kernels::sinkhornScores(ImageBuilder &ib, Value gates,

@@ -87,6 +87,13 @@ PY
   "${PIP[@]}" install -q "${deps[@]}"
 fi
 
+# numpy: bench/moe_torch.py (infer_vs_pytorch.py, train_vs_pytorch.py)
+# hands tensors over as numpy arrays.
+if ! "$VENV/bin/python" -c 'import numpy' >/dev/null 2>&1; then
+  echo "bench/setup-venv: installing numpy"
+  "$VENV/bin/python" -m pip install -q numpy
+fi
+
 if ! command -v g++ >/dev/null 2>&1 && ! command -v clang++ >/dev/null 2>&1; then
   echo "bench/setup-venv: warning: no g++ or clang++; torch.compile on the CPU needs one" >&2
 fi

@@ -48,6 +48,19 @@ LogicalResult expectF32(Operation *op) {
   return success();
 }
 
+/// The router attributes of a fused layer (forward or training op).
+template <typename OpT> RouterConfig configOf(OpT op) {
+  RouterConfig config;
+  config.kind = op.getKind();
+  config.k = op.getK();
+  if (auto cf = op.getCapacityFactor())
+    config.capacityFactor = cf->convertToDouble();
+  if (auto noise = op.getNoiseStd())
+    config.noiseStd = noise->convertToDouble();
+  config.sinkhornIters = op.getSinkhornIters();
+  return config;
+}
+
 /// The router configuration of a fused layer, checked like moe.router's,
 /// and its shapes: returns E, and checks capacity, the weights and the
 /// noise against the input.
@@ -66,14 +79,7 @@ template <typename OpT> LogicalResult verifyLayer(OpT op, int64_t &numExperts) {
                             << formatShape(x) << " and " << formatShape(w1);
   int64_t g = x[0], s = x[1], d = x[2], e = w1[0], h = w1[2];
   numExperts = e;
-  RouterConfig config;
-  config.kind = op.getKind();
-  config.k = op.getK();
-  if (auto cf = op.getCapacityFactor())
-    config.capacityFactor = cf->convertToDouble();
-  if (auto noise = op.getNoiseStd())
-    config.noiseStd = noise->convertToDouble();
-  config.sinkhornIters = op.getSinkhornIters();
+  RouterConfig config = configOf(op);
   auto emit = [&] { return op.emitOpError(); };
   if (failed(verifyRouterConfig(emit, config, e)))
     return failure();
@@ -279,15 +285,7 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
 //===----------------------------------------------------------------------===//
 
 RouterConfig moec::moe::getRouterConfig(RoutedFFNOp layer) {
-  RouterConfig config;
-  config.kind = layer.getKind();
-  config.k = layer.getK();
-  if (auto cf = layer.getCapacityFactor())
-    config.capacityFactor = cf->convertToDouble();
-  if (auto noise = layer.getNoiseStd())
-    config.noiseStd = noise->convertToDouble();
-  config.sinkhornIters = layer.getSinkhornIters();
-  return config;
+  return configOf(layer);
 }
 
 LogicalResult moec::moe::setRouterConfig(RewriterBase &rewriter,

@@ -49,6 +49,31 @@ int64_t pickTile(int64_t n, int64_t limit, int64_t lanes = 1) {
   return 1;
 }
 
+/// The vector tile of a dimension of `n` elements, at most `limit` lanes
+/// (at least one register), `lanes` floats a register. Tiles are a power of
+/// two of whole registers: LLVM splits a loop-carried vector such as
+/// <48 x float> (three AVX-512 registers) into 128-bit pieces reassembled
+/// with inserts and spills on every iteration, and a tile such as 50
+/// lanes legalizes into a ragged tail handled element by element. The
+/// remainder that a tile leaves is peeled, so it must be a tile of the same
+/// kind (a power of two of registers) or less than a register (attention's
+/// 50 keys on AVX-512: 16 + 16 + 16 + 2, not 32 + 18; on AVX2 16 + 16 + 16
+/// + 2, each broadcast element of A feeding two registers).
+int64_t pickVectorTile(int64_t n, int64_t limit, int64_t lanes) {
+  if (n <= lanes)
+    return n;
+  auto wholeRegisters = [&](int64_t t) {
+    return t % lanes == 0 && llvm::isPowerOf2_64(t / lanes);
+  };
+  int64_t best = lanes;
+  for (int64_t t = lanes; t <= std::min(limit, n); t *= 2) {
+    int64_t rest = n % t;
+    if (rest == 0 || rest < lanes || wholeRegisters(rest))
+      best = t;
+  }
+  return best;
+}
+
 /// Whether the body of `op` calls a math-dialect function (exp, erf, log,
 /// tanh, ...): each expands into a polynomial with many live temporaries.
 bool hasTranscendental(linalg::LinalgOp op) {
@@ -82,7 +107,7 @@ struct VectorizeKernelsPass
     SmallVector<int64_t> ranges = op.getStaticLoopRanges();
     SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
     bool contraction =
-        linalg::isaContractionOpInterface(op) || isEinsumContraction(op);
+        isContraction(op);
     SmallVector<int64_t> parallel;
     for (auto [i, it] : llvm::enumerate(iters))
       if (it == utils::IteratorType::parallel)
@@ -124,19 +149,7 @@ struct VectorizeKernelsPass
       if (pos == 0 && (contraction || !innermostReduction)) {
         vectorDim = dim;
         int64_t n = ranges[dim];
-        // Multiples of one register only: a vector tile such as 50 lanes
-        // legalizes into a ragged tail that LLVM spills element by element.
-        // Sizes without such a divisor get the widest whole-register tile
-        // the limit allows and a peeled remainder (attention's 50 keys: 16 +
-        // 16 + 16 + 2 on AVX2, so each broadcast element of A feeds two
-        // registers of accumulators instead of one).
-        if (n % lanes == 0)
-          vectorTile = pickTile(n, widthLimit, lanes);
-        else if (n > lanes)
-          vectorTile =
-              std::max<int64_t>(lanes, std::min(widthLimit, n) / lanes * lanes);
-        else
-          vectorTile = n;
+        vectorTile = pickVectorTile(n, widthLimit, lanes);
         tiles[dim] = vectorTile;
       } else if (pos == 1 && contraction) {
         // Rows x registers-per-row accumulators within the budget, up to
@@ -402,7 +415,7 @@ struct VectorizeKernelsPass
   FailureOr<bool> tileWithAccumulatorInit(RewriterBase &rewriter,
                                           linalg::LinalgOp op,
                                           DenseSet<Operation *> &done) {
-    if (!(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)))
+    if (!isContraction(op))
       return false;
     Operation *init = accumulatorInit(op);
     SmallVector<int64_t> ranges = op.getStaticLoopRanges();
@@ -494,7 +507,7 @@ struct VectorizeKernelsPass
   /// tile and block. Returns the op inside the block loop.
   FailureOr<linalg::LinalgOp> blockReduction(RewriterBase &rewriter,
                                              linalg::LinalgOp op) {
-    if (!(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)) ||
+    if (!isContraction(op) ||
         op.getNumReductionLoops() != 1)
       return failure();
     SmallVector<int64_t> ranges = op.getStaticLoopRanges();
@@ -539,7 +552,7 @@ struct VectorizeKernelsPass
   collapseReductionRuns(RewriterBase &rewriter, linalg::LinalgOp op) {
     if (!isa<linalg::GenericOp>(op.getOperation()) ||
         op.getNumReductionLoops() < 2 ||
-        !(linalg::isaContractionOpInterface(op) || isEinsumContraction(op)) ||
+        !isContraction(op) ||
         llvm::any_of(op.getStaticLoopRanges(), ShapedType::isDynamic))
       return failure();
     SmallVector<utils::IteratorType> iters = op.getIteratorTypesArray();
@@ -578,11 +591,24 @@ struct VectorizeKernelsPass
                                  vectorPatterns ? *vectorCleanup : *cleanup);
   }
 
-  /// The dispatch/combine einsums: generic ops whose body is
-  /// acc + a * b with reduction dimensions.
-  static bool isEinsumContraction(linalg::LinalgOp op) {
-    if (!isa<linalg::GenericOp>(op) || op.getNumReductionLoops() == 0 ||
-        op.getNumDpsInputs() != 2)
+  /// Contractions that lower to outer products: linalg's (matmuls,
+  /// vecmats) and the dispatch/combine einsums (generic ops whose body is
+  /// acc + a * b with reduction dimensions), where each input lacks a loop
+  /// dimension: it is reused along it, which the register tile's outer
+  /// products exploit. A sum of an elementwise product, such as attention's
+  /// rowsum(dO * O), reads both inputs at every point: it is a row
+  /// reduction, vectorized along its contiguous reduction, not an outer
+  /// product (which would read both inputs as strided columns, element by
+  /// element).
+  static bool isContraction(linalg::LinalgOp op) {
+    if (op.getNumReductionLoops() == 0 || op.getNumDpsInputs() != 2)
+      return false;
+    for (OpOperand *in : op.getDpsInputOperands())
+      if (op.getMatchingIndexingMap(in).getNumResults() >= op.getNumLoops())
+        return false;
+    if (linalg::isaContractionOpInterface(op))
+      return true;
+    if (!isa<linalg::GenericOp>(op))
       return false;
     Block &body = op->getRegion(0).front();
     if (body.getOperations().size() != 3)
@@ -611,6 +637,8 @@ struct LowerVectorsPass
       vector::populateVectorShapeCastLoweringPatterns(patterns);
       vector::populateVectorTransferLoweringPatterns(patterns,
                                                      /*maxTransferRank=*/1);
+      vector::populateScalarVectorTransferLoweringPatterns(
+          patterns, /*benefit=*/2, /*allowMultipleUses=*/true);
       if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
         return signalPassFailure();
     }

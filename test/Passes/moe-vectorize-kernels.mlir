@@ -91,16 +91,17 @@ func.func @moec_k3(%a: tensor<10x64xf32>, %b: tensor<64x32xf32>, %c: tensor<10x3
 // A matmul whose accumulators start as the bias broadcast over rows: every
 // tile, the peeled 2-column one too, starts from its columns of the bias in
 // registers.
-// The 50 columns are one 48-wide tile (three AVX-512 registers, 5 rows)
-// and the peeled 2.
+// The 50 columns are tiles of one AVX-512 register (10 rows) and the
+// peeled 2: a tile of 32 would leave a ragged 18, one of 48 is three
+// registers, which LLVM splits into 128-bit pieces when the loop carries it.
 // CHECK-LABEL: func.func @moec_k4
-// CHECK: scf.for %{{.*}} = %{{.*}} to %c10 step %c5
-// CHECK:   %[[B:.*]] = vector.transfer_read %{{.*}}[%c0], %{{.*}} : tensor<50xf32>, vector<48xf32>
-// CHECK:   %[[BB:.*]] = vector.broadcast %[[B]] : vector<48xf32> to vector<5x48xf32>
-// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[BB]]) -> (vector<5x48xf32>)
+// CHECK: scf.for %[[N:.*]] = %{{.*}} to %c48 step %c16
+// CHECK:   %[[B:.*]] = vector.transfer_read %{{.*}}[%[[N]]], %{{.*}} : tensor<50xf32>, vector<16xf32>
+// CHECK:   %[[BB:.*]] = vector.broadcast %[[B]] : vector<16xf32> to vector<10x16xf32>
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[BB]]) -> (vector<10x16xf32>)
 // CHECK:   %[[T:.*]] = vector.transfer_read %{{.*}}[%c48], %{{.*}} : tensor<50xf32>, vector<2xf32>
-// CHECK:   %[[TB:.*]] = vector.broadcast %[[T]] : vector<2xf32> to vector<5x2xf32>
-// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[TB]]) -> (vector<5x2xf32>)
+// CHECK:   %[[TB:.*]] = vector.broadcast %[[T]] : vector<2xf32> to vector<10x2xf32>
+// CHECK:   scf.for %{{.*}} = %{{.*}} to %c64 step %c1 iter_args(%{{.*}} = %[[TB]]) -> (vector<10x2xf32>)
 // CHECK-NOT: linalg.broadcast
 func.func @moec_k4(%a: tensor<10x64xf32>, %b: tensor<64x50xf32>, %bias: tensor<50xf32>, %c: tensor<10x50xf32>) -> tensor<10x50xf32> attributes {moe.kernel} {
   %init = linalg.broadcast ins(%bias : tensor<50xf32>) outs(%c : tensor<10x50xf32>) dimensions = [0]

@@ -138,12 +138,15 @@ struct VectorizeKernelsPass
                                    std::max<int64_t>(1, budget / 6) * lanes)
                              : vectorWidth;
     // Elementwise bodies with transcendental functions (GELU's erf and its
-    // derivative's exp, softmax's exp) keep a dozen temporaries live per
-    // vector: at 64 lanes (8 AVX2 registers per value) they spill on every
-    // step, at two registers per value they fit. Measured on Zen 3 (AVX2):
-    // the GELU + GELU' kernels ~20 % faster.
+    // derivative's exp, softmax's exp) keep a dozen temporaries and
+    // constants live per vector: at 64 lanes (8 AVX2 registers per value)
+    // they spill on every step (measured on Zen 3: the GELU + GELU' kernels
+    // ~20 % faster at two registers per value). Two registers per value fit
+    // a file of 32 (AVX-512); a file of 16 (AVX2) still spilled in
+    // softmax's exp at two, so it gets one.
     if (!contraction && hasTranscendental(op))
-      widthLimit = std::min<int64_t>(widthLimit, 2 * lanes);
+      widthLimit = std::min<int64_t>(widthLimit,
+                                     (vectorRegisters >= 32 ? 2 : 1) * lanes);
     int64_t vectorTile = 1;
     for (auto [pos, dim] : llvm::enumerate(llvm::reverse(parallel))) {
       if (pos == 0 && (contraction || !innermostReduction)) {

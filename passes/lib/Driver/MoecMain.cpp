@@ -131,6 +131,10 @@ struct Options {
       "dump-llvm-ir",
       cl::desc("Also write the optimized LLVM IR of the kernels"),
       cl::value_desc("file"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> dumpAsm{
+      "dump-asm",
+      cl::desc("Also write the kernels' assembly for the target CPU"),
+      cl::value_desc("file"), cl::init(""), cl::cat(moecCategory())};
   cl::opt<std::string> entries{
       "entries",
       cl::desc(
@@ -316,6 +320,7 @@ int moec::driver::moecMain(int argc, char **argv) {
                         "has it)");
   }
   options.target.dumpLLVMIRPath = cli.dumpLLVMIR;
+  options.target.dumpAsmPath = cli.dumpAsm;
   if (cli.codegenThreads < 0 || cli.codegenThreads > 1024)
     return usageError("--codegen-threads must be in [0, 1024], got " +
                       llvm::Twine(cli.codegenThreads.getValue()));

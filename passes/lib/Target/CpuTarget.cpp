@@ -24,6 +24,7 @@
 #include "llvm/Support/raw_ostream.h"
 #include "llvm/Target/TargetMachine.h"
 #include "llvm/TargetParser/Host.h"
+#include "llvm/Transforms/Utils/Cloning.h"
 #include "llvm/Transforms/Utils/SplitModule.h"
 
 #include <memory>
@@ -226,7 +227,7 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
   unsigned parts = options.threads > 0
                        ? options.threads
                        : std::max(1u, std::thread::hardware_concurrency());
-  if (!options.dumpLLVMIRPath.empty())
+  if (!options.dumpLLVMIRPath.empty() || !options.dumpAsmPath.empty())
     parts = 1;
   parts = std::min<unsigned>(
       {parts, 8u, static_cast<unsigned>(llvmModule->size())});
@@ -254,6 +255,20 @@ moec::buildCpuKernelLibrary(ModuleOp module, const CpuTargetOptions &options) {
         m.print(os, nullptr);
     }
     std::error_code ec;
+    if (!options.dumpAsmPath.empty()) {
+      // From a copy: code generation rewrites the module it runs on.
+      std::unique_ptr<llvm::Module> copy = llvm::CloneModule(m);
+      llvm::raw_fd_ostream os(options.dumpAsmPath, ec);
+      if (ec)
+        return "cannot write " + options.dumpAsmPath + ": " + ec.message();
+      // Loop nests and spills annotated as comments, as llc writes them.
+      machine.Options.MCOptions.AsmVerbose = true;
+      llvm::legacy::PassManager asmgen;
+      if (machine.addPassesToEmitFile(asmgen, os, nullptr,
+                                      llvm::CodeGenFileType::AssemblyFile))
+        return "the target cannot emit assembly";
+      asmgen.run(*copy);
+    }
     llvm::raw_fd_ostream os(objPaths[i], ec);
     if (ec)
       return "cannot write " + objPaths[i] + ": " + ec.message();

@@ -26,6 +26,10 @@ struct CpuTargetOptions {
   /// If set, the optimized LLVM IR is written here (debugging; the kernels
   /// are then compiled as one module on one thread).
   std::string dumpLLVMIRPath;
+  /// If set, the kernels' assembly for `cpu` is written here (what the
+  /// hot loops became: their FMAs, shuffles and spills; one module on one
+  /// thread, as for the IR).
+  std::string dumpAsmPath;
   /// Threads for LLVM's optimization and code generation (the kernels are
   /// split into that many modules); 0: one per core, at most 8.
   unsigned threads = 0;

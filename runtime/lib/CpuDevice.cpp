@@ -91,7 +91,12 @@ private:
   ThreadPool pool_;
   int memfd_ = -1;
   void *library_ = nullptr;
-  std::unordered_map<std::string, KernelFn> kernels_;
+  /// A loaded kernel and what the pool remembers of its dispatches.
+  struct Kernel {
+    KernelFn fn;
+    ThreadPool::CallSite site;
+  };
+  std::unordered_map<std::string, Kernel> kernels_;
   std::mutex mutex_;
   std::unordered_map<void *, size_t> mappings_;
 };
@@ -175,7 +180,7 @@ Error CpuDevice::loadKernels(const Artifact &artifact) {
     KernelFn fn;
     static_assert(sizeof(fn) == sizeof(symbol), "function pointer size");
     std::memcpy(&fn, &symbol, sizeof(fn));
-    kernels_.emplace(kernel, fn);
+    kernels_.emplace(kernel, Kernel{fn, {}});
   }
   return Error::success();
 }
@@ -191,14 +196,14 @@ Error CpuDevice::runDispatch(const Dispatch &dispatch, void **args,
   if (it == kernels_.end())
     return makeError(ErrorCode::Internal, "kernel '", dispatch.kernel,
                      "' was not loaded");
-  DispatchCall call{it->second, args};
+  DispatchCall call{it->second.fn, args};
   pool_.parallelFor(
       0, dispatch.range(images),
       [](void *context, int64_t begin, int64_t end) {
         auto *c = static_cast<DispatchCall *>(context);
         c->fn(c->args, begin, end);
       },
-      &call);
+      &call, &it->second.site);
   return Error::success();
 }
 

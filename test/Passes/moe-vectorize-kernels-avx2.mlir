@@ -86,11 +86,12 @@ func.func @moec_k3(%x: tensor<400x64xf32>, %dy: tensor<400x192xf32>, %w: tensor<
 
 // Elementwise ops: a plain body (bias add) takes 64 lanes (8 AVX2
 // registers per value); a body with a transcendental function (exp: a
-// polynomial with many live temporaries) takes two registers per value, so
-// that it does not spill. AVX-512: 64 and 32 lanes.
+// polynomial with many live temporaries and constants) takes one of AVX2's
+// 16 registers per value, so that it does not spill. AVX-512 (32
+// registers): 64 and 32 lanes (two registers per value).
 // CHECK-LABEL: func.func @moec_k6
 // CHECK: arith.addf {{.*}} : vector<1x64xf32>
-// CHECK: math.exp {{.*}} : vector<1x16xf32>
+// CHECK: math.exp {{.*}} : vector<1x8xf32>
 // AVX512-LABEL: func.func @moec_k6
 // AVX512: arith.addf {{.*}} : vector<1x64xf32>
 // AVX512: math.exp {{.*}} : vector<1x32xf32>

@@ -47,17 +47,23 @@ def ensure_torch_python(passive=False):
     (/work/shared/CPU-NOTES.md: it forces OpenBLAS onto its AVX2 kernels).
     With `passive`, also with OMP_WAIT_POLICY=PASSIVE unless it is set:
     libgomp's spinning threads and OpenBLAS's fight over 2 cores otherwise
-    (up to 10x slower training, see bench/README.md)."""
+    (up to 10x slower training, see bench/README.md).
+    The one exception: MOEC_OPENBLAS_CORETYPE=CORE runs OpenBLAS with
+    OPENBLAS_CORETYPE=CORE (bench/step_vs_torch.py picks the core OpenBLAS
+    0.3.21 has for this CPU, which it may not detect itself)."""
     py = sys.executable
     if torch is None:
         py = "/usr/bin/python3"
         if os.path.realpath(sys.executable) == os.path.realpath(py):
             sys.exit("error: PyTorch is not installed (bench/setup.sh)")
     want_passive = passive and "OMP_WAIT_POLICY" not in os.environ
-    if (py != sys.executable or os.environ.get("OPENBLAS_CORETYPE") is not None
-            or want_passive):
+    core = os.environ.get("MOEC_OPENBLAS_CORETYPE")
+    if (py != sys.executable
+            or os.environ.get("OPENBLAS_CORETYPE") != core or want_passive):
         env = dict(os.environ)
         env.pop("OPENBLAS_CORETYPE", None)
+        if core:
+            env["OPENBLAS_CORETYPE"] = core
         if want_passive:
             env["OMP_WAIT_POLICY"] = "PASSIVE"
         os.execve(py, [py] + sys.argv, env)

@@ -188,7 +188,7 @@ def evaluate(spec, tm, x, y, batch=500):
 
 def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
           seed=None, eval_each_epoch=False, warmup_steps=3, log=print,
-          blas_threads=None, device="cpu"):
+          blas_threads=None, device="cpu", compile=False):
     """Trains from `weights` ({name: tensor}). Stops after `steps` steps, or
     when `minutes` of training time are spent, or after the spec's epochs.
     Returns {images_per_s (over the steps after the first warmup_steps),
@@ -196,7 +196,9 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
     last10_loss (mean over the last 10 steps), test_accuracy (if
     evaluated)}. `device` "cuda" runs everything (data, shuffling,
     augmentation, noise) on the GPU: its random streams differ from the
-    CPU's, the recipe does not."""
+    CPU's, the recipe does not. `compile` runs the loss (forward; backward
+    through AOTAutograd) under torch.compile (PyTorch 2.x); its compilation
+    falls in the first steps, which warmup_steps leaves out."""
     moe_torch.set_threads(threads, blas_threads)
     spec = moe_torch.parse_spec(spec_path)
     cfg = train_settings(spec_path)
@@ -219,6 +221,7 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
     opt = make_optimizer(tm, cfg)
     params = list(tm.params.values())
     noise_shapes = moe_torch.noise_shapes(spec, B)
+    loss_fn = torch.compile(tm.loss) if compile else tm.loss
     step, epoch, timed_images, timed_s, train_s = 0, 0, 0, 0.0, 0.0
     history = []
     recent = collections.deque(maxlen=10)  # the last 10 steps' losses
@@ -234,7 +237,7 @@ def train(spec_path, weights, data_dir, steps=None, minutes=None, threads=2,
             x = augment(train_x[idx], cfg["crop_padding"], cfg["horizontal_flip"], gen)
             y = train_y[idx]
             noise = {n: torch.randn(sh, generator=gen) for n, sh in noise_shapes.items()}
-            out = tm.loss(x, y, noise)
+            out = loss_fn(x, y, noise)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             if cfg["grad_clip"] > 0:

@@ -11,6 +11,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Passes/OpModels.h"
+#include "moec/Passes/CostModel.h"
 #include "moec/Passes/Passes.h"
 
 #include "Ops/KernelSupport.h"
@@ -524,6 +525,11 @@ struct LowerToKernelsPass
     if (group.size() > 1)
       call->setAttr(MoEDialect::FusedAttrHelper::getNameStr(),
                     b.getI64IntegerAttr(group.size()));
+    int64_t groupFlops = 0;
+    for (linalg::LinalgOp op : group)
+      groupFlops += estimateFlops(op);
+    call->setAttr(MoEDialect::FlopsAttrHelper::getNameStr(),
+                  b.getI64IntegerAttr(groupFlops));
     for (auto [g, result] : llvm::enumerate(results))
       result.replaceAllUsesWith(call.getResult(g));
     for (linalg::LinalgOp op : llvm::reverse(group))
@@ -646,9 +652,10 @@ struct LowerToKernelsPass
                  KernelParallelismAttr::get(b.getContext(), parallelism));
     call->setAttr(MoEDialect::TilesAttrHelper::getNameStr(),
                   b.getI64IntegerAttr(images));
-    if (Attribute flops =
-            op->getAttr(MoEDialect::FlopsAttrHelper::getNameStr()))
-      call->setAttr(MoEDialect::FlopsAttrHelper::getNameStr(), flops);
+    // The op's FLOPs over the whole call: the runtime's profile reports
+    // each kernel's rate.
+    call->setAttr(MoEDialect::FlopsAttrHelper::getNameStr(),
+                  b.getI64IntegerAttr(estimateFlops(op)));
     op->replaceAllUsesWith(call.getResults());
     op->erase();
     return success();

@@ -757,7 +757,9 @@ static bool readDispatch(JsonCheck &check, const json &value,
       !check.getString(value, at, "name", d.name) ||
       !check.getEnum(value, at, "parallel", {"images", "fixed"},
                      "parallel kind", parallel) ||
-      !check.getInt(value, at, "tiles", 0, d.tiles))
+      !check.getInt(value, at, "tiles", 0, d.tiles) ||
+      (value.contains("flops") &&
+       !check.getInt(value, at, "flops", 0, d.flops)))
     return false;
   d.parallel = parallel == "images" ? Dispatch::Parallel::Images
                                     : Dispatch::Parallel::Fixed;

@@ -169,41 +169,63 @@ std::string profileReport(Session &session, size_t top,
   const std::vector<double> &secs = entry == kEntryInfer
                                         ? session.dispatchSeconds()
                                         : session.entrySeconds(entry);
-  if (secs.size() != plan.size())
+  const std::vector<double> &flops = entry == kEntryInfer
+                                         ? session.dispatchFlops()
+                                         : session.entryFlops(entry);
+  if (secs.size() != plan.size() || flops.size() != plan.size())
     return "";
-  double total = 0;
-  std::map<std::string, std::pair<double, int>> byOp;
+  double total = 0, totalFlops = 0;
+  struct OpTotals {
+    double seconds = 0, flops = 0;
+    int count = 0;
+  };
+  std::map<std::string, OpTotals> byOp;
   for (size_t i = 0; i < plan.size(); ++i) {
     total += secs[i];
-    byOp[plan[i].op].first += secs[i];
-    byOp[plan[i].op].second += 1;
+    totalFlops += flops[i];
+    OpTotals &t = byOp[plan[i].op];
+    t.seconds += secs[i];
+    t.flops += flops[i];
+    t.count += 1;
   }
   if (total <= 0)
     return "";
+  // GFLOP/s from the cost model's FLOPs (multiply-adds count 2); "-" for
+  // ops without FLOPs (copies, fills).
+  auto rate = [](double f, double s) {
+    std::string r;
+    if (f > 0 && s > 0)
+      appendPrintf(r, "%.1f", f / s * 1e-9);
+    else
+      r = "-";
+    return r;
+  };
   std::vector<std::pair<double, std::string>> ops;
   for (auto &[op, timing] : byOp)
-    ops.push_back({timing.first, op});
+    ops.push_back({timing.seconds, op});
   std::sort(ops.rbegin(), ops.rend());
   std::string out;
-  appendPrintf(out, "\nprofile: %.3f s in %zu dispatches\n", total,
-               plan.size());
-  appendPrintf(out, "  %-24s %10s %7s %6s\n", "op", "seconds", "share",
-               "count");
+  appendPrintf(out, "\nprofile: %.3f s in %zu dispatches, %s GFLOP/s\n",
+               total, plan.size(), rate(totalFlops, total).c_str());
+  appendPrintf(out, "  %-26s %10s %7s %6s %8s\n", "op", "seconds", "share",
+               "count", "GFLOP/s");
   for (auto &[t, op] : ops)
-    appendPrintf(out, "  %-24s %10.4f %6.1f%% %6d\n", op.c_str(), t,
-                 100 * t / total, byOp[op].second);
+    appendPrintf(out, "  %-26s %10.4f %6.1f%% %6d %8s\n", op.c_str(), t,
+                 100 * t / total, byOp[op].count,
+                 rate(byOp[op].flops, t).c_str());
   std::vector<size_t> order(plan.size());
   for (size_t i = 0; i < order.size(); ++i)
     order[i] = i;
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return secs[a] > secs[b]; });
-  appendPrintf(out, "  %-10s %-24s %-28s %10s %7s\n", "kernel", "op", "name",
-               "seconds", "share");
+  appendPrintf(out, "  %-10s %-26s %-28s %10s %7s %8s\n", "kernel", "op",
+               "name", "seconds", "share", "GFLOP/s");
   for (size_t k = 0; k < std::min(top, order.size()); ++k) {
     const Dispatch &d = plan[order[k]];
-    appendPrintf(out, "  %-10s %-24s %-28s %10.4f %6.1f%%\n", d.kernel.c_str(),
-                 d.op.c_str(), d.name.c_str(), secs[order[k]],
-                 100 * secs[order[k]] / total);
+    appendPrintf(out, "  %-10s %-26s %-28s %10.4f %6.1f%% %8s\n",
+                 d.kernel.c_str(), d.op.c_str(), d.name.c_str(),
+                 secs[order[k]], 100 * secs[order[k]] / total,
+                 rate(flops[order[k]], secs[order[k]]).c_str());
   }
   return out;
 }

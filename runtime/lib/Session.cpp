@@ -311,19 +311,23 @@ Error Session::run(const std::string &entry, int64_t n) {
                      entry, "')");
   const std::vector<Dispatch> &plan = artifact_->plan().entries.at(entry);
   std::vector<std::vector<void *>> &args = entryArgs_.at(entry);
-  std::vector<double> *secs = nullptr;
+  std::vector<double> *secs = nullptr, *flops = nullptr;
   if (profiling_) {
     secs = &entrySeconds_[entry];
     secs->resize(plan.size(), 0.0);
+    flops = &entryFlops_[entry];
+    flops->resize(plan.size(), 0.0);
   }
   for (size_t i = 0; i < plan.size(); ++i) {
     auto start = std::chrono::steady_clock::now();
     if (Error e = device_->runDispatch(plan[i], args[i].data(), n))
       return e;
-    if (secs)
+    if (secs) {
       (*secs)[i] += std::chrono::duration<double>(
                         std::chrono::steady_clock::now() - start)
                         .count();
+      (*flops)[i] += plan[i].flopsFor(n);
+    }
   }
   return Error::success();
 }
@@ -352,10 +356,12 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
       if (Error e = device_->runDispatch(plan[i], (*inferArgs_)[i].data(),
                                          count))
         return e;
-      if (profiling_)
+      if (profiling_) {
         dispatchSeconds_[i] += std::chrono::duration<double>(
                                    std::chrono::steady_clock::now() - start)
                                    .count();
+        dispatchFlops_[i] += plan[i].flopsFor(count);
+      }
     }
     device_->download(logits + done * m.classes, output, count * logitBytes);
     done += count;
@@ -366,7 +372,9 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
 void Session::setProfiling(bool enabled) {
   profiling_ = enabled;
   dispatchSeconds_.assign(artifact_->plan().entries.at("infer").size(), 0.0);
+  dispatchFlops_.assign(dispatchSeconds_.size(), 0.0);
   entrySeconds_.clear();
+  entryFlops_.clear();
 }
 
 } // namespace moec::rt

@@ -7,7 +7,7 @@
 // Neither the [S, E, C] = 6x4x3 routing tensors nor the [E, C, D] = 4x3x8
 // slots exist in the plan or the kernel.
 // CHECK-LABEL: func.func @infer
-// CHECK: call @moec_k0({{.*}}) {moe.name = "", moe.op = "moe.routed_ffn", moe.parallel = #moe.parallelism<images>, moe.tiles = 2 : i64}
+// CHECK: call @moec_k0({{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "", moe.op = "moe.routed_ffn", moe.parallel = #moe.parallelism<images>, moe.tiles = 2 : i64}
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-NOT: 6x4x3xf32
 // CHECK-NOT: 4x3x8xf32

@@ -8,8 +8,8 @@
 // CHECK-SAME: (%[[X:.*]]: tensor<32x40x8xf32>, %[[DY:.*]]: tensor<32x40x16xf32>)
 // CHECK-DAG: %[[XE:.*]] = tensor.expand_shape %[[X]] {{\[}}[0, 1], [2], [3]] output_shape [16, 2, 40, 8]
 // CHECK-DAG: %[[DYE:.*]] = tensor.expand_shape %[[DY]] {{\[}}[0, 1], [2], [3]] output_shape [16, 2, 40, 16]
-// CHECK: %[[P:.*]] = call @moec_k0(%[[XE]], %[[DYE]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.name = "dw", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 16 : i64} : (tensor<16x2x40x8xf32>, tensor<16x2x40x16xf32>, tensor<16x8x16xf32>, index, index) -> tensor<16x8x16xf32>
-// CHECK: %[[W:.*]] = call @moec_k1(%[[P]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.name = "dw", {{.*}}moe.tiles = 8 : i64} : (tensor<16x8x16xf32>, tensor<8x16xf32>, index, index) -> tensor<8x16xf32>
+// CHECK: %[[P:.*]] = call @moec_k0(%[[XE]], %[[DYE]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "dw", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 16 : i64} : (tensor<16x2x40x8xf32>, tensor<16x2x40x16xf32>, tensor<16x8x16xf32>, index, index) -> tensor<16x8x16xf32>
+// CHECK: %[[W:.*]] = call @moec_k1(%[[P]], %{{.*}}, %{{.*}}, %{{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "dw", {{.*}}moe.tiles = 8 : i64} : (tensor<16x8x16xf32>, tensor<8x16xf32>, index, index) -> tensor<8x16xf32>
 // CHECK: return %[[W]]
 // CHECK-LABEL: func.func @moec_k0
 // CHECK: linalg.fill

@@ -5,7 +5,7 @@
 // images), each expert reading every image's rows and summing over its own
 // segments, row tile by row tile.
 // CHECK-LABEL: func.func @weight_grad
-// CHECK: call @moec_k0({{.*}}) {moe.name = "", moe.op = "moe.routed_ffn_weight_grad", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64}
+// CHECK: call @moec_k0({{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "", moe.op = "moe.routed_ffn_weight_grad", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64}
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-SAME: (%{{.*}}: tensor<2x6x8xf32>, %{{.*}}: tensor<2x12xf32>, %[[OFF:.*]]: tensor<4x2xf32>, %[[CNT:.*]]: tensor<4x2xf32>,
 // CHECK: scf.for %[[E:.*]] = %{{.*}} to %{{.*}} step

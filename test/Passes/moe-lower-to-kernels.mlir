@@ -8,7 +8,7 @@
 // CHECK: %[[D0:.*]] = tensor.empty() : tensor<2x5x8xf32>
 // CHECK: %[[C0:.*]] = arith.constant 0 : index
 // CHECK: %[[C2:.*]] = arith.constant 2 : index
-// CHECK: %[[A:.*]] = call @moec_k0(%[[X]], %[[D0]], %[[C0]], %[[C2]]) {moe.name = "", moe.op = "moe.activation", moe.parallel = #moe.parallelism<images>, moe.tiles = 2 : i64}
+// CHECK: %[[A:.*]] = call @moec_k0(%[[X]], %[[D0]], %[[C0]], %[[C2]]) {moe.flops = 80 : i64, moe.name = "", moe.op = "moe.activation", moe.parallel = #moe.parallelism<images>, moe.tiles = 2 : i64}
 // CHECK: %[[D1:.*]] = tensor.empty() : tensor<2x5x8xf32>
 // CHECK: %[[B:.*]] = call @moec_k1(%[[A]], %[[X]], %[[D1]], %{{.*}}, %{{.*}}) {{.*}}moe.op = "moe.add"
 // CHECK: return %[[B]]
@@ -221,7 +221,7 @@ func.func @infer(%x: tensor<3x5x8xf32>) -> (tensor<3x5x8xf32>, tensor<4x3x3x16xf
 // CHECK: %[[C0:.*]] = arith.constant 0 : index
 // CHECK: %[[C16:.*]] = arith.constant 16 : index
 // CHECK-NOT: linalg
-// CHECK: %[[S:.*]] = call @moec_k0(%[[X]], %[[D]], %[[C0]], %[[C16]]) {moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 16 : i64} : (tensor<64x16xf32>, tensor<64xf32>, index, index) -> tensor<64xf32>
+// CHECK: %[[S:.*]] = call @moec_k0(%[[X]], %[[D]], %[[C0]], %[[C16]]) {moe.flops = {{[0-9]+}} : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 16 : i64} : (tensor<64x16xf32>, tensor<64xf32>, index, index) -> tensor<64xf32>
 // CHECK: return %[[S]]
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-SAME: (%[[IN:.*]]: tensor<64x16xf32>, %[[OUT:.*]]: tensor<64xf32>, %[[BEGIN:.*]]: index, %[[END:.*]]: index) -> tensor<64xf32> attributes {moe.kernel}
@@ -253,7 +253,7 @@ func.func @infer(%x: tensor<64x16xf32>) -> tensor<64xf32> {
 // A linalg op whose outermost loop is a reduction cannot be split: one
 // tile, the whole op.
 // CHECK-LABEL: func.func @infer
-// CHECK: call @moec_k0({{.*}}) {moe.name = "colsum", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 1 : i64}
+// CHECK: call @moec_k0({{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "colsum", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 1 : i64}
 // CHECK-LABEL: func.func @moec_k0
 // CHECK: scf.for
 // CHECK-NOT: tensor.extract_slice
@@ -283,7 +283,7 @@ func.func @infer(%g: tensor<4x8xf32>) -> tensor<8xf32> {
 // CHECK: %[[P:.*]] = moe.param "w" init(zeros) : tensor<4x8xf32>
 // CHECK: %[[M:.*]] = moe.param "optimizer.momentum.w" init(zeros) {moe.state} : tensor<4x8xf32>
 // CHECK-NOT: tensor.empty
-// CHECK: call @moec_k0(%[[P]], %[[G]], %[[M]], %[[LR]], %[[P]], %[[M]], %{{.*}}, %{{.*}}) {moe.name = "w", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>, index, index) -> (tensor<4x8xf32>, tensor<4x8xf32>)
+// CHECK: call @moec_k0(%[[P]], %[[G]], %[[M]], %[[LR]], %[[P]], %[[M]], %{{.*}}, %{{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "w", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>, index, index) -> (tensor<4x8xf32>, tensor<4x8xf32>)
 // CHECK: return %[[G]]
 // The tile of the parameter is read from and written to the destination.
 // CHECK-LABEL: func.func @moec_k0
@@ -318,8 +318,8 @@ func.func @infer(%g: tensor<4x8xf32>, %lr: tensor<f32>) -> tensor<4x8xf32> {
 // CHECK-LABEL: func.func @infer
 // CHECK-SAME: (%[[L:.*]]: tensor<4x10xf32>, %[[Y:.*]]: tensor<4xi32>) -> tensor<f32>
 // CHECK-NOT: moe.softmax_cross_entropy
-// CHECK: %[[ROWS:.*]]:3 = call @moec_k0(%[[L]], %[[Y]], {{.*}}) {moe.fused = 3 : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64}
-// CHECK: %[[LOSS:.*]] = call @moec_k1(%[[ROWS]]#0, %[[ROWS]]#1, %[[ROWS]]#2, {{.*}}) {moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 1 : i64} : {{.*}} -> tensor<f32>
+// CHECK: %[[ROWS:.*]]:3 = call @moec_k0(%[[L]], %[[Y]], {{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.fused = 3 : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 4 : i64}
+// CHECK: %[[LOSS:.*]] = call @moec_k1(%[[ROWS]]#0, %[[ROWS]]#1, %[[ROWS]]#2, {{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.name = "", moe.op = "linalg.generic", moe.parallel = #moe.parallelism<fixed>, moe.tiles = 1 : i64} : {{.*}} -> tensor<f32>
 // CHECK: return %[[LOSS]] : tensor<f32>
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-COUNT-3: linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
@@ -369,7 +369,7 @@ func.func @infer(%x: tensor<4x8xf32>) -> tensor<32xf32> {
 // a group result between two ops ends the group (the call replaces the
 // group at its last op), and a different split starts a new one.
 // CHECK-LABEL: func.func @infer
-// CHECK: %[[AB:.*]]:2 = call @moec_k0(%{{.*}}) {moe.fused = 2 : i64, {{.*}}moe.tiles = 4 : i64}
+// CHECK: %[[AB:.*]]:2 = call @moec_k0(%{{.*}}) {moe.flops = {{[0-9]+}} : i64, moe.fused = 2 : i64, {{.*}}moe.tiles = 4 : i64}
 // CHECK: %[[V:.*]] = tensor.expand_shape %[[AB]]#1
 // CHECK: %[[C:.*]] = call @moec_k1(%[[V]], {{.*}}moe.tiles = 4 : i64}
 // CHECK: call @moec_k2(%[[C]], {{.*}}moe.tiles = 1 : i64}

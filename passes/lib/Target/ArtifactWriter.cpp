@@ -174,6 +174,8 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
           {"parallel", parallelism(call)},
           {"tiles",
            intAttr(call, moec::moe::MoEDialect::TilesAttrHelper::getNameStr())},
+          {"flops",
+           intAttr(call, moec::moe::MoEDialect::FlopsAttrHelper::getNameStr())},
           {"args", std::move(args)}});
     }
 

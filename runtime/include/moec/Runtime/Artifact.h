@@ -162,11 +162,20 @@ struct Dispatch {
   std::string name;   ///< e.g. "blocks.3.moe" (for display)
   Parallel parallel = Parallel::Images;
   int64_t tiles = 0;
+  /// The op's FLOPs over one call of `tiles` (0 where the artifact does not
+  /// say): the profile's rates.
+  int64_t flops = 0;
   std::vector<BufferArg> args;
 
   /// The range the kernel runs over when a call holds `images` images.
   int64_t range(int64_t images) const {
     return parallel == Parallel::Images ? images : tiles;
+  }
+  /// The FLOPs of one call that holds `images` images.
+  double flopsFor(int64_t images) const {
+    return parallel == Parallel::Images && tiles > 0
+               ? static_cast<double>(flops) * images / tiles
+               : static_cast<double>(flops);
   }
 };
 

@@ -137,6 +137,12 @@ public:
   const std::vector<double> &entrySeconds(const std::string &entry) {
     return entrySeconds_[entry];
   }
+  /// The FLOPs the profiled dispatches ran (as dispatchSeconds() and
+  /// entrySeconds()), from the plan's per-dispatch FLOPs.
+  const std::vector<double> &dispatchFlops() const { return dispatchFlops_; }
+  const std::vector<double> &entryFlops(const std::string &entry) {
+    return entryFlops_[entry];
+  }
 
 private:
   Session() = default;
@@ -154,8 +160,8 @@ private:
   std::vector<std::vector<void *>> *inferArgs_ = nullptr;
   bool hasWeights_ = false;
   bool profiling_ = false;
-  std::vector<double> dispatchSeconds_;
-  std::map<std::string, std::vector<double>> entrySeconds_;
+  std::vector<double> dispatchSeconds_, dispatchFlops_;
+  std::map<std::string, std::vector<double>> entrySeconds_, entryFlops_;
 };
 
 } // namespace moec::rt

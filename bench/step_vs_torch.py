@@ -242,6 +242,15 @@ def main():
           f"{share(m['attention_train_gflops'])}")
     print(f"moec inference: {share(m['infer_gflops'])}; attention in inference: "
           f"{share(m['attention_infer_gflops'])}\n")
+    for name, r in results.items():
+        if isinstance(r, dict) and "blas" in r:
+            cfg = [c.lstrip("- ") for c in r["blas"].get("config", [])
+                   if "BLAS_INFO" in c or "CPU capability" in c]
+            core = (f", OpenBLAS core {r['blas']['openblas_get_corename']}"
+                    if "BLAS_INFO=mkl" not in " ".join(cfg)
+                    and r["blas"].get("openblas_get_corename") else "")
+            print(f"{name}: {'; '.join(cfg)}{core}")
+    print()
     print("| setup | training images/s | moec / it | inference images/s | moec / it |")
     print("|---|---|---|---|---|")
     for name, tr, inf in rows:

@@ -153,16 +153,16 @@ void ThreadPool::parallelFor(int64_t begin, int64_t end, ChunkFn fn,
     int64_t callerAlone = ns(own - start) / ran * chunks;
     int64_t wall = ns(Clock::now() - start);
     bool slower = wall > callerAlone;
-    // Pool-wide: the time lost to waiting beyond the caller-alone estimate,
-    // over windows of kWindowCalls calls long enough that waking a worker
-    // costs little next to them (shorter ones are the sites' business).
+    // Pool-wide: the calls' time against their caller-alone estimates, over
+    // windows of kWindowCalls calls long enough that waking a worker costs
+    // little next to them (shorter ones are the sites' business).
     if (callerAlone >= kWindowMinNs) {
       window_.wallNs += wall;
-      window_.lostNs += std::max<int64_t>(0, wall - callerAlone);
+      window_.aloneNs += callerAlone;
       ++window_.calls;
     }
     if (window_.calls == kWindowCalls) {
-      if (window_.lostNs * 10 > window_.wallNs) {
+      if (window_.wallNs > window_.aloneNs) {
         contendedLeft_ = contendedCalls_;
         contendedCalls_ = std::min(2 * contendedCalls_, kMaxContendedCalls);
       } else {

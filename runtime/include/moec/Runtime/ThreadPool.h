@@ -24,11 +24,14 @@
 // machine only calls too short to gain from a second thread are slower, and
 // those are better inline.
 //
-// A busy machine shows pool-wide first: when over a tenth of the time of
-// the last kWindowCalls calls of at least kWindowMinNs went to waiting
-// beyond the caller-alone estimates, every call runs inline for kContendedCalls calls (doubling
-// while the machine stays busy, up to kMaxContendedCalls), then a window
-// of calls on the threads measures again.
+// A busy machine shows pool-wide first: when the last kWindowCalls calls
+// of at least kWindowMinNs took longer on the threads than their
+// caller-alone estimates add up to, every call runs inline for
+// kContendedCalls calls (doubling while the machine stays busy, up to
+// kMaxContendedCalls), then a window of calls on the threads measures
+// again. A process that takes a core now and then (a low-priority one)
+// costs the threads a stall here and there, less than they gain, and
+// they stay in use.
 //
 // Kernels are short (tens of microseconds to a few milliseconds) and a
 // model runs dozens of them per batch, so waking a sleeping thread through
@@ -69,7 +72,7 @@ public:
   static constexpr int kInlineCalls = 64;
   static constexpr int kMaxInlineCalls = 4096;
   /// Pool-wide: calls per measured window, and the inline stretch after a
-  /// window that lost over a tenth of its time, at first and at most.
+  /// window slower than the caller alone, at first and at most.
   static constexpr int kWindowCalls = 32;
   /// Calls shorter than this on the caller alone stay out of the windows.
   static constexpr int64_t kWindowMinNs = 50000;
@@ -135,7 +138,7 @@ private:
   /// The current pool-wide window (caller-only state).
   struct Window {
     int calls = 0;
-    int64_t wallNs = 0, lostNs = 0;
+    int64_t wallNs = 0, aloneNs = 0;
   } window_;
   int contendedLeft_ = 0;
   int contendedCalls_ = kContendedCalls;

@@ -33,6 +33,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import moec_log  # noqa: E402
 
 
 def sh(cmd):
@@ -61,21 +63,7 @@ def train_rate(a, model, weights, threads, work, batch):
     sh([os.path.join(a.bin, "moec-run"), "train", model, "--weights", weights,
         "--max-steps", str(a.steps + 10), "--threads", str(threads),
         "--log", log, "--log-every", "10", "--eval-every-epoch", "off"])
-    recs = []
-    with open(log) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("split", "train") == "train" and r.get("images_per_s"):
-                recs.append(r)
-    prev, steps, secs = 0, 0, 0.0
-    for i, r in enumerate(recs):
-        n = r["step"] - prev
-        prev = r["step"]
-        if i == 0 and len(recs) > 1:
-            continue  # warm-up interval
-        steps += n
-        secs += n * batch / r["images_per_s"]
-    return steps * batch / secs
+    return moec_log.train_rate(moec_log.train_records(log), batch)[0]
 
 
 def main():

@@ -38,6 +38,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import moec_log  # noqa: E402
 VENV_PY = os.path.join(HERE, ".venv", "bin", "python")
 DEBIAN_PY = "/usr/bin/python3"
 
@@ -122,22 +124,8 @@ def moec_runs(a, work):
 
 
 def train_rate_from_log(log, batch):
-    """images/s of moec-run's train records (one per --log-every steps),
-    leaving out the first interval (warm-up)."""
-    recs = []
-    with open(log) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("split", "train") == "train" and r.get("images_per_s"):
-                recs.append(r)
-    prev, parts = 0, []
-    for r in recs:
-        steps = r["step"] - prev
-        prev = r["step"]
-        parts.append((steps, steps * batch / r["images_per_s"]))
-    parts = parts[1:] if len(parts) > 1 else parts
-    secs = sum(p[1] for p in parts)
-    return sum(p[0] for p in parts) * batch / secs if secs else None
+    """images/s of moec-run's train records, the warm-up interval left out."""
+    return moec_log.train_rate(moec_log.train_records(log), batch)[0]
 
 
 def torch_worker(a):

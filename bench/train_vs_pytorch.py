@@ -42,6 +42,7 @@ import moe_torch  # noqa: E402
 moe_torch.ensure_torch_python(passive=True)
 from moe_torch import torch  # noqa: E402
 import torch_train  # noqa: E402
+import moec_log  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 
@@ -61,25 +62,12 @@ moec_last10_loss = None
 def moec_rate_from_log(path, batch):
     """images/s of `moec-run train --log` train records, leaving out the
     first interval (warm-up) when there are several; (rate, timed steps)."""
-    recs = []
-    with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("split", "train") == "train" and r.get("images_per_s"):
-                recs.append(r)
+    recs = moec_log.train_records(path)
     if not recs:
         return None, 0
     global moec_last10_loss
     moec_last10_loss = recs[-1].get("loss")
-    prev, parts = 0, []
-    for r in recs:
-        steps = r["step"] - prev
-        prev = r["step"]
-        parts.append((steps, steps * batch / r["images_per_s"]))
-    if len(parts) > 1:
-        parts = parts[1:]
-    steps = sum(p[0] for p in parts)
-    return steps * batch / sum(p[1] for p in parts), steps
+    return moec_log.train_rate(recs, batch)
 
 
 def loadavg():

@@ -51,8 +51,14 @@ corpus=$build/fuzz-corpus/$target
 crashes=$build/fuzz-crashes/$target
 mkdir -p "$corpus" "$crashes"
 log=$build/fuzz-$target.log
-# The file-based targets write each input into $TMPDIR/moec-fuzz-PID.
-scratch=$build/fuzz-tmp/$target
+# The file-based targets write each input into $TMPDIR/moec-fuzz-PID: in
+# memory (/dev/shm) where there is such a file system, since on a disk the
+# fuzzer waits on writes for about half its time.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+  scratch=/dev/shm/moec-fuzz-$target-$$
+else
+  scratch=$build/fuzz-tmp/$target
+fi
 rm -rf "$scratch"
 mkdir -p "$scratch"
 echo "fuzz: $target for ${seconds}s (corpus $corpus, log $log)"

@@ -96,8 +96,8 @@ void ThreadPool::parallelFor(int64_t begin, int64_t end, ChunkFn fn,
   if (!site)
     site = &defaultSite_;
   if (contendedLeft_ > 0) {
-    // The whole pool runs inline for a stretch: calls lost time to
-    // workers that were not running.
+    // The whole pool runs inline for a stretch: the last window's calls
+    // were slower on the threads than on the caller alone.
     if (--contendedLeft_ == 0)
       window_ = {};
     fn(context, begin, end);

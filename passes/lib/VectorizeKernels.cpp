@@ -596,7 +596,7 @@ struct VectorizeKernelsPass
 
   /// Contractions that lower to outer products: linalg's (matmuls,
   /// vecmats) and the dispatch/combine einsums (generic ops whose body is
-  /// acc + a * b with reduction dimensions), where each input lacks a loop
+  /// acc + a * b with reduction dimensions), where an input lacks a loop
   /// dimension: it is reused along it, which the register tile's outer
   /// products exploit. A sum of an elementwise product, such as attention's
   /// rowsum(dO * O), reads both inputs at every point: it is a row
@@ -606,9 +606,11 @@ struct VectorizeKernelsPass
   static bool isContraction(linalg::LinalgOp op) {
     if (op.getNumReductionLoops() == 0 || op.getNumDpsInputs() != 2)
       return false;
-    for (OpOperand *in : op.getDpsInputOperands())
-      if (op.getMatchingIndexingMap(in).getNumResults() >= op.getNumLoops())
-        return false;
+    if (llvm::all_of(op.getDpsInputOperands(), [&](OpOperand *in) {
+          return op.getMatchingIndexingMap(in).getNumResults() >=
+                 op.getNumLoops();
+        }))
+      return false;
     if (linalg::isaContractionOpInterface(op))
       return true;
     if (!isa<linalg::GenericOp>(op))

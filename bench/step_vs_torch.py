@@ -11,9 +11,10 @@ same number of threads, from the same initial weights:
   moec (`moec-run train`, rate from its log as bench/train_vs_pytorch.py
   reads it), PyTorch 2.x eager and torch.compile (bench/.venv, made by
   bench/setup-venv.sh) and Debian's PyTorch 1.13 (bench/torch_train.py);
-* inference: images/s of the forward pass on --images test images at batch
-  --batch: moec (`moec-run infer`) and the same three PyTorch setups
-  (bench/moe_torch.py's ViMoE under inference_mode);
+* inference: images/s of the forward pass on --images test images: moec
+  (`moec-run infer`, at the artifact's batch) and the same three PyTorch
+  setups at batch --batch (bench/moe_torch.py's ViMoE under
+  inference_mode);
 * moec's profile (`--profile`): GFLOP/s of the whole step, of inference
   and of attention, divided by the FMA peak bench/fma_peak.c measures on
   as many threads (compiled here with cc -O2 -march=native).

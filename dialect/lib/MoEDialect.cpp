@@ -54,7 +54,8 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
     return expect(isInt(), "an integer");
   if (name == StateAttrHelper::getNameStr() ||
       name == UpdateAttrHelper::getNameStr() ||
-      name == KernelAttrHelper::getNameStr())
+      name == KernelAttrHelper::getNameStr() ||
+      name == Bf16PairsAttrHelper::getNameStr())
     return expect(isa<UnitAttr>(value), "a unit attribute");
   if (name == OptimizerAttrHelper::getNameStr())
     return expect(isa<OptimizerAttr>(value), "a #moe.optimizer");

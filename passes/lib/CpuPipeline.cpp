@@ -13,6 +13,7 @@
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Conversion/VectorToSCF/VectorToSCF.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/Bufferization/Pipelines/Passes.h"
 #include "mlir/Dialect/Bufferization/Transforms/Passes.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -120,6 +121,8 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   };
   perKernel(createCanonicalizerPass());
   perKernel(createCSEPass());
+  if (options.bf16)
+    perKernel(createBf16ContractionsPass());
   if (options.vectorize) {
     VectorizeKernelsPassOptions vectorizeOptions;
     vectorizeOptions.registerBits = options.registerBits;
@@ -149,8 +152,19 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   bufferization::buildBufferDeallocationPipeline(pm, dealloc);
 
   perKernel(createExpandCopiesPass());
-  perKernel(createLowerVectorsPass());
+  LowerVectorsPassOptions lowerVectors;
+  lowerVectors.bf16Dot = options.bf16 && options.bf16Dot;
+  perKernel(createLowerVectorsPass(lowerVectors));
   perKernel(createConvertLinalgToLoopsPass());
+  // Without AVX512-BF16, LLVM rounds f32 to bf16 through a libcall per
+  // element (__truncsfbf2, which the kernels cannot link): roundings and
+  // extensions become integer ops (round to nearest even on the bits, as
+  // vcvtneps2bf16 does).
+  if (options.bf16 && !options.bf16Dot) {
+    arith::ArithExpandOpsPassOptions expand;
+    expand.includeBf16 = true;
+    perKernel(arith::createArithExpandOpsPass(expand));
+  }
   perKernel(createApproximateMathPass());
   perKernel(createConvertVectorToSCFPass(
       VectorTransferToSCFOptions().enableFullUnroll()));
@@ -160,6 +174,7 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   perKernel(createLowerAffinePass());
   ConvertVectorToLLVMPassOptions vectorToLLVM;
   vectorToLLVM.reassociateFPReductions = true;
+  vectorToLLVM.x86Vector = options.bf16 && options.bf16Dot;
   vectorToLLVM.vectorContractLowering =
       vector::VectorContractLowering::OuterProduct;
   pm.addPass(createConvertVectorToLLVMPass(vectorToLLVM));

@@ -23,6 +23,7 @@
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/Dialect/Vector/Transforms/LoweringPatterns.h"
 #include "mlir/Dialect/Vector/Transforms/VectorRewritePatterns.h"
+#include "mlir/Dialect/X86Vector/X86VectorDialect.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Transforms/LoopInvariantCodeMotionUtils.h"
@@ -36,6 +37,11 @@ namespace moec {
 using namespace mlir;
 
 namespace {
+/// A contraction over bf16 pairs written by moe-bf16-contractions.
+bool isBf16Pairs(Operation *op) {
+  return op->hasAttr(moec::moe::MoEDialect::Bf16PairsAttrHelper::getNameStr());
+}
+
 /// Largest divisor of `n` that is <= `limit`; with `lanes` > 1 (the vector
 /// dimension), multiples of `lanes` (one register) win.
 int64_t pickTile(int64_t n, int64_t limit, int64_t lanes = 1) {
@@ -194,7 +200,8 @@ struct VectorizeKernelsPass
                 rowDim = -1;
             }
         });
-    // Contractions step every reduction dimension by 1 (outer products).
+    // Contractions step every reduction dimension by 1 (outer products);
+    // a bf16-pair contraction's pair dimension (its last) stays whole.
     // Other ops keep only the innermost loop dimension whole when it is a
     // reduction: a second reduction dimension (e.g. counting an expert's
     // filled slots over tokens x slots) would otherwise make one vector of
@@ -204,6 +211,8 @@ struct VectorizeKernelsPass
       if (it == utils::IteratorType::reduction &&
           (contraction || static_cast<int64_t>(i) != last))
         tiles[i] = 1;
+    if (isBf16Pairs(op))
+      tiles[last] = 0;
     return {tiles, vectorDim, rowDim};
   }
 
@@ -376,6 +385,20 @@ struct VectorizeKernelsPass
     getOperation().walk([&](scf::ForOp loop) {
       (void)hoistLoopInvariantSubsets(rewriter, loop);
     });
+    // bf16-pair contractions: their operands' extensions to f32 move above
+    // the broadcasts and transposes of the reads, which then fold into the
+    // contraction (contract(extf(A), extf(B)), as moe-lower-vectors wants).
+    SmallVector<Operation *> bf16Extensions;
+    getOperation().walk([&](arith::ExtFOp ext) {
+      if (getElementTypeOrSelf(ext.getIn().getType()).isBF16())
+        bf16Extensions.push_back(ext);
+    });
+    if (!bf16Extensions.empty()) {
+      RewritePatternSet sink(&getContext());
+      vector::populateSinkVectorOpsPatterns(sink);
+      if (failed(applyOpPatternsGreedily(bf16Extensions, std::move(sink))))
+        return signalPassFailure();
+    }
     // 6. Accumulators that tiles initialize themselves: the hoisted read of
     // the tile's init folds into the written vector (zeros, the bias row),
     // and the init's write into the overwritten tile goes away.
@@ -474,6 +497,8 @@ struct VectorizeKernelsPass
       for (utils::IteratorType it : tileOp.getIteratorTypesArray())
         sizes.push_back(rewriter.getIndexAttr(
             it == utils::IteratorType::reduction ? 1 : 0));
+      if (isBf16Pairs(tileOp))
+        sizes.back() = rewriter.getIndexAttr(0);
       scf::SCFTilingOptions reduce;
       reduce.setTileSizes(sizes);
       rewriter.setInsertionPoint(tileOp);
@@ -554,7 +579,7 @@ struct VectorizeKernelsPass
   static FailureOr<linalg::LinalgOp>
   collapseReductionRuns(RewriterBase &rewriter, linalg::LinalgOp op) {
     if (!isa<linalg::GenericOp>(op.getOperation()) ||
-        op.getNumReductionLoops() < 2 ||
+        op.getNumReductionLoops() < 2 || isBf16Pairs(op) ||
         !isContraction(op) ||
         llvm::any_of(op.getStaticLoopRanges(), ShapedType::isDynamic))
       return failure();
@@ -616,18 +641,197 @@ struct VectorizeKernelsPass
     if (!isa<linalg::GenericOp>(op))
       return false;
     Block &body = op->getRegion(0).front();
-    if (body.getOperations().size() != 3)
+    // acc + a * b, or acc + extf(a) * extf(b) (bf16 pairs).
+    Operation *first = &body.front();
+    if (isBf16Pairs(op) && body.getOperations().size() == 5 &&
+        isa<arith::ExtFOp>(first) && isa<arith::ExtFOp>(first->getNextNode()))
+      first = first->getNextNode()->getNextNode();
+    else if (body.getOperations().size() != 3)
       return false;
-    auto mul = dyn_cast<arith::MulFOp>(&body.front());
+    auto mul = dyn_cast<arith::MulFOp>(first);
     auto add = dyn_cast<arith::AddFOp>(mul ? mul->getNextNode() : nullptr);
     return mul && add;
   }
 };
 
+/// A bf16-pair contraction tile (moe-bf16-contractions, vectorized):
+///   vector.contract(extf(A), extf(B), acc)
+/// with A <[rows] x ... x 2 x bf16> (no column dimension), B <... x N x 2 x
+/// bf16> (the columns, then the pair dimension), acc <[rows] x N x f32>;
+/// every other dimension has one element. Each row's pair of A is
+/// broadcast as one 32-bit value and each register's worth of columns
+/// (16, 8 or 4 on AVX-512) takes one dot product of bf16 pairs
+/// (x86vector.avx512.dot, vdpbf16ps); a tail of fewer than 4 columns, or
+/// every column when `dot` is false, takes two f32 FMAs per pair on the
+/// bf16 values.
+struct LowerBf16PairContraction : OpRewritePattern<vector::ContractionOp> {
+  LowerBf16PairContraction(MLIRContext *ctx, bool dot)
+      : OpRewritePattern(ctx, /*benefit=*/2), dot(dot) {}
+  bool dot;
+
+  /// The extension from bf16 that `v` is, possibly through a shape cast
+  /// (the flattened read of B); null if none.
+  static arith::ExtFOp bf16Extension(Value v) {
+    if (auto cast = v.getDefiningOp<vector::ShapeCastOp>())
+      v = cast.getSource();
+    auto ext = v.getDefiningOp<arith::ExtFOp>();
+    if (!ext || !getElementTypeOrSelf(ext.getIn().getType()).isBF16())
+      return nullptr;
+    return ext;
+  }
+
+  /// The bf16 values that `v` extends, in `v`'s shape.
+  static Value bf16Source(PatternRewriter &rewriter, Value v) {
+    Value in = bf16Extension(v).getIn();
+    auto type = cast<VectorType>(v.getType()).clone(rewriter.getBF16Type());
+    if (in.getType() == type)
+      return in;
+    return vector::ShapeCastOp::create(rewriter, v.getLoc(), type, in);
+  }
+
+  LogicalResult matchAndRewrite(vector::ContractionOp op,
+                                PatternRewriter &rewriter) const override {
+    auto accType = dyn_cast<VectorType>(op.getAccType());
+    if (!accType || !accType.getElementType().isF32() ||
+        op.getKind() != vector::CombiningKind::ADD ||
+        !bf16Extension(op.getLhs()) || !bf16Extension(op.getRhs()))
+      return failure();
+    SmallVector<AffineMap> maps = op.getIndexingMapsArray();
+    AffineMap aMap = maps[0], bMap = maps[1], accMap = maps[2];
+    SmallVector<int64_t> sizes(aMap.getNumDims(), 1);
+    auto record = [&](AffineMap m, ArrayRef<int64_t> shape) {
+      for (auto [e, n] : llvm::zip(m.getResults(), shape))
+        sizes[cast<AffineDimExpr>(e).getPosition()] = n;
+    };
+    record(aMap, op.getLhsType().getShape());
+    record(bMap, op.getRhsType().getShape());
+    record(accMap, accType.getShape());
+    auto dimAt = [](AffineMap m, int64_t fromEnd) -> int64_t {
+      if (static_cast<int64_t>(m.getNumResults()) < fromEnd)
+        return -1;
+      return cast<AffineDimExpr>(m.getResult(m.getNumResults() - fromEnd))
+          .getPosition();
+    };
+    int64_t pair = dimAt(aMap, 1), column = dimAt(accMap, 1);
+    if (pair < 0 || column < 0 || dimAt(bMap, 1) != pair ||
+        dimAt(bMap, 2) != column || sizes[pair] != 2 ||
+        aMap.getResultPosition(getAffineDimExpr(column, op.getContext())))
+      return failure();
+    // At most one more dimension with several elements: the rows, in A and
+    // the accumulators before the columns.
+    int64_t rowDim = -1;
+    for (auto [d, n] : llvm::enumerate(sizes)) {
+      if (n == 1 || static_cast<int64_t>(d) == pair ||
+          static_cast<int64_t>(d) == column)
+        continue;
+      if (rowDim >= 0 || dimAt(accMap, 2) != static_cast<int64_t>(d) ||
+          bMap.getResultPosition(getAffineDimExpr(d, op.getContext())))
+        return failure();
+      rowDim = d;
+    }
+    int64_t rows = rowDim >= 0 ? sizes[rowDim] : 1, columns = sizes[column];
+
+    Location loc = op.getLoc();
+    Value a = bf16Source(rewriter, op.getLhs()),
+          b = bf16Source(rewriter, op.getRhs());
+    Type f32 = rewriter.getF32Type(), bf16 = rewriter.getBF16Type(),
+         i32 = rewriter.getI32Type();
+    // B as one row of 2N bf16 (a no-op when B was read as one).
+    Value bRow = vector::ShapeCastOp::create(
+        rewriter, loc, VectorType::get({2 * columns}, bf16), b);
+    // The accumulators as [rows][N].
+    auto accRowsType = VectorType::get({rows, columns}, f32);
+    Value acc = vector::ShapeCastOp::create(rewriter, loc, accRowsType,
+                                            op.getAcc());
+    // A's pair of row r: A's positions are 0 except the row.
+    auto aPair = [&](int64_t r) {
+      SmallVector<int64_t> at;
+      for (AffineExpr e : aMap.getResults().drop_back())
+        at.push_back(cast<AffineDimExpr>(e).getPosition() == rowDim ? r : 0);
+      return vector::ExtractOp::create(rewriter, loc, a, at).getResult();
+    };
+    SmallVector<std::pair<int64_t, int64_t>> pieces; // (first column, width)
+    int64_t first = 0;
+    if (dot)
+      for (int64_t width : {16, 8, 4})
+        for (; first + width <= columns; first += width)
+          pieces.push_back({first, width});
+    if (first < columns)
+      pieces.push_back({first, -(columns - first)}); // f32 FMAs
+    Value result = acc;
+    for (int64_t r = 0; r < rows; ++r) {
+      Value pairOfA = aPair(r); // <2 x bf16>
+      Value accRow = vector::ExtractOp::create(rewriter, loc, result, r);
+      for (auto [start, signedWidth] : pieces) {
+        int64_t width = std::abs(signedWidth);
+        Value accPiece = vector::ExtractStridedSliceOp::create(
+            rewriter, loc, accRow, start, width, 1);
+        Value bPiece = vector::ExtractStridedSliceOp::create(
+            rewriter, loc, bRow, 2 * start, 2 * width, 1);
+        Value sum;
+        if (signedWidth > 0) {
+          Value packed = vector::BitCastOp::create(
+              rewriter, loc, VectorType::get({1}, i32), pairOfA);
+          Value scalar = vector::ExtractOp::create(rewriter, loc, packed, 0);
+          Value splat = vector::BroadcastOp::create(
+              rewriter, loc, VectorType::get({width}, i32), scalar);
+          Value aPiece = vector::BitCastOp::create(
+              rewriter, loc, VectorType::get({2 * width}, bf16), splat);
+          sum = x86vector::DotBF16Op::create(rewriter, loc, accPiece.getType(),
+                                             accPiece, aPiece, bPiece);
+        } else {
+          Value bWide = arith::ExtFOp::create(
+              rewriter, loc, VectorType::get({2 * width}, f32), bPiece);
+          sum = accPiece;
+          for (int64_t q = 0; q < 2; ++q) {
+            SmallVector<int64_t> lanes;
+            for (int64_t j = 0; j < width; ++j)
+              lanes.push_back(2 * j + q);
+            Value bLane =
+                vector::ShuffleOp::create(rewriter, loc, bWide, bWide, lanes);
+            Value aHalf = vector::ExtractOp::create(rewriter, loc, pairOfA, q);
+            Value aScalar = arith::ExtFOp::create(rewriter, loc, f32, aHalf);
+            Value aSplat = vector::BroadcastOp::create(
+                rewriter, loc, VectorType::get({width}, f32), aScalar);
+            sum = vector::FMAOp::create(rewriter, loc, aSplat, bLane, sum);
+          }
+        }
+        accRow = vector::InsertStridedSliceOp::create(rewriter, loc, sum,
+                                                      accRow, start, 1);
+      }
+      result = vector::InsertOp::create(rewriter, loc, accRow, result, r);
+    }
+    rewriter.replaceOpWithNewOp<vector::ShapeCastOp>(op, accType, result);
+    return success();
+  }
+};
+
 struct LowerVectorsPass
     : public moec::impl::LowerVectorsPassBase<LowerVectorsPass> {
+  using Base::Base;
+
   void runOnOperation() override {
     MLIRContext *ctx = &getContext();
+    // bf16 transfers (the pair operands of bf16 contractions, the packs)
+    // over contiguous memory become 1-D: B's tile of N pairs is one load.
+    {
+      SmallVector<Operation *> bf16Transfers;
+      getOperation()->walk([&](VectorTransferOpInterface transfer) {
+        if (transfer.getVectorType().getElementType().isBF16())
+          bf16Transfers.push_back(transfer);
+      });
+      RewritePatternSet patterns(ctx);
+      vector::populateFlattenVectorTransferPatterns(patterns);
+      if (!bf16Transfers.empty() &&
+          failed(applyOpPatternsGreedily(bf16Transfers, std::move(patterns))))
+        return signalPassFailure();
+    }
+    {
+      RewritePatternSet patterns(ctx);
+      patterns.add<LowerBf16PairContraction>(ctx, bf16Dot);
+      if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
+        return signalPassFailure();
+    }
     {
       RewritePatternSet patterns(ctx);
       vector::populateVectorContractLoweringPatterns(

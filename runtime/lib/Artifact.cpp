@@ -716,6 +716,13 @@ Expected<Manifest> parseManifest(const std::string &text,
       return false;
     if (const json *spec = check.member(root, "", "spec", /*required=*/false))
       m.spec = spec->dump();
+    if (check.member(root, "", "precision", /*required=*/false)) {
+      if (!check.getString(root, "", "precision", m.precision))
+        return false;
+      if (m.precision != "fp32" && m.precision != "bf16")
+        return check.fail("/precision", cat("expected \"fp32\" or \"bf16\", got \"",
+                                            m.precision, "\""));
+    }
     if (const json *cpu =
             check.member(root, "", "target_cpu", /*required=*/false)) {
       if (!check.getString(*cpu, "/target_cpu", "name", m.targetCpu))

@@ -58,6 +58,10 @@ std::string inspectReport(const Artifact &a) {
   if (!m.targetCpu.empty())
     appendPrintf(out, "target cpu:   %s (%zu ISA features)\n",
                  m.targetCpu.c_str(), m.targetFeatures.size());
+  appendPrintf(out, "precision:    %s\n",
+               m.precision == "bf16"
+                   ? "bf16 GEMM operands, fp32 accumulation and weights"
+                   : "fp32");
   appendPrintf(out, "version:      %u.%u\n", a.versionMajor(),
                a.versionMinor());
   appendPrintf(out, "file size:    %" PRIu64 " bytes\n", a.fileSize());

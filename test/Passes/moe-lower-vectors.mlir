@@ -26,3 +26,41 @@ func.func @row_sum(%x: vector<1x48xf32>, %acc: vector<1xf32>) -> vector<1xf32> {
   %r = vector.multi_reduction <add>, %x, %acc [1] : vector<1x48xf32> to vector<1xf32>
   return %r : vector<1xf32>
 }
+
+// A bf16-pair contraction tile (moe-bf16-contractions): with bf16-dot, one
+// dot product of bf16 pairs per row and register of columns (24 = 16 + 8),
+// the row's pair of A broadcast as one 32-bit value; without, two f32 FMAs
+// per row on the extended bf16 values.
+// RUN: moec-opt %s --moe-lower-vectors='bf16-dot=true' | FileCheck %s --check-prefix=DOT
+// RUN: moec-opt %s --moe-lower-vectors | FileCheck %s --check-prefix=NODOT
+// DOT-LABEL: func.func @bf16_pairs
+// DOT-NOT:   vector.contract
+// DOT:       vector.broadcast %{{.*}} : i32 to vector<16xi32>
+// DOT:       x86vector.avx512.dot {{.*}} : vector<32xbf16> -> vector<16xf32>
+// DOT:       vector.broadcast %{{.*}} : i32 to vector<8xi32>
+// DOT:       x86vector.avx512.dot {{.*}} : vector<16xbf16> -> vector<8xf32>
+// DOT:       vector.broadcast %{{.*}} : i32 to vector<16xi32>
+// DOT:       x86vector.avx512.dot {{.*}} : vector<32xbf16> -> vector<16xf32>
+// DOT:       vector.broadcast %{{.*}} : i32 to vector<8xi32>
+// DOT:       x86vector.avx512.dot {{.*}} : vector<16xbf16> -> vector<8xf32>
+// DOT:       vector.broadcast %{{.*}} : i32 to vector<16xi32>
+// DOT:       x86vector.avx512.dot {{.*}} : vector<32xbf16> -> vector<16xf32>
+// DOT:       vector.broadcast %{{.*}} : i32 to vector<8xi32>
+// DOT:       x86vector.avx512.dot {{.*}} : vector<16xbf16> -> vector<8xf32>
+// DOT-NOT:   x86vector.avx512.dot
+// DOT-NOT:   vector.fma
+// DOT:       return
+// NODOT-LABEL: func.func @bf16_pairs
+// NODOT-NOT: x86vector
+// NODOT-COUNT-6: vector.fma {{.*}} : vector<24xf32>
+// NODOT-NOT: vector.fma
+// NODOT:     return
+#pa = affine_map<(m, n, k, p) -> (m, k, p)>
+#pb = affine_map<(m, n, k, p) -> (k, n, p)>
+#pc = affine_map<(m, n, k, p) -> (m, n)>
+func.func @bf16_pairs(%A: vector<3x1x2xbf16>, %B: vector<1x24x2xbf16>, %acc: vector<3x24xf32>) -> vector<3x24xf32> {
+  %a = arith.extf %A : vector<3x1x2xbf16> to vector<3x1x2xf32>
+  %b = arith.extf %B : vector<1x24x2xbf16> to vector<1x24x2xf32>
+  %r = vector.contract {indexing_maps = [#pa, #pb, #pc], iterator_types = ["parallel", "parallel", "reduction", "reduction"], kind = #vector.kind<add>} %a, %b, %acc : vector<3x1x2xf32>, vector<1x24x2xf32> into vector<3x24xf32>
+  return %r : vector<3x24xf32>
+}

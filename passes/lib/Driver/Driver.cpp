@@ -51,6 +51,7 @@ moec::ArtifactModelInfo modelInfo(const moec::spec::Spec &spec,
   info.datasetPath = spec.data.path;
   info.targetCpu = library.cpu;
   info.targetFeatures = library.features;
+  info.precision = options.bf16 ? "bf16" : "fp32";
   if (llvm::is_contained(options.entries, "train_step")) {
     const auto &t = spec.train;
     moec::ArtifactTrainInfo train;
@@ -194,6 +195,8 @@ LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
     }
     cpuOptions.registerBits = registers->registerBits;
     cpuOptions.vectorRegisters = registers->registers;
+    cpuOptions.bf16 = options.bf16;
+    cpuOptions.bf16Dot = registers->bf16Dot;
   }
 
   // Each entry point is planned on its own copy of the module (train_step
@@ -242,7 +245,11 @@ LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
 
   progress("codegen: kernels to the LLVM dialect (register tiles for " +
            Twine(cpuOptions.vectorRegisters) + " x " +
-           Twine(cpuOptions.registerBits) + "-bit vector registers)");
+           Twine(cpuOptions.registerBits) + "-bit vector registers" +
+           (!options.bf16          ? ")"
+            : cpuOptions.bf16Dot ? "; bf16 GEMMs on AVX512-BF16 dot products)"
+                                 : "; bf16 GEMMs as f32 FMAs: this CPU has no "
+                                   "AVX512-BF16)"));
   result.kernels = result.plan->clone();
   if (failed(runPipeline(*result.kernels, [&](OpPassManager &pm) {
         buildCpuCodegenPipeline(pm, cpuOptions);

@@ -149,6 +149,13 @@ struct Options {
                "as separate kernels (no moe-fuse-routing): the unfused "
                "path, for comparison"),
       cl::init(false), cl::cat(moecCategory())};
+  cl::opt<std::string> precision{
+      "precision",
+      cl::desc("fp32 (default) or bf16: the matmuls, attention and expert "
+               "GEMMs multiply bf16 values and accumulate in fp32 "
+               "(AVX512-BF16 where the target CPU has it); weights, "
+               "optimizer state and every other op stay fp32"),
+      cl::value_desc("fp32|bf16"), cl::init("fp32"), cl::cat(moecCategory())};
   cl::opt<int64_t> codegenThreads{
       "codegen-threads",
       cl::desc("Threads for LLVM's optimization and code generation of the "
@@ -274,6 +281,10 @@ int moec::driver::moecMain(int argc, char **argv) {
   options.emit = cli.emit;
   options.vectorize = cli.vectorize;
   options.fuseRouting = !cli.noFuse;
+  if (cli.precision != "fp32" && cli.precision != "bf16")
+    return usageError("--precision=" + cli.precision +
+                      ": unknown precision; precisions: fp32, bf16");
+  options.bf16 = cli.precision == "bf16";
   const bool quiet = cli.quiet;
   if (cli.target != "cpu") {
     if (cli.target == "cuda")

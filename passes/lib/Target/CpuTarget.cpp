@@ -192,6 +192,7 @@ moec::getCpuRegisterFile(const CpuTargetOptions &options, std::string &error) {
     file = {512, 32};
   else if (sti->checkFeatures("+avx"))
     file = {256, 16};
+  file.bf16Dot = sti->checkFeatures("+avx512bf16");
   return file;
 }
 

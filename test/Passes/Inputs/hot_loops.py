@@ -1,6 +1,7 @@
 """Checks the hot loops of the kernels' assembly (moec compile --dump-asm).
 
-A hot loop is an innermost loop with vector FMAs. A register-tile loop is a
+A hot loop is an innermost loop with vector FMAs (or vdpbf16ps, the bf16
+pair dot products of --precision=bf16, counted as FMAs). A register-tile loop is a
 hot loop where FMAs are at least half of the vector instructions (a
 contraction's reduction step: broadcasts, one row of B, FMAs). Checked:
   - no hot loop builds vectors element by element or from pieces
@@ -13,7 +14,8 @@ Spills in other hot loops (the polynomials of exp and erf, where LLVM
 interleaves several unrolled vectors) are reported as notes.
 
 usage: hot_loops.py ASM --width zmm|ymm [--plan PLAN.mlir --ops OP,OP]
-                    [--min-full-width F] [--min-loops N]
+                    [--min-full-width F] [--min-loops N] [--min-dots F]
+--min-dots: at least this share of the hot loops' FMAs are bf16 dots.
 With --plan (moec compile --emit=plan) and --ops only the kernels of those
 ops are checked. Prints one line per offending loop and a summary; exits 1
 on a violation.
@@ -22,7 +24,7 @@ import argparse
 import re
 import sys
 
-FMA = re.compile(r"^\s+v(f|fn)m(add|sub)[0-9]{3}[ps]s\s+(.*)$")
+FMA = re.compile(r"^\s+(?:v(?:f|fn)m(?:add|sub)[0-9]{3}[ps]s|vdpbf16ps)\s+(.*)$")
 BAD = re.compile(r"^\s+(vinsertps|vpinsrd|vpinsrq|vinsertf128|vinsertf32x4|"
                  r"vinsertf64x4|vinserti128|vinserti32x4|vinserti64x4)\b")
 # Vector spills and reloads (a general-purpose register's reload of a loop
@@ -92,6 +94,7 @@ def main():
     ap.add_argument("--width", choices=["ymm", "zmm"], required=True)
     ap.add_argument("--min-full-width", type=float, default=0.9)
     ap.add_argument("--min-loops", type=int, default=1)
+    ap.add_argument("--min-dots", type=float, default=0.0)
     ap.add_argument("--plan")
     ap.add_argument("--ops")
     args = ap.parse_args()
@@ -107,7 +110,7 @@ def main():
         if missing:
             print(f"error: no kernel of {sorted(missing)} in the plan")
             return 1
-    hot = bad = full = fmas = 0
+    hot = bad = full = fmas = dots = 0
     for func, header, lines in loops(args.asm):
         if kernels is not None and func not in kernels:
             continue
@@ -116,6 +119,7 @@ def main():
             continue
         hot += 1
         fmas += len(loop_fmas)
+        dots += sum(1 for l in loop_fmas if "vdpbf16ps" in l)
         full += sum(1 for l in loop_fmas if f"%{args.width}" in l)
         spills = sum(1 for l in lines if SPILL.search(l))
         reloads = sum(1 for l in lines if RELOAD.search(l))
@@ -132,12 +136,17 @@ def main():
         elif spills or reloads:
             print("note: " + what)
     share = full / fmas if fmas else 0.0
+    dot_share = dots / fmas if fmas else 0.0
     print(f"hot loops: {hot}, violating: {bad}; "
-          f"FMAs on {args.width}: {full} of {fmas} ({share:.0%})")
+          f"FMAs on {args.width}: {full} of {fmas} ({share:.0%}); "
+          f"bf16 dots: {dots} ({dot_share:.0%})")
     if hot < args.min_loops:
         print(f"error: expected at least {args.min_loops} hot loops")
         return 1
     if bad:
+        return 1
+    if dot_share < args.min_dots:
+        print(f"error: under {args.min_dots:.0%} of the FMAs are bf16 dots")
         return 1
     if share < args.min_full_width:
         print(f"error: under {args.min_full_width:.0%} of the FMAs are "

@@ -50,6 +50,10 @@ struct CompileOptions {
   /// Fuse every MoE layer's routing with its grouped expert GEMMs
   /// (moe-fuse-routing in moe-train and moe-cpu-plan).
   bool fuseRouting = true;
+  /// --precision=bf16: matmul-like contractions on bf16 values accumulated
+  /// in f32 (moe-bf16-contractions), AVX512-BF16 dot products where the
+  /// target CPU has them; weights, optimizer state and other ops f32.
+  bool bf16 = false;
   /// The CPU the kernels are compiled for and LLVM's codegen settings.
   CpuTargetOptions target;
   /// User passes at the extension points (--run-passes).

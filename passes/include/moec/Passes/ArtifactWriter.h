@@ -44,6 +44,8 @@ struct ArtifactModelInfo {
   /// What the kernels were compiled for (CpuKernelLibrary).
   std::string targetCpu;
   std::vector<std::string> targetFeatures;
+  /// The GEMMs' operand precision: "fp32" or "bf16" (--precision).
+  std::string precision = "fp32";
   /// Present when the artifact has training entry points.
   std::optional<ArtifactTrainInfo> train;
 };

@@ -49,6 +49,8 @@ struct CpuKernelLibrary {
 struct CpuRegisterFile {
   int64_t registerBits = 128;
   int64_t registers = 16;
+  /// AVX512-BF16 (vdpbf16ps: dot products of bf16 pairs into f32).
+  bool bf16Dot = false;
 };
 
 /// Succeeds if LLVM knows `cpu` ("native" or an x86-64 CPU or level name);

@@ -354,16 +354,67 @@ def VectorizeKernelsPass : Pass<"moe-vectorize-kernels", "mlir::func::FuncOp"> {
   ];
 }
 
+def Bf16ContractionsPass : Pass<"moe-bf16-contractions", "mlir::func::FuncOp"> {
+  let summary = "Rewrites the kernels' matmul-like contractions to bf16 pairs.";
+  let description = [{
+    For `--precision=bf16`. Runs on kernel functions before
+    `moe-vectorize-kernels`. A contraction (a matmul, or a generic whose
+    body is acc + a * b) in f32 with one reduction dimension of even static
+    extent >= `min-reduction`, an innermost output dimension (the vector
+    dimension) of at least `min-width` elements, and one input (A) that
+    lacks the vector dimension and reads the reduction as its innermost
+    dimension becomes:
+
+      * A16: A rounded to bf16 (round to nearest even), its reduction split
+        into pairs: [..., K/2, 2];
+      * B16: the other input (its innermost dimension the output's
+        columns N) rounded to bf16 and repacked so that each pair of
+        consecutive reduction elements sits side by side for every column:
+        [other dims..., K/2, N, 2] (the VNNI layout that AVX512-BF16's
+        vdpbf16ps and AMX read), written by loops of vector code (two rows
+        read, interleaved, rounded, one contiguous write per 16 columns);
+      * the contraction over (..., K/2, 2): acc + extf(a) * extf(b), the
+        accumulators and the result in f32. It carries `moe.bf16_pairs`;
+        `moe-vectorize-kernels` keeps the pair dimension whole and
+        `moe-lower-vectors` lowers each register's worth of it to one
+        `x86vector.avx512.dot` when `bf16-dot` is set (else f32 FMAs on the
+        bf16-rounded values: the same numbers, for CPUs without the
+        instruction).
+
+    The weights, the optimizer state, the accumulators and every other op
+    stay in f32 (fp32 master weights). Contractions whose reduction is not
+    contiguous in A (the weight gradients, summed over tokens) stay f32.
+  }];
+  let dependentDialects = ["mlir::tensor::TensorDialect", "mlir::arith::ArithDialect",
+                           "mlir::linalg::LinalgDialect", "mlir::scf::SCFDialect",
+                           "mlir::vector::VectorDialect"];
+  let options = [
+    Option<"minReduction", "min-reduction", "int64_t", /*default=*/"16",
+           "Smallest reduction extent rewritten (shorter ones stay f32)">,
+    Option<"minWidth", "min-width", "int64_t", /*default=*/"16",
+           "Smallest output width rewritten (a router's few experts stay f32)">,
+  ];
+}
+
 def LowerVectorsPass : Pass<"moe-lower-vectors"> {
   let summary = "Lowers vector contractions, reductions and transfers for LLVM.";
   let description = [{
-    After bufferization: `vector.contract` to outer products and FMAs,
+    After bufferization: `vector.contract` to outer products and FMAs
+    (bf16-pair contractions to one dot product per register, see
+    `bf16-dot`),
     multi-reductions to inner reductions, transfers to 1-D loads and stores,
     broadcasts, transposes and shape casts to 1-D vector ops, so that
     convert-vector-to-llvm produces plain vector FMAs.
   }];
   let dependentDialects = ["mlir::vector::VectorDialect", "mlir::arith::ArithDialect",
-                           "mlir::memref::MemRefDialect"];
+                           "mlir::memref::MemRefDialect",
+                           "mlir::x86vector::X86VectorDialect"];
+  let options = [
+    Option<"bf16Dot", "bf16-dot", "bool", /*default=*/"false",
+           "Lower bf16-pair contractions (moe-bf16-contractions) to "
+           "AVX512-BF16 dot products (x86vector.avx512.dot); otherwise to "
+           "f32 FMAs on the bf16 values">,
+  ];
 }
 
 def PlanMemoryPass : Pass<"moe-plan-memory", "mlir::ModuleOp"> {

@@ -36,6 +36,16 @@ struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions>
       *this, "vector-registers",
       llvm::cl::desc("Vector registers of the target CPU"),
       llvm::cl::init(32)};
+  Option<bool> bf16{
+      *this, "bf16",
+      llvm::cl::desc("Matmul-like contractions on bf16 pairs accumulated in "
+                     "f32 (moe-bf16-contractions); everything else f32"),
+      llvm::cl::init(false)};
+  Option<bool> bf16Dot{
+      *this, "bf16-dot",
+      llvm::cl::desc("With bf16: the target has AVX512-BF16 (vdpbf16ps); "
+                     "otherwise the bf16 values are multiplied in f32"),
+      llvm::cl::init(false)};
   Option<bool> fuseRouting{
       *this, "fuse-routing",
       llvm::cl::desc("Fuse every MoE layer's routing with its grouped expert "

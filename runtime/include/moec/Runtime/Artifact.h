@@ -106,6 +106,9 @@ struct Manifest {
   /// may use (LLVM feature names); empty in artifacts that do not say.
   std::string targetCpu;
   std::vector<std::string> targetFeatures;
+  /// The GEMMs' operand precision, "fp32" or "bf16" (fp32 accumulation and
+  /// weights either way); "fp32" in artifacts that do not say.
+  std::string precision = "fp32";
   int64_t batch = 0; ///< the most images one kernel call takes
   int64_t channels = 0, height = 0, width = 0;
   int64_t classes = 0;

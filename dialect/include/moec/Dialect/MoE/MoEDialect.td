@@ -61,6 +61,9 @@ def MoE_Dialect : Dialect {
     "::moec::moe::KernelParallelismAttr":$parallel,
     "::mlir::IntegerAttr":$tiles,
     "::mlir::IntegerAttr":$fused,
+    // moe-bf16-contractions: a contraction over bf16 pairs (the pair
+    // dimension last).
+    "::mlir::UnitAttr":$bf16_pairs,
     // moe-plan-memory.
     "::mlir::IntegerAttr":$arena_offset,
     "::mlir::IntegerAttr":$arena_bytes,

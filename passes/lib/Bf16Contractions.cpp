@@ -16,6 +16,7 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/PatternMatch.h"
+#include "mlir/Interfaces/LoopLikeInterface.h"
 
 namespace moec {
 #define GEN_PASS_DEF_BF16CONTRACTIONSPASS
@@ -282,7 +283,22 @@ void rewrite(RewriterBase &rewriter, const Candidate &c) {
       b16Dims.push_back(d);
   }
   b16Dims.append({kk, c.vector, p});
-  Value b16 = packPairs(rewriter, loc, c.b->get(), bMap, c.reduction);
+  // The pack goes before the outermost loop around the contraction that B
+  // does not change in (an expert's weights, packed once per expert rather
+  // than once per tile of its tokens; LICM would not move the pack's loops,
+  // whose reads it cannot prove in bounds).
+  Value b16;
+  {
+    OpBuilder::InsertionGuard guard(rewriter);
+    Operation *before = op;
+    while (auto loop = before->getParentOfType<LoopLikeOpInterface>()) {
+      if (!loop.isDefinedOutsideOfLoop(c.b->get()))
+        break;
+      before = loop;
+    }
+    rewriter.setInsertionPoint(before);
+    b16 = packPairs(rewriter, loc, c.b->get(), bMap, c.reduction);
+  }
   SmallVector<AffineExpr> b16Results;
   for (int64_t d : b16Dims)
     b16Results.push_back(getAffineDimExpr(d, ctx));

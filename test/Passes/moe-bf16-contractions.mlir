@@ -84,3 +84,27 @@ func.func @not_a_kernel(%a: tensor<50x64xf32>, %w: tensor<64x64xf32>, %r: tensor
   %0 = linalg.matmul ins(%a, %w : tensor<50x64xf32>, tensor<64x64xf32>) outs(%r : tensor<50x64xf32>) -> tensor<50x64xf32>
   return %0 : tensor<50x64xf32>
 }
+
+// -----
+
+// B does not change in the loop around the contraction (an expert's weights
+// over tiles of its tokens): it is packed once, before the loop.
+// CHECK-LABEL: func.func @invariant_weights
+// CHECK:       scf.for {{.*}} -> (tensor<16x64xbf16>)
+// CHECK:       %[[B:.*]] = tensor.expand_shape {{.*}} output_shape [16, 32, 2]
+// CHECK:       scf.for {{.*}} -> (tensor<64x32xf32>)
+// CHECK-NOT:     vector.shuffle
+// CHECK:         linalg.generic {{.*}} ins(%{{.*}}, %[[B]] : tensor<8x16x2xbf16>, tensor<16x32x2xbf16>)
+func.func @invariant_weights(%x: tensor<64x32xf32>, %w: tensor<32x32xf32>, %out: tensor<64x32xf32>) -> tensor<64x32xf32> attributes {moe.kernel} {
+  %c0 = arith.constant 0 : index
+  %c8 = arith.constant 8 : index
+  %c64 = arith.constant 64 : index
+  %r = scf.for %i = %c0 to %c64 step %c8 iter_args(%acc = %out) -> (tensor<64x32xf32>) {
+    %a = tensor.extract_slice %x[%i, 0] [8, 32] [1, 1] : tensor<64x32xf32> to tensor<8x32xf32>
+    %o = tensor.extract_slice %acc[%i, 0] [8, 32] [1, 1] : tensor<64x32xf32> to tensor<8x32xf32>
+    %m = linalg.matmul ins(%a, %w : tensor<8x32xf32>, tensor<32x32xf32>) outs(%o : tensor<8x32xf32>) -> tensor<8x32xf32>
+    %n = tensor.insert_slice %m into %acc[%i, 0] [8, 32] [1, 1] : tensor<8x32xf32> into tensor<64x32xf32>
+    scf.yield %n : tensor<64x32xf32>
+  }
+  return %r : tensor<64x32xf32>
+}

@@ -19,6 +19,11 @@ same number of threads, from the same initial weights:
   and of attention, divided by the FMA peak bench/fma_peak.c measures on
   as many threads (compiled here with cc -O2 -march=native).
 
+With --bf16, moec also runs compiled with --precision=bf16 (a second moec
+row; the ratios stay against fp32 moec), and its rates are also given as a
+share of the bf16 dot-product peak (fma_peak's bf16 mode; only where the
+CPU has AVX512-BF16).
+
 PyTorch 1.13's OpenBLAS (0.3.21) runs with OPENBLAS_CORETYPE set to the
 core it has for this CPU (--openblas-core, default: SkylakeX on an AVX-512
 Intel, Zen on an AMD, Haswell on an AVX2 Intel), since it may not detect a
@@ -27,7 +32,7 @@ own process. Prints a Markdown table and writes --json.
 
 usage: python3 bench/step_vs_torch.py [--bin build/bin] [--spec SPEC]
            [--threads 1] [--steps 60] [--images 4096] [--batch 256]
-           [--openblas-core CORE] [--skip-compile] [--json OUT]
+           [--openblas-core CORE] [--skip-compile] [--bf16] [--json OUT]
 """
 import argparse
 import json
@@ -69,11 +74,11 @@ def openblas_core(vendor_model, flags):
     return "Haswell" if "avx2" in flags else "Sandybridge"
 
 
-def fma_peak(threads, work):
+def fma_peak(threads, work, bf16=False):
     exe = os.path.join(work, "fma_peak")
     sh(["cc", "-O2", "-march=native", "-ffp-contract=fast", "-pthread", "-o", exe,
         os.path.join(HERE, "fma_peak.c")])
-    out = sh([exe, str(threads), "2"])
+    out = sh([exe, str(threads), "2"] + (["bf16"] if bf16 else []))
     m = re.findall(r"([0-9.]+) GFLOP/s", out)
     if not m:
         sys.exit(f"FAIL: no GFLOP/s in fma_peak's output:\n{out}")
@@ -101,12 +106,14 @@ def attention_rate(ops):
     return flops / secs if secs else None
 
 
-def moec_runs(a, work):
-    model = os.path.join(work, "model.moec")
+def moec_runs(a, work, precision="fp32"):
+    model = os.path.join(work, f"model-{precision}.moec")
     init = os.path.join(work, "init.safetensors")
-    sh([os.path.join(a.bin, "moec"), "compile", a.spec, "-o", model, "--quiet"])
-    sh([os.path.join(a.bin, "moec-run"), "init", model, "-o", init])
-    log = os.path.join(work, "train.jsonl")
+    sh([os.path.join(a.bin, "moec"), "compile", a.spec, "-o", model, "--quiet",
+        f"--precision={precision}"])
+    if not os.path.exists(init):
+        sh([os.path.join(a.bin, "moec-run"), "init", model, "-o", init])
+    log = os.path.join(work, f"train-{precision}.jsonl")
     out = sh([os.path.join(a.bin, "moec-run"), "train", model, "--weights", init,
               "--max-steps", str(a.steps + 10), "--threads", str(a.threads),
               "--log", log, "--log-every", "10", "--eval-every-epoch", "off",
@@ -191,6 +198,7 @@ def main():
     ap.add_argument("--data", default=None)
     ap.add_argument("--openblas-core", default=None)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
@@ -211,6 +219,16 @@ def main():
         results = {"cpu": model_name, "threads": a.threads, "fma_peak_gflops": peak,
                    "openblas_core": core, "moec": {k: v for k, v in m.items()
                                                   if k not in ("train_out",)}}
+        b = bf16_peak = None
+        if a.bf16:
+            b = moec_runs(a, work, "bf16")
+            b["train_images_per_s"] = train_rate_from_log(b["train_log"], batch)
+            rows.append(("moec --precision=bf16", b["train_images_per_s"],
+                         b["infer_images_per_s"]))
+            results["moec bf16"] = {k: v for k, v in b.items() if k != "train_out"}
+            if "avx512_bf16" in flags:
+                bf16_peak = fma_peak(a.threads, work, bf16=True)[0]
+                results["bf16_dot_peak_gflops"] = bf16_peak
         setups = []
         if os.path.exists(VENV_PY):
             setups.append(("PyTorch 2.x eager", VENV_PY, False, None))
@@ -231,6 +249,13 @@ def main():
           f"{share(m['attention_train_gflops'])}")
     print(f"moec inference: {share(m['infer_gflops'])}; attention in inference: "
           f"{share(m['attention_infer_gflops'])}\n")
+    if b:
+        dot = lambda g: (f"; {100 * g / bf16_peak:.0f} % of the bf16 dot peak "
+                         f"({bf16_peak:.1f})" if g and bf16_peak else "")
+        for what, key in (("train_step", "train_gflops"), ("inference", "infer_gflops"),
+                          ("attention in training", "attention_train_gflops")):
+            print(f"moec --precision=bf16 {what}: {share(b[key])}{dot(b[key])}")
+        print()
     for name, r in results.items():
         if isinstance(r, dict) and "blas" in r:
             cfg = [c.lstrip("- ") for c in r["blas"].get("config", [])

@@ -277,6 +277,7 @@ LogicalResult RouterOp::verify() {
     config.noiseStd = noise->convertToDouble();
   config.sinkhornIters = getSinkhornIters();
   config.slotsPerExpert = getSlotsPerExpert();
+  config.batchPrioritized = getBatchPrioritized();
 
   auto emit = [&] { return emitOpError(); };
   FailureOr<RouterShapes> shapes =
@@ -429,6 +430,7 @@ RouterConfig moec::moe::getRouterConfig(RouterOp router) {
     config.noiseStd = noise->convertToDouble();
   config.sinkhornIters = router.getSinkhornIters();
   config.slotsPerExpert = router.getSlotsPerExpert();
+  config.batchPrioritized = router.getBatchPrioritized();
   return config;
 }
 
@@ -523,7 +525,8 @@ FailureOr<RouterOp> moec::moe::rebuildRouter(RewriterBase &rewriter,
       rewriter, router.getLoc(), resultTypes[0], resultTypes[1], resultTypes[2],
       config.kind, router.getInput(), router.getWeight(), noise,
       optI64(config.k), optF64(config.capacityFactor), optF64(config.noiseStd),
-      optI64(config.sinkhornIters), optI64(config.slotsPerExpert));
+      optI64(config.sinkhornIters), optI64(config.slotsPerExpert),
+      config.batchPrioritized);
   rebuilt->setDiscardableAttrs(router->getDiscardableAttrDictionary());
   rewriter.replaceOp(router, rebuilt->getResults());
   for (std::pair<Value, Type> &entry : retyped)

@@ -58,6 +58,7 @@ template <typename OpT> RouterConfig configOf(OpT op) {
   if (auto noise = op.getNoiseStd())
     config.noiseStd = noise->convertToDouble();
   config.sinkhornIters = op.getSinkhornIters();
+  config.batchPrioritized = op.getBatchPrioritized();
   return config;
 }
 
@@ -240,7 +241,7 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
       getKindAttr(), getActivationAttr(), getInput(), getRouterWeight(),
       getFc1Weight(), getFc1Bias(), getFc2Weight(), getFc2Bias(), getNoise(),
       getKAttr(), getCapacityAttr(), getRowTileAttr(), getCapacityFactorAttr(),
-      getNoiseStdAttr(), getSinkhornItersAttr());
+      getNoiseStdAttr(), getSinkhornItersAttr(), getBatchPrioritizedAttr());
   for (unsigned i = 0; i < 3; ++i)
     getResult(i).replaceAllUsesWith(train.getResult(i));
 
@@ -317,6 +318,7 @@ LogicalResult moec::moe::setRouterConfig(RewriterBase &rewriter,
     layer.setCapacityFactorAttr(optF64(config.capacityFactor));
     layer.setNoiseStdAttr(optF64(config.noiseStd));
     layer.setSinkhornItersAttr(optI64(config.sinkhornIters));
+    layer.setBatchPrioritized(config.batchPrioritized);
   });
   return success();
 }

@@ -268,6 +268,8 @@ LogicalResult verifyRouterConfig(EmitErrorFn emitError,
   bool isSinkhorn = kind == RouterKind::Sinkhorn;
   if (isSinkhorn != config.sinkhornIters.has_value())
     return isSinkhorn ? missing("sinkhorn_iters") : notUsed("sinkhorn_iters");
+  if (config.batchPrioritized && kind != RouterKind::TokenChoice && !isSinkhorn)
+    return notUsed("batch_prioritized");
   bool isSoft = kind == RouterKind::Soft;
   if (isSoft != config.slotsPerExpert.has_value())
     return isSoft ? missing("slots_per_expert") : notUsed("slots_per_expert");

@@ -284,7 +284,8 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
                              const RouterSpec *base, RouterSpec &out) {
   if (!expectObject(router, ptr) ||
       !checkKeys(router, ptr,
-                 {"kind", "noise_std", "iterations", "slots_per_expert"}) ||
+                 {"kind", "noise_std", "iterations", "slots_per_expert",
+                  "batch_prioritized"}) ||
       (!base && !requireKeys(router, ptr, {"kind"})))
     return false;
   RouterKind kind = base ? base->kind : RouterKind::TokenChoice;
@@ -312,6 +313,12 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
     out.sinkhornIters = sinkhorn ? 3 : 0;
   if (!optInt(router, ptr, "iterations", 1, out.sinkhornIters,
               limits::kMaxSinkhornIters))
+    return false;
+
+  bool queues = kind == RouterKind::TokenChoice || sinkhorn;
+  if (member(router, "batch_prioritized") && !queues)
+    return notUsedBy(ptr + "/batch_prioritized", "router kind", kindName);
+  if (!optBool(router, ptr, "batch_prioritized", out.batchPrioritized))
     return false;
 
   bool soft = kind == RouterKind::Soft;

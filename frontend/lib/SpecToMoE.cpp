@@ -193,6 +193,7 @@ private:
       config.noiseStd = moe.router.noiseStd;
     if (config.kind == RouterKind::Sinkhorn)
       config.sinkhornIters = moe.router.sinkhornIters;
+    config.batchPrioritized = moe.router.batchPrioritized;
     if (config.kind == RouterKind::Soft)
       config.slotsPerExpert = moe.router.slotsPerExpert;
     int64_t slots = config.slotsPerExpert.value_or(1);
@@ -220,7 +221,7 @@ private:
         tensor(shapes->logits), config.kind, h, wRouter, noise,
         optI64(config.k), optF64(config.capacityFactor),
         optF64(config.noiseStd), optI64(config.sinkhornIters),
-        optI64(config.slotsPerExpert));
+        optI64(config.slotsPerExpert), config.batchPrioritized);
     layers.push_back({prefix, router, noise});
 
     Location expertsLoc =

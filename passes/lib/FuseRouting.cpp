@@ -118,7 +118,8 @@ struct FuseRoutingPass
         router.getKAttr(), b.getI64IntegerAttr(router.getCapacity()),
         b.getI64IntegerAttr(std::min<int64_t>(rowTile, router.getCapacity())),
         router.getCapacityFactorAttr(),
-        router.getNoiseStdAttr(), router.getSinkhornItersAttr());
+        router.getNoiseStdAttr(), router.getSinkhornItersAttr(),
+        router.getBatchPrioritizedAttr());
     layer.combine.getResult().replaceAllUsesWith(fused.getOutput());
     router.getLogits().replaceAllUsesWith(fused.getLogits());
     for (RoutingCountsOp rc : layer.counts)

@@ -255,6 +255,7 @@ struct Layer {
   double cfTrain = 1.0; // training capacity factor
   bool shared = false;
   double noiseStd = 0.0;
+  bool batchPrioritized = false; // token-choice, sinkhorn
 };
 
 struct Spec {
@@ -404,6 +405,7 @@ void readLayer(const json &obj, const std::string &ctx, const Layer *base,
       out.iterations = 3;
       out.slots = 1;
       out.noiseStd = 0.0;
+      out.batchPrioritized = false;
     }
     out.router = kind;
     if (r.contains("noise_std")) {
@@ -417,6 +419,11 @@ void readLayer(const json &obj, const std::string &ctx, const Layer *base,
       fail("spec: '" + c + "iterations' must be non-negative");
     if (r.contains("slots_per_expert"))
       out.slots = getPosInt(r, "slots_per_expert", c);
+    if (r.contains("batch_prioritized")) {
+      if (!r["batch_prioritized"].is_boolean())
+        fail("spec: '" + c + "batch_prioritized' must be a boolean");
+      out.batchPrioritized = r["batch_prioritized"].get<bool>();
+    }
   }
   if ((out.router == RouterKind::TokenChoice ||
        out.router == RouterKind::Sinkhorn ||
@@ -870,15 +877,16 @@ int64_t capacityOf(int64_t k, int64_t S, double cf, int64_t E) {
 
 /// Capacity-limited slot filling shared by token-choice and sinkhorn:
 /// choice[s] lists token s's experts in priority order; gates G[s][e].
+/// Round r takes every token's r-th choice, the tokens in `order`.
 Vec fillAndCombine(const Model &m, const MoEWeights &w, const Vec &h,
                    const std::vector<std::vector<int64_t>> &choice, const Vec &G,
-                   double cf, TrainCtx *ctx) {
+                   const std::vector<int64_t> &order, double cf, TrainCtx *ctx) {
   const int64_t S = m.S, D = m.s.D, E = w.cfg.E, k = w.cfg.k;
   const int64_t C = capacityOf(k, S, cf, E);
   std::vector<int64_t> fill(size_t(E), 0);
   Vec y(size_t(S * D), 0.0);
   for (int64_t r = 0; r < k; ++r)
-    for (int64_t s = 0; s < S; ++s) {
+    for (int64_t s : order) {
       int64_t e = choice[size_t(s)][size_t(r)];
       const bool take = fill[size_t(e)] < C;
       if (ctx)
@@ -1033,7 +1041,17 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
           ctx->mix(uint64_t(e));
       }
     }
-    y = fillAndCombine(m, w, h, choice, G, cf, ctx);
+    // Token order, or (Batch Prioritized Routing) by each token's top score,
+    // highest first, ties in token order.
+    std::vector<int64_t> order(static_cast<size_t>(S));
+    for (int64_t t = 0; t < S; ++t)
+      order[size_t(t)] = t;
+    if (c.batchPrioritized)
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return Q[size_t(a * E + choice[size_t(a)][0])] >
+               Q[size_t(b * E + choice[size_t(b)][0])];
+      });
+    y = fillAndCombine(m, w, h, choice, G, order, cf, ctx);
     if (ctx)
       routerAux(*ctx, *ll, s, Lg, S, E, G, noisy ? &Ln : nullptr, c.k, sn);
     break;

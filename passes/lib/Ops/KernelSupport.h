@@ -309,13 +309,21 @@ public:
   Value rankAlongFirstDim(Value score) { return buildRank(b, loc, score, 0); }
 
   /// For top-k routing with expert ranks `rank` [S, E]: the position of token
-  /// s in expert e's queue, where all first choices (in token order) come
-  /// before all second choices, and so on (V-MoE's priority).
-  Value queuePosition(Value rank, int64_t k) {
+  /// s in expert e's queue, where all first choices come before all second
+  /// choices, and so on (V-MoE's priority); within a round the tokens come
+  /// in token order, or, given `priority` [S] (Batch Prioritized Routing),
+  /// in order of decreasing priority, ties in token order.
+  Value queuePosition(Value rank, int64_t k, Value priority = Value()) {
     ArrayRef<int64_t> s = shape(rank);
+    SmallVector<Value> ins{rank, rank};
+    SmallVector<AffineMap> maps{map(3, {2, 1}), map(3, {0, 1})};
+    if (priority) {
+      ins.append({priority, priority});
+      maps.append({map(3, {2}), map(3, {0})});
+    }
+    maps.push_back(map(3, {0, 1}));
     return generic(
-        {rank, rank}, fill(s, 0.0),
-        {map(3, {2, 1}), map(3, {0, 1}), map(3, {0, 1})}, {kPar, kPar, kRed},
+        ins, fill(s, 0.0), maps, {kPar, kPar, kRed},
         [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
           Value kk = arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(k));
           Value chosen = arith::CmpFOp::create(
@@ -328,6 +336,16 @@ public:
                                            a[0], a[1]);
           Value before = arith::CmpIOp::create(
               nb, nl, arith::CmpIPredicate::ult, other, mine);
+          if (priority) {
+            // Token `other` goes first if its priority is higher, or equal
+            // and it comes first.
+            Value higher = arith::CmpFOp::create(
+                nb, nl, arith::CmpFPredicate::OGT, a[2], a[3]);
+            Value same = arith::CmpFOp::create(
+                nb, nl, arith::CmpFPredicate::OEQ, a[2], a[3]);
+            before = arith::OrIOp::create(
+                nb, nl, higher, arith::AndIOp::create(nb, nl, same, before));
+          }
           Value earlier = arith::OrIOp::create(
               nb, nl, lt, arith::AndIOp::create(nb, nl, eq, before));
           Value counts = arith::AndIOp::create(nb, nl, chosen, earlier);
@@ -336,8 +354,18 @@ public:
           Value zero =
               arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(0.0));
           return arith::AddFOp::create(
-              nb, nl, a[2], arith::SelectOp::create(nb, nl, counts, one, zero));
+              nb, nl, a.back(),
+              arith::SelectOp::create(nb, nl, counts, one, zero));
         });
+  }
+
+  /// The largest entry of each row of x [M, N]: a token's top gate, its
+  /// priority under Batch Prioritized Routing.
+  Value rowMax(Value x) {
+    return reduceRows(x, -INFINITY,
+                      [](OpBuilder &nb, Location nl, Value v, Value acc) -> Value {
+                        return arith::MaxNumFOp::create(nb, nl, acc, v);
+                      });
   }
 
   OpBuilder &b;

@@ -258,7 +258,8 @@ RowList emitRowList(OpT o, ImageBuilder &ib, Value x, Value w, Value noise,
                       ? sinkhornScores(ib, gates, *o.getSinkhornIters())
                       : gates;
     Value rank = ib.rankAlongLastDim(score);
-    Value pos = ib.queuePosition(rank, k);
+    Value pos = ib.queuePosition(
+        rank, k, o.getBatchPrioritized() ? ib.rowMax(score) : Value());
     slot = ib.elementwise(
         {rank, pos}, ib.empty({s, e}),
         [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {

@@ -281,7 +281,8 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
     score = sinkhornScores(ib, gates, *o.getSinkhornIters());
   int64_t k = *o.getK();
   Value rank = ib.rankAlongLastDim(score);
-  Value pos = ib.queuePosition(rank, k);
+  Value pos = ib.queuePosition(
+      rank, k, o.getBatchPrioritized() ? ib.rowMax(score) : Value());
   // Chosen and within capacity: positions >= capacity match no slot.
   auto [dispatch, combine] = emitRouting(
       ib, {rank, pos, gates},

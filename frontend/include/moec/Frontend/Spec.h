@@ -74,6 +74,9 @@ struct RouterSpec {
   int64_t sinkhornIters = 0;
   /// Soft MoE: slots per expert.
   int64_t slotsPerExpert = 0;
+  /// Batch Prioritized Routing (token-choice, sinkhorn): tokens fill the
+  /// experts' slots in order of their top gate.
+  bool batchPrioritized = false;
 };
 
 struct AuxLossWeights {

@@ -394,7 +394,11 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
       choice, in token order, and so on (V-MoE's order without batch
       priority); the token at queue position c takes slot c, and positions
       `>= C` are dropped (a token dropped by one expert may still be kept by
-      its other choices).
+      its other choices). With `batch_prioritized` (V-MoE's Batch
+      Prioritized Routing), each round of choices takes the tokens in order
+      of their top gate, highest first (ties in token order), instead of
+      token order: at low capacity the tokens dropped are the least
+      confident ones.
     * `expert_choice` (Zhou et al.): the gates are the softmax over experts
       of each token, as above; then each expert takes the `C` tokens with
       the highest gate for it, its best token in slot 0, the next in slot 1,
@@ -403,7 +407,8 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
       gates, `Q = softmax(L)`, and runs `sinkhorn_iters` iterations, each
       first scaling every column (expert) of Q to sum `S / E`, then every
       row (token) to sum 1. Each token's k experts are the k highest of its
-      row of Q; queues, slots and drops are then those of `token_choice`.
+      row of Q; queues, slots and drops are then those of `token_choice`
+      (`batch_prioritized` orders the tokens by their highest entry of Q).
       The combine weights are the softmax gates, not Q.
     * `soft` (Soft MoE, Puigcerver et al.): slot p of expert e is column
       `e*P + p` of L. `D[g, s, e, p]` is the softmax of that column over the
@@ -441,7 +446,8 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
                    OptionalAttr<F64Attr>:$capacity_factor,
                    OptionalAttr<F64Attr>:$noise_std,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
-                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$slots_per_expert);
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$slots_per_expert,
+                   UnitAttr:$batch_prioritized);
   let results = (outs MoE_FloatTensor:$dispatch, MoE_FloatTensor:$combine,
                       MoE_FloatTensor:$logits);
   let assemblyFormat = [{

@@ -53,7 +53,8 @@ def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
                    ConfinedAttr<I64Attr, [IntPositive]>:$row_tile,
                    OptionalAttr<F64Attr>:$capacity_factor,
                    OptionalAttr<F64Attr>:$noise_std,
-                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters);
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
+                   UnitAttr:$batch_prioritized);
   let results = (outs MoE_FloatTensor:$output, MoE_FloatTensor:$logits,
                       MoE_FloatTensor:$counts);
   let assemblyFormat = [{
@@ -97,7 +98,8 @@ def MoE_RoutedFFNTrainOp : MoE_Op<"routed_ffn_train", [Pure]> {
                    ConfinedAttr<I64Attr, [IntPositive]>:$row_tile,
                    OptionalAttr<F64Attr>:$capacity_factor,
                    OptionalAttr<F64Attr>:$noise_std,
-                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters);
+                   OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
+                   UnitAttr:$batch_prioritized);
   let results = (outs MoE_FloatTensor:$output, MoE_FloatTensor:$logits,
                       MoE_FloatTensor:$counts, MoE_FloatTensor:$gates,
                       MoE_FloatTensor:$row_token, MoE_FloatTensor:$row_gate,

@@ -77,6 +77,8 @@ struct RouterConfig {
   std::optional<double> noiseStd;
   std::optional<int64_t> sinkhornIters;
   std::optional<int64_t> slotsPerExpert;
+  /// Batch Prioritized Routing (token_choice and sinkhorn).
+  bool batchPrioritized = false;
 };
 
 /// Checks which attributes `config.kind` takes and their ranges, given

@@ -290,11 +290,10 @@ LogicalResult RouterOp::verify() {
       failed(verifyResult(*this, shapes->logits, 2)))
     return failure();
   if (Value noise = getNoise()) {
-    if (getKind() != RouterKind::TokenChoice || !getNoiseStd())
-      return emitOpError() << "takes noise only as a token_choice router "
-                              "with noise_std";
-    ArrayRef<int64_t> in = shapeOf(getInput());
-    Shape want{in[0], in[1], dispatch[2]};
+    if (!getNoiseStd())
+      return emitOpError() << "takes noise only with noise_std";
+    // One sample per logit: [G, R, E].
+    Shape want(shapes->logits.begin(), shapes->logits.end());
     if (!shapesCompatible(shapeOf(noise), want))
       return emitOpError() << "expects noise of shape " << formatShape(want)
                            << ", got " << formatShape(shapeOf(noise));
@@ -512,9 +511,7 @@ FailureOr<RouterOp> moec::moe::rebuildRouter(RewriterBase &rewriter,
 
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(router);
-  Value noise = config.kind == RouterKind::TokenChoice && config.noiseStd
-                    ? router.getNoise()
-                    : Value();
+  Value noise = config.noiseStd ? router.getNoise() : Value();
   auto optI64 = [&](std::optional<int64_t> v) {
     return v ? rewriter.getI64IntegerAttr(*v) : IntegerAttr();
   };

@@ -95,14 +95,13 @@ template <typename OpT> LogicalResult verifyLayer(OpT op, int64_t &numExperts) {
       failed(expectShapeOf(op, "fc2_weight", op.getFc2Weight(), {e, h, d})) ||
       failed(expectShapeOf(op, "fc2_bias", op.getFc2Bias(), {e, d})))
     return failure();
+  int64_t r = op.getKind() == RouterKind::PerImage ? 1 : s;
   if (Value noise = op.getNoise()) {
-    if (op.getKind() != RouterKind::TokenChoice || !op.getNoiseStd())
-      return op.emitOpError() << "takes noise only as a token_choice router "
-                                 "with noise_std";
-    if (failed(expectShapeOf(op, "noise", noise, {g, s, e})))
+    if (!op.getNoiseStd())
+      return op.emitOpError() << "takes noise only with noise_std";
+    if (failed(expectShapeOf(op, "noise", noise, {g, r, e})))
       return failure();
   }
-  int64_t r = op.getKind() == RouterKind::PerImage ? 1 : s;
   if (failed(expectShapeOf(op, "output", op.getOutput(), {g, s, d})) ||
       failed(expectShapeOf(op, "logits", op.getLogits(), {g, r, e})) ||
       failed(expectShapeOf(op, "counts", op.getCounts(), {g, e})))
@@ -296,7 +295,7 @@ LogicalResult moec::moe::setRouterConfig(RewriterBase &rewriter,
     return layer.emitOpError() << "cannot change a fused layer's router kind "
                                   "(rebuild the router before "
                                   "moe-fuse-routing)";
-  bool takesNoise = config.kind == RouterKind::TokenChoice && config.noiseStd;
+  bool takesNoise = config.noiseStd.has_value();
   if (takesNoise != !!layer.getNoise())
     return layer.emitOpError() << "cannot add or drop a fused layer's noise "
                                   "input";

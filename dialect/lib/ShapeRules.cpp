@@ -236,7 +236,9 @@ LogicalResult verifyRouterConfig(EmitErrorFn emitError,
   bool takesCapacity = kind == RouterKind::TokenChoice ||
                        kind == RouterKind::ExpertChoice ||
                        kind == RouterKind::Sinkhorn;
-  bool takesNoise = takesK;
+  // Noise on the gates (training): every kind but soft, whose two softmaxes
+  // have no top-k to perturb.
+  bool takesNoise = kind != RouterKind::Soft;
 
   auto notUsed = [&](StringRef attr) {
     return emitError() << "'" << attr << "' is not used by router kind "

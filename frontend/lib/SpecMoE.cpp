@@ -298,9 +298,9 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
   out.kind = kind;
   const char *kindName = toString(kind);
 
-  // Noisy top-k (V-MoE) is implemented for token-choice routers only; the
-  // other kinds would silently ignore the noise, so they refuse the key.
-  bool noisy = kind == RouterKind::TokenChoice;
+  // Noise on the gates (V-MoE's noisy routing) for every kind but soft,
+  // whose softmaxes over tokens and slots have no choice to perturb.
+  bool noisy = kind != RouterKind::Soft;
   if (member(router, "noise_std") && !noisy)
     return notUsedBy(ptr + "/noise_std", "router kind", kindName);
   if (!optNumber(router, ptr, "noise_std", atLeast(0), out.noiseStd))

@@ -186,10 +186,10 @@ private:
     if (usesCapacity)
       config.capacityFactor = mode == Mode::Train ? moe.capacityFactorTrain
                                                   : moe.capacityFactorEval;
-    // Noisy top-k is a token-choice training feature (the router's noise
-    // operand); the spec parser accepts noise_std for no other kind.
+    // Router noise is a training feature (the router's noise operand); the
+    // spec parser accepts noise_std for every kind but soft.
     if (mode == Mode::Train && moe.router.noiseStd > 0.0 &&
-        config.kind == RouterKind::TokenChoice)
+        config.kind != RouterKind::Soft)
       config.noiseStd = moe.router.noiseStd;
     if (config.kind == RouterKind::Sinkhorn)
       config.sinkhornIters = moe.router.sinkhornIters;
@@ -213,9 +213,8 @@ private:
     // Noisy top-k in training: standard normal samples are an input the
     // runtime fills from its seeded generator before every step.
     Value noise;
-    if (config.noiseStd && newInput && config.kind == RouterKind::TokenChoice)
-      noise = newInput("noise." + prefix,
-                       tensor({shape(h)[0], shape(h)[1], e}));
+    if (config.noiseStd && newInput)
+      noise = newInput("noise." + prefix, tensor(shapes->logits));
     auto router = RouterOp::create(
         b, routerLoc, tensor(shapes->dispatch), tensor(shapes->combine),
         tensor(shapes->logits), config.kind, h, wRouter, noise,
@@ -434,7 +433,7 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
         auxTerms.push_back(op.getLoss());
       };
       add(AuxLossKind::Importance, aux.importance, false, false);
-      if (layer.noise)
+      if (layer.noise && r.getKind() == RouterKind::TokenChoice)
         add(AuxLossKind::Load, aux.load, true, false);
       add(AuxLossKind::Balance, aux.balance, !!layer.noise, false);
       add(AuxLossKind::ZLoss, aux.zLoss, false, false);

@@ -983,6 +983,16 @@ void routerAux(TrainCtx &ctx, LayerLoss &out, const Spec &s, const Vec &L,
   }
 }
 
+/// In training with noise: L += noise_std / E * N (this layer's samples, as
+/// many as L has entries).
+void addNoise(Vec &L, const Layer &c, int64_t E, TrainCtx *ctx) {
+  if (!ctx || !(c.noiseStd > 0))
+    return;
+  const double *N = ctx->noise.at(ctx->block);
+  for (size_t i = 0; i < L.size(); ++i)
+    L[i] += c.noiseStd / double(E) * N[i];
+}
+
 Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
                TrainCtx *ctx) {
   const Spec &s = m.s;
@@ -998,9 +1008,9 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     Vec G = Lg;
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
-    // Training with noise (token-choice): gates = softmax(L + sn * N).
-    const bool noisy =
-        ctx && c.router == RouterKind::TokenChoice && c.noiseStd > 0;
+    // Training with noise: gates = softmax(L + sn * N) select (for sinkhorn:
+    // through the iterations) and weight.
+    const bool noisy = ctx && c.noiseStd > 0;
     const double sn = c.noiseStd / double(E);
     Vec Ln;
     if (noisy) {
@@ -1053,12 +1063,15 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       });
     y = fillAndCombine(m, w, h, choice, G, order, cf, ctx);
     if (ctx)
-      routerAux(*ctx, *ll, s, Lg, S, E, G, noisy ? &Ln : nullptr, c.k, sn);
+      routerAux(*ctx, *ll, s, Lg, S, E, G,
+                noisy && c.router == RouterKind::TokenChoice ? &Ln : nullptr,
+                c.k, sn);
     break;
   }
   case RouterKind::ExpertChoice: {
     Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
     Vec G = Lg;
+    addNoise(G, c, E, ctx);
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
     const int64_t C = capacityOf(1, S, cf, E);
@@ -1111,6 +1124,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       v /= double(S);
     Vec Lg = linear(mean, 1, D, w.router.data(), nullptr, E);
     Vec G = Lg;
+    addNoise(G, c, E, ctx);
     softmaxStrided(G.data(), E, 1);
     if (ctx)
       ctx->noteMargin(G.data(), E, c.k);
@@ -1235,8 +1249,14 @@ Vec forward(const Model &m, const float *img, TrainCtx *ctx = nullptr) {
 /// (the only router that reads a `noise.<layer>` input).
 bool noisyLayer(const Spec &s, int64_t i) {
   return s.hasMoE && s.moeBlocks.count(i) &&
-         s.layer.at(i).router == RouterKind::TokenChoice &&
+         s.layer.at(i).router != RouterKind::Soft &&
          s.layer.at(i).noiseStd > 0;
+}
+
+/// Router decisions per image of layer `c`: one per token, or one for a
+/// per-image router (the rows of its logits and noise).
+int64_t routerRows(const Layer &c, int64_t S) {
+  return c.router == RouterKind::PerImage ? 1 : S;
 }
 
 std::string moePrefix(int64_t i) { return "blocks." + std::to_string(i) + ".moe"; }
@@ -1269,7 +1289,8 @@ Batch loadBatch(const Model &m, const SafeTensors &st) {
   for (int64_t i = 0; i < s.L; ++i)
     if (noisyLayer(s, i)) {
       const std::string name = "noise." + moePrefix(i);
-      bt.noise[i] = st.get(name, {B, m.S, s.layer.at(i).E});
+      bt.noise[i] = st.get(name, {B, routerRows(s.layer.at(i), m.S),
+                                  s.layer.at(i).E});
       used.insert(name);
     }
   for (const std::string &n : st.names())
@@ -1295,7 +1316,8 @@ LossResult evalLoss(const Model &m, const Batch &bt) {
     ctx.label = bt.labels[size_t(i)];
     for (const auto &kv : bt.noise)
       ctx.noise[kv.first] =
-          &kv.second[size_t(i * m.S * s.layer.at(kv.first).E)];
+          &kv.second[size_t(i * routerRows(s.layer.at(kv.first), m.S) *
+                            s.layer.at(kv.first).E)];
     Vec z = forward(m, &bt.images[size_t(i * per)], &ctx);
     // Cross-entropy with label smoothing: target (1-eps) onehot + eps/K.
     const double lse = logSumExp(z.data(), K), eps = s.labelSmoothing;

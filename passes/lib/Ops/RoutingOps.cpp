@@ -178,7 +178,12 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
 
   if (o.getKind() == RouterKind::PerImage) {
     Value logits = routerLogits(ib, RouterKind::PerImage, x, w, logitsDest);
-    Value gates = ib.softmaxRows(logits, ib.empty({1, e}));
+    // Noise (training): the image's gates come from logits + s * noise.
+    Value gateLogits =
+        o.getNoise() ? noisyLogits(ib, logits, in[2],
+                                   o.getNoiseStd()->convertToDouble() / e)
+                     : logits;
+    Value gates = ib.softmaxRows(gateLogits, ib.empty({1, e}));
     Value rank = ib.rankAlongLastDim(gates);
     auto drop = [&](Value v) -> Value {
       return tensor::CollapseShapeOp::create(
@@ -254,8 +259,9 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
     return SmallVector<Value>{dispatch, combine, logits};
   }
 
-  // Noisy top-k (training): the gates come from logits + s * noise; the
-  // logits result stays clean for the auxiliary losses.
+  // Noise (training): the gates come from logits + s * noise (for sinkhorn
+  // the iterations start from them); the logits result stays clean for the
+  // auxiliary losses.
   Value gateLogits =
       o.getNoise() ? noisyLogits(ib, logits, in[2],
                                  o.getNoiseStd()->convertToDouble() / e)

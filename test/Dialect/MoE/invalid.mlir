@@ -370,8 +370,8 @@ func.func @router_capacity_positive(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32
 // -----
 
 func.func @router_noise_unused(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>) -> tensor<2x50x4xf32> {
-  // expected-error @+1 {{'noise_std' is not used by router kind expert_choice}}
-  %d, %c, %l = moe.router expert_choice %x, %w {capacity_factor = 1.0 : f64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x13xf32>, tensor<2x50x4x13xf32>, tensor<2x50x4xf32>)
+  // expected-error @+1 {{'noise_std' is not used by router kind soft}}
+  %d, %c, %l = moe.router soft %x, %w {slots_per_expert = 1 : i64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>) -> (tensor<2x50x4x1xf32>, tensor<2x50x4x1xf32>, tensor<2x50x4xf32>)
   return %l : tensor<2x50x4xf32>
 }
 
@@ -516,16 +516,25 @@ func.func @add_types(%a: tensor<2x64xf32>, %b: tensor<2x32xf32>) -> tensor<2x64x
 
 // Router noise (training).
 
-func.func @router_noise_kind(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<2x1x4xf32> {
-  // expected-error @+1 {{takes noise only as a token_choice router with noise_std}}
+// A per-image router takes one sample per logit: [G, 1, E].
+func.func @router_noise_per_image_shape(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<2x1x4xf32> {
+  // expected-error @+1 {{expects noise of shape 2x1x4, got 2x50x4}}
   %d, %c, %l = moe.router per_image %x, %w noise %n {k = 1 : i64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>, tensor<2x50x4xf32>) -> (tensor<2x50x4x50xf32>, tensor<2x50x4x50xf32>, tensor<2x1x4xf32>)
   return %l : tensor<2x1x4xf32>
 }
 
 // -----
 
+func.func @router_noise_soft(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<2x50x4xf32> {
+  // expected-error @+1 {{noise_std}}
+  %d, %c, %l = moe.router soft %x, %w noise %n {slots_per_expert = 1 : i64, noise_std = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>, tensor<2x50x4xf32>) -> (tensor<2x50x4x1xf32>, tensor<2x50x4x1xf32>, tensor<2x50x4xf32>)
+  return %l : tensor<2x50x4xf32>
+}
+
+// -----
+
 func.func @router_noise_without_std(%x: tensor<2x50x64xf32>, %w: tensor<64x4xf32>, %n: tensor<2x50x4xf32>) -> tensor<2x50x4xf32> {
-  // expected-error @+1 {{takes noise only as a token_choice router with noise_std}}
+  // expected-error @+1 {{takes noise only with noise_std}}
   %d, %c, %l = moe.router token_choice %x, %w noise %n {k = 2 : i64, capacity_factor = 1.0 : f64} : (tensor<2x50x64xf32>, tensor<64x4xf32>, tensor<2x50x4xf32>) -> (tensor<2x50x4x25xf32>, tensor<2x50x4x25xf32>, tensor<2x50x4xf32>)
   return %l : tensor<2x50x4xf32>
 }

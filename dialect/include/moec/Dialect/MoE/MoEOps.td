@@ -422,11 +422,12 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
       slot s (C = S, nothing is dropped): `D[g, s, e, c] = 1` iff e is
       chosen and c = s, weighted by the image's gate for e.
 
-    Training: `noise` (optional, `token_choice` with `noise_std` only) holds
-    standard normal samples `[G, S, E]`; the gates that select, fill and
-    weight become `softmax(L + noise_std / E * noise)` (V-MoE's noisy
-    top-k). `logits` stays the clean logits. Without a `noise` operand,
-    `noise_std` has no effect.
+    Training: `noise` (optional, every kind but `soft`, with `noise_std`)
+    holds standard normal samples of the logits' shape `[G, R, E]` (R = 1
+    for `per_image`, else S); the gates that select, fill and weight become
+    `softmax(L + noise_std / E * noise)` (V-MoE's noisy routing; `sinkhorn`
+    starts its iterations from them). `logits` stays the clean logits.
+    Without a `noise` operand, `noise_std` has no effect.
 
     Differentiation goes through the gate values only: for every kind but
     `soft`, `dgate = sum_slots dC * D`, then the softmax's VJP (for

@@ -17,7 +17,7 @@ def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
     `soft`. Same inputs and semantics: `input` `[G, S, D]`, the router's
     `router_weight` `[D, E]`, the experts' `fc1_weight` `[E, D, H]`,
     `fc1_bias` `[E, H]`, `fc2_weight` `[E, H, D]`, `fc2_bias` `[E, D]`,
-    `noise` `[G, S, E]` (optional, `token_choice` with `noise_std`), and the
+    `noise` `[G, R, E]` (optional, with `noise_std`), and the
     router's attributes with its capacity C made explicit (`capacity`).
     `output[g, s]` is `moe.combine`'s result: the sum over the experts that
     kept token s of its gate times the expert's FFN of the token. `logits`

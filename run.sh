@@ -13,7 +13,9 @@
 # exactly N epochs instead (no budget), as does an --epochs argument; a
 # --time-budget argument replaces the budget.
 #
-# MOEC_SPEC overrides the spec; MOEC_EMIT_MLIR=1 also prints the moe module.
+# MOEC_SPEC overrides the spec; MOEC_EMIT_MLIR=1 also prints the moe module;
+# MOEC_PRECISION=bf16 compiles with bf16 GEMMs (moec compile --precision;
+# AVX512-BF16 dot products where the CPU has them; default fp32).
 # Extra arguments go to `moec-run train` (e.g. --threads 1, --max-steps 100).
 set -euo pipefail
 root=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +32,8 @@ fi
 model="$out/$(basename "${spec%.json}").moec"
 echo "== moec compile $spec -> $model"
 start=$(date +%s)
-"$build/bin/moec" compile "$spec" --target=cpu -o "$model"
+"$build/bin/moec" compile "$spec" --target=cpu \
+  --precision="${MOEC_PRECISION:-fp32}" -o "$model"
 "$build/bin/moec-run" inspect "$model" > "$out/inspect.txt"
 sed -n '1,10p' "$out/inspect.txt"
 run="$out/train-$(date +%Y%m%d-%H%M%S)"

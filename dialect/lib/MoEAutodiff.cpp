@@ -827,11 +827,35 @@ LogicalResult CombineOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
 
 std::pair<Value, Value> moec::moe::buildRouterInputGrads(OpBuilder &b, Location loc,
                                                         RouterKind kind, Value x,
-                                                        Value w, Value dl) {
+                                                        Value w, Value dl,
+                                                        bool classToken) {
   TB tb(b, loc);
   ArrayRef<int64_t> xs = TB::shape(x);
   int64_t s = xs[1], e = TB::shape(w)[1];
   auto d = [&](unsigned i) { return tb.d(i); };
+  if (kind == RouterKind::PerImage && classToken) {
+    // logits[g, 0, e] = x[g, 0] . w[:, e]
+    int64_t dm = xs[2];
+    // dW[d, e] = sum_g x[g, 0, d] dl[g, 0, e]; loops (d, e, g).
+    Value dw = tb.contract(x, tb.map(3, {d(2), tb.c(0), d(0)}), dl,
+                           tb.map(3, {d(2), tb.c(0), d(1)}), {dm, e}, 1);
+    // dx[g, s, d] = s == 0 ? sum_e dl[g, 0, e] w[d, e] : 0; loops
+    // (g, s, d, e).
+    Value dx = tb.generic({dl, w}, {tb.map(4, {d(0), tb.c(0), d(3)}), tb.dims(4, {2, 3})},
+                          tb.zeros(xs), tb.dims(4, {0, 1, 2}),
+                          {kPar, kPar, kPar, kRed},
+                          [&](OpBuilder &nb, Location nl, ValueRange a) {
+                            Value first = arith::CmpIOp::create(
+                                nb, nl, arith::CmpIPredicate::eq,
+                                linalg::IndexOp::create(nb, nl, 1),
+                                arith::ConstantIndexOp::create(nb, nl, 0));
+                            Value prod = arith::SelectOp::create(
+                                nb, nl, first, mulf(nb, nl, a[0], a[1]),
+                                c32(nb, nl, 0.0));
+                            return addf(nb, nl, a[2], prod);
+                          });
+    return {dx, dw};
+  }
   if (kind == RouterKind::PerImage) {
     // logits[g, 0, e] = mean_s(x[g, s]) . w[:, e]
     Value mean = tb.scale(tb.sumOver(x, {0, 2}), 1.0 / s); // [G, D]
@@ -921,7 +945,11 @@ LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
                         });
     // Recompute the gates from the (noisy) logits.
     Value logits;
-    if (perImage) {
+    if (perImage && getClassToken()) {
+      // From token 0: logits[g, 0, e] = sum_d x[g, 0, d] w[d, e].
+      logits = tb.contract(x, tb.map(4, {d(0), tb.c(0), d(3)}), w,
+                           tb.map(4, {d(3), d(2)}), {g, 1, e}, 1);
+    } else if (perImage) {
       Value mean = tb.scale(tb.sumOver(x, {0, 2}), 1.0 / s); // [G, D]
       logits = tb.contract(mean, tb.map(4, {d(0), d(3)}), w,
                            tb.map(4, {d(3), d(2)}), {g, 1, e}, 1);
@@ -938,7 +966,8 @@ LogicalResult RouterOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   if (!dl)
     return success();
 
-  auto [dx, dw] = buildRouterInputGrads(b, getLoc(), getKind(), x, w, dl);
+  auto [dx, dw] =
+      buildRouterInputGrads(b, getLoc(), getKind(), x, w, dl, getClassToken());
   grads[0] = dx;
   grads[1] = dw;
   return success();

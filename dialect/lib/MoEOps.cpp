@@ -278,6 +278,7 @@ LogicalResult RouterOp::verify() {
   config.sinkhornIters = getSinkhornIters();
   config.slotsPerExpert = getSlotsPerExpert();
   config.batchPrioritized = getBatchPrioritized();
+  config.classToken = getClassToken();
 
   auto emit = [&] { return emitOpError(); };
   FailureOr<RouterShapes> shapes =
@@ -430,6 +431,7 @@ RouterConfig moec::moe::getRouterConfig(RouterOp router) {
   config.sinkhornIters = router.getSinkhornIters();
   config.slotsPerExpert = router.getSlotsPerExpert();
   config.batchPrioritized = router.getBatchPrioritized();
+  config.classToken = router.getClassToken();
   return config;
 }
 
@@ -523,7 +525,7 @@ FailureOr<RouterOp> moec::moe::rebuildRouter(RewriterBase &rewriter,
       config.kind, router.getInput(), router.getWeight(), noise,
       optI64(config.k), optF64(config.capacityFactor), optF64(config.noiseStd),
       optI64(config.sinkhornIters), optI64(config.slotsPerExpert),
-      config.batchPrioritized);
+      config.batchPrioritized, config.classToken);
   rebuilt->setDiscardableAttrs(router->getDiscardableAttrDictionary());
   rewriter.replaceOp(router, rebuilt->getResults());
   for (std::pair<Value, Type> &entry : retyped)

@@ -59,6 +59,7 @@ template <typename OpT> RouterConfig configOf(OpT op) {
     config.noiseStd = noise->convertToDouble();
   config.sinkhornIters = op.getSinkhornIters();
   config.batchPrioritized = op.getBatchPrioritized();
+  config.classToken = op.getClassToken();
   return config;
 }
 
@@ -240,7 +241,8 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
       getKindAttr(), getActivationAttr(), getInput(), getRouterWeight(),
       getFc1Weight(), getFc1Bias(), getFc2Weight(), getFc2Bias(), getNoise(),
       getKAttr(), getCapacityAttr(), getRowTileAttr(), getCapacityFactorAttr(),
-      getNoiseStdAttr(), getSinkhornItersAttr(), getBatchPrioritizedAttr());
+      getNoiseStdAttr(), getSinkhornItersAttr(), getBatchPrioritizedAttr(),
+      getClassTokenAttr());
   for (unsigned i = 0; i < 3; ++i)
     getResult(i).replaceAllUsesWith(train.getResult(i));
 
@@ -273,8 +275,8 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
     Value fromGates = tb.softmaxLastVJP(train.getGates(), grad.getGateGrad());
     dl = dl ? tb.add(dl, fromGates) : fromGates;
   }
-  auto [dxRouter, dw] = buildRouterInputGrads(b, loc, getKind(), getInput(),
-                                              getRouterWeight(), dl);
+  auto [dxRouter, dw] = buildRouterInputGrads(
+      b, loc, getKind(), getInput(), getRouterWeight(), dl, getClassToken());
   grads[0] = dx ? tb.add(dx, dxRouter) : dxRouter;
   grads[1] = dw;
   return success();
@@ -318,6 +320,7 @@ LogicalResult moec::moe::setRouterConfig(RewriterBase &rewriter,
     layer.setNoiseStdAttr(optF64(config.noiseStd));
     layer.setSinkhornItersAttr(optI64(config.sinkhornIters));
     layer.setBatchPrioritized(config.batchPrioritized);
+    layer.setClassToken(config.classToken);
   });
   return success();
 }

@@ -235,7 +235,8 @@ LogicalResult verifyRouterConfig(EmitErrorFn emitError,
                 kind == RouterKind::PerImage || kind == RouterKind::Sinkhorn;
   bool takesCapacity = kind == RouterKind::TokenChoice ||
                        kind == RouterKind::ExpertChoice ||
-                       kind == RouterKind::Sinkhorn;
+                       kind == RouterKind::Sinkhorn ||
+                       kind == RouterKind::SinkhornExpertChoice;
   // Noise on the gates (training): every kind but soft, whose two softmaxes
   // have no top-k to perturb.
   bool takesNoise = kind != RouterKind::Soft;
@@ -268,10 +269,13 @@ LogicalResult verifyRouterConfig(EmitErrorFn emitError,
     return emitError() << "expects a non-negative noise_std, got "
                        << *config.noiseStd;
   bool isSinkhorn = kind == RouterKind::Sinkhorn;
-  if (isSinkhorn != config.sinkhornIters.has_value())
-    return isSinkhorn ? missing("sinkhorn_iters") : notUsed("sinkhorn_iters");
+  bool iterates = isSinkhorn || kind == RouterKind::SinkhornExpertChoice;
+  if (iterates != config.sinkhornIters.has_value())
+    return iterates ? missing("sinkhorn_iters") : notUsed("sinkhorn_iters");
   if (config.batchPrioritized && kind != RouterKind::TokenChoice && !isSinkhorn)
     return notUsed("batch_prioritized");
+  if (config.classToken && kind != RouterKind::PerImage)
+    return notUsed("class_token");
   bool isSoft = kind == RouterKind::Soft;
   if (isSoft != config.slotsPerExpert.has_value())
     return isSoft ? missing("slots_per_expert") : notUsed("slots_per_expert");
@@ -287,10 +291,11 @@ int64_t routerCapacity(const RouterConfig &config, int64_t tokens,
     return tokens;
   case RouterKind::TokenChoice:
   case RouterKind::Sinkhorn:
-  case RouterKind::ExpertChoice: {
+  case RouterKind::ExpertChoice:
+  case RouterKind::SinkhornExpertChoice: {
     if (tokens == kDyn)
       return kDyn;
-    int64_t k = config.kind == RouterKind::ExpertChoice ? 1 : *config.k;
+    int64_t k = config.k ? *config.k : 1; // expert choice: 1
     double want = std::ceil(static_cast<double>(k) * tokens *
                             *config.capacityFactor / numExperts);
     return std::clamp<int64_t>(static_cast<int64_t>(want), 1, tokens);
@@ -304,6 +309,7 @@ int64_t routedRowBound(RouterKind kind, int64_t tokens, int64_t numExperts,
   int64_t filled = 0;
   switch (kind) {
   case RouterKind::ExpertChoice:
+  case RouterKind::SinkhornExpertChoice:
   case RouterKind::Soft:
     filled = numExperts * capacity; // every expert fills all its slots
     break;

@@ -58,7 +58,8 @@ double slotsPerImage(const MoELayerSettings &s, double tokens) {
   default:
     break;
   }
-  double k = s.router.kind == RouterKind::ExpertChoice
+  double k = s.router.kind == RouterKind::ExpertChoice ||
+                     s.router.kind == RouterKind::SinkhornExpertChoice
                  ? 1.0
                  : static_cast<double>(s.topK);
   double factor = std::max(s.capacityFactorTrain, s.capacityFactorEval);
@@ -132,7 +133,8 @@ SpecTotals moec::spec::estimateTotals(const Spec &spec) {
       tensor(weights);
       tensor(weights);
     }
-    if (s.router.kind == RouterKind::Sinkhorn) {
+    if (s.router.kind == RouterKind::Sinkhorn ||
+        s.router.kind == RouterKind::SinkhornExpertChoice) {
       double iters = static_cast<double>(s.router.sinkhornIters);
       out.flopsPerImage += 4 * iters * t * experts;
       for (int64_t i = 0; i < s.router.sinkhornIters; ++i)

@@ -83,7 +83,16 @@ bool SpecParser::parseMoE(const Json &moe, const ModelSpec &model,
     if (!aux || !member(*aux, "super_class"))
       out.aux.superClass = 0.3;
   }
-  return parseLayers(member(moe, "layers"), out) && checkLayers(out);
+  if (!parseLayers(member(moe, "layers"), out) || !checkLayers(out))
+    return false;
+  // Routing from the class token needs one: cls pooling.
+  for (const MoELayerSpec &layer : out.layers)
+    if (layer.settings.router.classToken && model.pooling != Pooling::Cls)
+      return fail(layer.pointer.empty() ? "/moe/router/input"
+                                        : layer.pointer + "/router/input",
+                  "\"class-token\" needs a class token (/model/pooling "
+                  "\"cls\")");
+  return true;
 }
 
 bool SpecParser::parseSettings(const Json &object, const std::string &ptr,
@@ -285,7 +294,7 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
   if (!expectObject(router, ptr) ||
       !checkKeys(router, ptr,
                  {"kind", "noise_std", "iterations", "slots_per_expert",
-                  "batch_prioritized"}) ||
+                  "batch_prioritized", "input"}) ||
       (!base && !requireKeys(router, ptr, {"kind"})))
     return false;
   RouterKind kind = base ? base->kind : RouterKind::TokenChoice;
@@ -307,10 +316,11 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
     return false;
 
   bool sinkhorn = kind == RouterKind::Sinkhorn;
-  if (member(router, "iterations") && !sinkhorn)
+  bool iterates = sinkhorn || kind == RouterKind::SinkhornExpertChoice;
+  if (member(router, "iterations") && !iterates)
     return notUsedBy(ptr + "/iterations", "router kind", kindName);
   if (!inherit)
-    out.sinkhornIters = sinkhorn ? 3 : 0;
+    out.sinkhornIters = iterates ? 3 : 0;
   if (!optInt(router, ptr, "iterations", 1, out.sinkhornIters,
               limits::kMaxSinkhornIters))
     return false;
@@ -320,6 +330,19 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
     return notUsedBy(ptr + "/batch_prioritized", "router kind", kindName);
   if (!optBool(router, ptr, "batch_prioritized", out.batchPrioritized))
     return false;
+
+  // Per-image routing reads the mean token, or the class token.
+  if (member(router, "input") && kind != RouterKind::PerImage)
+    return notUsedBy(ptr + "/input", "router kind", kindName);
+  if (!inherit)
+    out.classToken = false;
+  if (member(router, "input")) {
+    bool classToken = out.classToken;
+    if (!optEnum(router, ptr, "input", "router input", kRouterInputs,
+                 classToken))
+      return false;
+    out.classToken = classToken;
+  }
 
   bool soft = kind == RouterKind::Soft;
   if (member(router, "slots_per_expert") && !soft)

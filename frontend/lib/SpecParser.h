@@ -55,7 +55,12 @@ inline constexpr EnumName<RouterKind> kRouterKinds[] = {
     {"expert-choice", RouterKind::ExpertChoice},
     {"soft", RouterKind::Soft},
     {"per-image", RouterKind::PerImage},
-    {"sinkhorn", RouterKind::Sinkhorn}};
+    {"sinkhorn", RouterKind::Sinkhorn},
+    {"sinkhorn-expert-choice", RouterKind::SinkhornExpertChoice}};
+/// A per-image router's input: false = the mean token, true = the class
+/// token.
+inline constexpr EnumName<bool> kRouterInputs[] = {{"mean", false},
+                                                   {"class-token", true}};
 inline constexpr EnumName<PlacementRule> kPlacementRules[] = {
     {"every-n", PlacementRule::EveryN},
     {"last-n", PlacementRule::LastN},

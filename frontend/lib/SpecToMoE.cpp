@@ -52,6 +52,8 @@ RouterKind toRouterKind(spec::RouterKind k) {
     return RouterKind::PerImage;
   case spec::RouterKind::Sinkhorn:
     return RouterKind::Sinkhorn;
+  case spec::RouterKind::SinkhornExpertChoice:
+    return RouterKind::SinkhornExpertChoice;
   }
   llvm_unreachable("unknown router kind");
 }
@@ -182,7 +184,8 @@ private:
       config.k = moe.topK;
     bool usesCapacity = config.kind == RouterKind::TokenChoice ||
                         config.kind == RouterKind::ExpertChoice ||
-                        config.kind == RouterKind::Sinkhorn;
+                        config.kind == RouterKind::Sinkhorn ||
+                        config.kind == RouterKind::SinkhornExpertChoice;
     if (usesCapacity)
       config.capacityFactor = mode == Mode::Train ? moe.capacityFactorTrain
                                                   : moe.capacityFactorEval;
@@ -191,9 +194,11 @@ private:
     if (mode == Mode::Train && moe.router.noiseStd > 0.0 &&
         config.kind != RouterKind::Soft)
       config.noiseStd = moe.router.noiseStd;
-    if (config.kind == RouterKind::Sinkhorn)
+    if (config.kind == RouterKind::Sinkhorn ||
+        config.kind == RouterKind::SinkhornExpertChoice)
       config.sinkhornIters = moe.router.sinkhornIters;
     config.batchPrioritized = moe.router.batchPrioritized;
+    config.classToken = moe.router.classToken;
     if (config.kind == RouterKind::Soft)
       config.slotsPerExpert = moe.router.slotsPerExpert;
     int64_t slots = config.slotsPerExpert.value_or(1);
@@ -220,7 +225,8 @@ private:
         tensor(shapes->logits), config.kind, h, wRouter, noise,
         optI64(config.k), optF64(config.capacityFactor),
         optF64(config.noiseStd), optI64(config.sinkhornIters),
-        optI64(config.slotsPerExpert), config.batchPrioritized);
+        optI64(config.slotsPerExpert), config.batchPrioritized,
+        config.classToken);
     layers.push_back({prefix, router, noise});
 
     Location expertsLoc =

@@ -191,7 +191,8 @@ Value packPairs(OpBuilder &b, Location loc, Value input, AffineMap bMap,
     parts.push_back({0, kChunk});
   if (columns > full)
     parts.push_back({full, columns - full});
-  for (auto [first, width] : parts) {
+  for (auto part : parts) {
+    int64_t first = part.first, width = part.second;
     SmallVector<Value> lbs, ubs, steps;
     for (int64_t extent : ArrayRef<int64_t>(flatShape).drop_back()) {
       lbs.push_back(index(b, 0));

@@ -119,7 +119,7 @@ struct FuseRoutingPass
         b.getI64IntegerAttr(std::min<int64_t>(rowTile, router.getCapacity())),
         router.getCapacityFactorAttr(),
         router.getNoiseStdAttr(), router.getSinkhornItersAttr(),
-        router.getBatchPrioritizedAttr());
+        router.getBatchPrioritizedAttr(), router.getClassTokenAttr());
     layer.combine.getResult().replaceAllUsesWith(fused.getOutput());
     router.getLogits().replaceAllUsesWith(fused.getLogits());
     for (RoutingCountsOp rc : layer.counts)

@@ -243,7 +243,14 @@ private:
 //===----------------------------------------------------------------------===//
 
 enum class Act { Gelu, GeluTanh, Relu, Silu };
-enum class RouterKind { TokenChoice, ExpertChoice, Soft, PerImage, Sinkhorn };
+enum class RouterKind {
+  TokenChoice,
+  ExpertChoice,
+  Soft,
+  PerImage,
+  Sinkhorn,
+  SinkhornExpertChoice
+};
 
 /// The settings of one MoE layer ("moe", or "moe" merged with the block's
 /// entry in "moe.layers").
@@ -256,6 +263,7 @@ struct Layer {
   bool shared = false;
   double noiseStd = 0.0;
   bool batchPrioritized = false; // token-choice, sinkhorn
+  bool classToken = false;       // per-image: route from token 0
 };
 
 struct Spec {
@@ -398,6 +406,8 @@ void readLayer(const json &obj, const std::string &ctx, const Layer *base,
         kind = RouterKind::PerImage;
       else if (name == "sinkhorn")
         kind = RouterKind::Sinkhorn;
+      else if (name == "sinkhorn-expert-choice")
+        kind = RouterKind::SinkhornExpertChoice;
       else
         fail("spec: unknown router kind '" + name + "'");
     }
@@ -406,6 +416,7 @@ void readLayer(const json &obj, const std::string &ctx, const Layer *base,
       out.slots = 1;
       out.noiseStd = 0.0;
       out.batchPrioritized = false;
+      out.classToken = false;
     }
     out.router = kind;
     if (r.contains("noise_std")) {
@@ -419,6 +430,12 @@ void readLayer(const json &obj, const std::string &ctx, const Layer *base,
       fail("spec: '" + c + "iterations' must be non-negative");
     if (r.contains("slots_per_expert"))
       out.slots = getPosInt(r, "slots_per_expert", c);
+    if (r.contains("input")) {
+      const std::string input = getStr(r, "input", c);
+      if (input != "mean" && input != "class-token")
+        fail("spec: '" + c + "input' must be \"mean\" or \"class-token\"");
+      out.classToken = input == "class-token";
+    }
     if (r.contains("batch_prioritized")) {
       if (!r["batch_prioritized"].is_boolean())
         fail("spec: '" + c + "batch_prioritized' must be a boolean");
@@ -983,6 +1000,29 @@ void routerAux(TrainCtx &ctx, LayerLoss &out, const Spec &s, const Vec &L,
   }
 }
 
+/// Sinkhorn scores from gates G [S, E]: each iteration scales every column
+/// (expert) to sum S / E, then every row (token) to sum 1.
+Vec sinkhorn(Vec Q, int64_t S, int64_t E, int64_t iterations) {
+  const double target = double(S) / double(E);
+  for (int64_t it = 0; it < iterations; ++it) {
+    for (int64_t e = 0; e < E; ++e) {
+      double sum = 0;
+      for (int64_t t = 0; t < S; ++t)
+        sum += Q[size_t(t * E + e)];
+      for (int64_t t = 0; t < S; ++t)
+        Q[size_t(t * E + e)] *= target / sum;
+    }
+    for (int64_t t = 0; t < S; ++t) {
+      double sum = 0;
+      for (int64_t e = 0; e < E; ++e)
+        sum += Q[size_t(t * E + e)];
+      for (int64_t e = 0; e < E; ++e)
+        Q[size_t(t * E + e)] /= sum;
+    }
+  }
+  return Q;
+}
+
 /// In training with noise: L += noise_std / E * N (this layer's samples, as
 /// many as L has entries).
 void addNoise(Vec &L, const Layer &c, int64_t E, TrainCtx *ctx) {
@@ -1022,26 +1062,8 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       for (int64_t t = 0; t < S; ++t)
         softmaxStrided(&G[size_t(t * E)], E, 1);
     }
-    Vec Q = G;
-    if (c.router == RouterKind::Sinkhorn) {
-      const double target = double(S) / double(E);
-      for (int64_t it = 0; it < c.iterations; ++it) {
-        for (int64_t e = 0; e < E; ++e) {
-          double sum = 0;
-          for (int64_t t = 0; t < S; ++t)
-            sum += Q[size_t(t * E + e)];
-          for (int64_t t = 0; t < S; ++t)
-            Q[size_t(t * E + e)] *= target / sum;
-        }
-        for (int64_t t = 0; t < S; ++t) {
-          double sum = 0;
-          for (int64_t e = 0; e < E; ++e)
-            sum += Q[size_t(t * E + e)];
-          for (int64_t e = 0; e < E; ++e)
-            Q[size_t(t * E + e)] /= sum;
-        }
-      }
-    }
+    const Vec Q =
+        c.router == RouterKind::Sinkhorn ? sinkhorn(G, S, E, c.iterations) : G;
     std::vector<std::vector<int64_t>> choice;
     for (int64_t t = 0; t < S; ++t) {
       choice.push_back(topK(&Q[size_t(t * E)], E, c.k));
@@ -1057,9 +1079,10 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     for (int64_t t = 0; t < S; ++t)
       order[size_t(t)] = t;
     if (c.batchPrioritized)
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return Q[size_t(a * E + choice[size_t(a)][0])] >
-               Q[size_t(b * E + choice[size_t(b)][0])];
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        const double qa = Q[size_t(a * E + choice[size_t(a)][0])],
+                     qb = Q[size_t(b * E + choice[size_t(b)][0])];
+        return qa > qb || (qa == qb && a < b);
       });
     y = fillAndCombine(m, w, h, choice, G, order, cf, ctx);
     if (ctx)
@@ -1068,17 +1091,23 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
                 c.k, sn);
     break;
   }
-  case RouterKind::ExpertChoice: {
+  case RouterKind::ExpertChoice:
+  case RouterKind::SinkhornExpertChoice: {
     Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
     Vec G = Lg;
     addNoise(G, c, E, ctx);
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
+    // Experts choose their tokens by gate, or by Sinkhorn score; the gates
+    // weight them either way.
+    const Vec Q = c.router == RouterKind::SinkhornExpertChoice
+                      ? sinkhorn(G, S, E, c.iterations)
+                      : G;
     const int64_t C = capacityOf(1, S, cf, E);
     for (int64_t e = 0; e < E; ++e) {
       Vec col(static_cast<size_t>(S));
       for (int64_t t = 0; t < S; ++t)
-        col[size_t(t)] = G[size_t(t * E + e)];
+        col[size_t(t)] = Q[size_t(t * E + e)];
       if (ctx)
         ctx->noteMargin(col.data(), S, C);
       for (int64_t t : topK(col.data(), S, C)) {
@@ -1116,12 +1145,14 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     break;
   }
   case RouterKind::PerImage: {
+    // The router reads the mean token, or the class token (token 0).
     Vec mean(size_t(D), 0.0);
-    for (int64_t t = 0; t < S; ++t)
+    for (int64_t t = 0; t < (c.classToken ? 1 : S); ++t)
       for (int64_t i = 0; i < D; ++i)
         mean[size_t(i)] += h[size_t(t * D + i)];
-    for (double &v : mean)
-      v /= double(S);
+    if (!c.classToken)
+      for (double &v : mean)
+        v /= double(S);
     Vec Lg = linear(mean, 1, D, w.router.data(), nullptr, E);
     Vec G = Lg;
     addNoise(G, c, E, ctx);

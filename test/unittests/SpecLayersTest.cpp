@@ -135,7 +135,8 @@ TEST(SpecTest, LayersErrors) {
       errorOf(withLayers(R"({"5": {"router": {"kind": "expert_choice"}}})")),
       "t.json:4:92: /moe/layers/5/router/kind: unknown router kind "
       "'expert_choice', did you mean 'expert-choice'? (expected one of: "
-      "token-choice, expert-choice, soft, per-image, sinkhorn)");
+      "token-choice, expert-choice, soft, per-image, sinkhorn, "
+      "sinkhorn-expert-choice)");
   EXPECT_EQ(errorOf(withLayers(
                 R"({"5": {"router": {"kind": "expert-choice"}, "top_k": 1}})")),
             "t.json:4:119: /moe/layers/5/top_k: not used by router kind "
@@ -150,9 +151,9 @@ TEST(SpecTest, LayersErrors) {
   EXPECT_EQ(errorOf(withLayers(R"({"5": {"experts": 0}})")),
             "t.json:4:84: /moe/layers/5/experts: must be >= 1, got 0");
   EXPECT_EQ(errorOf(withLayers(
-                R"({"5": {"router": {"kind": "sinkhorn", "noise_std": 1}}})")),
-            "t.json:4:117: /moe/layers/5/router/noise_std: not used by router "
-            "kind 'sinkhorn'");
+                R"({"5": {"router": {"kind": "soft", "noise_std": 1}}})")),
+            "t.json:4:113: /moe/layers/5/router/noise_std: not used by router "
+            "kind 'soft'");
   EXPECT_EQ(errorOf(withLayers(
                 R"({"5": {"router": {"kind": "sinkhorn", "iterations": 0}}})")),
             "t.json:4:118: /moe/layers/5/router/iterations: must be >= 1, got "
@@ -184,7 +185,7 @@ TEST(SpecTest, DidYouMean) {
       errorOf(referenceWith(R"("noise_std": 1.0)", R"("nosie_std": 1.0)")),
       "t.json:26:7: /moe/router/nosie_std: unknown key, did you mean "
       "'noise_std'? (expected one of: kind, noise_std, iterations, "
-      "slots_per_expert)");
+      "slots_per_expert, batch_prioritized, input)");
   EXPECT_EQ(
       errorOf(referenceWith(R"("rule": "last-n")", R"("rule": "last_n")")),
       "t.json:19:15: /moe/placement/rule: unknown placement rule 'last_n', "

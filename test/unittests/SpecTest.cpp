@@ -310,21 +310,21 @@ TEST(SpecTest, RouterKinds) {
   spec = parseOk(moe(R"({"kind": "sinkhorn", "iterations": 7})"));
   EXPECT_EQ(spec.moe.router.sinkhornIters, 7);
 
-  // Keys a kind does not use.
-  EXPECT_EQ(errorOf(moe(R"({"kind": "expert-choice", "noise_std": 1})")),
-            "t.json:3:72: /moe/router/noise_std: not used by router kind "
-            "'expert-choice'");
+  // Keys a kind does not use. Noise exists for every kind but soft (its
+  // softmaxes over tokens and slots choose nothing).
   EXPECT_EQ(errorOf(moe(R"({"kind": "soft", "noise_std": 1})")),
             "t.json:3:63: /moe/router/noise_std: not used by router kind "
             "'soft'");
-  // Noisy top-k exists for token-choice only: the other routers would
-  // ignore the noise, so they refuse the key.
-  EXPECT_EQ(errorOf(moe(R"({"kind": "per-image", "noise_std": 1})")),
-            "t.json:3:68: /moe/router/noise_std: not used by router kind "
-            "'per-image'");
-  EXPECT_EQ(errorOf(moe(R"({"kind": "sinkhorn", "noise_std": 0.1})")),
-            "t.json:3:67: /moe/router/noise_std: not used by router kind "
-            "'sinkhorn'");
+  for (const char *kind : {"expert-choice", "per-image", "sinkhorn"}) {
+    spec = parseOk(moe(std::string(R"({"kind": ")") + kind +
+                       R"(", "noise_std": 0.5})"));
+    EXPECT_EQ(spec.moe.router.noiseStd, 0.5) << kind;
+  }
+  EXPECT_EQ(errorOf(moe(R"({"kind": "expert-choice", "batch_prioritized": true})")),
+            "t.json:3:80: /moe/router/batch_prioritized: not used by router "
+            "kind 'expert-choice'");
+  spec = parseOk(moe(R"({"kind": "sinkhorn", "batch_prioritized": true})"));
+  EXPECT_TRUE(spec.moe.router.batchPrioritized);
   EXPECT_EQ(errorOf(moe(R"({"kind": "token-choice", "iterations": 2})")),
             "t.json:3:72: /moe/router/iterations: not used by router kind "
             "'token-choice'");
@@ -517,7 +517,7 @@ TEST(SpecTest, EnumErrors) {
       errorOf(referenceWith(R"("kind": "token-choice")", R"("kind": "top-k")")),
       "t.json:25:15: /moe/router/kind: unknown router kind 'top-k' "
       "(expected one of: token-choice, expert-choice, soft, per-image, "
-      "sinkhorn)");
+      "sinkhorn, sinkhorn-expert-choice)");
   EXPECT_EQ(
       errorOf(referenceWith(R"("pooling": "cls")", R"("pooling": "max")")),
       "t.json:15:16: /model/pooling: unknown pooling 'max' (expected "

@@ -462,9 +462,9 @@ void attachKernelAndCost(MLIRContext *ctx) {
 }
 
 /// A router's logits of one image: x [S, D] * w, or for per-image routing
-/// the mean token's, [1, E] (RoutingOps.cpp).
+/// the mean token's (with `classToken`, token 0's), [1, E] (RoutingOps.cpp).
 Value routerLogits(ImageBuilder &ib, RouterKind kind, Value x, Value w,
-                   Value dest);
+                   Value dest, bool classToken = false);
 
 /// logits + scale * noise, element-wise ([S, E]): noisy top-k's gate logits.
 Value noisyLogits(ImageBuilder &ib, Value logits, Value noise, double scale);

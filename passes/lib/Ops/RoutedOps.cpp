@@ -211,7 +211,8 @@ RowList emitRowList(OpT o, ImageBuilder &ib, Value x, Value w, Value noise,
   RouterKind kind = o.getKind();
   RowList out;
 
-  Value logits = routerLogits(ib, kind, x, w, logitsDest); // [S or 1, E]
+  Value logits = routerLogits(ib, kind, x, w, logitsDest,
+                              o.getClassToken()); // [S or 1, E]
   out.logits = logits;
   int64_t r = ImageBuilder::shape(logits)[0];
 
@@ -234,8 +235,14 @@ RowList emitRowList(OpT o, ImageBuilder &ib, Value x, Value w, Value noise,
         arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(v)));
   };
   Value slot;
-  if (kind == RouterKind::ExpertChoice) {
-    Value rank = ib.rankAlongFirstDim(gates);
+  if (kind == RouterKind::ExpertChoice ||
+      kind == RouterKind::SinkhornExpertChoice) {
+    // Each expert takes its `cap` best tokens by gate (or by Sinkhorn
+    // score); the gates weight them either way.
+    Value score = kind == RouterKind::SinkhornExpertChoice
+                      ? sinkhornScores(ib, gates, *o.getSinkhornIters())
+                      : gates;
+    Value rank = ib.rankAlongFirstDim(score);
     slot = ib.elementwise({rank}, ib.empty({s, e}),
                           [&](OpBuilder &nb, Location nl, ValueRange a) {
                             return select(nb, nl, lt(nb, nl, a[0], cap), a[0]);

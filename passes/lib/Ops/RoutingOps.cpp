@@ -177,7 +177,8 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
   Value dispatchDest = dests[0], combineDest = dests[1], logitsDest = dests[2];
 
   if (o.getKind() == RouterKind::PerImage) {
-    Value logits = routerLogits(ib, RouterKind::PerImage, x, w, logitsDest);
+    Value logits = routerLogits(ib, RouterKind::PerImage, x, w, logitsDest,
+                                o.getClassToken());
     // Noise (training): the image's gates come from logits + s * noise.
     Value gateLogits =
         o.getNoise() ? noisyLogits(ib, logits, in[2],
@@ -268,9 +269,14 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
                    : logits;
   Value gates = ib.softmaxRows(gateLogits, ib.empty({s, e}));
 
-  if (o.getKind() == RouterKind::ExpertChoice) {
-    // Each expert takes its `cap` best tokens; slot = the token's rank.
-    Value rank = ib.rankAlongFirstDim(gates);
+  if (o.getKind() == RouterKind::ExpertChoice ||
+      o.getKind() == RouterKind::SinkhornExpertChoice) {
+    // Each expert takes its `cap` best tokens by gate (or by Sinkhorn
+    // score); slot = the token's rank; the gates weight them either way.
+    Value score = o.getKind() == RouterKind::SinkhornExpertChoice
+                      ? sinkhornScores(ib, gates, *o.getSinkhornIters())
+                      : gates;
+    Value rank = ib.rankAlongFirstDim(score);
     auto [dispatch, combine] = emitRouting(
         ib, {rank, gates}, {ib.map(3, {0, 1}), ib.map(3, {0, 1})}, 1,
         dispatchDest, combineDest,
@@ -410,11 +416,20 @@ ImageKernelOptions moec::kernels::planImageKernel(Operation *op) {
 }
 
 Value moec::kernels::routerLogits(ImageBuilder &ib, RouterKind kind, Value x,
-                                  Value w, Value dest) {
+                                  Value w, Value dest, bool classToken) {
   if (kind != RouterKind::PerImage)
     return ib.matmul(x, w, Value(), dest);
-  // One decision per image, from the mean token.
   ArrayRef<int64_t> xs = ImageBuilder::shape(x); // [S, D]
+  if (classToken) {
+    // One decision per image, from its class token (token 0).
+    Value first = tensor::ExtractSliceOp::create(
+        ib.b, ib.loc, ib.type({1, xs[1]}), x,
+        ArrayRef<OpFoldResult>{ib.b.getIndexAttr(0), ib.b.getIndexAttr(0)},
+        ArrayRef<OpFoldResult>{ib.b.getIndexAttr(1), ib.b.getIndexAttr(xs[1])},
+        ArrayRef<OpFoldResult>{ib.b.getIndexAttr(1), ib.b.getIndexAttr(1)});
+    return ib.matmul(first, w, Value(), dest); // [1, E]
+  }
+  // One decision per image, from the mean token.
   Value sum = ib.generic(
       {x}, ib.fill({xs[1]}, 0.0), {ib.map(2, {1, 0}), ib.map(2, {0})},
       {kPar, kRed}, [](OpBuilder &nb, Location nl, ValueRange a) -> Value {

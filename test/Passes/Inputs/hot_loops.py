@@ -112,6 +112,10 @@ def main():
             return 1
     hot = bad = full = fmas = dots = 0
     for func, header, lines in loops(args.asm):
+        # A kernel's body is the internal `<kernel>_impl` that its exported
+        # wrapper calls; LLVM inlines it into the wrapper unless it is large.
+        if func.endswith("_impl"):
+            func = func[:-len("_impl")]
         if kernels is not None and func not in kernels:
             continue
         loop_fmas = [l for l in lines if FMA.match(l)]

@@ -21,7 +21,14 @@ namespace moec::spec {
 
 enum class Pooling { Cls, Mean };
 enum class Activation { Gelu, GeluTanh, Relu, Silu };
-enum class RouterKind { TokenChoice, ExpertChoice, Soft, PerImage, Sinkhorn };
+enum class RouterKind {
+  TokenChoice,
+  ExpertChoice,
+  Soft,
+  PerImage,
+  Sinkhorn,
+  SinkhornExpertChoice
+};
 enum class PlacementRule { EveryN, LastN, Blocks };
 enum class OptimizerKind { AdamW, Sgd };
 enum class ScheduleKind { Cosine, Constant };
@@ -77,6 +84,9 @@ struct RouterSpec {
   /// Batch Prioritized Routing (token-choice, sinkhorn): tokens fill the
   /// experts' slots in order of their top gate.
   bool batchPrioritized = false;
+  /// Per-image: route from the class token instead of the mean token
+  /// ("input": "class-token").
+  bool classToken = false;
 };
 
 struct AuxLossWeights {

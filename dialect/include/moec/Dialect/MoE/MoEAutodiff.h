@@ -44,11 +44,12 @@ std::pair<mlir::Value, mlir::Value> buildAuxLoss(mlir::OpBuilder &b, AuxLossOp o
 
 /// The router's input and weight gradients from d loss / d logits `dl`
 /// ([G, R, E*P]): the product x * w for every kind but per-image routing,
-/// where the logits come from the mean token. Shared by moe.router's and
-/// moe.routed_ffn's VJPs.
+/// where the logits come from the mean token (or, with `classToken`, from
+/// token 0). Shared by moe.router's and moe.routed_ffn's VJPs.
 std::pair<mlir::Value, mlir::Value>
 buildRouterInputGrads(mlir::OpBuilder &b, mlir::Location loc, RouterKind kind,
-                      mlir::Value x, mlir::Value w, mlir::Value dl);
+                      mlir::Value x, mlir::Value w, mlir::Value dl,
+                      bool classToken = false);
 
 } // namespace moec::moe
 

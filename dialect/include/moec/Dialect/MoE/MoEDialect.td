@@ -86,7 +86,8 @@ def MoE_RouterKind : I32EnumAttr<"RouterKind", "how a router assigns tokens to e
     I32EnumAttrCase<"ExpertChoice", 1, "expert_choice">,
     I32EnumAttrCase<"Soft", 2, "soft">,
     I32EnumAttrCase<"PerImage", 3, "per_image">,
-    I32EnumAttrCase<"Sinkhorn", 4, "sinkhorn">]> {
+    I32EnumAttrCase<"Sinkhorn", 4, "sinkhorn">,
+    I32EnumAttrCase<"SinkhornExpertChoice", 5, "sinkhorn_expert_choice">]> {
   let cppNamespace = "::moec::moe";
 }
 

@@ -380,8 +380,8 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
       ranks tokens.
     * Capacity C, the last dimension of `dispatch`: for `token_choice` and
       `sinkhorn`, `C = min(S, max(1, ceil(k * S * capacity_factor / E)))`
-      (computed in double precision); for `expert_choice` the same with
-      k = 1; for `per_image` C = S; for `soft` C = P.
+      (computed in double precision); for `expert_choice` and
+      `sinkhorn_expert_choice` the same with k = 1; for `per_image` C = S; for `soft` C = P.
     * For every kind but `soft`, `D` is 0/1, a slot holds at most one token,
       an expert's filled slots are `0 .. n_e - 1` (the rest of its slots are
       all zero), and `C = D * gate`.
@@ -410,6 +410,10 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
       row of Q; queues, slots and drops are then those of `token_choice`
       (`batch_prioritized` orders the tokens by their highest entry of Q).
       The combine weights are the softmax gates, not Q.
+    * `sinkhorn_expert_choice` ("Routers in Vision MoE"): Q as for
+      `sinkhorn`; each expert takes the `C` tokens with the highest Q for
+      it (slots and capacity as for `expert_choice`), weighted by the
+      softmax gates.
     * `soft` (Soft MoE, Puigcerver et al.): slot p of expert e is column
       `e*P + p` of L. `D[g, s, e, p]` is the softmax of that column over the
       S tokens (each slot a convex mix of all tokens); `C[g, s, e, p]` is
@@ -420,7 +424,9 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
       token included): logits `m * weight` `[G, 1, E]`, gates their softmax.
       The image's k highest-gate experts each take all S tokens, token s in
       slot s (C = S, nothing is dropped): `D[g, s, e, c] = 1` iff e is
-      chosen and c = s, weighted by the image's gate for e.
+      chosen and c = s, weighted by the image's gate for e. With
+      `class_token` the decision comes from the class token `x[g, 0]`
+      instead of the mean token.
 
     Training: `noise` (optional, every kind but `soft`, with `noise_std`)
     holds standard normal samples of the logits' shape `[G, R, E]` (R = 1
@@ -448,7 +454,7 @@ def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
                    OptionalAttr<F64Attr>:$noise_std,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$slots_per_expert,
-                   UnitAttr:$batch_prioritized);
+                   UnitAttr:$batch_prioritized, UnitAttr:$class_token);
   let results = (outs MoE_FloatTensor:$dispatch, MoE_FloatTensor:$combine,
                       MoE_FloatTensor:$logits);
   let assemblyFormat = [{

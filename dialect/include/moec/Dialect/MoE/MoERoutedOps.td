@@ -54,7 +54,7 @@ def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
                    OptionalAttr<F64Attr>:$capacity_factor,
                    OptionalAttr<F64Attr>:$noise_std,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
-                   UnitAttr:$batch_prioritized);
+                   UnitAttr:$batch_prioritized, UnitAttr:$class_token);
   let results = (outs MoE_FloatTensor:$output, MoE_FloatTensor:$logits,
                       MoE_FloatTensor:$counts);
   let assemblyFormat = [{
@@ -99,7 +99,7 @@ def MoE_RoutedFFNTrainOp : MoE_Op<"routed_ffn_train", [Pure]> {
                    OptionalAttr<F64Attr>:$capacity_factor,
                    OptionalAttr<F64Attr>:$noise_std,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$sinkhorn_iters,
-                   UnitAttr:$batch_prioritized);
+                   UnitAttr:$batch_prioritized, UnitAttr:$class_token);
   let results = (outs MoE_FloatTensor:$output, MoE_FloatTensor:$logits,
                       MoE_FloatTensor:$counts, MoE_FloatTensor:$gates,
                       MoE_FloatTensor:$row_token, MoE_FloatTensor:$row_gate,

@@ -79,6 +79,8 @@ struct RouterConfig {
   std::optional<int64_t> slotsPerExpert;
   /// Batch Prioritized Routing (token_choice and sinkhorn).
   bool batchPrioritized = false;
+  /// per_image: route from the class token (token 0), not the mean token.
+  bool classToken = false;
 };
 
 /// Checks which attributes `config.kind` takes and their ranges, given

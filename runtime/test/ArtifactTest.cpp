@@ -428,6 +428,35 @@ TEST(Artifact, TargetCpuFeatures) {
       << bad.error().message();
 }
 
+// "precision" (moec compile --precision): optional, "fp32" when absent,
+// anything but fp32 and bf16 refused with the pointer.
+TEST(Artifact, Precision) {
+  TempDir dir;
+  nlohmann::json manifest = tinyManifest();
+  writeBytes(dir / "absent.moec", tinyArtifact(manifest));
+  Expected<std::shared_ptr<const Artifact>> absent =
+      Artifact::load(dir / "absent.moec");
+  ASSERT_TRUE(absent) << absent.error().message();
+  EXPECT_EQ((*absent)->manifest().precision, "fp32");
+
+  manifest["precision"] = "bf16";
+  writeBytes(dir / "bf16.moec", tinyArtifact(manifest));
+  Expected<std::shared_ptr<const Artifact>> bf16 =
+      Artifact::load(dir / "bf16.moec");
+  ASSERT_TRUE(bf16) << bf16.error().message();
+  EXPECT_EQ((*bf16)->manifest().precision, "bf16");
+
+  for (nlohmann::json bad : {nlohmann::json("fp16"), nlohmann::json(16)}) {
+    manifest["precision"] = bad;
+    writeBytes(dir / "bad.moec", tinyArtifact(manifest));
+    Expected<std::shared_ptr<const Artifact>> refused =
+        Artifact::load(dir / "bad.moec");
+    ASSERT_FALSE(refused) << bad.dump();
+    EXPECT_NE(refused.error().message().find("/precision"), std::string::npos)
+        << refused.error().message();
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Artifact 1.1: state, optimizer, train, i32 tensors, roles, train_step and
 // eval signatures (docs/training-abi.md)

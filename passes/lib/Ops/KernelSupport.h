@@ -469,6 +469,16 @@ Value routerLogits(ImageBuilder &ib, RouterKind kind, Value x, Value w,
 /// logits + scale * noise, element-wise ([S, E]): noisy top-k's gate logits.
 Value noisyLogits(ImageBuilder &ib, Value logits, Value noise, double scale);
 
+/// The logits a router's gates are the softmax of: `logits`, or in training
+/// with a `noise` operand logits + noise_std / E * noise.
+template <typename OpT>
+Value gateLogits(OpT o, ImageBuilder &ib, Value logits, Value noise) {
+  if (!noise)
+    return logits;
+  return noisyLogits(ib, logits, noise,
+                     o.getNoiseStd()->convertToDouble() / o.getNumExperts());
+}
+
 /// The Sinkhorn router's scores from its gates [S, E]: `iters` rounds of
 /// scaling the columns to sum S / E and the rows to sum 1 (RoutingOps.cpp).
 Value sinkhornScores(ImageBuilder &ib, Value gates, int64_t iters);

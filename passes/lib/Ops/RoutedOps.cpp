@@ -216,12 +216,8 @@ RowList emitRowList(OpT o, ImageBuilder &ib, Value x, Value w, Value noise,
   out.logits = logits;
   int64_t r = ImageBuilder::shape(logits)[0];
 
-  Value gateLogits =
-      noise ? noisyLogits(ib, logits, noise,
-                          o.getNoiseStd()->convertToDouble() / e)
-            : logits;
-  Value gates = ib.softmaxRows(gateLogits, gatesDest ? gatesDest
-                                                     : ib.empty({r, e}));
+  Value gates = ib.softmaxRows(gateLogits(o, ib, logits, noise),
+                               gatesDest ? gatesDest : ib.empty({r, e}));
   out.gates = gates;
 
   // slot[s, e] from the kind's rule, as one generic over (s, e).

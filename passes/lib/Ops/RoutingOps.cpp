@@ -180,11 +180,9 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
     Value logits = routerLogits(ib, RouterKind::PerImage, x, w, logitsDest,
                                 o.getClassToken());
     // Noise (training): the image's gates come from logits + s * noise.
-    Value gateLogits =
-        o.getNoise() ? noisyLogits(ib, logits, in[2],
-                                   o.getNoiseStd()->convertToDouble() / e)
-                     : logits;
-    Value gates = ib.softmaxRows(gateLogits, ib.empty({1, e}));
+    Value gates = ib.softmaxRows(
+        gateLogits(o, ib, logits, o.getNoise() ? in[2] : Value()),
+        ib.empty({1, e}));
     Value rank = ib.rankAlongLastDim(gates);
     auto drop = [&](Value v) -> Value {
       return tensor::CollapseShapeOp::create(
@@ -263,11 +261,9 @@ KernelResults emitRouter(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
   // Noise (training): the gates come from logits + s * noise (for sinkhorn
   // the iterations start from them); the logits result stays clean for the
   // auxiliary losses.
-  Value gateLogits =
-      o.getNoise() ? noisyLogits(ib, logits, in[2],
-                                 o.getNoiseStd()->convertToDouble() / e)
-                   : logits;
-  Value gates = ib.softmaxRows(gateLogits, ib.empty({s, e}));
+  Value gates = ib.softmaxRows(
+      gateLogits(o, ib, logits, o.getNoise() ? in[2] : Value()),
+      ib.empty({s, e}));
 
   if (o.getKind() == RouterKind::ExpertChoice ||
       o.getKind() == RouterKind::SinkhornExpertChoice) {

@@ -542,6 +542,14 @@ LogicalResult ActivationOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
   return success();
 }
 
+LogicalResult ReshapeOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
+                                 SmallVectorImpl<Value> &grads) {
+  if (noGradient(*this, dys, grads))
+    return success();
+  grads[0] = ReshapeOp::create(b, getLoc(), getInput().getType(), dys[0]);
+  return success();
+}
+
 LogicalResult AddOp::buildVJP(OpBuilder &, ArrayRef<Value> dys,
                               SmallVectorImpl<Value> &grads) {
   if (noGradient(*this, dys, grads))

@@ -14,6 +14,8 @@
 #include "mlir/IR/OpImplementation.h"
 #include "mlir/IR/PatternMatch.h"
 
+#include <cmath>
+
 using namespace mlir;
 using namespace moec::moe;
 
@@ -91,6 +93,14 @@ LogicalResult ParamOp::verify() {
   if (random && !(getStd()->convertToDouble() > 0.0))
     return emitOpError() << "expects a positive std, got "
                          << getStd()->convertToDouble();
+  bool constant = getInit() == InitKind::Constant;
+  if (constant != !!getValue())
+    return emitOpError() << (constant ? "expects a value for constant "
+                                        "initialisation"
+                                      : "takes a value only for constant "
+                                        "initialisation");
+  if (constant && !std::isfinite(getValue()->convertToDouble()))
+    return emitOpError() << "expects a finite value";
   return success();
 }
 
@@ -364,11 +374,30 @@ LogicalResult RoutingCountsOp::verify() {
   ArrayRef<int64_t> d = shapeOf(getDispatch());
   if (d.size() != 4 && d.size() != 2)
     return emitOpError() << "expects dispatch [G, S, E, C] or counts [G, E]";
-  if (getMask() && shapeOf(getMask()) != ArrayRef<int64_t>{d[0]})
-    return emitOpError() << "expects mask [" << d[0] << "]";
+  if (Value mask = getMask()) {
+    // One entry per group, or per image of groups of n images.
+    ArrayRef<int64_t> m = shapeOf(mask);
+    if (m.size() != 1 || m[0] < d[0] || m[0] % d[0] != 0)
+      return emitOpError() << "expects mask [" << d[0]
+                           << "] or, for routing groups of n images, ["
+                           << d[0] << " * n]";
+  }
   int64_t experts = d.size() == 4 ? d[2] : d[1];
   if (shapeOf(getResult()) != ArrayRef<int64_t>{experts})
     return emitOpError() << "expects result [" << experts << "]";
+  return success();
+}
+
+LogicalResult ReshapeOp::verify() {
+  auto in = cast<RankedTensorType>(getInput().getType());
+  auto out = cast<RankedTensorType>(getResult().getType());
+  if (!in.hasStaticShape() || !out.hasStaticShape())
+    return emitOpError() << "expects static shapes";
+  if (in.getElementType() != out.getElementType() ||
+      in.getNumElements() != out.getNumElements())
+    return emitOpError() << "expects a result with the input's element type "
+                            "and number of elements ("
+                         << in.getNumElements() << "), got " << out;
   return success();
 }
 

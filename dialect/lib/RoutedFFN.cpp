@@ -90,7 +90,17 @@ template <typename OpT> LogicalResult verifyLayer(OpT op, int64_t &numExperts) {
     return op.emitOpError() << "expects capacity " << capacity
                             << " (the router's rule for " << s
                             << " tokens), got " << op.getCapacity();
-  if (failed(expectShapeOf(op, "router_weight", op.getRouterWeight(), {d, e})) ||
+  // The router reads the gate input when there is one: [G, S, D'].
+  int64_t dGate = d;
+  if (Value gate = op.getGateInput()) {
+    ArrayRef<int64_t> gs = shapeOf(gate);
+    if (gs.size() != 3 || gs[0] != g || gs[1] != s)
+      return op.emitOpError() << "expects gate_input of shape " << g << "x"
+                              << s << "xD', got " << formatShape(gs);
+    dGate = gs[2];
+  }
+  if (failed(expectShapeOf(op, "router_weight", op.getRouterWeight(),
+                           {dGate, e})) ||
       failed(expectShapeOf(op, "fc1_weight", op.getFc1Weight(), {e, d, h})) ||
       failed(expectShapeOf(op, "fc1_bias", op.getFc1Bias(), {e, h})) ||
       failed(expectShapeOf(op, "fc2_weight", op.getFc2Weight(), {e, h, d})) ||
@@ -240,7 +250,7 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
                 f32({g, n, d})},
       getKindAttr(), getActivationAttr(), getInput(), getRouterWeight(),
       getFc1Weight(), getFc1Bias(), getFc2Weight(), getFc2Bias(), getNoise(),
-      getKAttr(), getCapacityAttr(), getRowTileAttr(), getCapacityFactorAttr(),
+      getGateInput(), getKAttr(), getCapacityAttr(), getRowTileAttr(), getCapacityFactorAttr(),
       getNoiseStdAttr(), getSinkhornItersAttr(), getBatchPrioritizedAttr(),
       getClassTokenAttr());
   for (unsigned i = 0; i < 3; ++i)
@@ -275,10 +285,17 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
     Value fromGates = tb.softmaxLastVJP(train.getGates(), grad.getGateGrad());
     dl = dl ? tb.add(dl, fromGates) : fromGates;
   }
+  Value gateInput = getGateInput() ? getGateInput() : getInput();
   auto [dxRouter, dw] = buildRouterInputGrads(
-      b, loc, getKind(), getInput(), getRouterWeight(), dl, getClassToken());
-  grads[0] = dx ? tb.add(dx, dxRouter) : dxRouter;
+      b, loc, getKind(), gateInput, getRouterWeight(), dl, getClassToken());
   grads[1] = dw;
+  if (getGateInput()) {
+    // Operand 8 + (noise ? 1 : 0): the gate input.
+    grads[getNumOperands() - 1] = dxRouter;
+    grads[0] = dx;
+  } else {
+    grads[0] = dx ? tb.add(dx, dxRouter) : dxRouter;
+  }
   return success();
 }
 

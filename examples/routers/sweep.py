@@ -14,11 +14,15 @@ usage: python3 examples/routers/sweep.py [--bin build/bin] [--epochs 10]
            [--seeds 0,1,2] [--threads 2] [--only NAME,NAME] [--out DIR]
 Writes DIR/routers.md and DIR/routers.csv (default DIR: build/routers) and
 keeps each run's log and console output there; a run already finished in
-DIR (its output file ends with the test accuracy) is not run again.
+DIR (its output file ends with the test accuracy) is not run again. Files
+are named after the spec and a hash of its text, so an edited spec is
+compiled and trained afresh; a model older than the `moec` binary is
+recompiled, and runs older than their model are run again.
 """
 import argparse
 import csv
 import glob
+import hashlib
 import json
 import os
 import re
@@ -51,6 +55,11 @@ def inspect(bin_dir, model):
     return params, active, flops
 
 
+def newer(a, b):
+    """Whether file a was modified after file b."""
+    return os.path.getmtime(a) > os.path.getmtime(b)
+
+
 def accuracy_of(text):
     m = re.search(r"test accuracy: ([0-9.]+)%", text)
     return float(m.group(1)) if m else None
@@ -80,18 +89,21 @@ def main():
     rows = []
     for spec in specs:
         name = os.path.splitext(os.path.basename(spec))[0]
-        with open(spec) as f:
-            batch = json.load(f)["train"]["batch"]
-        model = os.path.join(a.out, name + ".moec")
-        if not os.path.exists(model):
-            run([os.path.join(a.bin, "moec"), "compile", spec, "--quiet",
-                 "-o", model])
+        with open(spec, "rb") as f:
+            text = f.read()
+        batch = json.loads(text)["train"]["batch"]
+        key = f"{name}.{hashlib.sha256(text).hexdigest()[:10]}"
+        model = os.path.join(a.out, key + ".moec")
+        moec = os.path.join(a.bin, "moec")
+        if not os.path.exists(model) or newer(moec, model):
+            run([moec, "compile", spec, "--quiet", "-o", model])
         params, active, flops = inspect(a.bin, model)
         accs, rates = [], []
         for seed in seeds:
-            stem = os.path.join(a.out, f"{name}.seed{seed}.e{a.epochs}")
+            stem = os.path.join(a.out, f"{key}.seed{seed}.e{a.epochs}")
             out_path, log = stem + ".out", stem + ".jsonl"
-            text = open(out_path).read() if os.path.exists(out_path) else ""
+            fresh = os.path.exists(out_path) and not newer(model, out_path)
+            text = open(out_path).read() if fresh else ""
             if accuracy_of(text) is None:
                 print(f"== {name} seed {seed}: {a.epochs} epochs", flush=True)
                 text = run([os.path.join(a.bin, "moec-run"), "train", model,

@@ -169,6 +169,13 @@ bool SpecParser::run(Json &root, Spec &spec) {
     return false;
 
   spec.positions = std::move(values);
+  // Training runs the spec's batch: its routing groups must divide it.
+  if (std::optional<SpecError> groups =
+          checkRoutingGroups(spec, spec.train.batch)) {
+    error = *groups;
+    error.message += " (/train/batch)";
+    return false;
+  }
   return true;
 }
 

@@ -118,9 +118,27 @@ SpecTotals moec::spec::estimateTotals(const Spec &spec) {
     double eh = static_cast<double>(s.expertHidden);
     double slots = slotsPerImage(s, t);
     double expertParams = 2 * d * eh + eh + d;
-    out.parameters += d * experts + experts * expertParams;
+    // The router: a D x E*P weight, or a cosine gate's codes (after a
+    // D x gate_dim projection when it has one) and its scale.
+    double columns = experts * static_cast<double>(
+                                   std::max<int64_t>(1, s.router.slotsPerExpert));
+    double gateDim = s.router.gateDim > 0 ? s.router.gateDim : d;
+    double routerParams = gateDim * columns;
+    double routerFlops = 2 * t * gateDim * columns;
+    if (s.router.cosine) {
+      routerParams += 1;
+      routerFlops += 4 * t * gateDim;
+      if (s.router.gateDim > 0) {
+        routerParams += d * gateDim;
+        routerFlops += 2 * t * d * gateDim;
+      }
+    }
+    // A model-scope router's weights belong to the first MoE layer.
+    if (s.router.modelScope && block != spec.moe.blocks.front())
+      routerParams = 0;
+    out.parameters += routerParams + experts * expertParams;
     out.expertParameters += experts * expertParams;
-    out.flopsPerImage += 2 * t * d * experts + 4 * slots * d * eh;
+    out.flopsPerImage += routerFlops + 4 * slots * d * eh;
     tensor(t * experts);
     tensor(t * experts);
     tensor(slots * d);

@@ -177,6 +177,13 @@ bool SpecParser::parseLayers(const Json *layers, MoESpec &out) {
       if (!contains(kLayerKeys, kt.key()))
         return checkKeys(settings, layerPtr, kLayerKeys);
     }
+    // Layers that share the model's router keep its kind, experts and k.
+    if (out.router.modelScope)
+      for (const char *key : {"router", "experts", "top_k"})
+        if (member(settings, key))
+          return failAtKey(layerPtr + "/" + key,
+                           "the layers share /moe/router (\"scope\": "
+                           "\"model\"): set it in /moe");
     layer->pointer = layerPtr;
     if (!parseSettings(settings, layerPtr, /*isLayer=*/true, layer->settings))
       return false;
@@ -294,7 +301,8 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
   if (!expectObject(router, ptr) ||
       !checkKeys(router, ptr,
                  {"kind", "noise_std", "iterations", "slots_per_expert",
-                  "batch_prioritized", "input"}) ||
+                  "batch_prioritized", "input", "gate", "gate_dim",
+                  "gate_scale", "group_size", "scope"}) ||
       (!base && !requireKeys(router, ptr, {"kind"})))
     return false;
   RouterKind kind = base ? base->kind : RouterKind::TokenChoice;
@@ -349,8 +357,60 @@ bool SpecParser::parseRouter(const Json &router, const std::string &ptr,
     return notUsedBy(ptr + "/slots_per_expert", "router kind", kindName);
   if (!inherit)
     out.slotsPerExpert = soft ? 1 : 0;
-  return optInt(router, ptr, "slots_per_expert", 1, out.slotsPerExpert,
-                limits::kMaxSlotsPerExpert);
+  if (!optInt(router, ptr, "slots_per_expert", 1, out.slotsPerExpert,
+              limits::kMaxSlotsPerExpert))
+    return false;
+
+  // One per-image router for the whole model: set in /moe only (the
+  // layers then share it).
+  if (member(router, "scope")) {
+    if (base)
+      return fail(ptr + "/scope", "not a per-layer setting (set it in "
+                                  "/moe/router)");
+    if (kind != RouterKind::PerImage)
+      return notUsedBy(ptr + "/scope", "router kind", kindName);
+    if (!optEnum(router, ptr, "scope", "router scope", kRouterScopes,
+                 out.modelScope))
+      return false;
+  }
+
+  // Routing groups: a per-image router decides for each image alone.
+  if (member(router, "group_size") && kind == RouterKind::PerImage)
+    return notUsedBy(ptr + "/group_size", "router kind", kindName);
+  if (!inherit)
+    out.groupSize = 1;
+  if (!optInt(router, ptr, "group_size", 1, out.groupSize,
+              limits::kMaxGroupSize))
+    return false;
+  return parseGate(router, ptr, inherit, out);
+}
+
+bool SpecParser::parseGate(const Json &router, const std::string &ptr,
+                           bool inherit, RouterSpec &out) {
+  // Cosine gates: Soft MoE's as published (google-research/vmoe), and the
+  // cosine router (X-MoE) for the kinds that choose. A per-image router
+  // averages its tokens, which a cosine of tokens does not describe.
+  bool perImage = out.kind == RouterKind::PerImage;
+  if (!inherit) {
+    out.cosine = out.kind == RouterKind::Soft;
+    out.gateDim = 0;
+    out.gateScale = 1.0;
+  }
+  if (member(router, "gate")) {
+    if (perImage)
+      return notUsedBy(ptr + "/gate", "router kind", toString(out.kind));
+    if (!optEnum(router, ptr, "gate", "router gate", kRouterGates, out.cosine))
+      return false;
+    if (!out.cosine) {
+      out.gateDim = 0;
+      out.gateScale = 1.0;
+    }
+  }
+  for (const char *key : {"gate_dim", "gate_scale"})
+    if (member(router, key) && !out.cosine)
+      return fail(ptr + "/" + key, "needs \"gate\": \"cosine\"");
+  return optInt(router, ptr, "gate_dim", 1, out.gateDim, limits::kMaxGateDim) &&
+         optNumber(router, ptr, "gate_scale", above(0), out.gateScale);
 }
 
 bool SpecParser::parseCapacityFactor(const Json &value, const std::string &ptr,
@@ -408,4 +468,21 @@ bool SpecParser::parseSuperClassMap(const Json &map, const ModelSpec &model,
     out.superClassMap.push_back(superClass);
   }
   return true;
+}
+
+std::optional<SpecError> moec::spec::checkRoutingGroups(const Spec &spec,
+                                                        int64_t batch) {
+  for (const MoELayerSpec &layer : spec.moe.layers) {
+    int64_t n = layer.settings.router.groupSize;
+    if (batch % n == 0)
+      continue;
+    std::string pointer = layer.pointer + "/router/group_size";
+    if (layer.pointer.empty() || !spec.positions.count(pointer))
+      pointer = "/moe/router/group_size";
+    return SpecError{spec.sourceName, spec.positionOf(pointer), pointer,
+                     std::to_string(n) + " images per routing group do not "
+                     "divide the batch of " + std::to_string(batch) +
+                     " images"};
+  }
+  return std::nullopt;
 }

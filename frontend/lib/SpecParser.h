@@ -61,6 +61,12 @@ inline constexpr EnumName<RouterKind> kRouterKinds[] = {
 /// token.
 inline constexpr EnumName<bool> kRouterInputs[] = {{"mean", false},
                                                    {"class-token", true}};
+/// A router's scope: false = its layer, true = the whole model.
+inline constexpr EnumName<bool> kRouterScopes[] = {{"layer", false},
+                                                   {"model", true}};
+/// A router's gate: false = linear, true = cosine.
+inline constexpr EnumName<bool> kRouterGates[] = {{"linear", false},
+                                                  {"cosine", true}};
 inline constexpr EnumName<PlacementRule> kPlacementRules[] = {
     {"every-n", PlacementRule::EveryN},
     {"last-n", PlacementRule::LastN},
@@ -242,6 +248,10 @@ private:
   /// own router (kind required).
   bool parseRouter(const Json &router, const std::string &pointer,
                    const RouterSpec *base, RouterSpec &out);
+  /// The router's "gate", "gate_dim" and "gate_scale" (`inherit`: `out`
+  /// holds the inherited router of the same kind).
+  bool parseGate(const Json &router, const std::string &pointer, bool inherit,
+                 RouterSpec &out);
   bool parseCapacityFactor(const Json &value, const std::string &pointer,
                            MoELayerSettings &out);
   bool parseAuxLoss(const Json &aux, const Json &moe, MoESpec &out);

@@ -17,6 +17,7 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
 
+#include <cmath>
 #include <functional>
 #include <string>
 
@@ -89,7 +90,7 @@ public:
       Location clsLoc = loc("cls_token", "/model/pooling");
       Value cls = ParamOp::create(b, clsLoc, tensor({d}), "cls_token",
                                   InitKind::Normal, b.getF64FloatAttr(1e-6),
-                                  /*no_decay=*/true);
+                                  FloatAttr(), /*no_decay=*/true);
       x = create<ClassTokenOp>(clsLoc, infer(clsLoc, [&](EmitErrorFn e) {
                                  return inferClassTokenShape(e, shape(x),
                                                              shape(cls));
@@ -172,9 +173,20 @@ private:
   }
 
   Value emitMoE(const std::string &prefix, const spec::MoELayerSpec &layer,
-                Value h) {
+                Value tokens) {
     const spec::MoELayerSettings &moe = layer.settings;
     int64_t d = model.width, e = moe.experts, hidden = moe.expertHidden;
+
+    // Routing groups of n images: the router, its dispatch and its combine
+    // see [B/n, n*T, D], one group per row (a view of the same buffer).
+    Value h = tokens;
+    int64_t n = moe.router.groupSize;
+    if (n > 1) {
+      ArrayRef<int64_t> ts = shape(tokens);
+      h = create<ReshapeOp>(loc(prefix + ".groups",
+                                settingPointer(layer, "router")),
+                            tensor({ts[0] / n, n * ts[1], ts[2]}), tokens);
+    }
 
     Location routerLoc =
         loc(prefix + ".router", settingPointer(layer, "router"));
@@ -203,10 +215,22 @@ private:
       config.slotsPerExpert = moe.router.slotsPerExpert;
     int64_t slots = config.slotsPerExpert.value_or(1);
 
-    Value wRouter = param(prefix + ".router.weight", {d, e * slots}, routerLoc);
+    // The model's one router ("scope": "model"): every layer after the
+    // first decides from the first layer's tokens, weight and noise, so
+    // its decisions are the first layer's (its fused layer recomputes them
+    // from that gate input).
+    MoELayer *first = nullptr;
+    if (moe.router.modelScope && !layers.empty())
+      first = &layers.front();
+    auto [routerIn, wRouter] =
+        first ? std::pair(first->router.getInput(), first->router.getWeight())
+        : moe.router.cosine
+            ? cosineGate(prefix, moe.router, h, e * slots, routerLoc)
+            : std::pair(h, param(prefix + ".router.weight", {d, e * slots},
+                                 routerLoc));
     FailureOr<RouterShapes> shapes = inferRouterShapes(
-        [&] { return emitError(routerLoc); }, shape(h), shape(wRouter), config,
-        e);
+        [&] { return emitError(routerLoc); }, shape(routerIn), shape(wRouter),
+        config, e);
     if (failed(shapes))
       llvm::report_fatal_error("spec validation accepted an invalid router");
     auto optI64 = [&](std::optional<int64_t> v) {
@@ -218,16 +242,18 @@ private:
     // Noisy top-k in training: standard normal samples are an input the
     // runtime fills from its seeded generator before every step.
     Value noise;
-    if (config.noiseStd && newInput)
+    if (first)
+      noise = first->noise;
+    else if (config.noiseStd && newInput)
       noise = newInput("noise." + prefix, tensor(shapes->logits));
     auto router = RouterOp::create(
         b, routerLoc, tensor(shapes->dispatch), tensor(shapes->combine),
-        tensor(shapes->logits), config.kind, h, wRouter, noise,
+        tensor(shapes->logits), config.kind, routerIn, wRouter, noise,
         optI64(config.k), optF64(config.capacityFactor),
         optF64(config.noiseStd), optI64(config.sinkhornIters),
         optI64(config.slotsPerExpert), config.batchPrioritized,
         config.classToken);
-    layers.push_back({prefix, router, noise});
+    layers.push_back({prefix, router, noise, /*sharesRouter=*/first != nullptr});
 
     Location expertsLoc =
         loc(prefix + ".experts", settingPointer(layer, "experts"));
@@ -245,6 +271,8 @@ private:
                                  b2);
     Value y = create<CombineOp>(expertsLoc, tensorLike(h), ys,
                                 router.getCombine());
+    if (n > 1)
+      y = create<ReshapeOp>(y.getLoc(), tensorLike(tokens), y);
 
     if (moe.sharedExpert) {
       Location sharedLoc =
@@ -253,18 +281,54 @@ private:
       Value sb1 = zeros(prefix + ".shared.fc1.bias", {hidden}, sharedLoc);
       Value sw2 = param(prefix + ".shared.fc2.weight", {hidden, d}, sharedLoc);
       Value sb2 = zeros(prefix + ".shared.fc2.bias", {d}, sharedLoc);
-      Value s = create<SharedExpertOp>(sharedLoc, tensorLike(h),
-                                       toActivation(model.activation), h, sw1,
-                                       sb1, sw2, sb2);
+      Value s = create<SharedExpertOp>(sharedLoc, tensorLike(tokens),
+                                       toActivation(model.activation), tokens,
+                                       sw1, sb1, sw2, sb2);
       y = create<AddOp>(sharedLoc, tensorLike(y), y, s);
     }
     return y;
   }
 
+  /// A cosine gate's router input and weight: the tokens (projected to
+  /// gate_dim when set) normalised, and the `columns` expert codes
+  /// normalised, times the learned scale; the router's logits x * W are
+  /// then scale * cos(token, code).
+  std::pair<Value, Value> cosineGate(const std::string &prefix,
+                                     const spec::RouterSpec &router, Value h,
+                                     int64_t columns, Location l) {
+    constexpr double kEps = 1e-6;
+    Value tokens = h;
+    int64_t dim = model.width;
+    if (router.gateDim > 0) {
+      Value proj = param(prefix + ".router.projection", {dim, router.gateDim},
+                         l);
+      tokens = dense(h, proj, Value(), l);
+      dim = router.gateDim;
+    }
+    auto normalize = [&](Value x, Value scale, int64_t along) {
+      return create<L2NormalizeOp>(l, tensorLike(x), x, scale,
+                                   b.getI64IntegerAttr(along),
+                                   b.getF64FloatAttr(kEps));
+    };
+    // Codes of norm about 1 (std 1/sqrt(dim), LeCun's), so that the
+    // optimizer turns them at the rate it moves other weights.
+    Value codes = ParamOp::create(b, l, tensor({dim, columns}),
+                                  prefix + ".router.weight",
+                                  InitKind::TruncNormal,
+                                  b.getF64FloatAttr(1.0 / std::sqrt(dim)),
+                                  FloatAttr(), /*no_decay=*/false);
+    Value scale = ParamOp::create(b, l, tensor({1}), prefix + ".router.scale",
+                                  InitKind::Constant, FloatAttr(),
+                                  b.getF64FloatAttr(router.gateScale),
+                                  /*no_decay=*/true);
+    return {normalize(tokens, Value(), 2), normalize(codes, scale, 0)};
+  }
+
   Value layerNorm(const std::string &name, Value x, Location l) {
     int64_t d = model.width;
     Value g = ParamOp::create(b, l, tensor({d}), name + ".weight",
-                              InitKind::Ones, FloatAttr(), /*no_decay=*/true);
+                              InitKind::Ones, FloatAttr(), FloatAttr(),
+                              /*no_decay=*/true);
     Value beta = zeros(name + ".bias", {d}, l);
     return create<LayerNormOp>(l, tensorLike(x), x, g, beta,
                                b.getF64FloatAttr(model.layerNormEps));
@@ -272,8 +336,10 @@ private:
 
   Value dense(Value x, Value w, Value bias, Location l) {
     return create<DenseOp>(l, infer(l, [&](EmitErrorFn e) {
-                             return inferDenseShape(e, shape(x), shape(w),
-                                                    shape(bias));
+                             return inferDenseShape(
+                                 e, shape(x), shape(w),
+                                 bias ? std::optional(shape(bias))
+                                      : std::nullopt);
                            }),
                            x, w, bias);
   }
@@ -284,12 +350,13 @@ private:
   Value param(const std::string &name, ArrayRef<int64_t> s, Location l,
               bool decay = true) {
     return ParamOp::create(b, l, tensor(s), name, InitKind::TruncNormal,
-                           b.getF64FloatAttr(0.02), /*no_decay=*/!decay);
+                           b.getF64FloatAttr(0.02), FloatAttr(),
+                           /*no_decay=*/!decay);
   }
   /// A bias: zeros, no weight decay.
   Value zeros(const std::string &name, ArrayRef<int64_t> s, Location l) {
     return ParamOp::create(b, l, tensor(s), name, InitKind::Zeros, FloatAttr(),
-                           /*no_decay=*/true);
+                           FloatAttr(), /*no_decay=*/true);
   }
 
   template <typename OpTy, typename... Args>
@@ -335,6 +402,9 @@ public:
     std::string prefix;
     RouterOp router;
     Value noise;
+    /// Decides with the model's router (the first layer's): its logits
+    /// are the first layer's, so it adds no auxiliary losses.
+    bool sharesRouter = false;
   };
   std::vector<MoELayer> layers;
   /// Adds an input (function argument) named `name`; set by the caller.
@@ -417,6 +487,8 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
     spec::SourcePos auxPos = spec.positionOf("/moe/aux_loss");
     SmallVector<Value> auxTerms;
     for (auto &layer : emitter.layers) {
+      if (layer.sharesRouter)
+        continue;
       RouterOp r = layer.router;
       auto add = [&](AuxLossKind kind, double weight, bool withNoise,
                      bool withLabels) {

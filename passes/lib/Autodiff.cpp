@@ -242,7 +242,7 @@ struct AutodiffPass : public moec::impl::AutodiffPassBase<AutodiffPass> {
         b.setInsertionPointToStart(&body);
         auto s = ParamOp::create(b, p.getLoc(), p.getType(),
                                  ("optimizer." + slot + "." + p.getName()).str(),
-                                 InitKind::Zeros, FloatAttr());
+                                 InitKind::Zeros, FloatAttr(), FloatAttr());
         s->setAttr(MoEDialect::StateAttrHelper::getNameStr(), b.getUnitAttr());
         return s.getResult();
       };

@@ -52,8 +52,13 @@ std::optional<Layer> matchLayer(RouterOp router) {
     }
     return std::nullopt;
   }
-  if (!layer.dispatch || layer.dispatch.getInput() != router.getInput() ||
-      layer.dispatch.getDispatch() != router.getDispatch())
+  // The router may read other values of the same tokens than the experts
+  // (cosine gates: the normalised tokens); they become the gate input.
+  if (!layer.dispatch || layer.dispatch.getDispatch() != router.getDispatch())
+    return std::nullopt;
+  auto routerIn = cast<RankedTensorType>(router.getInput().getType());
+  auto tokens = cast<RankedTensorType>(layer.dispatch.getInput().getType());
+  if (routerIn.getShape().take_front(2) != tokens.getShape().take_front(2))
     return std::nullopt;
   layer.experts = soleUser<ExpertsOp>(layer.dispatch.getResult());
   if (!layer.experts || layer.experts.getInput() != layer.dispatch.getResult())
@@ -105,17 +110,20 @@ struct FuseRoutingPass
     // The experts' location names the layer in profiles (a NameLoc from
     // the frontend).
     Location loc = experts.getLoc();
-    auto input = cast<RankedTensorType>(router.getInput().getType());
+    Value tokens = layer.dispatch.getInput();
+    Value gateInput =
+        router.getInput() == tokens ? Value() : router.getInput();
+    auto input = cast<RankedTensorType>(tokens.getType());
     auto counts = RankedTensorType::get(
         {input.getDimSize(0), router.getNumExperts()}, input.getElementType());
     auto fused = RoutedFFNOp::create(
         b, loc,
         TypeRange{layer.combine.getType(), router.getLogits().getType(),
                   counts},
-        router.getKindAttr(), experts.getActivationAttr(), router.getInput(),
+        router.getKindAttr(), experts.getActivationAttr(), tokens,
         router.getWeight(), experts.getFc1Weight(), experts.getFc1Bias(),
         experts.getFc2Weight(), experts.getFc2Bias(), router.getNoise(),
-        router.getKAttr(), b.getI64IntegerAttr(router.getCapacity()),
+        gateInput, router.getKAttr(), b.getI64IntegerAttr(router.getCapacity()),
         b.getI64IntegerAttr(std::min<int64_t>(rowTile, router.getCapacity())),
         router.getCapacityFactorAttr(),
         router.getNoiseStdAttr(), router.getSinkhornItersAttr(),

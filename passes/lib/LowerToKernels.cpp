@@ -190,6 +190,13 @@ struct LowerToKernelsPass
       return signalPassFailure();
     }
 
+    // moe.reshape (routing groups) is a view: a collapse to one dimension
+    // and an expand to the result's shape, which the memory plan gives the
+    // source's buffer.
+    for (auto reshape :
+         llvm::make_early_inc_range(entryFn.getOps<ReshapeOp>()))
+      lowerReshape(reshape);
+
     // Work: moe compute ops (per-image kernels) and linalg ops (whole-batch
     // kernels), in program order. A fill or a broadcast that only
     // initializes one linalg op is done inside that op's kernel.
@@ -264,6 +271,28 @@ struct LowerToKernelsPass
     for (Operation *op : llvm::reverse(all))
       if (op->use_empty() && isMemoryEffectFree(op) && !isa<func::CallOp>(op))
         op->erase();
+  }
+
+  static void lowerReshape(ReshapeOp op) {
+    OpBuilder b(op);
+    Location loc = op.getLoc();
+    Value v = op.getInput();
+    auto in = cast<RankedTensorType>(v.getType());
+    auto out = cast<RankedTensorType>(op.getType());
+    auto all = [](int64_t rank) {
+      ReassociationIndices dims;
+      for (int64_t i = 0; i < rank; ++i)
+        dims.push_back(i);
+      return SmallVector<ReassociationIndices>{dims};
+    };
+    auto flat =
+        RankedTensorType::get({in.getNumElements()}, in.getElementType());
+    if (in.getRank() != 1)
+      v = tensor::CollapseShapeOp::create(b, loc, flat, v, all(in.getRank()));
+    if (out.getRank() != 1)
+      v = tensor::ExpandShapeOp::create(b, loc, out, v, all(out.getRank()));
+    op.replaceAllUsesWith(v);
+    op.erase();
   }
 
   /// How a whole-batch linalg op is split: the position of loop dimension

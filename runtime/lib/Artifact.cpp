@@ -51,6 +51,8 @@ const char *initKindName(InitKind kind) {
     return "normal";
   case InitKind::TruncNormal:
     return "trunc_normal";
+  case InitKind::Constant:
+    return "constant";
   }
   return "?";
 }
@@ -589,8 +591,8 @@ static bool readParams(JsonCheck &check, const json &root, Manifest &m) {
         !check.getString(value, at, "dtype", p.dtype) ||
         !check.getUInt(value, at, "offset", p.offset) ||
         !check.getEnum(value, at, "init",
-                       {"zeros", "ones", "normal", "trunc_normal"}, "init kind",
-                       init))
+                       {"zeros", "ones", "normal", "trunc_normal", "constant"},
+                       "init kind", init))
       return false;
     if (!names.insert(p.name).second)
       return check.fail(jsonPointer(at, "name"),
@@ -612,7 +614,11 @@ static bool readParams(JsonCheck &check, const json &root, Manifest &m) {
       p.init = InitKind::Zeros;
     else if (init == "ones")
       p.init = InitKind::Ones;
-    else {
+    else if (init == "constant") {
+      p.init = InitKind::Constant;
+      if (!check.getNumber(value, at, "value", -3.0e38, 3.0e38, p.value))
+        return false;
+    } else {
       p.init = init == "normal" ? InitKind::Normal : InitKind::TruncNormal;
       if (!check.getPositiveNumber(value, at, "std", p.std))
         return false;
@@ -770,6 +776,16 @@ static bool readDispatch(JsonCheck &check, const json &value,
     return false;
   d.parallel = parallel == "images" ? Dispatch::Parallel::Images
                                     : Dispatch::Parallel::Fixed;
+  // An images dispatch runs over the batch's images, or over its routing
+  // groups (batch / tiles images each).
+  if (d.parallel == Dispatch::Parallel::Images) {
+    if (d.tiles < 1 || d.tiles > m.batch || m.batch % d.tiles != 0)
+      return check.fail(jsonPointer(at, "tiles"),
+                        cat(d.tiles, " tiles, but an images dispatch runs "
+                                     "over the batch (",
+                            m.batch, ") or a divisor of it (routing groups)"));
+    d.imagesPerStep = m.batch / d.tiles;
+  }
   const json *args = check.member(value, at, "args");
   std::string argsAt = jsonPointer(at, "args");
   if (!args || !check.isArray(*args, argsAt))

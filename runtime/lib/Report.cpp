@@ -133,6 +133,8 @@ std::string inspectReport(const Artifact &a) {
     std::string init = initKindName(p.init);
     if (p.init == InitKind::Normal || p.init == InitKind::TruncNormal)
       init += cat("(std ", p.std, ")");
+    if (p.init == InitKind::Constant)
+      init += cat("(", p.value, ")");
     appendPrintf(out, "  %-*s  %-*s  %12" PRId64 "  %s\n", int(nameWidth),
                  p.name.c_str(), int(shapeWidth), formatShape(p.shape).c_str(),
                  p.count(), init.c_str());

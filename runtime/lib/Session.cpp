@@ -3,6 +3,7 @@
 #include "moec/Runtime/Session.h"
 
 #include <chrono>
+#include <numeric>
 
 #include "moec/Runtime/Weights.h"
 
@@ -347,20 +348,34 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
   char *output = static_cast<char *>(arena_) + entry.outputs[0].offset;
   const size_t imageBytes = static_cast<size_t>(m.imageSize()) * 4;
   const size_t logitBytes = static_cast<size_t>(m.classes) * 4;
+  // Calls hold whole routing groups: a chunk is a multiple of every
+  // layer's group (their lcm divides the batch), and the images past the
+  // last one are zeros, routed with the real ones of their group.
+  int64_t group = 1;
+  for (const Dispatch &d : plan)
+    group = std::lcm(group, d.imagesPerStep);
+  const int64_t chunk =
+      std::min<int64_t>(m.batch, (kChunk + group - 1) / group * group);
   for (int64_t done = 0; done < n;) {
-    int64_t count = std::min<int64_t>(std::min<int64_t>(m.batch, kChunk),
-                                      n - done);
+    int64_t count = std::min<int64_t>(chunk, n - done);
+    int64_t padded = (count + group - 1) / group * group;
     device_->upload(input, images + done * m.imageSize(), count * imageBytes);
+    if (padded > count) {
+      std::vector<float> zeros(static_cast<size_t>(padded - count) *
+                               static_cast<size_t>(m.imageSize()));
+      device_->upload(input + count * imageBytes, zeros.data(),
+                      zeros.size() * 4);
+    }
     for (size_t i = 0; i < plan.size(); ++i) {
       auto start = std::chrono::steady_clock::now();
       if (Error e = device_->runDispatch(plan[i], (*inferArgs_)[i].data(),
-                                         count))
+                                         padded))
         return e;
       if (profiling_) {
         dispatchSeconds_[i] += std::chrono::duration<double>(
                                    std::chrono::steady_clock::now() - start)
                                    .count();
-        dispatchFlops_[i] += plan[i].flopsFor(count);
+        dispatchFlops_[i] += plan[i].flopsFor(padded);
       }
     }
     device_->download(logits + done * m.classes, output, count * logitBytes);

@@ -98,8 +98,11 @@ void initParameter(const ParamSpec &param, uint64_t seed, float *out) {
   const int64_t n = param.count();
   switch (param.init) {
   case InitKind::Zeros:
-  case InitKind::Ones: {
-    float value = param.init == InitKind::Ones ? 1.0f : 0.0f;
+  case InitKind::Ones:
+  case InitKind::Constant: {
+    float value = param.init == InitKind::Ones        ? 1.0f
+                  : param.init == InitKind::Constant ? float(param.value)
+                                                      : 0.0f;
     for (int64_t i = 0; i < n; ++i)
       out[i] = value;
     return;

@@ -251,7 +251,7 @@ TEST(Artifact, ManifestSchemaErrors) {
             m + "/params/0/dtype: unsupported dtype 'bf16' (expected f32)");
   EXPECT_EQ(manifestError([](json &j) { j["params"][0]["init"] = "xavier"; }),
             m + "/params/0/init: unknown init kind 'xavier' (expected one "
-                "of: zeros, ones, normal, trunc_normal)");
+                "of: zeros, ones, normal, trunc_normal, constant)");
   EXPECT_EQ(manifestError([](json &j) { j["params"][0].erase("std"); }),
             m + "/params/0/std: required field is missing");
   EXPECT_EQ(manifestError([](json &j) { j["params"][0]["std"] = -1; }),
@@ -337,7 +337,8 @@ TEST(Artifact, PlanValidation) {
                 "than the limit of 1048576");
   EXPECT_EQ(planError([](json &j) { j["entries"]["infer"][1]["tiles"] = 5; }),
             p + "/entries/infer/1/tiles: 5 tiles, but an images dispatch "
-                "runs over at most the batch (4)");
+                "runs over the batch (4) or a divisor of it (routing "
+                "groups)");
   EXPECT_EQ(planError([](json &j) {
               j["entries"]["infer"][2]["args"][1]["offset"] = 4;
             }),

@@ -28,13 +28,14 @@ func.func @shared_param(%x: tensor<8x50x64xf32>) -> tensor<8x50x128xf32> {
 // Top-2 of 4 experts: a token uses half of the 4288 expert parameters.
 // params = 64 (router) + 4288 = 4352, active = 64 + 2144 = 2208.
 // FLOPs: router 2*10*16*4 + 5*10*4 = 1480, dispatch (a gather) 0,
-// experts 40 rows * (4*16*32 + 2*32 + 16) = 85120, combine 2*640 = 1280.
+// experts: the filled slots only, 10 tokens * k = 20 rows of the 40 slots,
+// * (4*16*32 + 2*32 + 16) = 42560, combine 2*640 = 1280.
 // CHECK-LABEL: func.func @moe_layer
-// CHECK-SAME: moe.active_params = 2208 : i64, moe.flops = 87880 : i64, moe.params = 4352 : i64
+// CHECK-SAME: moe.active_params = 2208 : i64, moe.flops = 45320 : i64, moe.params = 4352 : i64
 // PEROP-LABEL: func.func @moe_layer
 // PEROP: moe.router token_choice {{.*}}moe.flops = 1480 : i64
 // PEROP: moe.dispatch {{.*}}moe.flops = 0 : i64
-// PEROP: moe.experts gelu {{.*}}moe.flops = 85120 : i64
+// PEROP: moe.experts gelu {{.*}}moe.flops = 42560 : i64
 // PEROP: moe.combine {{.*}}moe.flops = 1280 : i64
 func.func @moe_layer(%x: tensor<2x5x16xf32>) -> tensor<2x5x16xf32> {
   %wr = moe.param "router.weight" init(trunc_normal, 2.000000e-02) : tensor<16x4xf32>

@@ -155,10 +155,13 @@ func.func @combine_escapes(%x: tensor<2x6x8xf32>) -> (tensor<2x6x8xf32>, tensor<
 
 // -----
 
-// The dispatch reads other tokens than the router ranked: not one layer.
-// And a logits user before the combine would have to move: left unfused.
+// The dispatch reads other tokens than the router ranked (as with cosine
+// gates, whose router reads the normalised tokens): the fused layer's
+// experts read the dispatched tokens, its router the gate input. A logits
+// user before the combine would have to move: left unfused.
 // CHECK-LABEL: func.func @other_tokens
-// CHECK-NOT: moe.routed_ffn
+// CHECK-SAME: (%[[X:[^:]+]]: tensor<2x6x8xf32>, %[[Z:[^:]+]]: tensor<2x6x8xf32>)
+// CHECK: moe.routed_ffn token_choice gelu %[[Z]], %{{.*}} gate %[[X]] {{{.*}}} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>, tensor<2x6x8xf32>)
 // CHECK-LABEL: func.func @logits_early
 // CHECK-NOT: moe.routed_ffn
 // CHECK: moe.aux_loss

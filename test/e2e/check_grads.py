@@ -340,13 +340,27 @@ def check_eval(args, spec, manifest, weights_path, model, stem, rng):
     with open(spec) as f:
         moe = json.load(f).get("moe") or {}
 
-    def one_hot(key):
-        """Whether the layer of output `key` ("routing.blocks.3.moe") has a
-        one-hot router: /moe/layers/3/router/kind, else /moe/router/kind."""
+    def router_of(key):
+        """The router settings of the layer of output `key`
+        ("routing.blocks.3.moe"): /moe/layers/3/router over /moe/router (a
+        layer of another kind starts from that kind's defaults)."""
         block = key.split(".")[2] if key.count(".") >= 3 else None
-        kind = (((moe.get("layers") or {}).get(block) or {}).get("router")
-                or {}).get("kind") or (moe.get("router") or {}).get("kind")
-        return kind is not None and kind != "soft"
+        base = moe.get("router") or {}
+        own = ((moe.get("layers") or {}).get(block) or {}).get("router") or {}
+        if own.get("kind", base.get("kind")) != base.get("kind"):
+            return own
+        return {**base, **own}
+
+    def whole_counts(key, what):
+        """Whether the counts must be whole numbers: a one-hot router, and
+        with routing groups only when every group counts whole (each
+        group's counts are weighted by the share of its images that
+        count)."""
+        router = router_of(key)
+        kind = router.get("kind")
+        if kind is None or kind == "soft":
+            return False
+        return router.get("group_size", 1) == 1 or what in ("all", "none")
     masks = {"all": [1.0] * batch,
              "all but the last": [1.0] * (batch - 1) + [0.0],
              "only the last": [0.0] * (batch - 1) + [1.0],
@@ -397,7 +411,8 @@ def check_eval(args, spec, manifest, weights_path, model, stem, rng):
         for what, c in counts.items():
             if any(v < -tol for v in c):
                 problems.append(f"eval ({what}): {key}: negative counts {list(c)}")
-            if one_hot(key) and any(abs(v - round(v)) > 1e-3 for v in c):
+            if whole_counts(key, what) and any(abs(v - round(v)) > 1e-3
+                                               for v in c):
                 problems.append(f"eval ({what}): {key}: counts {list(c)} of a "
                                 "one-hot router are not whole numbers")
         if total <= 0:

@@ -264,6 +264,16 @@ struct Layer {
   double noiseStd = 0.0;
   bool batchPrioritized = false; // token-choice, sinkhorn
   bool classToken = false;       // per-image: route from token 0
+  // Cosine gates: logits = scale * cos(token (projected to gateDim if > 0),
+  // code); the default of soft MoE.
+  bool cosine = false;
+  int64_t gateDim = 0;
+  double gateScale = 1.0;
+  int64_t groupSize = 1; // images per routing group
+  bool modelScope = false; // per-image: the first MoE layer's router decides
+                           // for every MoE layer
+  /// The dimension the router's codes live in.
+  int64_t gateWidth(int64_t D) const { return gateDim > 0 ? gateDim : D; }
 };
 
 struct Spec {
@@ -417,8 +427,34 @@ void readLayer(const json &obj, const std::string &ctx, const Layer *base,
       out.noiseStd = 0.0;
       out.batchPrioritized = false;
       out.classToken = false;
+      out.cosine = kind == RouterKind::Soft;
+      out.gateDim = 0;
+      out.gateScale = 1.0;
+      out.groupSize = 1;
+    }
+    if (r.contains("group_size"))
+      out.groupSize = getPosInt(r, "group_size", c);
+    if (r.contains("scope")) {
+      const std::string scope = getStr(r, "scope", c);
+      if (scope != "layer" && scope != "model")
+        fail("spec: '" + c + "scope' must be \"layer\" or \"model\"");
+      out.modelScope = scope == "model";
     }
     out.router = kind;
+    if (r.contains("gate")) {
+      const std::string gate = getStr(r, "gate", c);
+      if (gate != "linear" && gate != "cosine")
+        fail("spec: '" + c + "gate' must be \"linear\" or \"cosine\"");
+      out.cosine = gate == "cosine";
+      if (!out.cosine) {
+        out.gateDim = 0;
+        out.gateScale = 1.0;
+      }
+    }
+    if (r.contains("gate_dim"))
+      out.gateDim = getPosInt(r, "gate_dim", c);
+    if (r.contains("gate_scale"))
+      out.gateScale = getNum(r, "gate_scale", c);
     if (r.contains("noise_std")) {
       out.noiseStd = getNum(r, "noise_std", c);
       if (!(out.noiseStd >= 0) || !std::isfinite(out.noiseStd))
@@ -734,7 +770,9 @@ struct FFNWeights {
 
 struct MoEWeights {
   Layer cfg;          // this layer's settings
-  Vec router;         // [D, E * slots]
+  Vec router;         // [D, E * slots]; cosine gates: [gate width, E * slots]
+  Vec projection;     // cosine gates with gate_dim: [D, gate_dim]
+  Vec scale;          // cosine gates: [1]
   Vec w1, b1, w2, b2; // [E, D, H], [E, H], [E, H, D], [E, D]
   bool shared = false;
   FFNWeights sharedFFN;
@@ -787,7 +825,16 @@ Model loadModel(const Spec &s, const SafeTensors &st) {
       const int64_t E = c.E, H = c.Hx;
       const int64_t slots = c.router == RouterKind::Soft ? c.slots : 1;
       b.moeW.cfg = c;
-      b.moeW.router = st.get(p + "moe.router.weight", {D, E * slots});
+      // A model-scope router's weight is the first MoE layer's (the later
+      // layers read it there).
+      if (!c.modelScope || i == *s.moeBlocks.begin())
+        b.moeW.router =
+            st.get(p + "moe.router.weight", {c.gateWidth(D), E * slots});
+      if (c.cosine)
+        b.moeW.scale = st.get(p + "moe.router.scale", {1});
+      if (c.gateDim > 0)
+        b.moeW.projection =
+            st.get(p + "moe.router.projection", {D, c.gateDim});
       b.moeW.w1 = st.get(p + "moe.experts.fc1.weight", {E, D, H});
       b.moeW.b1 = st.get(p + "moe.experts.fc1.bias", {E, H});
       b.moeW.w2 = st.get(p + "moe.experts.fc2.weight", {E, H, D});
@@ -825,6 +872,7 @@ struct TrainCtx {
   int64_t label = 0;
   std::map<int64_t, const double *> noise; // block -> this image's [S, E] noise
   int64_t block = -1;                       // the block being evaluated
+  int64_t noiseBlock = -1; // the block whose noise the router reads
   // Outputs, summed over the images.
   std::map<int64_t, LayerLoss> layers;
   uint64_t sig = 1469598103934665603ull; // hash of every discrete decision
@@ -898,7 +946,8 @@ int64_t capacityOf(int64_t k, int64_t S, double cf, int64_t E) {
 Vec fillAndCombine(const Model &m, const MoEWeights &w, const Vec &h,
                    const std::vector<std::vector<int64_t>> &choice, const Vec &G,
                    const std::vector<int64_t> &order, double cf, TrainCtx *ctx) {
-  const int64_t S = m.S, D = m.s.D, E = w.cfg.E, k = w.cfg.k;
+  const int64_t D = m.s.D, S = int64_t(h.size()) / D, E = w.cfg.E,
+                k = w.cfg.k;
   const int64_t C = capacityOf(k, S, cf, E);
   std::vector<int64_t> fill(size_t(E), 0);
   Vec y(size_t(S * D), 0.0);
@@ -1028,23 +1077,60 @@ Vec sinkhorn(Vec Q, int64_t S, int64_t E, int64_t iterations) {
 void addNoise(Vec &L, const Layer &c, int64_t E, TrainCtx *ctx) {
   if (!ctx || !(c.noiseStd > 0))
     return;
-  const double *N = ctx->noise.at(ctx->block);
+  const double *N = ctx->noise.at(ctx->noiseBlock);
   for (size_t i = 0; i < L.size(); ++i)
     L[i] += c.noiseStd / double(E) * N[i];
 }
 
+/// A token-level router's logits [S, J]: h * W, or with a cosine gate
+/// scale * <normalize(h (* projection)), normalize(column j of W)>, the
+/// norms sqrt(sum v^2 + 1e-6).
+Vec gateLogits(const MoEWeights &w, const Vec &h, int64_t S, int64_t D,
+               int64_t J) {
+  const Layer &c = w.cfg;
+  if (!c.cosine)
+    return linear(h, S, D, w.router.data(), nullptr, J);
+  const int64_t Dg = c.gateWidth(D);
+  Vec x = c.gateDim > 0
+              ? linear(h, S, D, w.projection.data(), nullptr, c.gateDim)
+              : h;
+  for (int64_t t = 0; t < S; ++t) {
+    double sq = 0;
+    for (int64_t i = 0; i < Dg; ++i)
+      sq += x[size_t(t * Dg + i)] * x[size_t(t * Dg + i)];
+    for (int64_t i = 0; i < Dg; ++i)
+      x[size_t(t * Dg + i)] /= std::sqrt(sq + 1e-6);
+  }
+  Vec codes = w.router;
+  for (int64_t j = 0; j < J; ++j) {
+    double sq = 0;
+    for (int64_t i = 0; i < Dg; ++i)
+      sq += codes[size_t(i * J + j)] * codes[size_t(i * J + j)];
+    for (int64_t i = 0; i < Dg; ++i)
+      codes[size_t(i * J + j)] *= w.scale[0] / std::sqrt(sq + 1e-6);
+  }
+  return linear(x, S, Dg, codes.data(), nullptr, J);
+}
+
+/// One MoE layer on the tokens `h` of one routing group. A per-image
+/// router reads `routerIn` with weight `routerW` (the first MoE layer's
+/// for a model-scope router, else `h` and this layer's); `losses`: whether
+/// this layer adds auxiliary losses (not the later layers of a model-scope
+/// router).
 Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
-               TrainCtx *ctx) {
+               TrainCtx *ctx, const Vec &routerIn, const Vec &routerW,
+               bool losses) {
   const Spec &s = m.s;
   const Layer &c = w.cfg;
-  const int64_t S = m.S, D = s.D, E = c.E;
+  // The tokens of one routing group: one image, or groupSize images.
+  const int64_t D = s.D, S = int64_t(h.size()) / D, E = c.E;
   const double cf = ctx ? c.cfTrain : c.cf;
   LayerLoss *ll = ctx ? &ctx->layers[ctx->block] : nullptr;
   Vec y(size_t(S * D), 0.0);
   switch (c.router) {
   case RouterKind::TokenChoice:
   case RouterKind::Sinkhorn: {
-    Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
+    Vec Lg = gateLogits(w, h, S, D, E);
     Vec G = Lg;
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
@@ -1054,7 +1140,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     const double sn = c.noiseStd / double(E);
     Vec Ln;
     if (noisy) {
-      const double *N = ctx->noise.at(ctx->block);
+      const double *N = ctx->noise.at(ctx->noiseBlock);
       Ln = Lg;
       for (size_t i = 0; i < Ln.size(); ++i)
         Ln[i] += sn * N[i];
@@ -1093,7 +1179,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
   }
   case RouterKind::ExpertChoice:
   case RouterKind::SinkhornExpertChoice: {
-    Vec Lg = linear(h, S, D, w.router.data(), nullptr, E);
+    Vec Lg = gateLogits(w, h, S, D, E);
     Vec G = Lg;
     addNoise(G, c, E, ctx);
     for (int64_t t = 0; t < S; ++t)
@@ -1123,7 +1209,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
   }
   case RouterKind::Soft: {
     const int64_t J = E * c.slots;
-    Vec Lg = linear(h, S, D, w.router.data(), nullptr, J);
+    Vec Lg = gateLogits(w, h, S, D, J);
     Vec Dw = Lg, Cw = Lg;
     for (int64_t j = 0; j < J; ++j)
       softmaxStrided(&Dw[size_t(j)], S, J); // over tokens
@@ -1149,11 +1235,11 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     Vec mean(size_t(D), 0.0);
     for (int64_t t = 0; t < (c.classToken ? 1 : S); ++t)
       for (int64_t i = 0; i < D; ++i)
-        mean[size_t(i)] += h[size_t(t * D + i)];
+        mean[size_t(i)] += routerIn[size_t(t * D + i)];
     if (!c.classToken)
       for (double &v : mean)
         v /= double(S);
-    Vec Lg = linear(mean, 1, D, w.router.data(), nullptr, E);
+    Vec Lg = linear(mean, 1, D, routerW.data(), nullptr, E);
     Vec G = Lg;
     addNoise(G, c, E, ctx);
     softmaxStrided(G.data(), E, 1);
@@ -1165,7 +1251,7 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       for (int64_t t = 0; t < S; ++t)
         addScaled(y, t, D, G[size_t(e)], expert(m, w, e, row(h, t, D), ctx));
     }
-    if (ctx) {
+    if (ctx && losses) {
       routerAux(*ctx, *ll, s, Lg, 1, E, G, nullptr, 1, 0.0);
       // Mobile V-MoE super-class loss: CE(router logits, map[label]).
       if (!s.superClassMap.empty())
@@ -1210,66 +1296,133 @@ Vec attention(const Model &m, const BlockWeights &b, const Vec &h) {
   return linear(O, S, D, b.projw.data(), b.projb.data(), D);
 }
 
-/// The logits of one image. With `ctx`: training mode (train capacity,
-/// router noise, auxiliary losses accumulated into ctx).
-Vec forward(const Model &m, const float *img, TrainCtx *ctx = nullptr) {
+/// The logits of `count` consecutive images, which every MoE layer's
+/// routing groups divide. With `ctx`: training mode (train capacity, router
+/// noise, auxiliary losses accumulated into ctx); `select(i)` then points
+/// ctx at image i's label and noise before a layer routes the group that
+/// starts at image i (its noise rows follow: [B, T, E] is [B/n, n*T, E]).
+std::vector<Vec> forward(const Model &m, const float *imgs, int64_t count,
+                         TrainCtx *ctx = nullptr,
+                         const std::function<void(int64_t)> &select = {}) {
   const Spec &s = m.s;
   const int64_t D = s.D, P = s.P, S = m.S, gw = s.W / P, gh = s.H / P;
-  const int64_t pd = s.C * P * P;
-  // 1. Patches, row-major; patch vector index c*P*P + dy*P + dx.
-  Vec patches(size_t(m.T * pd));
-  for (int64_t py = 0; py < gh; ++py)
-    for (int64_t px = 0; px < gw; ++px) {
-      int64_t t = py * gw + px;
-      for (int64_t c = 0; c < s.C; ++c)
-        for (int64_t dy = 0; dy < P; ++dy)
-          for (int64_t dx = 0; dx < P; ++dx)
-            patches[size_t(t * pd + c * P * P + dy * P + dx)] = double(
-                img[size_t(c * s.H * s.W + (py * P + dy) * s.W + (px * P + dx))]);
+  const int64_t pd = s.C * P * P, per = s.C * s.H * s.W;
+  std::vector<Vec> xs;
+  for (int64_t im = 0; im < count; ++im) {
+    const float *img = imgs + im * per;
+    // 1. Patches, row-major; patch vector index c*P*P + dy*P + dx.
+    Vec patches(size_t(m.T * pd));
+    for (int64_t py = 0; py < gh; ++py)
+      for (int64_t px = 0; px < gw; ++px) {
+        int64_t t = py * gw + px;
+        for (int64_t c = 0; c < s.C; ++c)
+          for (int64_t dy = 0; dy < P; ++dy)
+            for (int64_t dx = 0; dx < P; ++dx)
+              patches[size_t(t * pd + c * P * P + dy * P + dx)] =
+                  double(img[size_t(c * s.H * s.W + (py * P + dy) * s.W +
+                                    (px * P + dx))]);
+      }
+    Vec tok = linear(patches, m.T, pd, m.patchW.data(), m.patchB.data(), D);
+    // 2. cls token, position embeddings.
+    Vec x(size_t(S * D));
+    int64_t off = 0;
+    if (s.clsPool) {
+      for (int64_t i = 0; i < D; ++i)
+        x[size_t(i)] = m.cls[size_t(i)];
+      off = 1;
     }
-  Vec tok = linear(patches, m.T, pd, m.patchW.data(), m.patchB.data(), D);
-  // 2. cls token, position embeddings.
-  Vec x(size_t(S * D));
-  int64_t off = 0;
-  if (s.clsPool) {
-    for (int64_t i = 0; i < D; ++i)
-      x[size_t(i)] = m.cls[size_t(i)];
-    off = 1;
+    for (int64_t t = 0; t < m.T; ++t)
+      for (int64_t i = 0; i < D; ++i)
+        x[size_t((t + off) * D + i)] = tok[size_t(t * D + i)];
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] += m.pos[i];
+    xs.push_back(std::move(x));
   }
-  for (int64_t t = 0; t < m.T; ++t)
-    for (int64_t i = 0; i < D; ++i)
-      x[size_t((t + off) * D + i)] = tok[size_t(t * D + i)];
-  for (size_t i = 0; i < x.size(); ++i)
-    x[i] += m.pos[i];
-  // 3. Blocks.
+  // 3. Blocks. A model-scope router reads the first MoE layer's tokens
+  // (and noise) in every MoE layer.
+  std::vector<Vec> firstIn;
+  int64_t firstBlock = -1;
   for (size_t bi = 0; bi < m.blocks.size(); ++bi) {
     const BlockWeights &b = m.blocks[bi];
     if (ctx)
-      ctx->block = int64_t(bi);
-    Vec h = layerNorm(x, S, D, b.n1w, b.n1b, s.eps);
-    Vec a = attention(m, b, h);
-    for (size_t i = 0; i < x.size(); ++i)
-      x[i] += a[i];
-    Vec h2 = layerNorm(x, S, D, b.n2w, b.n2b, s.eps);
-    Vec f = b.moe ? moeForward(m, b.moeW, h2, ctx)
-                  : mlp(h2, S, D, s.Hm, b.mlp.w1.data(), b.mlp.b1.data(),
-                        b.mlp.w2.data(), b.mlp.b2.data(), s.act, ctx);
-    for (size_t i = 0; i < x.size(); ++i)
-      x[i] += f[i];
+      ctx->block = ctx->noiseBlock = int64_t(bi);
+    std::vector<Vec> h2(static_cast<size_t>(count));
+    for (int64_t im = 0; im < count; ++im) {
+      Vec &x = xs[size_t(im)];
+      Vec h = layerNorm(x, S, D, b.n1w, b.n1b, s.eps);
+      Vec a = attention(m, b, h);
+      for (size_t i = 0; i < x.size(); ++i)
+        x[i] += a[i];
+      h2[size_t(im)] = layerNorm(x, S, D, b.n2w, b.n2b, s.eps);
+    }
+    const int64_t n = b.moe ? b.moeW.cfg.groupSize : 1;
+    for (int64_t g = 0; g < count; g += n) {
+      if (!b.moe) {
+        Vec f = mlp(h2[size_t(g)], S, D, s.Hm, b.mlp.w1.data(),
+                    b.mlp.b1.data(), b.mlp.w2.data(), b.mlp.b2.data(), s.act,
+                    ctx);
+        for (size_t i = 0; i < f.size(); ++i)
+          xs[size_t(g)][i] += f[i];
+        continue;
+      }
+      // One routing group: its images' tokens one after the other.
+      Vec group;
+      for (int64_t im = g; im < g + n; ++im)
+        group.insert(group.end(), h2[size_t(im)].begin(), h2[size_t(im)].end());
+      if (ctx && select)
+        select(g);
+      LayerLoss before = ctx ? ctx->layers[int64_t(bi)] : LayerLoss();
+      if (b.moeW.cfg.modelScope && firstBlock < 0)
+        firstBlock = int64_t(bi);
+      const bool reuse = b.moeW.cfg.modelScope && firstBlock != int64_t(bi);
+      if (b.moeW.cfg.modelScope && !reuse)
+        firstIn.push_back(group);
+      if (ctx && reuse)
+        ctx->noiseBlock = firstBlock;
+      Vec f = moeForward(
+          m, b.moeW, group, ctx, reuse ? firstIn[size_t(g)] : group,
+          reuse ? m.blocks[size_t(firstBlock)].moeW.router : b.moeW.router,
+          !reuse);
+      if (ctx && n > 1) {
+        // The losses are means over routing groups, and the batch's
+        // totals are divided by the images: count each group n times.
+        LayerLoss &l = ctx->layers[int64_t(bi)];
+        l.importance += (n - 1) * (l.importance - before.importance);
+        l.load += (n - 1) * (l.load - before.load);
+        l.balance += (n - 1) * (l.balance - before.balance);
+        l.z += (n - 1) * (l.z - before.z);
+      }
+      for (int64_t im = g; im < g + n; ++im)
+        for (int64_t i = 0; i < S * D; ++i)
+          xs[size_t(im)][size_t(i)] += f[size_t((im - g) * S * D + i)];
+    }
   }
   // 4. Final norm, pooling, head.
-  Vec xn = layerNorm(x, S, D, m.normW, m.normB, s.eps);
-  Vec feat(size_t(D), 0.0);
-  if (s.clsPool) {
-    feat = row(xn, 0, D);
-  } else {
-    for (int64_t t = 0; t < S; ++t)
-      for (int64_t i = 0; i < D; ++i)
-        feat[size_t(i)] += xn[size_t(t * D + i)];
-    for (double &v : feat)
-      v /= double(S);
+  std::vector<Vec> out;
+  for (int64_t im = 0; im < count; ++im) {
+    Vec xn = layerNorm(xs[size_t(im)], S, D, m.normW, m.normB, s.eps);
+    Vec feat(size_t(D), 0.0);
+    if (s.clsPool) {
+      feat = row(xn, 0, D);
+    } else {
+      for (int64_t t = 0; t < S; ++t)
+        for (int64_t i = 0; i < D; ++i)
+          feat[size_t(i)] += xn[size_t(t * D + i)];
+      for (double &v : feat)
+        v /= double(S);
+    }
+    out.push_back(linear(feat, 1, D, m.headW.data(), m.headB.data(), s.K));
   }
-  return linear(feat, 1, D, m.headW.data(), m.headB.data(), s.K);
+  return out;
+}
+
+/// The largest routing group of the model's MoE layers (1 without any):
+/// the image counts the reference takes must be multiples of it.
+int64_t largestGroup(const Spec &s) {
+  int64_t n = 1;
+  for (const auto &kv : s.layer)
+    n = std::max(n, kv.second.groupSize);
+  return n;
 }
 
 //===----------------------------------------------------------------------===//
@@ -1279,9 +1432,11 @@ Vec forward(const Model &m, const float *img, TrainCtx *ctx = nullptr) {
 /// Whether block `i`'s router is a noisy token-choice router in training
 /// (the only router that reads a `noise.<layer>` input).
 bool noisyLayer(const Spec &s, int64_t i) {
+  // A model-scope router's later layers read the first layer's noise.
   return s.hasMoE && s.moeBlocks.count(i) &&
          s.layer.at(i).router != RouterKind::Soft &&
-         s.layer.at(i).noiseStd > 0;
+         s.layer.at(i).noiseStd > 0 &&
+         !(s.layer.at(i).modelScope && i != *s.moeBlocks.begin());
 }
 
 /// Router decisions per image of layer `c`: one per token, or one for a
@@ -1320,7 +1475,13 @@ Batch loadBatch(const Model &m, const SafeTensors &st) {
   for (int64_t i = 0; i < s.L; ++i)
     if (noisyLayer(s, i)) {
       const std::string name = "noise." + moePrefix(i);
-      bt.noise[i] = st.get(name, {B, routerRows(s.layer.at(i), m.S),
+      // Per routing group of n images: [B / n, n * rows, E] (the same
+      // elements as [B, rows, E]).
+      const int64_t n = s.layer.at(i).groupSize;
+      if (B % n != 0)
+        fail("batch: " + std::to_string(B) + " images do not divide into "
+             "routing groups of " + std::to_string(n));
+      bt.noise[i] = st.get(name, {B / n, n * routerRows(s.layer.at(i), m.S),
                                   s.layer.at(i).E});
       used.insert(name);
     }
@@ -1340,16 +1501,23 @@ struct LossResult {
 
 LossResult evalLoss(const Model &m, const Batch &bt) {
   const Spec &s = m.s;
-  const int64_t per = s.C * s.H * s.W, K = s.K;
+  const int64_t K = s.K;
   TrainCtx ctx;
   LossResult r;
-  for (int64_t i = 0; i < bt.B; ++i) {
+  if (bt.B % largestGroup(s) != 0)
+    fail("batch: " + std::to_string(bt.B) + " images do not divide into "
+         "routing groups of " + std::to_string(largestGroup(s)));
+  auto select = [&](int64_t i) {
     ctx.label = bt.labels[size_t(i)];
     for (const auto &kv : bt.noise)
       ctx.noise[kv.first] =
           &kv.second[size_t(i * routerRows(s.layer.at(kv.first), m.S) *
                             s.layer.at(kv.first).E)];
-    Vec z = forward(m, &bt.images[size_t(i * per)], &ctx);
+  };
+  std::vector<Vec> logits = forward(m, bt.images.data(), bt.B, &ctx, select);
+  for (int64_t i = 0; i < bt.B; ++i) {
+    ctx.label = bt.labels[size_t(i)];
+    const Vec &z = logits[size_t(i)];
     // Cross-entropy with label smoothing: target (1-eps) onehot + eps/K.
     const double lse = logSumExp(z.data(), K), eps = s.labelSmoothing;
     double ce = 0;
@@ -1418,7 +1586,13 @@ std::vector<ParamRef> paramList(Model &m) {
       const Layer &c = s.layer.at(i);
       const int64_t E = c.E, H = c.Hx;
       const int64_t slots = c.router == RouterKind::Soft ? c.slots : 1;
-      add(p + "moe.router.weight", {D, E * slots}, b.moeW.router);
+      if (!c.modelScope || i == *s.moeBlocks.begin())
+        add(p + "moe.router.weight", {c.gateWidth(D), E * slots},
+            b.moeW.router);
+      if (c.cosine)
+        add(p + "moe.router.scale", {1}, b.moeW.scale);
+      if (c.gateDim > 0)
+        add(p + "moe.router.projection", {D, c.gateDim}, b.moeW.projection);
       add(p + "moe.experts.fc1.weight", {E, D, H}, b.moeW.w1);
       add(p + "moe.experts.fc1.bias", {E, H}, b.moeW.b1);
       add(p + "moe.experts.fc2.weight", {E, H, D}, b.moeW.w2);
@@ -1697,8 +1871,19 @@ int cmdLogits(const std::vector<std::string> &pos, bool f64) {
 
   const size_t esz = f64 ? 8 : 4;
   std::vector<unsigned char> out(n * size_t(spec.K) * esz);
+  // Routing groups: the images in groups of n consecutive ones, as the
+  // compiled model sees a batch whose size n divides.
+  const size_t group = size_t(largestGroup(spec));
+  if (n % group != 0)
+    fail(pos[2] + ": " + std::to_string(n) + " images do not divide into "
+         "routing groups of " + std::to_string(group));
+  std::vector<Vec> all;
+  for (size_t i = 0; i < n; i += group) {
+    std::vector<Vec> part = forward(model, &imgs[i * per], int64_t(group));
+    all.insert(all.end(), part.begin(), part.end());
+  }
   for (size_t i = 0; i < n; ++i) {
-    Vec logits = forward(model, &imgs[i * per]);
+    const Vec &logits = all[i];
     for (int64_t c = 0; c < spec.K; ++c) {
       unsigned char *p = &out[(i * size_t(spec.K) + size_t(c)) * esz];
       if (f64)

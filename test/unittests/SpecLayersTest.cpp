@@ -185,7 +185,8 @@ TEST(SpecTest, DidYouMean) {
       errorOf(referenceWith(R"("noise_std": 1.0)", R"("nosie_std": 1.0)")),
       "t.json:26:7: /moe/router/nosie_std: unknown key, did you mean "
       "'noise_std'? (expected one of: kind, noise_std, iterations, "
-      "slots_per_expert, batch_prioritized, input)");
+      "slots_per_expert, batch_prioritized, input, gate, gate_dim, "
+      "gate_scale, group_size, scope)");
   EXPECT_EQ(
       errorOf(referenceWith(R"("rule": "last-n")", R"("rule": "last_n")")),
       "t.json:19:15: /moe/placement/rule: unknown placement rule 'last_n', "

@@ -386,8 +386,11 @@ int moec::driver::moecMain(int argc, char **argv) {
     int64_t batch =
         options.batch > 0 ? options.batch : parsed.spec->train.batch;
     bool training = llvm::is_contained(options.entries, "train_step");
-    if (std::optional<moec::spec::SpecError> tooBig =
-            moec::spec::checkMemory(*parsed.spec, batch, training)) {
+    std::optional<moec::spec::SpecError> tooBig =
+        moec::spec::checkRoutingGroups(*parsed.spec, batch);
+    if (!tooBig)
+      tooBig = moec::spec::checkMemory(*parsed.spec, batch, training);
+    if (tooBig) {
       // The batch of --batch is not in the file: name the flag instead.
       if (options.batch > 0)
         llvm::errs() << "moec: error: " << specPath << ": --batch "

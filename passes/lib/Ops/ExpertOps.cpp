@@ -10,6 +10,8 @@
 
 #include "KernelSupport.h"
 
+#include <type_traits>
+
 #include "moec/Passes/CostModel.h"
 
 using namespace mlir;
@@ -160,11 +162,27 @@ int64_t ffnFlops(int64_t rows, int64_t d, int64_t h) {
   return rows * (4 * d * h + 2 * h + d);
 }
 
-/// Every slot is computed (the cost model does not know the fill).
+/// The router whose dispatch filled an experts op's slots, if any.
+template <typename OpT> RouterOp fillingRouter(OpT o) {
+  auto dispatch = o.getInput().template getDefiningOp<DispatchOp>();
+  return dispatch ? dispatch.getDispatch().template getDefiningOp<RouterOp>()
+                  : RouterOp();
+}
+
+/// moe.experts_train computes every slot. moe.experts behind a one-hot
+/// router computes its filled slots only (see the op): k_eff per token,
+/// at most E * C per group (a per-image router fills k * S of its E * S).
 template <typename OpT> int64_t expertsFlops(OpT o) {
-  int64_t rows =
-      numel(o.getInput()) / std::max<int64_t>(1, dimOf(o.getInput(), 3));
-  return ffnFlops(rows, dimOf(o.getInput(), 3), dimOf(o.getFc1Weight(), 2));
+  int64_t d = dimOf(o.getInput(), 3), h = dimOf(o.getFc1Weight(), 2);
+  int64_t rows = numel(o.getInput()) / std::max<int64_t>(1, d);
+  RouterOp router = fillingRouter(o);
+  if (std::is_same_v<OpT, ExpertsOp> && router &&
+      router.getKind() != RouterKind::Soft) {
+    int64_t g = dimOf(router.getInput(), 0), s = dimOf(router.getInput(), 1);
+    double filled = g * s * expectedExpertsPerToken(router);
+    rows = std::min<int64_t>(rows, static_cast<int64_t>(filled + 0.5));
+  }
+  return ffnFlops(rows, d, h);
 }
 
 /// Expert weights a token does not use: (E - k_eff) / E of them, with
@@ -172,10 +190,7 @@ template <typename OpT> int64_t expertsFlops(OpT o) {
 /// dispatch filled the slots. (moe.experts and train_step's
 /// moe.experts_train share operands.)
 template <typename OpT> double expertsInactiveParameters(OpT o) {
-  auto dispatch = o.getInput().template getDefiningOp<DispatchOp>();
-  auto router = dispatch
-                    ? dispatch.getDispatch().template getDefiningOp<RouterOp>()
-                    : RouterOp();
+  RouterOp router = fillingRouter(o);
   if (!router)
     return 0.0;
   int64_t e = router.getNumExperts();

@@ -158,20 +158,40 @@ struct DecomposeRoutingCounts : public OpRewritePattern<RoutingCountsOp> {
     Value d = rc.getDispatch(), mask = rc.getMask();
     ArrayRef<int64_t> ds = TensorBuilder::shape(d);
     // counts[e] = sum_{g,s,c} mask[g] D[g,s,e,c]; loops (e, g, s, c). From
-    // a fused layer's per-group counts [G, E]: loops (e, g).
+    // a fused layer's per-group counts [G, E]: loops (e, g). With routing
+    // groups of n images the mask is per image and a group's weight is the
+    // mean of its n entries: one more reduction loop i over mask[g, i] / n.
     bool perGroup = ds.size() == 2;
+    unsigned loops = perGroup ? 2 : 4;
+    int64_t n = mask ? TensorBuilder::shape(mask)[0] / ds[0] : 1;
+    if (n > 1)
+      ++loops;
     SmallVector<Value> ins{d};
-    SmallVector<AffineMap> maps{perGroup ? tb.dims(2, {1, 0})
-                                         : tb.dims(4, {1, 2, 0, 3})};
-    if (mask) {
+    SmallVector<AffineMap> maps{perGroup ? tb.dims(loops, {1, 0})
+                                         : tb.dims(loops, {1, 2, 0, 3})};
+    if (mask && n > 1) {
+      // [G * n] as [G, n] (a view), read at (g, i).
+      auto grouped = RankedTensorType::get({ds[0], n}, b.getF32Type());
+      ins.push_back(tensor::ExpandShapeOp::create(
+          b, rc.getLoc(), grouped, mask,
+          ArrayRef<ReassociationIndices>{{0, 1}}));
+      maps.push_back(tb.dims(loops, {1, loops - 1}));
+    } else if (mask) {
       ins.push_back(mask);
-      maps.push_back(tb.dims(perGroup ? 2 : 4, {1}));
+      maps.push_back(tb.dims(loops, {1}));
     }
+    double inv = 1.0 / double(n);
     repl.push_back(tb.reduce(
-        ins, maps, {perGroup ? ds[1] : ds[2]}, perGroup ? 1 : 3,
-        [&](OpBuilder &nb, Location nl, ValueRange v) {
-          return mask ? arith::MulFOp::create(nb, nl, v[0], v[1]).getResult()
-                      : v[0];
+        ins, maps, {perGroup ? ds[1] : ds[2]}, loops - 1,
+        [&](OpBuilder &nb, Location nl, ValueRange v) -> Value {
+          if (!mask)
+            return v[0];
+          Value w = arith::MulFOp::create(nb, nl, v[0], v[1]);
+          if (n == 1)
+            return w;
+          return arith::MulFOp::create(
+              nb, nl, w,
+              arith::ConstantOp::create(nb, nl, nb.getF32FloatAttr(inv)));
         }));
     b.replaceOp(rc, repl);
     return success();
@@ -231,6 +251,24 @@ int64_t softmaxCrossEntropyFlops(SoftmaxCrossEntropyOp o) {
 
 /// The loss and metric ops below are counted as free: their work (O(N*K)
 /// or O(G*S*E)) is small next to the model's, and they run once a step.
+/// The l2 normalisation of cosine gates: its vectors run along any
+/// dimension (the codes' columns), so it is whole-batch linalg too.
+struct DecomposeL2Normalize : public OpRewritePattern<L2NormalizeOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(L2NormalizeOp op,
+                                PatternRewriter &b) const override {
+    b.replaceOp(op, buildL2Normalize(b, op.getLoc(), op.getInput(),
+                                     op.getScale(), op.getDim(),
+                                     op.getEpsilon().convertToDouble()));
+    return success();
+  }
+};
+
+/// Squares, sum, rsqrt per vector; scale and multiply per element.
+int64_t l2NormalizeFlops(L2NormalizeOp o) {
+  return 4 * numel(o.getResult());
+}
+
 template <typename OpT> int64_t uncounted(OpT) { return 0; }
 
 template <typename OpT, FlopsFn<OpT> Flops> void attachCost(MLIRContext *ctx) {
@@ -241,7 +279,8 @@ template <typename OpT, FlopsFn<OpT> Flops> void attachCost(MLIRContext *ctx) {
 
 void moec::populateDecomposeLossPatterns(RewritePatternSet &patterns) {
   patterns.add<DecomposeSoftmaxCrossEntropy, DecomposeClassificationMetrics,
-               DecomposeRoutingCounts, DecomposeSumLosses, DecomposeAuxLoss>(
+               DecomposeRoutingCounts, DecomposeSumLosses, DecomposeAuxLoss,
+               DecomposeL2Normalize>(
       patterns.getContext());
 }
 
@@ -251,4 +290,5 @@ void moec::kernels::attachLossOpModels(MLIRContext *ctx) {
   attachCost<SumLossesOp, uncounted<SumLossesOp>>(ctx);
   attachCost<ClassificationMetricsOp, uncounted<ClassificationMetricsOp>>(ctx);
   attachCost<RoutingCountsOp, uncounted<RoutingCountsOp>>(ctx);
+  attachCost<L2NormalizeOp, l2NormalizeFlops>(ctx);
 }

@@ -419,12 +419,31 @@ SmallVector<Value> emitExperts(OpT o, ImageBuilder &ib, ArrayRef<Value> in,
       });
 }
 
+/// What the router of a fused layer reads, of one group: the gate input
+/// (operand 6, or 7 after the noise) when there is one, else the tokens.
+template <typename OpT> Value gateInputOf(OpT o, ArrayRef<Value> in) {
+  return o.getGateInput() ? in[o.getNoise() ? 7 : 6] : in[0];
+}
+
+/// The tokens, the noise and the gate input are per group; the router and
+/// expert weights are read whole (they may be computed, such as the
+/// normalised codes of a cosine gate, so this does not go by moe.param).
+template <typename OpT> int64_t layerImageDim(Operation *op, Value v,
+                                              bool isResult) {
+  auto o = cast<OpT>(op);
+  if (isResult || v == o.getInput() || v == o.getNoise() ||
+      v == o.getGateInput())
+    return 0;
+  return -1;
+}
+
 KernelResults routedFFNKernel(RoutedFFNOp o, ImageBuilder &ib,
                               ArrayRef<Value> in, ArrayRef<Value> dests,
                               const ImageKernelOptions &) {
   int64_t n = o.getRowBound();
   Value noise = o.getNoise() ? in[6] : Value();
-  RowList rl = emitRowList(o, ib, in[0], in[1], noise, dests[1], Value(),
+  RowList rl = emitRowList(o, ib, gateInputOf(o, in), in[1], noise, dests[1],
+                           Value(),
                            dests[2], ib.empty({o.getNumExperts()}),
                            ib.empty({n}), ib.empty({n}));
   SmallVector<Value> res = emitExperts(o, ib, in, rl, dests[0], {});
@@ -435,7 +454,8 @@ KernelResults routedFFNTrainKernel(RoutedFFNTrainOp o, ImageBuilder &ib,
                                    ArrayRef<Value> in, ArrayRef<Value> dests,
                                    const ImageKernelOptions &) {
   Value noise = o.getNoise() ? in[6] : Value();
-  RowList rl = emitRowList(o, ib, in[0], in[1], noise, dests[1], dests[3],
+  RowList rl = emitRowList(o, ib, gateInputOf(o, in), in[1], noise, dests[1],
+                           dests[3],
                            dests[2], dests[6], dests[4], dests[5]);
   SmallVector<Value> res = emitExperts(o, ib, in, rl, dests[0],
                                        {dests[7], dests[8], dests[9]});
@@ -638,7 +658,8 @@ template <typename OpT> int64_t layerFlops(OpT o) {
   int64_t d = dimOf(o.getInput(), 2), h = dimOf(o.getFc1Weight(), 2);
   int64_t e = o.getNumExperts();
   int64_t rows = g * expectedRows(o);
-  int64_t router = 2 * g * s * d * e + 5 * g * s * e;
+  int64_t router =
+      2 * g * s * dimOf(o.getRouterWeight(), 0) * e + 5 * g * s * e;
   // Two GEMMs, biases, activation, and the gated add.
   return router + rows * (4 * d * h + 2 * h + 3 * d);
 }
@@ -667,7 +688,7 @@ int64_t weightGradFlops(RoutedFFNWeightGradOp o) {
 
 template <typename OpT, KernelFn<OpT> Build>
 void attachLayer(MLIRContext *ctx) {
-  OpT::template attachInterface<KernelModel<OpT, Build, imagesAlongFirstDim>>(
+  OpT::template attachInterface<KernelModel<OpT, Build, layerImageDim<OpT>>>(
       *ctx);
   OpT::template attachInterface<
       CostModel<OpT, layerFlops<OpT>, layerInactiveParameters<OpT>>>(*ctx);

@@ -313,6 +313,12 @@ KernelResults routerKernel(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
 }
 
 /// The dispatched slots [E, N, C, D] hold the images along dimension 1.
+/// The weight is read whole by every image, whether a moe.param or
+/// computed (the normalised codes of a cosine gate).
+int64_t routerImageDim(Operation *op, Value v, bool isResult) {
+  return !isResult && v == cast<RouterOp>(op).getWeight() ? -1 : 0;
+}
+
 int64_t dispatchImageDim(Operation *, Value v, bool isResult) {
   if (isResult)
     return 1;
@@ -495,7 +501,8 @@ Value moec::kernels::sinkhornScores(ImageBuilder &ib, Value gates,
 }
 
 void moec::kernels::attachRoutingOpModels(MLIRContext *ctx) {
-  attachKernelAndCost<RouterOp, routerKernel, routerFlops>(ctx);
+  attachKernelAndCost<RouterOp, routerKernel, routerFlops, routerImageDim>(
+      ctx);
   attachKernelAndCost<DispatchOp, dispatchKernel, dispatchFlops,
                       dispatchImageDim>(ctx);
   attachKernelAndCost<CombineOp, combineKernel, combineFlops, combineImageDim>(

@@ -144,6 +144,8 @@ int64_t patchEmbedFlops(PatchEmbedOp o) {
 }
 /// A copy.
 int64_t classTokenFlops(ClassTokenOp) { return 0; }
+/// A view of the same buffer (moe-lower-to-kernels lowers it, no kernel).
+int64_t reshapeFlops(ReshapeOp) { return 0; }
 int64_t posEmbedFlops(PosEmbedOp o) { return numel(o.getResult()); }
 int64_t addFlops(AddOp o) { return numel(o.getResult()); }
 int64_t activationFlops(ActivationOp o) { return numel(o.getResult()); }
@@ -174,6 +176,7 @@ void moec::kernels::attachViTOpModels(MLIRContext *ctx) {
   attachKernelAndCost<ClassTokenOp, classTokenKernel, classTokenFlops>(ctx);
   attachKernelAndCost<PosEmbedOp, posEmbedKernel, posEmbedFlops>(ctx);
   attachKernelAndCost<AddOp, addKernel, addFlops>(ctx);
+  ReshapeOp::attachInterface<CostModel<ReshapeOp, reshapeFlops>>(*ctx);
   attachKernelAndCost<ActivationOp, activationKernel, activationFlops>(ctx);
   attachKernelAndCost<ActivationTrainOp, activationTrainKernel,
                       activationTrainFlops>(ctx);

@@ -97,6 +97,8 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
                      {"init", moe::stringifyInitKind(p.getInit()).str()}};
       if (auto std = p.getStd())
         entryJson["std"] = std->convertToDouble();
+      if (auto value = p.getValue())
+        entryJson["value"] = value->convertToDouble();
       (p->hasAttr(moec::moe::MoEDialect::StateAttrHelper::getNameStr())
            ? state
            : params)

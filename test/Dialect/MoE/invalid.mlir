@@ -33,6 +33,62 @@ func.func @param_unexpected_std() -> tensor<4xf32> {
 
 // -----
 
+func.func @param_constant_without_value() -> tensor<1xf32> {
+  // expected-error @+1 {{expects a value for constant initialisation}}
+  %0 = moe.param "t" init(constant) : tensor<1xf32>
+  return %0 : tensor<1xf32>
+}
+
+// -----
+
+func.func @param_value_not_constant() -> tensor<1xf32> {
+  // expected-error @+1 {{takes a value only for constant initialisation}}
+  %0 = moe.param "t" init(ones = 2.0) : tensor<1xf32>
+  return %0 : tensor<1xf32>
+}
+
+// -----
+
+func.func @reshape_count(%x: tensor<4x5x8xf32>) -> tensor<2x9x8xf32> {
+  // expected-error @+1 {{expects a result with the input's element type and number of elements (160), got 'tensor<2x9x8xf32>'}}
+  %0 = moe.reshape %x : (tensor<4x5x8xf32>) -> tensor<2x9x8xf32>
+  return %0 : tensor<2x9x8xf32>
+}
+
+// -----
+
+func.func @l2_normalize_dim(%x: tensor<4x8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{expects dim < rank (2), got 2}}
+  %0 = moe.l2_normalize %x {dim = 2 : i64, epsilon = 1.0e-06 : f64} : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @l2_normalize_scale(%x: tensor<4x8xf32>, %s: tensor<2xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{expects a scale of type tensor<1xf32>, got 'tensor<2xf32>'}}
+  %0 = moe.l2_normalize %x scale %s {dim = 0 : i64, epsilon = 1.0e-06 : f64} : (tensor<4x8xf32>, tensor<2xf32>) -> tensor<4x8xf32>
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @l2_normalize_epsilon(%x: tensor<4x8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{expects a positive epsilon, got 0}}
+  %0 = moe.l2_normalize %x {dim = 1 : i64, epsilon = 0.0 : f64} : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @routing_counts_group_mask(%d: tensor<2x6x4x3xf32>, %m: tensor<5xf32>) -> tensor<4xf32> {
+  // expected-error @+1 {{expects mask [2] or, for routing groups of n images, [2 * n]}}
+  %0 = moe.routing_counts %d mask %m : (tensor<2x6x4x3xf32>, tensor<5xf32>) -> tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+
+// -----
+
 func.func @param_negative_std() -> tensor<4xf32> {
   // expected-error @+1 {{expects a positive std, got -1}}
   %0 = moe.param "w" init(normal, -1.0) : tensor<4xf32>
@@ -757,6 +813,19 @@ func.func @parallel_string(%x: tensor<4xf32>) {
   // expected-error @+1 {{'func.call' op expects 'moe.parallel' to be a #moe.parallelism, got "fixed"}}
   call @parallel_string(%x) {moe.parallel = "fixed"} : (tensor<4xf32>) -> ()
   return
+}
+
+// -----
+
+func.func @routed_gate_input(%x: tensor<2x6x8xf32>, %gx: tensor<2x5x4xf32>) -> tensor<2x6x8xf32> {
+  %wr = moe.param "wr" init(trunc_normal, 2.000000e-02) : tensor<4x4xf32>
+  %w1 = moe.param "w1" init(trunc_normal, 2.000000e-02) : tensor<4x8x16xf32>
+  %b1 = moe.param "b1" init(zeros) : tensor<4x16xf32>
+  %w2 = moe.param "w2" init(trunc_normal, 2.000000e-02) : tensor<4x16x8xf32>
+  %b2 = moe.param "b2" init(zeros) : tensor<4x8xf32>
+  // expected-error @+1 {{'moe.routed_ffn' op expects gate_input of shape 2x6xD', got 2x5x4}}
+  %y, %l, %n = moe.routed_ffn token_choice gelu %x, %wr, %w1, %b1, %w2, %b2 gate %gx {k = 2 : i64, capacity = 3 : i64, capacity_factor = 1.0 : f64, row_tile = 3 : i64} : (tensor<2x6x8xf32>, tensor<4x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>, tensor<2x5x4xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
+  return %y : tensor<2x6x8xf32>
 }
 
 // -----

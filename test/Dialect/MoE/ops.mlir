@@ -16,6 +16,29 @@ func.func @params() -> (tensor<64x192xf32>, tensor<192xf32>, tensor<64xf32>, ten
   return %w, %b, %g, %c : tensor<64x192xf32>, tensor<192xf32>, tensor<64xf32>, tensor<64xf32>
 }
 
+// Cosine gates and routing groups: a constant-initialised scale, the l2
+// normalisations, the grouped view and a fused layer with a gate input.
+// CHECK-LABEL: func.func @cosine_groups
+func.func @cosine_groups(%h: tensor<4x3x8xf32>) -> tensor<4x3x8xf32> {
+  // CHECK: moe.param "router.scale" init(constant = 1.000000e+01) no_decay : tensor<1xf32>
+  %t = moe.param "router.scale" init(constant = 10.0) no_decay : tensor<1xf32>
+  %w = moe.param "router.weight" init(trunc_normal, 2.500000e-01) : tensor<8x4xf32>
+  // CHECK: %[[G:.*]] = moe.reshape %{{.*}} : (tensor<4x3x8xf32>) -> tensor<2x6x8xf32>
+  %g = moe.reshape %h : (tensor<4x3x8xf32>) -> tensor<2x6x8xf32>
+  // CHECK: %[[XN:.*]] = moe.l2_normalize %[[G]] {dim = 2 : i64, epsilon = 9.9999999999999995E-7 : f64} : (tensor<2x6x8xf32>) -> tensor<2x6x8xf32>
+  %xn = moe.l2_normalize %g {dim = 2 : i64, epsilon = 1.0e-06 : f64} : (tensor<2x6x8xf32>) -> tensor<2x6x8xf32>
+  // CHECK: %[[WN:.*]] = moe.l2_normalize %{{.*}} scale %{{.*}} {dim = 0 : i64, epsilon = 9.9999999999999995E-7 : f64} : (tensor<8x4xf32>, tensor<1xf32>) -> tensor<8x4xf32>
+  %wn = moe.l2_normalize %w scale %t {dim = 0 : i64, epsilon = 1.0e-06 : f64} : (tensor<8x4xf32>, tensor<1xf32>) -> tensor<8x4xf32>
+  %w1 = moe.param "w1" init(trunc_normal, 2.000000e-02) : tensor<4x8x16xf32>
+  %b1 = moe.param "b1" init(zeros) : tensor<4x16xf32>
+  %w2 = moe.param "w2" init(trunc_normal, 2.000000e-02) : tensor<4x16x8xf32>
+  %b2 = moe.param "b2" init(zeros) : tensor<4x8xf32>
+  // CHECK: moe.routed_ffn token_choice gelu %[[G]], %[[WN]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} gate %[[XN]] {capacity = 3 : i64, capacity_factor = 1.000000e+00 : f64, k = 2 : i64, row_tile = 3 : i64}
+  %y, %l, %n = moe.routed_ffn token_choice gelu %g, %wn, %w1, %b1, %w2, %b2 gate %xn {k = 2 : i64, capacity = 3 : i64, capacity_factor = 1.0 : f64, row_tile = 3 : i64} : (tensor<2x6x8xf32>, tensor<8x4xf32>, tensor<4x8x16xf32>, tensor<4x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>, tensor<2x6x8xf32>) -> (tensor<2x6x8xf32>, tensor<2x6x4xf32>, tensor<2x4xf32>)
+  %yb = moe.reshape %y : (tensor<2x6x8xf32>) -> tensor<4x3x8xf32>
+  return %yb : tensor<4x3x8xf32>
+}
+
 // CHECK-LABEL: func.func @vit_ops
 func.func @vit_ops(%img: tensor<8x1x28x28xf32>, %wp: tensor<16x64xf32>, %bp: tensor<64xf32>,
                    %cls: tensor<64xf32>, %pos: tensor<50x64xf32>,

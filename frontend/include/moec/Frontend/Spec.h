@@ -87,6 +87,21 @@ struct RouterSpec {
   /// Per-image: route from the class token instead of the mean token
   /// ("input": "class-token").
   bool classToken = false;
+  /// Cosine gates ("gate": "cosine"): logits = scale * cos(token, code),
+  /// with the tokens first projected to `gateDim` dimensions when that is
+  /// > 0, and `scale` a learned scalar starting at `gateScale`. Soft MoE's
+  /// default (as published); "linear" (plain x * W) elsewhere.
+  bool cosine = false;
+  int64_t gateDim = 0;
+  double gateScale = 1.0;
+  /// Images per routing group (google-research/vmoe's group_size, which
+  /// counts tokens): the router sees the tokens of this many images at
+  /// once; capacity, slot order and the auxiliary losses are per group.
+  int64_t groupSize = 1;
+  /// Per-image ("scope": "model"): the first MoE layer's router decides
+  /// for every MoE layer (Mobile V-MoE's single router); the later layers
+  /// have no router of their own.
+  bool modelScope = false;
 };
 
 struct AuxLossWeights {
@@ -247,6 +262,8 @@ inline constexpr int64_t kMaxClasses = int64_t(1) << 20;
 inline constexpr int64_t kMaxExperts = 4096;
 inline constexpr int64_t kMaxSinkhornIters = 100;
 inline constexpr int64_t kMaxSlotsPerExpert = 256;
+inline constexpr int64_t kMaxGateDim = 4096;
+inline constexpr int64_t kMaxGroupSize = 65536;
 inline constexpr int64_t kMaxBatch = 65536;
 inline constexpr int64_t kMaxEpochs = 100000;
 inline constexpr int64_t kMaxCropPadding = 1024;
@@ -284,6 +301,9 @@ SpecTotals estimateTotals(const Spec &spec);
 /// and the optimizer state when training. Returns the error, if any.
 std::optional<SpecError> checkMemory(const Spec &spec, int64_t batch,
                                      bool training, uint64_t memoryBytes = 0);
+/// Whether `batch` images per call divide into every MoE layer's routing
+/// groups. Returns the error, at the layer's group_size, if not.
+std::optional<SpecError> checkRoutingGroups(const Spec &spec, int64_t batch);
 /// This machine's physical memory in bytes (0 if unknown).
 uint64_t physicalMemoryBytes();
 

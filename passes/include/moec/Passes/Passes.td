@@ -150,7 +150,9 @@ def DecomposeLossesPass : Pass<"moe-decompose-losses", "mlir::func::FuncOp"> {
     The batch-level moe ops reduce over images, so they get no per-image
     kernel: `moe.softmax_cross_entropy`, `moe.aux_loss`, `moe.sum_losses`,
     `moe.classification_metrics` and `moe.routing_counts` each become
-    whole-batch linalg (one rewrite pattern per op,
+    whole-batch linalg, and so does `moe.l2_normalize` (its vectors may run
+    along any dimension, such as the columns of a cosine gate's codes)
+    (one rewrite pattern per op,
     `moec::populateDecomposeLossPatterns`), which moe-lower-to-kernels then
     outlines like the backward pass.
 

@@ -50,8 +50,8 @@ constexpr const char *kRoleNormalNoise = "normal_noise";
 constexpr const char *kRoleGradient = "gradient";
 constexpr const char *kRoleRoutingCounts = "routing_counts";
 
-enum class InitKind { Zeros, Ones, Normal, TruncNormal };
-/// "zeros", "ones", "normal", "trunc_normal".
+enum class InitKind { Zeros, Ones, Normal, TruncNormal, Constant };
+/// "zeros", "ones", "normal", "trunc_normal", "constant".
 const char *initKindName(InitKind kind);
 
 /// One parameter in the parameter block.
@@ -61,7 +61,8 @@ struct ParamSpec {
   std::string dtype;   ///< "f32"
   uint64_t offset = 0; ///< bytes from the parameter block's start, 64-aligned
   InitKind init = InitKind::Zeros;
-  double std = 0; ///< for Normal and TruncNormal
+  double std = 0;   ///< for Normal and TruncNormal
+  double value = 0; ///< for Constant
   int64_t count() const { return numElements(shape); }
 };
 
@@ -165,19 +166,26 @@ struct Dispatch {
   std::string name;   ///< e.g. "blocks.3.moe" (for display)
   Parallel parallel = Parallel::Images;
   int64_t tiles = 0;
+  /// Images per step of an images dispatch: 1, or n for a kernel over
+  /// routing groups of n images (its `tiles` is batch / n). Set on load.
+  int64_t imagesPerStep = 1;
   /// The op's FLOPs over one call of `tiles` (0 where the artifact does not
   /// say): the profile's rates.
   int64_t flops = 0;
   std::vector<BufferArg> args;
 
-  /// The range the kernel runs over when a call holds `images` images.
+  /// The range the kernel runs over when a call holds `images` images
+  /// (a multiple of imagesPerStep: the runtime pads a call to whole
+  /// routing groups).
   int64_t range(int64_t images) const {
-    return parallel == Parallel::Images ? images : tiles;
+    return parallel == Parallel::Images
+               ? (images + imagesPerStep - 1) / imagesPerStep
+               : tiles;
   }
   /// The FLOPs of one call that holds `images` images.
   double flopsFor(int64_t images) const {
     return parallel == Parallel::Images && tiles > 0
-               ? static_cast<double>(flops) * images / tiles
+               ? static_cast<double>(flops) * range(images) / tiles
                : static_cast<double>(flops);
   }
 };

@@ -51,6 +51,12 @@ buildRouterInputGrads(mlir::OpBuilder &b, mlir::Location loc, RouterKind kind,
                       mlir::Value x, mlir::Value w, mlir::Value dl,
                       bool classToken = false);
 
+/// moe.l2_normalize's forward as whole-batch linalg: scale * x /
+/// sqrt(sum_dim x^2 + eps) (`scale` [1] may be null: 1).
+mlir::Value buildL2Normalize(mlir::OpBuilder &b, mlir::Location loc,
+                             mlir::Value x, mlir::Value scale, int64_t dim,
+                             double eps);
+
 } // namespace moec::moe
 
 #endif // MOEC_DIALECT_MOE_MOEAUTODIFF_H

@@ -118,7 +118,8 @@ def MoE_InitKind : I32EnumAttr<"InitKind", "parameter initialisation", [
     I32EnumAttrCase<"Zeros", 0, "zeros">,
     I32EnumAttrCase<"Ones", 1, "ones">,
     I32EnumAttrCase<"Normal", 2, "normal">,
-    I32EnumAttrCase<"TruncNormal", 3, "trunc_normal">]> {
+    I32EnumAttrCase<"TruncNormal", 3, "trunc_normal">,
+    I32EnumAttrCase<"Constant", 4, "constant">]> {
   let cppNamespace = "::moec::moe";
 }
 

@@ -28,8 +28,9 @@ def MoE_ParamOp : MoE_Op<"param", [Pure]> {
   let description = [{
     Yields the current value of the trainable parameter `name`. The runtime
     binds it from a weights file, or initialises it as `init` says when no
-    weights are given: `zeros`, `ones`, `normal` (std) or `trunc_normal`
-    (std, truncated at two standard deviations, as timm/ViT do). Names are
+    weights are given: `zeros`, `ones`, `constant` (every element `value`),
+    `normal` (std) or `trunc_normal` (std, truncated at two standard
+    deviations, as timm/ViT do). Names are
     unique in a module and use timm's dotted style. `no_decay`: the
     optimizer applies no weight decay to it (the frontend marks biases,
     norm weights, the class token and the position embedding, timm's
@@ -38,13 +39,15 @@ def MoE_ParamOp : MoE_Op<"param", [Pure]> {
     ```mlir
     %w = moe.param "blocks.0.attn.qkv.weight" init(trunc_normal, 2.000000e-02) : tensor<64x192xf32>
     %b = moe.param "blocks.0.attn.qkv.bias" init(zeros) no_decay : tensor<192xf32>
+    %t = moe.param "blocks.3.moe.router.scale" init(constant = 1.000000e+01) no_decay : tensor<1xf32>
     ```
   }];
   let arguments = (ins StrAttr:$name, MoE_InitKind:$init,
-                   OptionalAttr<F64Attr>:$std, UnitAttr:$no_decay);
+                   OptionalAttr<F64Attr>:$std, OptionalAttr<F64Attr>:$value,
+                   UnitAttr:$no_decay);
   let results = (outs MoE_FloatTensor:$result);
   let assemblyFormat = [{
-    $name `init` `(` $init (`,` $std^)? `)` (`no_decay` $no_decay^)? attr-dict
+    $name `init` `(` $init (`,` $std^)? (`=` $value^)? `)` (`no_decay` $no_decay^)? attr-dict
     `:` type($result)
   }];
   let hasVerifier = 1;
@@ -354,13 +357,68 @@ def MoE_SoftmaxCrossEntropyOp : MoE_Op<"softmax_cross_entropy", [Pure, MoE_Diffe
 // MoE ops
 //===----------------------------------------------------------------------===//
 
+def MoE_ReshapeOp : MoE_Op<"reshape", [Pure, MoE_Differentiable]> {
+  let summary = "The same elements in row-major order, another static shape.";
+  let description = [{
+    `result` holds `input`'s elements in the same row-major order; the two
+    static shapes have the same number of elements. Routing groups are
+    built with it: the tokens `[B, T, D]` of B images become `[B/n, n*T, D]`,
+    one group of n images per row, for the router, its dispatch and its
+    combine, and the combined output goes back to `[B, T, D]`. The CPU
+    backend lowers it to a view of the same buffer (no copy).
+
+    ```mlir
+    %g = moe.reshape %h : (tensor<8x17x64xf32>) -> tensor<2x68x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_L2NormalizeOp : MoE_Op<"l2_normalize", [Pure, MoE_Differentiable]> {
+  let summary = "Scales vectors to unit l2 norm, times an optional learned scale.";
+  let description = [{
+    Along dimension `dim` of `input`:
+    `result = scale * x / sqrt(sum_dim x^2 + epsilon)`, with `scale` a
+    one-element tensor `[1]` (1 when absent). The epsilon sits inside the
+    square root, as in google-research/vmoe's Soft MoE router. The cosine
+    gates of `moe.router` are built from it: the router's input is the
+    normalised tokens (`dim` = the last) and its weight the normalised
+    expert codes, one per column (`dim` = 0), times the learned scale, so
+    the logits are `scale * cos(token, code)`.
+
+    ```mlir
+    %xn = moe.l2_normalize %x {dim = 2 : i64, epsilon = 1.000000e-06 : f64}
+        : (tensor<8x50x16xf32>) -> tensor<8x50x16xf32>
+    %wn = moe.l2_normalize %w scale %t {dim = 0 : i64, epsilon = 1.000000e-06 : f64}
+        : (tensor<16x4xf32>, tensor<1xf32>) -> tensor<16x4xf32>
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$input, Optional<MoE_FloatTensor>:$scale,
+                   ConfinedAttr<I64Attr, [IntNonNegative]>:$dim,
+                   F64Attr:$epsilon);
+  let results = (outs MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input (`scale` $scale^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_Differentiable]> {
   let summary = "Computes the dispatch and combine tensors of one MoE layer.";
   let description = [{
-    `input` holds the tokens `[G, S, D]` of G groups (one group per image;
-    routing never mixes images). The router has no bias: its logits are
-    `L = x * weight` with `weight` `[D, E*P]` (P = `slots_per_expert` for
-    `soft`, else 1). It returns:
+    `input` holds the tokens `[G, S, D]` of G routing groups, each routed
+    on its own: one image per group, or with routing groups n images (the
+    frontend views `[B, T, D]` as `[B/n, n*T, D]` with `moe.reshape`). The
+    router has no bias: its logits are `L = x * weight` with `weight`
+    `[D, E*P]` (P = `slots_per_expert` for `soft`, else 1); cosine gates
+    are this product of normalised tokens and normalised, scaled codes
+    (`moe.l2_normalize`), and the tokens the router reads need not be the
+    ones `moe.dispatch` moves. It returns:
 
     * `dispatch` `D[G, S, E, C]`: expert input slot `(e, c)` of group g is
       `X~[e, g, c] = sum_s D[g, s, e, c] x[g, s]` (see `moe.dispatch`);
@@ -688,7 +746,11 @@ def MoE_RoutingCountsOp : MoE_Op<"routing_counts", [Pure]> {
   let summary = "Tokens dispatched to each expert.";
   let description = [{
     `dispatch` `[G, S, E, C]` from a router, optional `mask` `[G]`: result
-    `[E]`, `sum over counted groups, tokens and slots of dispatch`. For
+    `[E]`, `sum over counted groups, tokens and slots of dispatch`. With
+    routing groups of n images the mask is per image, `[G * n]`, and a
+    group's counts are weighted by the mean of its images' masks (exact
+    unless a group mixes counted and ignored images; linear in the mask,
+    so counts over disjoint masks add up). For
     one-hot routers this is the number of tokens each expert processed
     (dropped tokens are not counted); for soft MoE the summed weights.
     `dispatch` may also be the per-group counts `[G, E]` of a

@@ -9,16 +9,20 @@
 #ifndef MOEC_DIALECT_MOE_MOEROUTEDOPS_TD
 #define MOEC_DIALECT_MOE_MOEROUTEDOPS_TD
 
-def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
+def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable,
+                                             AttrSizedOperandSegments]> {
   let summary = "A whole MoE layer: router, grouped expert FFNs and combine, fused.";
   let description = [{
     The fused form of `moe.router` -> `moe.dispatch` -> `moe.experts` ->
     `moe.combine` that moe-fuse-routing builds, for every router kind but
     `soft`. Same inputs and semantics: `input` `[G, S, D]`, the router's
-    `router_weight` `[D, E]`, the experts' `fc1_weight` `[E, D, H]`,
+    `router_weight` `[D', E]`, the experts' `fc1_weight` `[E, D, H]`,
     `fc1_bias` `[E, H]`, `fc2_weight` `[E, H, D]`, `fc2_bias` `[E, D]`,
     `noise` `[G, R, E]` (optional, with `noise_std`), and the
     router's attributes with its capacity C made explicit (`capacity`).
+    `gate_input` `[G, S, D']` (optional; D' = D without it) is what the
+    router reads when that is not `input` (cosine gates: the normalised,
+    possibly projected tokens); the experts always read `input`.
     `output[g, s]` is `moe.combine`'s result: the sum over the experts that
     kept token s of its gate times the expert's FFN of the token. `logits`
     is the router's clean logits `[G, R, E]`; `counts[g, e]` is the number
@@ -48,6 +52,7 @@ def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
                    MoE_FloatTensor:$fc1_weight, MoE_FloatTensor:$fc1_bias,
                    MoE_FloatTensor:$fc2_weight, MoE_FloatTensor:$fc2_bias,
                    Optional<MoE_FloatTensor>:$noise,
+                   Optional<MoE_FloatTensor>:$gate_input,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$k,
                    ConfinedAttr<I64Attr, [IntPositive]>:$capacity,
                    ConfinedAttr<I64Attr, [IntPositive]>:$row_tile,
@@ -59,7 +64,7 @@ def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
                       MoE_FloatTensor:$counts);
   let assemblyFormat = [{
     $kind $activation $input `,` $router_weight `,` $fc1_weight `,` $fc1_bias `,`
-    $fc2_weight `,` $fc2_bias (`noise` $noise^)? attr-dict `:` functional-type(operands, results)
+    $fc2_weight `,` $fc2_bias (`noise` $noise^)? (`gate` $gate_input^)? attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
@@ -69,7 +74,7 @@ def MoE_RoutedFFNOp : MoE_Op<"routed_ffn", [Pure, MoE_Differentiable]> {
   }];
 }
 
-def MoE_RoutedFFNTrainOp : MoE_Op<"routed_ffn_train", [Pure]> {
+def MoE_RoutedFFNTrainOp : MoE_Op<"routed_ffn_train", [Pure, AttrSizedOperandSegments]> {
   let summary = "moe.routed_ffn that also returns what its backward reads.";
   let description = [{
     The forward op of training (moe.routed_ffn's VJP puts it in the place
@@ -93,6 +98,7 @@ def MoE_RoutedFFNTrainOp : MoE_Op<"routed_ffn_train", [Pure]> {
                    MoE_FloatTensor:$fc1_weight, MoE_FloatTensor:$fc1_bias,
                    MoE_FloatTensor:$fc2_weight, MoE_FloatTensor:$fc2_bias,
                    Optional<MoE_FloatTensor>:$noise,
+                   Optional<MoE_FloatTensor>:$gate_input,
                    OptionalAttr<ConfinedAttr<I64Attr, [IntPositive]>>:$k,
                    ConfinedAttr<I64Attr, [IntPositive]>:$capacity,
                    ConfinedAttr<I64Attr, [IntPositive]>:$row_tile,
@@ -107,7 +113,7 @@ def MoE_RoutedFFNTrainOp : MoE_Op<"routed_ffn_train", [Pure]> {
                       MoE_FloatTensor:$dact, MoE_FloatTensor:$expert_out);
   let assemblyFormat = [{
     $kind $activation $input `,` $router_weight `,` $fc1_weight `,` $fc1_bias `,`
-    $fc2_weight `,` $fc2_bias (`noise` $noise^)? attr-dict `:` functional-type(operands, results)
+    $fc2_weight `,` $fc2_bias (`noise` $noise^)? (`gate` $gate_input^)? attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{

@@ -290,7 +290,8 @@ LogicalResult RoutedFFNOp::buildVJP(OpBuilder &b, ArrayRef<Value> dys,
       b, loc, getKind(), gateInput, getRouterWeight(), dl, getClassToken());
   grads[1] = dw;
   if (getGateInput()) {
-    // Operand 8 + (noise ? 1 : 0): the gate input.
+    // The gate input is the last operand (after the noise, if any); the
+    // tokens get the experts' gradient only.
     grads[getNumOperands() - 1] = dxRouter;
     grads[0] = dx;
   } else {

@@ -333,6 +333,13 @@ Error Session::run(const std::string &entry, int64_t n) {
   return Error::success();
 }
 
+int64_t Session::routingGroup() const {
+  int64_t group = 1;
+  for (const Dispatch &d : artifact_->plan().entries.at("infer"))
+    group = std::lcm(group, d.imagesPerStep);
+  return group;
+}
+
 Error Session::infer(const float *images, int64_t n, float *logits) {
   if (n < 0)
     return makeError(ErrorCode::Argument, "infer: negative image count ", n);
@@ -351,9 +358,7 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
   // Calls hold whole routing groups: a chunk is a multiple of every
   // layer's group (their lcm divides the batch), and the images past the
   // last one are zeros, routed with the real ones of their group.
-  int64_t group = 1;
-  for (const Dispatch &d : plan)
-    group = std::lcm(group, d.imagesPerStep);
+  const int64_t group = routingGroup();
   const int64_t chunk =
       std::min<int64_t>(m.batch, (kChunk + group - 1) / group * group);
   for (int64_t done = 0; done < n;) {

@@ -313,6 +313,11 @@ int runInfer(const Options &options) {
   if (batch > m.batch)
     return usageError(
         cat("--batch ", batch, " exceeds the model's batch (", m.batch, ")"));
+  // Routing groups: a call of --batch images must hold whole groups, or
+  // the groups would depend on where the calls split the data.
+  if (int64_t group = session->routingGroup(); batch % group != 0)
+    return usageError(cat("--batch ", batch, ": the model routes groups of ",
+                          group, " images; use a multiple of ", group));
   if (kind.empty())
     kind = m.datasetKind;
   // The manifest's path holds the manifest's dataset, not another kind.

@@ -124,7 +124,14 @@ public:
 
   /// Runs "infer" on `n` images (n x C x H x W floats, NCHW), writing n x
   /// classes logits; any n >= 0, in chunks of at most the manifest's batch.
+  /// With routing groups the chunks are whole groups (the last one padded
+  /// with zero images), so consecutive calls route as one call would only
+  /// when each call's n is a multiple of routingGroup().
   Error infer(const float *images, int64_t n, float *logits);
+
+  /// Images the model routes together in "infer": the least common
+  /// multiple of its MoE layers' routing groups (1 without any).
+  int64_t routingGroup() const;
 
   /// With profiling on, infer() adds each dispatch's wall time to
   /// dispatchSeconds() (one entry per "infer" dispatch, in plan order).

@@ -12,11 +12,14 @@
 #include "moec/Dialect/MoE/ShapeRules.h"
 #include "moec/Dialect/MoE/TensorBuilder.h"
 
+#include "AutodiffUtils.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Math/IR/Math.h"
 
 using namespace mlir;
 using namespace moec::moe;
+using namespace moec::moe::detail;
 using TB = TensorBuilder;
 
 namespace {
@@ -52,10 +55,6 @@ Layout layoutOf(TB &tb, Value x, int64_t dim) {
       notDim.push_back(i);
   l.vecOfX = tb.dims(l.rank, notDim);
   return l;
-}
-
-Value mulf(OpBuilder &b, Location l, Value x, Value y) {
-  return arith::MulFOp::create(b, l, x, y);
 }
 
 /// 1 / sqrt(sum_dim x^2 + eps), one value per vector.

@@ -1,0 +1,30 @@
+//===- ManifestTraining.h - the manifest's training parts -------*- C++ -*-===//
+//
+// Internal to the runtime library: the checks and readers of a manifest's
+// training side (artifact 1.1, docs/training-abi.md), used by
+// parseManifest. Each returns false after recording why in `check`.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_RUNTIME_LIB_MANIFESTTRAINING_H
+#define MOEC_RUNTIME_LIB_MANIFESTTRAINING_H
+
+#include "JsonCheck.h"
+#include "moec/Runtime/Artifact.h"
+
+namespace moec::rt {
+
+/// train_step's inputs and outputs: what docs/training-abi.md requires.
+bool checkTrainStepSignature(JsonCheck &check, const Manifest &m);
+/// eval's inputs and outputs.
+bool checkEvalSignature(JsonCheck &check, const Manifest &m);
+/// The optional "optimizer" object.
+bool readOptimizer(JsonCheck &check, const nlohmann::json &root, Manifest &m);
+/// The optional "train" object.
+bool readTrain(JsonCheck &check, const nlohmann::json &root, Manifest &m);
+/// The optional "state" array: the optimizer state tensors.
+bool readState(JsonCheck &check, const nlohmann::json &root, Manifest &m);
+
+} // namespace moec::rt
+
+#endif // MOEC_RUNTIME_LIB_MANIFESTTRAINING_H

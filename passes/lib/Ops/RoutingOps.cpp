@@ -312,13 +312,13 @@ KernelResults routerKernel(RouterOp o, ImageBuilder &ib, ArrayRef<Value> in,
   return emitRouter(o, ib, in, dests);
 }
 
-/// The dispatched slots [E, N, C, D] hold the images along dimension 1.
 /// The weight is read whole by every image, whether a moe.param or
 /// computed (the normalised codes of a cosine gate).
 int64_t routerImageDim(Operation *op, Value v, bool isResult) {
   return !isResult && v == cast<RouterOp>(op).getWeight() ? -1 : 0;
 }
 
+/// The dispatched slots [E, N, C, D] hold the images along dimension 1.
 int64_t dispatchImageDim(Operation *, Value v, bool isResult) {
   if (isResult)
     return 1;

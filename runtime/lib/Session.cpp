@@ -335,8 +335,10 @@ Error Session::run(const std::string &entry, int64_t n) {
 
 int64_t Session::routingGroup() const {
   int64_t group = 1;
-  for (const Dispatch &d : artifact_->plan().entries.at("infer"))
-    group = std::lcm(group, d.imagesPerStep);
+  auto infer = artifact_->plan().entries.find("infer");
+  if (infer != artifact_->plan().entries.end())
+    for (const Dispatch &d : infer->second)
+      group = std::lcm(group, d.imagesPerStep);
   return group;
 }
 

@@ -38,7 +38,9 @@ and compare with `moec-reference` (test/reference/README.md, training mode):
     inference logits (eval capacity, no noise) over the masked images
     (relative 1e-4), and every `routing.<layer>` output (role
     `routing_counts`) additive over disjoint masks, zero under the empty
-    mask, non-negative, and whole numbers for one-hot routers.
+    mask, non-negative, and whole numbers for one-hot routers (with routing
+    groups only under the full and the empty mask: a partly counted group's
+    counts are prorated).
 
   * then (unless --no-unfused-check) the same model compiled with
     `moec compile --no-fuse` (every MoE layer as separate router, dispatch,

@@ -388,6 +388,32 @@ LogicalResult RoutingCountsOp::verify() {
   return success();
 }
 
+LogicalResult RoutingStatsOp::verify() {
+  ArrayRef<int64_t> d = shapeOf(getDispatch()), l = shapeOf(getLogits());
+  if (d.size() != 4)
+    return emitOpError() << "expects dispatch [G, S, E, C]";
+  if (shapeOf(getCombine()) != d)
+    return emitOpError() << "expects combine of the dispatch's shape";
+  const int64_t g = d[0], s = d[1], e = d[2];
+  if (l.size() != 3 || l[0] != g || (l[1] != s && l[1] != 1) ||
+      l[2] % e != 0)
+    return emitOpError() << "expects logits [" << g << ", " << s << " or 1, "
+                         << e << " * P]";
+  ArrayRef<int64_t> t = shapeOf(getTokens());
+  if (t.size() != 2 || t[1] != e || t[0] % g != 0 || s % (t[0] / g) != 0)
+    return emitOpError() << "expects tokens [B, " << e
+                         << "], B = G * n images whose tokens split the "
+                         << s << " tokens of a group";
+  if (l[1] == 1 && t[0] != g)
+    return emitOpError() << "expects one image per group for one decision "
+                            "per group (logits [G, 1, J])";
+  if (shapeOf(getWeights()) != t || shapeOf(getProbs()) != t)
+    return emitOpError() << "expects weights and probs of the tokens' shape";
+  if (shapeOf(getEntropy()) != ArrayRef<int64_t>{t[0]})
+    return emitOpError() << "expects entropy [" << t[0] << "]";
+  return success();
+}
+
 LogicalResult ReshapeOp::verify() {
   auto in = cast<RankedTensorType>(getInput().getType());
   auto out = cast<RankedTensorType>(getResult().getType());
@@ -513,7 +539,7 @@ FailureOr<RouterOp> moec::moe::rebuildRouter(RewriterBase &rewriter,
             userEmit, shapeNow(experts.getInput()),
             shapeNow(experts.getFc1Weight()), shapeNow(experts.getFc1Bias()),
             shapeNow(experts.getFc2Weight()), shapeNow(experts.getFc2Bias()));
-      } else if (isa<CombineOp, RoutingCountsOp>(user)) {
+      } else if (isa<CombineOp, RoutingCountsOp, RoutingStatsOp>(user)) {
         // Their result shapes do not depend on the capacity.
         continue;
       } else {

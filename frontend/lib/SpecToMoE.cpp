@@ -546,10 +546,12 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
                        b.getStringAttr(names[i]));
   }
   // @eval: evaluation capacity, no noise; sums over the masked images.
-  {
+  // @analyze: the same model and metrics, with each MoE layer's per-image
+  // routing statistics (moe.routing_stats) instead of its summed counts.
+  auto emitEvaluation = [&](StringRef name, bool perImage) {
     auto maskType = RankedTensorType::get({batch}, f32);
     auto fn = func::FuncOp::create(
-        b, rootLoc, "eval",
+        b, rootLoc, name,
         b.getFunctionType({imagesType, labelsType, maskType}, {}));
     fn.setArgAttr(0, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
                   b.getStringAttr("images"));
@@ -565,25 +567,45 @@ OwningOpRef<ModuleOp> moec::buildMoEModule(MLIRContext &context,
         b, rootLoc, TypeRange{lossType, lossType}, logits, fn.getArgument(1),
         fn.getArgument(2));
     SmallVector<Value> results{metrics.getLossSum(), metrics.getCorrect()};
-    SmallVector<std::string> names{"loss_sum", "correct"};
+    SmallVector<std::pair<std::string, StringRef>> names{{"loss_sum", ""},
+                                                         {"correct", ""}};
     for (auto &layer : emitter.layers) {
-      int64_t e = layer.router.getNumExperts();
-      results.push_back(RoutingCountsOp::create(
-          b, layer.router.getLoc(), RankedTensorType::get({e}, f32),
-          layer.router.getDispatch(), fn.getArgument(2)));
-      names.push_back("routing." + layer.prefix);
+      RouterOp r = layer.router;
+      int64_t e = r.getNumExperts();
+      if (!perImage) {
+        results.push_back(RoutingCountsOp::create(
+            b, r.getLoc(), RankedTensorType::get({e}, f32), r.getDispatch(),
+            fn.getArgument(2)));
+        names.push_back({"routing." + layer.prefix, "routing_counts"});
+        continue;
+      }
+      auto perExpert = RankedTensorType::get({batch, e}, f32);
+      auto stats = RoutingStatsOp::create(
+          b, r.getLoc(),
+          TypeRange{perExpert, perExpert, perExpert,
+                    RankedTensorType::get({batch}, f32)},
+          r.getDispatch(), r.getCombine(), r.getLogits());
+      const char *what[] = {"tokens", "weights", "probs", "entropy"};
+      for (unsigned i = 0; i < 4; ++i) {
+        results.push_back(stats->getResult(i));
+        names.push_back(
+            {std::string("routing_") + what[i] + "." + layer.prefix,
+             StringRef("routing_stats")});
+      }
     }
     func::ReturnOp::create(b, rootLoc, results);
     fn.setType(b.getFunctionType(fn.getArgumentTypes(),
                                  ValueRange(results).getTypes()));
     for (auto [i, name] : llvm::enumerate(names)) {
       fn.setResultAttr(i, moec::moe::MoEDialect::NameAttrHelper::getNameStr(),
-                       b.getStringAttr(name));
-      if (i >= 2)
+                       b.getStringAttr(name.first));
+      if (!name.second.empty())
         fn.setResultAttr(i, moec::moe::MoEDialect::RoleAttrHelper::getNameStr(),
-                         b.getStringAttr("routing_counts"));
+                         b.getStringAttr(name.second));
     }
-  }
+  };
+  emitEvaluation("eval", /*perImage=*/false);
+  emitEvaluation("analyze", /*perImage=*/true);
 
   if (failed(verify(*module)))
     return nullptr;

@@ -363,8 +363,9 @@ Expected<Manifest> parseManifest(const std::string &text,
       if (!checkTrainStepSignature(check, m))
         return false;
     }
-    if (m.entry(kEntryEval) && !checkEvalSignature(check, m))
-      return false;
+    for (const char *name : {kEntryEval, kEntryAnalyze})
+      if (m.entry(name) && !checkEvalSignature(check, m, name))
+        return false;
     if (const json *spec = check.member(root, "", "spec", /*required=*/false))
       m.spec = spec->dump();
     if (check.member(root, "", "precision", /*required=*/false)) {

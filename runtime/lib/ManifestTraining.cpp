@@ -161,9 +161,10 @@ bool checkTrainStepSignature(JsonCheck &check, const Manifest &m) {
   return true;
 }
 
-bool checkEvalSignature(JsonCheck &check, const Manifest &m) {
-  const EntrySpec &entry = *m.entry(kEntryEval);
-  const std::string at = "/entries/eval";
+bool checkEvalSignature(JsonCheck &check, const Manifest &m,
+                        const std::string &entryName) {
+  const EntrySpec &entry = *m.entry(entryName);
+  const std::string at = "/entries/" + entryName;
   std::vector<Required> inputs = {
       {"images", "f32", {m.batch, m.channels, m.height, m.width},
        "[batch, channels, height, width]"},
@@ -177,7 +178,8 @@ bool checkEvalSignature(JsonCheck &check, const Manifest &m) {
     if (!named.count(i))
       return check.fail(jsonPointer(inputsAt, i),
                         cat("input '", entry.inputs[i].name,
-                            "' is not one eval takes (", nameList(inputs),
+                            "' is not one ", entryName, " takes (",
+                            nameList(inputs),
                             ")"));
   std::vector<Required> outputs = {{"loss_sum", "f32", {}, "a scalar"},
                                    {"correct", "", {}, "a scalar"}};
@@ -192,6 +194,13 @@ bool checkEvalSignature(JsonCheck &check, const Manifest &m) {
       return check.fail(jsonPointer(jsonPointer(outputsAt, i), "shape"),
                         cat("is ", formatShape(t.shape),
                             ", but routing counts are [experts]"));
+    if (t.role == kRoleRoutingStats &&
+        (t.dtype != "f32" || t.shape.empty() || t.shape.size() > 2 ||
+         t.shape[0] != m.batch))
+      return check.fail(jsonPointer(outputsAt, i),
+                        cat("is ", t.dtype, " ", formatShape(t.shape),
+                            ", but routing statistics are f32 [", m.batch,
+                            ", experts] or [", m.batch, "]"));
   }
   return true;
 }

@@ -17,7 +17,12 @@ namespace moec::rt {
 /// train_step's inputs and outputs: what docs/training-abi.md requires.
 bool checkTrainStepSignature(JsonCheck &check, const Manifest &m);
 /// eval's inputs and outputs.
-bool checkEvalSignature(JsonCheck &check, const Manifest &m);
+/// The signature of "eval" or "analyze" (`entryName`): images, labels and
+/// mask in; loss_sum, correct and the routing outputs (routing_counts
+/// [experts] for eval, routing_stats [batch, experts] or [batch] for
+/// analyze) out.
+bool checkEvalSignature(JsonCheck &check, const Manifest &m,
+                        const std::string &entryName);
 /// The optional "optimizer" object.
 bool readOptimizer(JsonCheck &check, const nlohmann::json &root, Manifest &m);
 /// The optional "train" object.

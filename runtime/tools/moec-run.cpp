@@ -10,6 +10,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "moec/Runtime/Analyze.h"
 #include "moec/Runtime/Artifact.h"
 #include "moec/Runtime/Data.h"
 #include "moec/Runtime/Evaluate.h"
@@ -27,6 +28,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -57,6 +59,12 @@ const char *const kUsage =
     "      image folder is DIR/<class>/*.png or, unlabeled, DIR/*.png;\n"
     "      --predictions writes each image's predicted class; random weights\n"
     "      without --weights\n"
+    "  analyze MODEL --weights W -o DIR [--data DIR] [--split test|train]\n"
+    "                [--limit N] [--threads N] [--threshold T]\n"
+    "      routing analysis of every MoE layer over a labelled dataset:\n"
+    "      writes DIR/profile.json (docs/analysis.md), DIR/heatmaps.svg\n"
+    "      (class x expert) and DIR/specialisation.svg; T (default 0.05) is\n"
+    "      the NMI below which a layer is marked as not specialising\n"
     "  inspect MODEL\n"
     "      model, entry points, parameters, FLOPs, memory and kernels\n"
     "  init MODEL -o W.safetensors [--seed S]\n"
@@ -419,6 +427,101 @@ int runInfer(const Options &options) {
   if (!predictionsPath.empty())
     if (Error e = writePredictions(predictionsPath, predictions, classNames))
       return reportWriteError(e);
+  return kExitOk;
+}
+
+//===----------------------------------------------------------------------===//
+// analyze
+//===----------------------------------------------------------------------===//
+
+int runAnalyze(const Options &options) {
+  std::string message;
+  int threads = 0;
+  int64_t limit = kNoLimit;
+  if (!integerFlag(options, "--threads", 0, 4096, threads, message) ||
+      !integerFlag(options, "--limit", 1, std::numeric_limits<int64_t>::max(),
+                   limit, message))
+    return usageError(message);
+  if (!options.has("--weights"))
+    return usageError("analyze needs --weights (the trained model's)");
+  if (!options.has("-o"))
+    return usageError("analyze needs -o DIR (where the profile and the "
+                      "pictures go)");
+  const std::string split = options.get("--split", "test");
+  if (split != "test" && split != "train")
+    return usageError(
+        cat("--split: expected test or train, got '", split, "'"));
+  double threshold = kDefaultNmiThreshold;
+  if (options.has("--threshold")) {
+    const std::string t = options.get("--threshold");
+    char *end = nullptr;
+    threshold = std::strtod(t.c_str(), &end);
+    if (t.empty() || *end != '\0' || !(threshold >= 0 && threshold <= 1))
+      return usageError(
+          cat("--threshold: expected a number in [0, 1], got '", t, "'"));
+  }
+  const std::string outDir = options.get("-o");
+  std::error_code ec;
+  if (std::filesystem::exists(outDir, ec) &&
+      !std::filesystem::is_directory(outDir, ec))
+    return usageError(cat("-o ", outDir, ": exists and is not a folder"));
+
+  std::unique_ptr<Session> session;
+  if (int rc = openSession(options, threads, session))
+    return rc;
+  const Manifest &m = session->manifest();
+  if (Error e = session->checkEntry(kEntryAnalyze))
+    return reportError(e);
+  const std::string dir = options.get("--data", m.datasetPath);
+  if (dir.empty())
+    return usageError(cat(options.model, ": the manifest names no dataset "
+                                         "path; pass --data DIR"));
+  if (int rc = setUpWeights(options, *session, 0, /*note=*/false))
+    return rc;
+  Expected<Dataset> data = loadModelSplit(m, dir, split, limit);
+  if (!data)
+    return reportError(data.error());
+  if (data->classNames.empty())
+    data->classNames = datasetClassNames(m.datasetKind);
+  Expected<RoutingProfile> profile = analyzeRouting(*session, *data);
+  if (!profile)
+    return reportError(profile.error());
+  profile->datasetKind = m.datasetKind;
+  profile->dataDir = dir;
+  profile->split = split;
+
+  std::filesystem::create_directories(outDir, ec);
+  if (ec)
+    return reportWriteError(makeError(ErrorCode::Io, outDir, ": ",
+                                      ec.message()));
+  const std::pair<std::string, std::string> files[] = {
+      {"profile.json", routingProfileJson(*profile, threshold)},
+      {"heatmaps.svg", heatmapsSvg(*profile)},
+      {"specialisation.svg", specialisationSvg(*profile, threshold)}};
+  for (const auto &[name, body] : files)
+    if (Error e = writeFileAtomic(outDir + "/" + name, body.data(), body.size()))
+      return reportWriteError(e);
+
+  std::printf("%s: %" PRId64 " %s images, top-1 %.2f%%, %" PRId64
+              " parameters, %.0f activated per image\n",
+              profile->model.c_str(), profile->images, split.c_str(),
+              100 * profile->top1, profile->params,
+              profile->activatedParamsPerImage);
+  std::printf("%-16s %-22s %7s %7s %8s %12s %8s  %s\n", "layer", "router",
+              "NMI", "degree", "entropy", "experts/img", "dropped",
+              "specialises");
+  for (const LayerProfile &l : profile->layers)
+    std::printf("%-16s %-22s %7.4f %7.3f %8.3f %12.2f %8s  %s\n",
+                l.name.c_str(), l.router.c_str(), l.nmi, l.routingDegree,
+                l.routingEntropy, l.expertsPerImage,
+                l.droppedFraction
+                    ? cat(std::lround(1000 * *l.droppedFraction) / 10.0, "%")
+                          .c_str()
+                    : "-",
+                l.nmi >= threshold ? "yes" : "no");
+  std::printf("wrote %s/profile.json, heatmaps.svg, specialisation.svg "
+              "(NMI threshold %g)\n",
+              outDir.c_str(), threshold);
   return kExitOk;
 }
 
@@ -789,6 +892,10 @@ int main(int argc, char **argv) {
              "--limit", "--profile", "--dataset", "--predictions"},
             runInfer}},
           {"export", {{"-o"}, runExport}},
+          {"analyze",
+           {{"--weights", "--data", "--split", "--limit", "--threads", "-o",
+             "--threshold"},
+            runAnalyze}},
           {"inspect", {{}, runInspect}},
           {"init", {{"-o", "--seed"}, runInit}},
           {"run", {{"--weights", "--input", "--output", "--threads"}, runRun}},

@@ -3,7 +3,7 @@
 //   moec compile SPEC.json|MODEL.mlir [-o OUT]
 //                [--emit=mlir|plan|llvm|artifact] [--target=cpu]
 //                [--target-cpu=host|x86-64-v3|x86-64-v4|CPU] [--batch N]
-//                [--entries=infer,train_step,eval] [--quiet]
+//                [--entries=infer,train_step,eval,analyze] [--quiet]
 //                [--load-pass-plugin=LIB.so]...
 //                [--run-passes=POINT:PIPELINE]...
 //   moec --list-passes [--load-pass-plugin=LIB.so]...
@@ -78,7 +78,7 @@ int usageError(const llvm::Twine &message) {
          "[--emit=mlir|plan|llvm|artifact]\n"
          "       [--target=cpu] [--target-cpu=host|x86-64-v3|x86-64-v4|CPU] "
          "[--batch N] [--quiet]\n"
-         "       [--entries=infer,train_step,eval]\n"
+         "       [--entries=infer,train_step,eval,analyze]\n"
          "       [--load-pass-plugin=LIB.so]... "
          "[--run-passes=POINT:PIPELINE]...\n"
          "       moec --list-passes [--load-pass-plugin=LIB.so]...\n";
@@ -138,8 +138,9 @@ struct Options {
   cl::opt<std::string> entries{
       "entries",
       cl::desc(
-          "Comma-separated entry points to compile: infer, train_step, eval"),
-      cl::init("infer,train_step,eval"), cl::cat(moecCategory())};
+          "Comma-separated entry points to compile: infer, train_step, "
+          "eval, analyze"),
+      cl::init("infer,train_step,eval,analyze"), cl::cat(moecCategory())};
   cl::opt<bool> vectorize{
       "vectorize", cl::desc("Tile and vectorize the kernels (default on)"),
       cl::init(true), cl::cat(moecCategory())};
@@ -316,9 +317,10 @@ int moec::driver::moecMain(int argc, char **argv) {
     StringRef(cli.entries).split(parts, ',', -1, /*KeepEmpty=*/false);
     for (StringRef e : parts) {
       e = e.trim();
-      if (e != "infer" && e != "train_step" && e != "eval")
+      if (e != "infer" && e != "train_step" && e != "eval" && e != "analyze")
         return usageError("unknown entry point '" + e +
-                          "' in --entries (expected infer, train_step, eval)");
+                          "' in --entries (expected infer, train_step, eval, "
+                          "analyze)");
       if (llvm::is_contained(options.entries, e.str()))
         return usageError("entry point '" + e +
                           "' is listed twice in --entries");

@@ -198,6 +198,80 @@ struct DecomposeRoutingCounts : public OpRewritePattern<RoutingCountsOp> {
   }
 };
 
+/// Per-image routing statistics: sums over each image's tokens of views
+/// [G, n, T, ...] of the router's tensors, then [G, n, ...] as [B, ...].
+struct DecomposeRoutingStats : public OpRewritePattern<RoutingStatsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(RoutingStatsOp op,
+                                PatternRewriter &b) const override {
+    TensorBuilder tb(b, op.getLoc());
+    Location loc = op.getLoc();
+    ArrayRef<int64_t> ds = TensorBuilder::shape(op.getDispatch());
+    ArrayRef<int64_t> ls = TensorBuilder::shape(op.getLogits());
+    const int64_t g = ds[0], s = ds[1], e = ds[2], c = ds[3];
+    const int64_t n = TensorBuilder::shape(op.getTokens())[0] / g;
+    const int64_t t = s / n, r = ls[1] / n, j = ls[2], slots = j / e;
+    Type f32 = b.getF32Type();
+    auto view = [&](Value v, ArrayRef<int64_t> shape,
+                    ArrayRef<ReassociationIndices> groups) -> Value {
+      return tensor::ExpandShapeOp::create(
+          b, loc, RankedTensorType::get(shape, f32), v, groups);
+    };
+    auto perImage = [&](Value v, int64_t inner) -> Value {
+      SmallVector<int64_t> shape{g * n};
+      SmallVector<ReassociationIndices> groups{{0, 1}};
+      if (inner) {
+        shape.push_back(inner);
+        groups.push_back({2});
+      }
+      return tensor::CollapseShapeOp::create(
+          b, loc, RankedTensorType::get(shape, f32), v, groups);
+    };
+    auto identityBody = [](OpBuilder &, Location, ValueRange a) {
+      return a[0];
+    };
+    // tokens and weights: loops (g, i, e, t, c) over [G, n, T, E, C].
+    SmallVector<Value> repl;
+    for (Value v : {op.getDispatch(), op.getCombine()}) {
+      Value x = view(v, {g, n, t, e, c}, {{0}, {1, 2}, {3}, {4}});
+      repl.push_back(perImage(
+          tb.reduce({x}, {tb.dims(5, {0, 1, 3, 2, 4})}, {g, n, e}, 2,
+                    identityBody),
+          e));
+    }
+    // The softmax of every decision, as [G, n, R/n, E, P].
+    Value p = view(tb.softmaxLast(op.getLogits()), {g, n, r, e, slots},
+                   {{0}, {1, 2}, {3, 4}});
+    const double perDecision = 1.0 / double(r);
+    repl.push_back(perImage(
+        tb.reduce({p}, {tb.dims(5, {0, 1, 3, 2, 4})}, {g, n, e}, 2,
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    return arith::MulFOp::create(nb, nl, a[0],
+                                                 cst(nb, nl, perDecision));
+                  }),
+        e));
+    // -p log p / (R/n log J), 0 where p = 0.
+    const double norm = j > 1 ? perDecision / std::log(double(j)) : 0.0;
+    repl.push_back(perImage(
+        tb.reduce({p}, {tb.identity(5)}, {g, n}, 3,
+                  [&](OpBuilder &nb, Location nl, ValueRange a) -> Value {
+                    Value zero = cst(nb, nl, 0.0);
+                    Value positive = arith::CmpFOp::create(
+                        nb, nl, arith::CmpFPredicate::OGT, a[0], zero);
+                    Value logp = math::LogOp::create(nb, nl, a[0]);
+                    Value term = arith::MulFOp::create(
+                        nb, nl, arith::MulFOp::create(nb, nl, a[0], logp),
+                        cst(nb, nl, -norm));
+                    return arith::SelectOp::create(nb, nl, positive, term,
+                                                   zero)
+                        .getResult();
+                  }),
+        0));
+    b.replaceOp(op, repl);
+    return success();
+  }
+};
+
 struct DecomposeSumLosses : public OpRewritePattern<SumLossesOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(SumLossesOp sum,
@@ -279,7 +353,7 @@ template <typename OpT, FlopsFn<OpT> Flops> void attachCost(MLIRContext *ctx) {
 
 void moec::populateDecomposeLossPatterns(RewritePatternSet &patterns) {
   patterns.add<DecomposeSoftmaxCrossEntropy, DecomposeClassificationMetrics,
-               DecomposeRoutingCounts, DecomposeSumLosses, DecomposeAuxLoss,
+               DecomposeRoutingCounts, DecomposeRoutingStats, DecomposeSumLosses, DecomposeAuxLoss,
                DecomposeL2Normalize>(
       patterns.getContext());
 }
@@ -290,5 +364,6 @@ void moec::kernels::attachLossOpModels(MLIRContext *ctx) {
   attachCost<SumLossesOp, uncounted<SumLossesOp>>(ctx);
   attachCost<ClassificationMetricsOp, uncounted<ClassificationMetricsOp>>(ctx);
   attachCost<RoutingCountsOp, uncounted<RoutingCountsOp>>(ctx);
+  attachCost<RoutingStatsOp, uncounted<RoutingStatsOp>>(ctx);
   attachCost<L2NormalizeOp, l2NormalizeFlops>(ctx);
 }

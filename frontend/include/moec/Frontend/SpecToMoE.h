@@ -1,9 +1,13 @@
 //===- SpecToMoE.h - build a moe module from a spec -------------*- C++ -*-===//
 //
-// Turns a validated model spec into a moe module with two entry functions:
+// Turns a validated model spec into a moe module with these functions
+// (docs/training-abi.md has their inputs and outputs):
 //   @infer(images) -> logits                  eval capacity, no router noise
-//   @train_forward(images, labels) -> (loss, logits)
-//                                             train capacity and noise
+//   @train_forward(images, labels, noise...) -> (loss, ce_loss, aux_loss,
+//                  correct, logits)           train capacity and noise
+//   @eval(images, labels, mask) -> (loss_sum, correct, routing counts...)
+//   @analyze(images, labels, mask) -> (loss_sum, correct, per-image routing
+//                  statistics of every MoE layer...)
 // Every op carries a location naming its role and pointing into the spec.
 //
 //===----------------------------------------------------------------------===//

@@ -44,7 +44,7 @@ struct CompileOptions {
   int64_t batch = 0;
   /// The entry points to compile, infer first (every artifact has it), each
   /// once: infer, train_step, eval.
-  std::vector<std::string> entries{"infer", "train_step", "eval"};
+  std::vector<std::string> entries{"infer", "train_step", "eval", "analyze"};
   /// Tile and vectorize the kernels.
   bool vectorize = true;
   /// Fuse every MoE layer's routing with its grouped expert GEMMs

@@ -34,7 +34,8 @@ struct TensorSpec {
   std::string dtype;   ///< "f32" or "i32" (both 4 bytes per element)
   uint64_t offset = 0; ///< bytes from the arena's start
   /// What the runtime does with it (docs/training-abi.md): "normal_noise",
-  /// "gradient", "routing_counts"; empty when the manifest gives none.
+  /// "gradient", "routing_counts", "routing_stats"; empty when the
+  /// manifest gives none.
   std::string role;
   int64_t count() const { return numElements(shape); }
   uint64_t bytes() const { return static_cast<uint64_t>(count()) * 4; }
@@ -44,11 +45,13 @@ struct TensorSpec {
 constexpr const char *kEntryInfer = "infer";
 constexpr const char *kEntryTrainStep = "train_step";
 constexpr const char *kEntryEval = "eval";
+constexpr const char *kEntryAnalyze = "analyze";
 
 /// Tensor roles of docs/training-abi.md.
 constexpr const char *kRoleNormalNoise = "normal_noise";
 constexpr const char *kRoleGradient = "gradient";
 constexpr const char *kRoleRoutingCounts = "routing_counts";
+constexpr const char *kRoleRoutingStats = "routing_stats";
 
 enum class InitKind { Zeros, Ones, Normal, TruncNormal, Constant };
 /// "zeros", "ones", "normal", "trunc_normal", "constant".

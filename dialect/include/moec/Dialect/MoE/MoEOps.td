@@ -770,6 +770,46 @@ def MoE_RoutingCountsOp : MoE_Op<"routing_counts", [Pure]> {
   let hasVerifier = 1;
 }
 
+def MoE_RoutingStatsOp : MoE_Op<"routing_stats", [Pure]> {
+  let summary = "Per-image routing statistics of one MoE layer.";
+  let description = [{
+    What `moec-run analyze` records of a router, per image: `dispatch` and
+    `combine` `[G, S, E, C]` and the clean `logits` `[G, R, J]` of one
+    `moe.router` (J = E*P). The results have one row per image, B = G * n
+    images for routing groups of n images (token s of group g belongs to
+    image `g * n + s / (S / n)`):
+
+    * `tokens` `[B, E]`: `sum over the image's tokens and the slots of
+      dispatch`: the tokens of the image expert e processed (the summed
+      dispatch weights for soft MoE);
+    * `weights` `[B, E]`: the same sum of `combine`: the gate mass expert e
+      contributes to the image's outputs;
+    * `probs` `[B, E]`: the router's softmax over the J columns of each of
+      the image's R / n decisions (its tokens; one for a per-image router),
+      summed over each expert's P slots, averaged over the decisions;
+    * `entropy` `[B]`: the entropy of that softmax, divided by `log(J)`
+      (0 when J = 1), averaged over the decisions: 0 for one-hot routing,
+      1 for uniform gates.
+
+    Not differentiable; an analysis entry point only (a router read by it
+    is not fused by moe-fuse-routing).
+
+    ```mlir
+    %t, %w, %p, %h = moe.routing_stats %d, %c, %l
+        : (tensor<8x50x4x50xf32>, tensor<8x50x4x50xf32>, tensor<8x50x4xf32>)
+        -> (tensor<8x4xf32>, tensor<8x4xf32>, tensor<8x4xf32>, tensor<8xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_FloatTensor:$dispatch, MoE_FloatTensor:$combine,
+                   MoE_FloatTensor:$logits);
+  let results = (outs MoE_FloatTensor:$tokens, MoE_FloatTensor:$weights,
+                      MoE_FloatTensor:$probs, MoE_FloatTensor:$entropy);
+  let assemblyFormat = [{
+    $dispatch `,` $combine `,` $logits attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 include "moec/Dialect/MoE/MoERoutedOps.td"
 
 #endif // MOEC_DIALECT_MOE_MOEOPS_TD

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <tuple>
 
 namespace moec::rt {
 
@@ -67,6 +68,34 @@ double entropyOf(const std::vector<double> &p) {
   return h;
 }
 
+/// I(class; expert) in nats of class x expert counts, and its NMI.
+std::pair<double, double>
+mutualInformation(const std::vector<std::vector<double>> &counts) {
+  const size_t k = counts.size(), e = k ? counts[0].size() : 0;
+  double total = 0;
+  std::vector<double> pc(k, 0.0), pe(e, 0.0);
+  for (size_t c = 0; c < k; ++c)
+    for (size_t j = 0; j < e; ++j) {
+      pc[c] += counts[c][j];
+      pe[j] += counts[c][j];
+      total += counts[c][j];
+    }
+  if (total <= 0)
+    return {0.0, 0.0};
+  double mi = 0;
+  for (size_t c = 0; c < k; ++c)
+    for (size_t j = 0; j < e; ++j)
+      if (double n = counts[c][j]; n > 0)
+        mi += n / total * std::log(n * total / (pc[c] * pe[j]));
+  for (double &v : pc)
+    v /= total;
+  for (double &v : pe)
+    v /= total;
+  const double hc = entropyOf(pc), he = entropyOf(pe);
+  mi = std::max(0.0, mi);
+  return {mi, hc > 0 && he > 0 ? std::min(1.0, 2 * mi / (hc + he)) : 0.0};
+}
+
 /// Mutual information, NMI and routing degree of class x expert counts.
 void classDependence(LayerProfile &layer) {
   const size_t k = layer.classTokens.size(), e = size_t(layer.experts);
@@ -80,26 +109,16 @@ void classDependence(LayerProfile &layer) {
     }
   if (total <= 0)
     return;
-  double mi = 0, degree = 0;
-  for (size_t c = 0; c < k; ++c) {
-    double best = 0;
-    for (size_t j = 0; j < e; ++j) {
-      double n = layer.classTokens[c][j];
-      best = std::max(best, n);
-      if (n > 0)
-        mi += n / total * std::log(n * total / (pc[c] * pe[j]));
-    }
-    degree += best / total;
-  }
-  for (double &v : pc)
-    v /= total;
+  double degree = 0;
+  for (size_t c = 0; c < k; ++c)
+    degree += *std::max_element(layer.classTokens[c].begin(),
+                                layer.classTokens[c].end()) /
+              total;
   for (double &v : pe)
     v /= total;
-  double hc = entropyOf(pc), he = entropyOf(pe);
-  layer.mutualInformation = std::max(0.0, mi);
-  layer.nmi = hc > 0 && he > 0 ? std::min(1.0, 2 * layer.mutualInformation /
-                                                   (hc + he))
-                               : 0.0;
+  std::tie(layer.mutualInformation, layer.tokenNmi) =
+      mutualInformation(layer.classTokens);
+  layer.imageNmi = mutualInformation(layer.classDominant).second;
   layer.routingDegree = degree;
   layer.load = pe;
   layer.mostUsedExpert =
@@ -211,6 +230,7 @@ Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data) {
     layerRouter(spec, lp.block, lp);
     lp.tokensPerImage = info.tokensPerImage;
     lp.classTokens.assign(classes, std::vector<double>(size_t(lp.experts)));
+    lp.classDominant = lp.classTokens;
     lp.importance.assign(size_t(lp.experts), 0.0);
     lp.expertsUsedHistogram.assign(size_t(lp.experts) + 1, 0);
     layerParams(m, lp);
@@ -239,7 +259,7 @@ Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data) {
       const int64_t e = lp.experts;
       for (int64_t i = 0; i < count; ++i) {
         const int32_t label = data.labels[size_t(done + i)];
-        int64_t reached = 0, top = 0;
+        int64_t reached = 0, top = 0, dominant = 0;
         for (int64_t j = 0; j < e; ++j) {
           const double t = lo.tokens.value(i * e + j);
           const double p = lo.probs.value(i * e + j);
@@ -250,7 +270,10 @@ Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data) {
           reached += t >= 0.5 ? 1 : 0;
           if (p > lo.probs.value(i * e + top))
             top = j;
+          if (t > lo.tokens.value(i * e + dominant))
+            dominant = j;
         }
+        lp.classDominant[size_t(label)][size_t(dominant)] += 1;
         lp.expertsUsedHistogram[size_t(reached)] += 1;
         used[l] += double(reached);
         entropy[l] += lo.entropy.value(i);
@@ -318,8 +341,9 @@ std::string routingProfileJson(const RoutingProfile &p, double threshold) {
     j["top_k"] = l.topK;
     j["tokens_per_image"] = l.tokensPerImage;
     j["shared_expert"] = l.sharedExpert;
-    j["nmi"] = l.nmi;
-    j["specialises"] = l.nmi >= threshold;
+    j["image_nmi"] = l.imageNmi;
+    j["specialises"] = l.imageNmi >= threshold;
+    j["token_nmi"] = l.tokenNmi;
     j["mutual_information"] = l.mutualInformation;
     j["routing_degree"] = l.routingDegree;
     j["routing_entropy"] = l.routingEntropy;
@@ -337,6 +361,7 @@ std::string routingProfileJson(const RoutingProfile &p, double threshold) {
     j["always_active_params"] = l.alwaysActiveParams;
     j["activated_params_per_image"] = l.activatedParamsPerImage;
     j["class_expert_tokens"] = l.classTokens;
+    j["class_dominant_expert"] = l.classDominant;
     j["expert_similarity"] = l.expertSimilarity;
     layers.push_back(std::move(j));
   }

@@ -92,63 +92,96 @@ std::string svgOpen(double w, double h) {
          rect(0, 0, w, h, "#ffffff");
 }
 
+/// One heatmap: rows classes, columns experts, each cell the share of the
+/// row's total in that column; white where it equals the column's share
+/// of everything.
+std::string heatmap(const RoutingProfile &p,
+                    const std::vector<std::vector<double>> &counts, double x,
+                    double y, double cellW, double cellH) {
+  const size_t k = counts.size(), e = k ? counts[0].size() : 0;
+  std::vector<double> column(e, 0.0);
+  double total = 0;
+  for (const auto &row : counts)
+    for (size_t j = 0; j < e; ++j) {
+      column[j] += row[j];
+      total += row[j];
+    }
+  std::string out;
+  for (size_t c = 0; c < k; ++c) {
+    double sum = 0;
+    for (double v : counts[c])
+      sum += v;
+    const double cy = y + cellH * double(c);
+    out += text(x - 6, cy + cellH * 0.68, className(p, c), "end", 11);
+    for (size_t j = 0; j < e; ++j) {
+      const double share = sum > 0 ? counts[c][j] / sum : 0;
+      const double even = total > 0 ? column[j] / total : 0;
+      out += rect(x + cellW * double(j), cy, cellW, cellH,
+                  even > 0 ? shareColor(share, even) : "#eeeeee", "#ffffff");
+      const bool dark = even > 0 && share > even + 0.5 * (1 - even);
+      out += text(x + cellW * (double(j) + 0.5), cy + cellH * 0.68,
+                  fmt("%.0f%%", 100 * share), "middle", 10,
+                  dark ? "#ffffff" : "#333");
+    }
+  }
+  const double axis = y + cellH * double(k) + 14;
+  for (size_t j = 0; j < e; ++j)
+    out += text(x + cellW * (double(j) + 0.5), axis, "e" + std::to_string(j),
+                "middle", 11, "#333");
+  out += text(x + cellW * double(e) / 2, axis + 14,
+              total > 0 ? "all classes: " + [&] {
+                std::string shares;
+                for (size_t j = 0; j < e; ++j)
+                  shares += (j ? " " : "") + fmt("%.0f", 100 * column[j] / total);
+                return shares + " %";
+              }()
+                        : std::string("no routed tokens"),
+              "middle", 10, "#555");
+  return out;
+}
+
 } // namespace
 
 std::string heatmapsSvg(const RoutingProfile &p) {
-  const double label = 112, cellW = 46, cellH = 22, top = 74, gap = 28;
+  const double label = 112, cellW = 44, cellH = 20, gap = 30;
   size_t classes = 0;
   for (const LayerProfile &l : p.layers)
     classes = std::max(classes, l.classTokens.size());
   std::vector<double> x0;
   double width = 16;
   for (const LayerProfile &l : p.layers) {
-    x0.push_back(width);
+    x0.push_back(width + label);
     width += label + cellW * double(l.experts) + gap;
   }
-  width = std::max(width, 560.0);
-  const double height = top + cellH * double(classes) + 64;
+  width = std::max(width, 620.0);
+  const double block = cellH * double(classes) + 60;
+  const double top1 = 92, top2 = top1 + block + 36;
+  const double height = top2 + block + 30;
   std::string out = svgOpen(width, height);
   out += text(16, 22, p.model, "start", 15, "#111", "bold");
   out += text(16, 38,
-              "Share of each class's routed tokens per expert, " +
-                  std::to_string(p.images) + " " + p.split + " images",
+              "Per MoE layer, " + std::to_string(p.images) + " " + p.split +
+                  " images. White: the expert's share over all classes; "
+                  "blue: the class uses it more; orange: less.",
               "start", 11, "#555");
+  out += text(16, top1 - 30, "Tokens: share of each class's routed tokens "
+                             "per expert",
+              "start", 12, "#111", "bold");
+  out += text(16, top2 - 30, "Images: share of each class's images whose "
+                             "tokens go most to each expert",
+              "start", 12, "#111", "bold");
   for (size_t li = 0; li < p.layers.size(); ++li) {
     const LayerProfile &l = p.layers[li];
-    const double x = x0[li] + label;
-    const double even = 1.0 / double(std::max<int64_t>(1, l.experts));
-    out += text(x + cellW * double(l.experts) / 2, 50, l.name, "middle", 13,
-                "#111", "bold");
-    out += text(x + cellW * double(l.experts) / 2, 62,
-                "NMI " + fmt("%.3f", l.nmi) + ", degree " +
-                    fmt("%.2f", l.routingDegree),
-                "middle", 11, "#555");
-    for (size_t c = 0; c < l.classTokens.size(); ++c) {
-      const std::vector<double> &row = l.classTokens[c];
-      double sum = 0;
-      for (double v : row)
-        sum += v;
-      const double y = top + cellH * double(c);
-      out += text(x - 6, y + cellH * 0.68, className(p, c), "end", 11);
-      for (int64_t e = 0; e < l.experts; ++e) {
-        const double share = sum > 0 ? row[size_t(e)] / sum : 0;
-        out += rect(x + cellW * double(e), y, cellW, cellH,
-                    shareColor(share, even), "#ffffff");
-        const bool dark = share > even + 0.45 * (1 - even);
-        out += text(x + cellW * (double(e) + 0.5), y + cellH * 0.68,
-                    fmt("%.0f%%", 100 * share), "middle", 10,
-                    dark ? "#ffffff" : "#333");
-      }
-    }
-    const double yAxis = top + cellH * double(l.classTokens.size()) + 15;
-    for (int64_t e = 0; e < l.experts; ++e)
-      out += text(x + cellW * (double(e) + 0.5), yAxis, "e" + std::to_string(e),
-                  "middle", 11, "#333");
+    const double x = x0[li], mid = x + cellW * double(l.experts) / 2;
+    out += text(mid, top1 - 10, l.name + "  (token NMI " +
+                                    fmt("%.3f", l.tokenNmi) + ")",
+                "middle", 11, "#111", "bold");
+    out += heatmap(p, l.classTokens, x, top1, cellW, cellH);
+    out += text(mid, top2 - 10, l.name + "  (image NMI " +
+                                    fmt("%.3f", l.imageNmi) + ")",
+                "middle", 11, "#111", "bold");
+    out += heatmap(p, l.classDominant, x, top2, cellW, cellH);
   }
-  out += text(16, height - 14,
-              "White: even (1/E per expert); blue: more than even; orange: "
-              "fewer. Columns: experts e0, e1, ...",
-              "start", 11, "#555");
   out += "</svg>\n";
   return out;
 }
@@ -158,7 +191,7 @@ std::string specialisationSvg(const RoutingProfile &p, double threshold) {
   const double details = left + barMax + 150;
   double scale = threshold * 1.5;
   for (const LayerProfile &l : p.layers)
-    scale = std::max(scale, l.nmi * 1.15);
+    scale = std::max(scale, l.imageNmi * 1.15);
   scale = std::max(scale, 1e-3);
   const double width = details + 380;
   const double height = top + rowH * double(p.layers.size()) + 56;
@@ -168,22 +201,25 @@ std::string specialisationSvg(const RoutingProfile &p, double threshold) {
               "start", 15, "#111", "bold");
   out += text(16, 44,
               "Bar: normalised mutual information (NMI) between an image's "
-              "class and the experts of its tokens.",
+              "class and the expert most of its tokens go to.",
               "start", 11, "#555");
-  out += text(details, top - 8, "routing degree (even 1/E), entropy, experts "
-                                "per image", "start", 10, "#555", "bold");
+  out += text(details, top - 8, "token NMI, routing degree (even 1/E), "
+                                "entropy, experts per image",
+              "start", 10, "#555", "bold");
   for (size_t i = 0; i < p.layers.size(); ++i) {
     const LayerProfile &l = p.layers[i];
     const double y = top + rowH * double(i);
-    const bool kept = l.nmi >= threshold;
+    const bool kept = l.imageNmi >= threshold;
     out += text(left - 10, y + 20, l.name, "end", 12, "#111", "bold");
-    out += rect(left, y + 6, barMax * l.nmi / scale, 20,
+    out += rect(left, y + 6, barMax * l.imageNmi / scale, 20,
                 kept ? "#2166ac" : "#b0b0b0");
-    out += text(left + barMax * l.nmi / scale + 6, y + 21,
-                fmt("%.3f", l.nmi) + (kept ? " specialises" : " does not"),
+    out += text(left + barMax * l.imageNmi / scale + 6, y + 21,
+                fmt("%.3f", l.imageNmi) +
+                    (kept ? " specialises" : " does not"),
                 "start", 11, kept ? "#2166ac" : "#666");
     out += text(details, y + 21,
-                fmt("%.2f", l.routingDegree) + " (" +
+                fmt("%.4f", l.tokenNmi) + ",  " +
+                    fmt("%.2f", l.routingDegree) + " (" +
                     fmt("%.2f", 1.0 / double(l.experts)) + "),  " +
                     fmt("%.2f", l.routingEntropy) + ",  " +
                     fmt("%.2f", l.expertsPerImage),

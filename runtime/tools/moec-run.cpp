@@ -64,7 +64,7 @@ const char *const kUsage =
     "      routing analysis of every MoE layer over a labelled dataset:\n"
     "      writes DIR/profile.json (docs/analysis.md), DIR/heatmaps.svg\n"
     "      (class x expert) and DIR/specialisation.svg; T (default 0.05) is\n"
-    "      the NMI below which a layer is marked as not specialising\n"
+    "      the image-level NMI below which a layer does not specialise\n"
     "  inspect MODEL\n"
     "      model, entry points, parameters, FLOPs, memory and kernels\n"
     "  init MODEL -o W.safetensors [--seed S]\n"
@@ -507,20 +507,21 @@ int runAnalyze(const Options &options) {
               profile->model.c_str(), profile->images, split.c_str(),
               100 * profile->top1, profile->params,
               profile->activatedParamsPerImage);
-  std::printf("%-16s %-22s %7s %7s %8s %12s %8s  %s\n", "layer", "router",
-              "NMI", "degree", "entropy", "experts/img", "dropped",
-              "specialises");
+  std::printf("%-16s %-22s %9s %9s %7s %8s %12s %8s  %s\n", "layer",
+              "router", "image-NMI", "token-NMI", "degree", "entropy",
+              "experts/img", "dropped", "specialises");
   for (const LayerProfile &l : profile->layers)
-    std::printf("%-16s %-22s %7.4f %7.3f %8.3f %12.2f %8s  %s\n",
-                l.name.c_str(), l.router.c_str(), l.nmi, l.routingDegree,
+    std::printf("%-16s %-22s %9.4f %9.4f %7.3f %8.3f %12.2f %8s  %s\n",
+                l.name.c_str(), l.router.c_str(), l.imageNmi, l.tokenNmi,
+                l.routingDegree,
                 l.routingEntropy, l.expertsPerImage,
                 l.droppedFraction
                     ? cat(std::lround(1000 * *l.droppedFraction) / 10.0, "%")
                           .c_str()
                     : "-",
-                l.nmi >= threshold ? "yes" : "no");
+                l.imageNmi >= threshold ? "yes" : "no");
   std::printf("wrote %s/profile.json, heatmaps.svg, specialisation.svg "
-              "(NMI threshold %g)\n",
+              "(image-NMI threshold %g)\n",
               outDir.c_str(), threshold);
   return kExitOk;
 }

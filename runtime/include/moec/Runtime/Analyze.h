@@ -64,9 +64,17 @@ struct LayerProfile {
   /// Share of images whose most probable expert is their class's
   /// super-class (only with a super_class_map).
   std::optional<double> superClassAccuracy;
+  /// Images of each class whose tokens went most to each expert (the
+  /// lower index on ties) [classes][E].
+  std::vector<std::vector<double>> classDominant;
   /// I(class; expert) of classTokens in nats, and normalised by the mean
-  /// of H(class) and H(expert) (0 when either is 0).
-  double mutualInformation = 0, nmi = 0;
+  /// of H(class) and H(expert) (0 when either is 0): how much a token's
+  /// expert tells about its image's class.
+  double mutualInformation = 0, tokenNmi = 0;
+  /// The same NMI of classDominant: how much an image's dominant expert
+  /// tells about its class. The specialisation criterion (`specialises`
+  /// when >= the threshold; moe-prune-layers' default criterion).
+  double imageNmi = 0;
   /// Share of the dispatched tokens that went to their class's most-used
   /// expert: 1/E for class-blind balanced routing, 1 when each class
   /// keeps to one expert.
@@ -99,16 +107,19 @@ struct RoutingProfile {
 /// unlabelled images.
 Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data);
 
-/// The profile as JSON (docs/analysis.md). `threshold` (NMI) marks which
-/// layers specialise (nmi >= threshold).
+/// The profile as JSON (docs/analysis.md). `threshold` marks which layers
+/// specialise (imageNmi >= threshold).
 std::string routingProfileJson(const RoutingProfile &profile,
                                double threshold);
 
-/// One class x expert heatmap per MoE layer: each cell the share of the
-/// class's dispatched tokens the expert took.
+/// Two class x expert heatmaps per MoE layer: the share of each class's
+/// dispatched tokens each expert took, and the share of its images whose
+/// dominant expert each expert is; colours compare a cell with the
+/// expert's share over all classes.
 std::string heatmapsSvg(const RoutingProfile &profile);
 
-/// Per layer, its NMI against `threshold`, its routing degree and entropy.
+/// Per layer, its image-level NMI against `threshold`, its token-level NMI,
+/// routing degree, entropy and experts per image.
 std::string specialisationSvg(const RoutingProfile &profile, double threshold);
 
 } // namespace moec::rt

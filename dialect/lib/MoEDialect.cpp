@@ -61,6 +61,20 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
     return expect(isa<OptimizerAttr>(value), "a #moe.optimizer");
   if (name == ParallelAttrHelper::getNameStr())
     return expect(isa<KernelParallelismAttr>(value), "a #moe.parallelism");
+  if (name == CarryOverAttrHelper::getNameStr()) {
+    auto dict = dyn_cast<DictionaryAttr>(value);
+    return expect(dict && isa_and_nonnull<StringAttr>(dict.get("source")) &&
+                      isa_and_nonnull<DenseF64ArrayAttr>(
+                          dict.get("coefficients")),
+                  "{source = \"name\", coefficients = array<f64: ...>}");
+  }
+  if (name == PrunedLayersAttrHelper::getNameStr()) {
+    auto array = dyn_cast<ArrayAttr>(value);
+    return expect(array && llvm::all_of(array, [](Attribute a) {
+                    return isa<DictionaryAttr>(a);
+                  }),
+                  "an array of dictionaries");
+  }
   return op->emitOpError() << "has unknown moe dialect attribute '" << name
                            << "'";
 }

@@ -173,6 +173,8 @@ LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
                      ? " and the passes at the frontend point"
                      : ""));
   if (failed(runPipeline(*result.module, [&](OpPassManager &pm) {
+        if (options.prune)
+          pm.addPass(createPruneLayersPass(*options.prune));
         if (failed(addPassHooks(pm, hooks, ExtensionPoint::Frontend, error)))
           return failure();
         buildFrontendCostsPipeline(pm);

@@ -6,6 +6,10 @@
 //                [--entries=infer,train_step,eval,analyze] [--quiet]
 //                [--load-pass-plugin=LIB.so]...
 //                [--run-passes=POINT:PIPELINE]...
+//   moec prune SPEC.json|MODEL.mlir --weights W (--profile P |
+//              --prune-layers NAMES) -o OUT.moec [--weights-out OUT_W]
+//              [--threshold T] [--criterion image-nmi|token-nmi]
+//              [--replacement top|mean] [the compile options]
 //   moec --list-passes [--load-pass-plugin=LIB.so]...
 //
 // Parses and validates the spec, builds the moe module, and depending on
@@ -81,6 +85,11 @@ int usageError(const llvm::Twine &message) {
          "       [--entries=infer,train_step,eval,analyze]\n"
          "       [--load-pass-plugin=LIB.so]... "
          "[--run-passes=POINT:PIPELINE]...\n"
+         "       moec prune SPEC.json|MODEL.mlir --weights W (--profile P | "
+         "--prune-layers NAMES)\n"
+         "             -o OUT.moec [--weights-out W2] [--threshold T] "
+         "[--criterion image-nmi|token-nmi]\n"
+         "             [--replacement top|mean] [the compile options]\n"
          "       moec --list-passes [--load-pass-plugin=LIB.so]...\n";
   return kExitUsage;
 }
@@ -171,6 +180,42 @@ struct Options {
                       cl::desc("No progress lines on stderr, errors only"),
                       cl::init(false), cl::cat(moecCategory())};
 
+  // moec prune.
+  cl::opt<std::string> profile{
+      "profile",
+      cl::desc("prune: the routing profile (moec-run analyze's "
+               "profile.json)"),
+      cl::value_desc("profile.json"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> weights{
+      "weights",
+      cl::desc("prune: the unpruned model's weights (a weights file or a "
+               "checkpoint file)"),
+      cl::value_desc("W.safetensors"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> weightsOut{
+      "weights-out",
+      cl::desc("prune: where the pruned model's weights go (default: -o's "
+               "path with .safetensors for .moec)"),
+      cl::value_desc("file"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> threshold{
+      "threshold",
+      cl::desc("prune: prune the layers whose criterion is below this "
+               "(default 0.05)"),
+      cl::value_desc("T"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> criterion{
+      "criterion", cl::desc("prune: image-nmi (default) or token-nmi"),
+      cl::value_desc("name"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> replacement{
+      "replacement",
+      cl::desc("prune: for a layer without a shared expert, top (the "
+               "most-used expert, default) or mean (the load-weighted "
+               "average of the experts)"),
+      cl::value_desc("top|mean"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> pruneLayers{
+      "prune-layers",
+      cl::desc("prune: prune exactly these layers (comma-separated, e.g. "
+               "blocks.1.moe) instead of the profile's criterion"),
+      cl::value_desc("names"), cl::init(""), cl::cat(moecCategory())};
+
   // User passes. Plugins load while the command line is parsed (as in
   // mlir-opt), so their passes are registered before anything names them.
   std::vector<LoadedPlugin> plugins;
@@ -260,7 +305,9 @@ int moec::driver::moecMain(int argc, char **argv) {
       "  moec compile SPEC.json -o model.moec\n"
       "  moec compile SPEC.json --emit=mlir -o model.mlir   (then edit it, or "
       "run passes on it)\n"
-      "  moec compile model.mlir -o model.moec\n\n"
+      "  moec compile model.mlir -o model.moec\n"
+      "  moec prune SPEC.json --profile profile.json --weights W.safetensors "
+      "-o pruned.moec\n\n"
       "MLIR's debugging options (--mlir-print-ir-after-all, --mlir-timing, "
       "...) are listed by --help-hidden.\n";
   // A malformed option (--emit=exe, --codegen-threads=x) is a usage error:
@@ -341,10 +388,68 @@ int moec::driver::moecMain(int argc, char **argv) {
 
   if (cli.positional.empty())
     return usageError("missing command");
-  if (cli.positional[0] != "compile")
+  const bool prune = cli.positional[0] == "prune";
+  if (cli.positional[0] != "compile" && !prune)
     return usageError("unknown command '" + cli.positional[0] + "'");
   if (cli.positional.size() != 2)
-    return usageError("'compile' takes exactly one spec file");
+    return usageError("'" + cli.positional[0] +
+                      "' takes exactly one spec file");
+  std::string weightsOutPath;
+  const std::string weightsInPath = cli.weights;
+  if (prune) {
+    if (cli.weights.empty())
+      return usageError("prune needs --weights W (the unpruned model's)");
+    if (cli.profile.empty() && cli.pruneLayers.empty())
+      return usageError("prune needs --profile P (moec-run analyze's "
+                        "profile.json) or --prune-layers NAMES");
+    if (options.emit != EmitKind::Artifact && options.emit != EmitKind::Mlir)
+      return usageError("prune writes an artifact or, with --emit=mlir, "
+                        "the pruned moe IR");
+    if (outputPath == "-")
+      return usageError("prune needs -o FILE");
+    PruneLayersPassOptions pruneOptions;
+    pruneOptions.profile = cli.profile;
+    if (!cli.threshold.empty()) {
+      double t = 0;
+      if (StringRef(cli.threshold).getAsDouble(t) || !(t >= 0 && t <= 1))
+        return usageError("--threshold must be a number in [0, 1], got '" +
+                          cli.threshold + "'");
+      pruneOptions.threshold = t;
+    }
+    if (!cli.criterion.empty()) {
+      if (cli.criterion != "image-nmi" && cli.criterion != "token-nmi")
+        return usageError("--criterion must be image-nmi or token-nmi, got '" +
+                          cli.criterion + "'");
+      pruneOptions.criterion = cli.criterion;
+    }
+    if (!cli.replacement.empty()) {
+      if (cli.replacement != "top" && cli.replacement != "mean")
+        return usageError("--replacement must be top or mean, got '" +
+                          cli.replacement + "'");
+      pruneOptions.replacement = cli.replacement;
+    }
+    SmallVector<StringRef> names;
+    StringRef(cli.pruneLayers).split(names, ',', -1, /*KeepEmpty=*/false);
+    for (StringRef name : names)
+      pruneOptions.layers.push_back(name.trim().str());
+    options.prune = pruneOptions;
+    weightsOutPath = cli.weightsOut;
+    if (weightsOutPath.empty()) {
+      StringRef out(outputPath);
+      weightsOutPath =
+          (out.ends_with(".moec") ? out.drop_back(5) : out).str() +
+          ".safetensors";
+    }
+    if (weightsOutPath == outputPath)
+      return usageError("--weights-out must differ from -o");
+  } else if (!cli.profile.empty() || !cli.weights.empty() ||
+             !cli.weightsOut.empty() || !cli.threshold.empty() ||
+             !cli.criterion.empty() || !cli.replacement.empty() ||
+             !cli.pruneLayers.empty()) {
+    return usageError("--profile, --weights, --weights-out, --threshold, "
+                      "--criterion, --replacement and --prune-layers belong "
+                      "to 'moec prune'");
+  }
   if (options.emit == EmitKind::Artifact && outputPath == "-")
     return usageError("--emit=artifact writes a binary file: give -o FILE");
   for (const std::string &value : cli.runPasses) {
@@ -463,6 +568,18 @@ int moec::driver::moecMain(int argc, char **argv) {
     if (!error.empty())
       llvm::errs() << "moec: error: " << error << "\n";
     return kExitFailure;
+  }
+  // The pruned model's weights first: a weights error (exit 2) leaves no
+  // artifact behind.
+  if (prune) {
+    if (failed(writePrunedWeights(*result.module, weightsInPath,
+                                  weightsOutPath, error))) {
+      llvm::errs() << "moec: error: " << error << "\n";
+      return kExitUsage;
+    }
+    if (!quiet)
+      llvm::errs() << llvm::format("moec: [%5.1f s] wrote ", elapsed())
+                   << weightsOutPath << "\n";
   }
   if (failed(writeOutput(outputPath, options.emit, result, error))) {
     llvm::errs() << "moec: error: " << error << "\n";

@@ -17,7 +17,10 @@
 #include "mlir/IR/OwningOpRef.h"
 #include "mlir/Support/LLVM.h"
 
+#include "moec/Passes/Passes.h"
+
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +61,8 @@ struct CompileOptions {
   CpuTargetOptions target;
   /// User passes at the extension points (--run-passes).
   std::vector<PassHook> passHooks;
+  /// moec prune: moe-prune-layers first in the frontend stage.
+  std::optional<PruneLayersPassOptions> prune;
   /// Called on every pass manager the driver creates, before its passes are
   /// added (moec applies MLIR's command-line options: IR printing, timing,
   /// crash reproducers). May be empty.
@@ -78,6 +83,15 @@ struct CompileResult {
   /// The .moec file (--emit=artifact).
   std::string artifact;
 };
+
+/// moec prune: writes to `weightsOut` the weights the pruned module reads,
+/// from `weightsIn`, the unpruned model's (a weights file or checkpoint):
+/// each parameter copied by name, or computed as its moe.carry_over says
+/// (moe-prune-layers). Errors name the file and the tensor.
+mlir::LogicalResult writePrunedWeights(mlir::ModuleOp pruned,
+                                       const std::string &weightsIn,
+                                       const std::string &weightsOut,
+                                       std::string &error);
 
 /// Registers the dialects and extensions the pipelines need (every upstream
 /// dialect and extension: bufferization and the LLVM conversions live in

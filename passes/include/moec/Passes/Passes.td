@@ -54,6 +54,63 @@ def AnnotateCostsPass : Pass<"moe-annotate-costs", "mlir::ModuleOp"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Pruning
+//===----------------------------------------------------------------------===//
+
+def PruneLayersPass : Pass<"moe-prune-layers", "mlir::ModuleOp"> {
+  let summary = "Replaces the MoE layers whose routing does not specialise by a dense FFN.";
+  let description = [{
+    ViMoE's layer pruning. Reads a routing profile (`moec-run analyze`'s
+    profile.json, docs/analysis.md) and, in every function of the module,
+    replaces each MoE layer whose routing does not depend on the class by
+    a dense FFN on the same tokens (a `moe.shared_expert` op, whose
+    weights are parameters of their own):
+
+    * criterion `image-nmi` (default): the layer's `image_nmi`, the
+      normalised mutual information between an image's class and the
+      expert most of its tokens go to, is below `threshold`;
+      `token-nmi`: the same of each token's experts (`token_nmi`);
+    * `layers=blocks.1.moe,...` prunes exactly the layers named instead
+      (the profile then need not exist; an empty `profile` is allowed).
+
+    The replacement: a layer with a shared expert keeps only it (its
+    parameters keep their names and values). A layer without one gets a
+    dense FFN `<layer>.dense.fc1/fc2.weight/bias` that carries over the
+    experts' weights (`moe.carry_over` on each new `moe.param`, which
+    `moec prune` applies to the weights): `replacement=top` (default) takes
+    the most-used expert (the profile's `most_used_expert`), `mean` the
+    average of the experts weighted by their load; fc2's weight and bias
+    are scaled by the profile's `gate_mass_per_token`, the gate weight a
+    routed output is scaled by on average.
+
+    Everything that read the layer's routing goes with it: its auxiliary
+    losses (removed from their `moe.sum_losses`), its routing counts and
+    statistics (removed from `eval`'s and `analyze`'s results) and its
+    router-noise input (removed from `train_forward`'s arguments). The
+    module records what was pruned in `moe.pruned_layers`. A layer whose
+    router also decides for a kept layer (router scope `model`) cannot be
+    pruned alone: the pass fails naming both.
+
+    ```mlir
+    %y = moe.shared_expert gelu %h, %w1, %b1, %w2, %b2 : ...
+    ```
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", /*default=*/"\"\"",
+           "The routing profile (moec-run analyze's profile.json)">,
+    Option<"threshold", "threshold", "double", /*default=*/"0.05",
+           "Prune the layers whose criterion is below this">,
+    Option<"criterion", "criterion", "std::string", /*default=*/"\"image-nmi\"",
+           "image-nmi or token-nmi">,
+    Option<"replacement", "replacement", "std::string", /*default=*/"\"top\"",
+           "For a layer without a shared expert: top (the most-used expert) "
+           "or mean (the load-weighted average of the experts)">,
+    ListOption<"layers", "layers", "std::string",
+               "Prune exactly these layers (e.g. blocks.1.moe)">,
+  ];
+}
+
+//===----------------------------------------------------------------------===//
 // Fusion
 //===----------------------------------------------------------------------===//
 

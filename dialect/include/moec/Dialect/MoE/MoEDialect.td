@@ -52,6 +52,12 @@ def MoE_Dialect : Dialect {
     // On the module: the JSON spec it was built from (moec compile of moe
     // IR takes the manifest's model and training settings from it).
     "::mlir::StringAttr":$spec,
+    // moe-prune-layers: on a moe.param, how its value derives from another
+    // parameter of the unpruned model ({source = "name", coefficients =
+    // array<f64: ...>}: the sum over the source's first dimension, entry e
+    // times coefficients[e]); on the module, the layers it pruned.
+    "::mlir::DictionaryAttr":$carry_over,
+    "::mlir::ArrayAttr":$pruned_layers,
     // moe-autodiff: optimizer state parameters and parameter updates.
     "::mlir::UnitAttr":$state,
     "::mlir::UnitAttr":$update,

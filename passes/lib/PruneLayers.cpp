@@ -192,6 +192,16 @@ struct PruneLayersPass
       profiled = std::move(*read);
     }
 
+    // A fused layer has no dispatch and experts of its own to rebuild.
+    WalkResult fused = module.walk([&](RoutedFFNOp op) {
+      op.emitError() << "moe-prune-layers: this MoE layer is already fused "
+                        "(moe.routed_ffn); run the pass before "
+                        "moe-fuse-routing";
+      return WalkResult::interrupt();
+    });
+    if (fused.wasInterrupted())
+      return signalPassFailure();
+
     // The module's MoE layers, per function.
     SmallVector<MoELayerOps> found;
     llvm::StringMap<int64_t> experts;
@@ -433,6 +443,7 @@ struct PruneLayersPass
     SmallVector<Operation *> dead{layer.combine, layer.experts, layer.dispatch,
                                   router};
     SmallVector<Operation *> worklist;
+    llvm::DenseSet<Operation *> erased(dead.begin(), dead.end());
     for (Operation *op : dead) {
       for (Value v : op->getOperands())
         if (Operation *def = v.getDefiningOp())
@@ -440,7 +451,6 @@ struct PruneLayersPass
       op->dropAllUses();
       op->erase();
     }
-    llvm::DenseSet<Operation *> erased;
     while (!worklist.empty()) {
       Operation *op = worklist.pop_back_val();
       if (erased.contains(op) || !isOpTriviallyDead(op))

@@ -532,6 +532,17 @@ int moec::driver::moecMain(int argc, char **argv) {
                    << "\n";
     };
 
+  // moe-prune-layers' errors are about its inputs (the profile, the layers
+  // named, the model they are applied to): bad input, exit 2.
+  bool pruneInputError = false;
+  std::optional<ScopedDiagnosticHandler> pruneDiagnostics;
+  if (prune)
+    pruneDiagnostics.emplace(&context, [&](Diagnostic &diag) {
+      if (StringRef(diag.str()).starts_with("moe-prune-layers:"))
+        pruneInputError = true;
+      return failure(); // printed by the next handler
+    });
+
   CompileResult result;
   std::string error;
   LogicalResult compiled = failure();
@@ -567,7 +578,7 @@ int moec::driver::moecMain(int argc, char **argv) {
   if (failed(compiled)) {
     if (!error.empty())
       llvm::errs() << "moec: error: " << error << "\n";
-    return kExitFailure;
+    return pruneInputError ? kExitUsage : kExitFailure;
   }
   // The pruned model's weights first: a weights error (exit 2) leaves no
   // artifact behind.

@@ -368,6 +368,20 @@ Expected<Manifest> parseManifest(const std::string &text,
         return false;
     if (const json *spec = check.member(root, "", "spec", /*required=*/false))
       m.spec = spec->dump();
+    if (const json *pruned =
+            check.member(root, "", "pruned_layers", /*required=*/false)) {
+      if (!check.isArray(*pruned, "/pruned_layers"))
+        return false;
+      for (size_t i = 0; i < pruned->size(); ++i) {
+        const std::string at = jsonPointer("/pruned_layers", i);
+        std::string layer, replacement;
+        if (!check.isObject((*pruned)[i], at) ||
+            !check.getString((*pruned)[i], at, "layer", layer) ||
+            !check.getString((*pruned)[i], at, "replacement", replacement))
+          return false;
+        m.prunedLayers.push_back(layer + " (" + replacement + ")");
+      }
+    }
     if (check.member(root, "", "precision", /*required=*/false)) {
       if (!check.getString(root, "", "precision", m.precision))
         return false;

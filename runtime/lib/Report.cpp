@@ -62,6 +62,12 @@ std::string inspectReport(const Artifact &a) {
                m.precision == "bf16"
                    ? "bf16 GEMM operands, fp32 accumulation and weights"
                    : "fp32");
+  if (!m.prunedLayers.empty()) {
+    std::string list;
+    for (const std::string &l : m.prunedLayers)
+      list += (list.empty() ? "" : ", ") + l;
+    appendPrintf(out, "pruned:       %s\n", list.c_str());
+  }
   appendPrintf(out, "version:      %u.%u\n", a.versionMajor(),
                a.versionMinor());
   appendPrintf(out, "file size:    %" PRIu64 " bytes\n", a.fileSize());

@@ -2,6 +2,7 @@
 
 #include "moec/Passes/ArtifactWriter.h"
 
+#include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Dialect/MoE/MoEOps.h"
 #include "moec/Runtime/ArtifactFormat.h"
 
@@ -277,6 +278,23 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
   }
   manifest["entries"] = std::move(manifestEntries);
   manifest["spec"] = spec.is_discarded() ? json::object() : spec;
+  // moe-prune-layers' record: which MoE layers became dense FFNs, and why.
+  if (ArrayAttr pruned =
+          moe::MoEDialect::PrunedLayersAttrHelper(plan.getContext())
+              .getAttr(plan)) {
+    json layers = json::array();
+    for (Attribute entry : pruned) {
+      json layer = json::object();
+      for (NamedAttribute field : cast<DictionaryAttr>(entry)) {
+        if (auto s = dyn_cast<StringAttr>(field.getValue()))
+          layer[field.getName().str()] = s.str();
+        else if (auto f = dyn_cast<FloatAttr>(field.getValue()))
+          layer[field.getName().str()] = f.getValueAsDouble();
+      }
+      layers.push_back(std::move(layer));
+    }
+    manifest["pruned_layers"] = std::move(layers);
+  }
   json planJson{{"entries", std::move(planEntries)}};
 
   std::string out(sizeof(artifact::FileHeader), '\0');

@@ -135,6 +135,9 @@ struct Manifest {
   std::optional<TrainSpec> train;
   std::map<std::string, EntrySpec> entries;
   std::string spec; ///< the model spec, as compact JSON ("" if absent)
+  /// MoE layers `moec prune` replaced by a dense FFN, each as "LAYER
+  /// (REPLACEMENT)", e.g. "blocks.1.moe (shared)"; empty if none.
+  std::vector<std::string> prunedLayers;
 
   /// Floats per image: channels * height * width.
   int64_t imageSize() const { return channels * height * width; }

@@ -43,6 +43,7 @@ TEST(OpModels, EveryOpHasItsModels) {
   EXPECT_EQ(decomposed, (std::set<std::string>{
                             "moe.aux_loss", "moe.classification_metrics",
                             "moe.l2_normalize", "moe.routing_counts",
+                            "moe.routing_stats",
                             "moe.softmax_cross_entropy", "moe.sum_losses"}));
   int ops = 0;
   for (RegisteredOperationName name : ctx.getRegisteredOperations()) {

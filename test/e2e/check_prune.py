@@ -16,7 +16,9 @@ random weights and a small image folder:
    mean` averages the experts by load).
 3. The pruned artifact's logits match the independent fp64 reference
    (moec-reference) of the dense spec those weights describe: the same
-   ViT with plain MLPs in blocks 1 and 3.
+   ViT with plain MLPs in blocks 1 and 3. A per-image model with a
+   super-class map: each image reaches one expert, nothing is dropped,
+   and the super-class accuracy agrees with the dominant-expert counts.
 4. Bad inputs: a profile of another model and weights without the
    model's tensors exit 2 and write nothing.
 
@@ -232,6 +234,40 @@ def main():
     if len(y) != len(r) or not rel < 1e-4:
         sys.exit(f"FAIL: pruned logits vs the dense reference: relative "
                  f"error {rel:.3e}")
+
+    # Per-image routing (top-1) with a super-class map: every image's tokens
+    # reach exactly one expert, nothing is dropped, and the super-class
+    # accuracy is the share of images whose expert is their super-class.
+    image_spec = os.path.join(work, "per-image.json")
+    with open(image_spec, "w") as f:
+        json.dump(dict(SPEC, name="prune-check-per-image",
+                       moe={"placement": {"rule": "every-n", "n": 2},
+                            "experts": 3, "router": {"kind": "per-image"},
+                            "super_class_map": [2, 0, 1]}), f)
+    image_model = os.path.join(work, "per-image.moec")
+    run([moec, "compile", image_spec, "--entries=infer,analyze", "--quiet",
+         "-o", image_model])
+    image_init = os.path.join(work, "per-image-init.safetensors")
+    run([moec_run, "init", image_model, "-o", image_init])
+    image_weights = os.path.join(work, "per-image.safetensors")
+    write_safetensors(image_weights,
+                      random_weights(rng, read_safetensors(image_init)))
+    run([moec_run, "analyze", image_model, "--weights", image_weights,
+         "--data", os.path.join(work, "images"), "-o",
+         os.path.join(work, "per-image-profile")])
+    with open(os.path.join(work, "per-image-profile", "profile.json")) as f:
+        image_profile = json.load(f)
+    images = image_profile["dataset"]["images"]
+    for l in image_profile["layers"]:
+        hits = sum(l["class_dominant_expert"][c][e]
+                   for c, e in enumerate([2, 0, 1]))
+        if (l["experts_per_image"]["histogram"] != [0, images, 0, 0] or
+                l["dropped_fraction"] != 0 or
+                abs(l["super_class_accuracy"] - hits / images) > 1e-9):
+            sys.exit(f"FAIL: per-image layer {l['name']}: "
+                     f"{l['experts_per_image']}, dropped "
+                     f"{l['dropped_fraction']}, super-class accuracy "
+                     f"{l['super_class_accuracy']} (expected {hits / images})")
 
     # 4. Bad inputs.
     other = dict(profile, layers=[dict(l, name="blocks.2.moe")

@@ -11,6 +11,9 @@ For each seed:
      image-level NMI is below --threshold keep only their shared expert;
   4. fine-tune the pruned model for one epoch (every-2-finetune.json's
      recipe), and, as the control, the unpruned model for the same epoch;
+     to see whether the criterion picks the right layers, also prune
+     exactly the least specialising layer (lowest image NMI) and, instead,
+     the most specialising one (highest), each fine-tuned the same way;
   5. evaluate every model on the test set.
 Then the speed of the models (`moec-run infer` on the test set, the
 models alternating, the median of --repeats runs) and their parameters and
@@ -124,6 +127,19 @@ def main():
         control = train(finetune,
                         os.path.join(a.out, f"every-2-ft-s{seed}.safetensors"),
                         seed, init=base)
+        # One layer by rank: the least and the most specialising.
+        by_nmi = sorted(profile["layers"], key=lambda l: l["image_nmi"])
+        ranked = {}
+        for tag, layer in (("least", by_nmi[0]), ("most", by_nmi[-1])):
+            model = os.path.join(a.out, f"pruned-{tag}-s{seed}.moec")
+            run([moec, "prune", spec_path("every-2-finetune"), "--profile",
+                 os.path.join(profile_dir, "profile.json"), "--weights", base,
+                 "--prune-layers", layer["name"], "--quiet", "-o", model])
+            start = model[:-len(".moec")] + ".safetensors"
+            tuned_rank = train(model, os.path.join(
+                a.out, f"pruned-{tag}-ft-s{seed}.safetensors"), seed, init=start)
+            ranked[tag] = (layer["name"], accuracy(model, start),
+                           accuracy(model, tuned_rank))
         row = {
             "seed": seed,
             "pruned_layers": " ".join(l["name"] for l in profile["layers"]
@@ -135,6 +151,12 @@ def main():
             "pruned_zero_shot": accuracy(pruned, pruned_weights),
             "every2_ft": accuracy(finetune, control),
             "pruned_ft": accuracy(pruned, tuned),
+            "least_layer": ranked["least"][0],
+            "least_zero_shot": ranked["least"][1],
+            "least_ft": ranked["least"][2],
+            "most_layer": ranked["most"][0],
+            "most_zero_shot": ranked["most"][1],
+            "most_ft": ranked["most"][2],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -143,7 +165,10 @@ def main():
     models = {"every-2": (every2, os.path.join(a.out, f"every-2-s{seeds[0]}.safetensors")),
               "last-2": (last2, os.path.join(a.out, f"last-2-s{seeds[0]}.safetensors")),
               "every-2 pruned": (pruned_models[seeds[0]],
-                                 os.path.join(a.out, f"pruned-s{seeds[0]}.safetensors"))}
+                                 os.path.join(a.out, f"pruned-s{seeds[0]}.safetensors")),
+              "one layer pruned": (
+                  os.path.join(a.out, f"pruned-least-s{seeds[0]}.moec"),
+                  os.path.join(a.out, f"pruned-least-s{seeds[0]}.safetensors"))}
     speeds = {k: [] for k in models}
     for _ in range(a.repeats):
         for name, (model, weights) in models.items():
@@ -168,6 +193,14 @@ def main():
              ("Every-2, + 1 epoch fine-tune", "every-2", "every2_ft"),
              ("Every-2 pruned, no fine-tune", "every-2 pruned", "pruned_zero_shot"),
              ("Every-2 pruned, + 1 epoch fine-tune", "every-2 pruned", "pruned_ft"),
+             ("least specialising layer pruned, no fine-tune", "one layer pruned",
+              "least_zero_shot"),
+             ("least specialising layer pruned, + 1 epoch fine-tune",
+              "one layer pruned", "least_ft"),
+             ("most specialising layer pruned, no fine-tune", "one layer pruned",
+              "most_zero_shot"),
+             ("most specialising layer pruned, + 1 epoch fine-tune",
+              "one layer pruned", "most_ft"),
              ("Last-2, 3 epochs", "last-2", "last2")]
     for label, model, key in table:
         c = costs[model]
@@ -176,10 +209,17 @@ def main():
                      f"{c['flops'] / 1e6:.2f} | "
                      f"{statistics.median(speeds[model]):.0f} | "
                      f"{mean:.2f} ({lo:.2f}-{hi:.2f}; {sd:.2f}) |")
-    diffs = [r["pruned_ft"] - r["every2_ft"] for r in rows]
-    lines += ["", f"Pruned minus unpruned after the same fine-tune, per seed: "
-              + ", ".join(f"{d:+.2f}" for d in diffs)
-              + f" (mean {statistics.mean(diffs):+.2f} points).",
+    def diff_line(label, key):
+        d = [r[key] - r["every2_ft"] for r in rows]
+        return (f"{label} minus unpruned after the same fine-tune, per seed: "
+                + ", ".join(f"{v:+.2f}" for v in d)
+                + f" (mean {statistics.mean(d):+.2f} points).")
+    lines += ["", diff_line("Pruned by the threshold", "pruned_ft"),
+              diff_line("Least specialising layer pruned", "least_ft"),
+              diff_line("Most specialising layer pruned", "most_ft"),
+              "Least / most specialising layer per seed: "
+              + "; ".join(f"seed {r['seed']}: {r['least_layer']} / "
+                          f"{r['most_layer']}" for r in rows) + ".",
               "Pruned layers (image NMI of blocks 1, 3, 5), per seed: "
               + "; ".join(f"seed {r['seed']}: {r['pruned_layers']} "
                           f"({r['image_nmi']})" for r in rows),

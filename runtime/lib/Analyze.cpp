@@ -96,34 +96,31 @@ mutualInformation(const std::vector<std::vector<double>> &counts) {
   return {mi, hc > 0 && he > 0 ? std::min(1.0, 2 * mi / (hc + he)) : 0.0};
 }
 
-/// Mutual information, NMI and routing degree of class x expert counts.
+/// Loads, mutual information, NMI, routing degree and expert similarity
+/// from the class x expert counts (all zero when nothing was routed).
 void classDependence(LayerProfile &layer) {
   const size_t k = layer.classTokens.size(), e = size_t(layer.experts);
-  double total = 0;
-  std::vector<double> pc(k, 0.0), pe(e, 0.0);
-  for (size_t c = 0; c < k; ++c)
+  layer.load.assign(e, 0.0);
+  layer.expertSimilarity.assign(e, std::vector<double>(e, 0.0));
+  double total = 0, degree = 0;
+  for (const std::vector<double> &row : layer.classTokens) {
     for (size_t j = 0; j < e; ++j) {
-      pc[c] += layer.classTokens[c][j];
-      pe[j] += layer.classTokens[c][j];
-      total += layer.classTokens[c][j];
+      layer.load[j] += row[j];
+      total += row[j];
     }
+    degree += *std::max_element(row.begin(), row.end());
+  }
   if (total <= 0)
     return;
-  double degree = 0;
-  for (size_t c = 0; c < k; ++c)
-    degree += *std::max_element(layer.classTokens[c].begin(),
-                                layer.classTokens[c].end()) /
-              total;
-  for (double &v : pe)
+  for (double &v : layer.load)
     v /= total;
+  layer.routingDegree = degree / total;
+  layer.mostUsedExpert =
+      std::max_element(layer.load.begin(), layer.load.end()) -
+      layer.load.begin();
   std::tie(layer.mutualInformation, layer.tokenNmi) =
       mutualInformation(layer.classTokens);
   layer.imageNmi = mutualInformation(layer.classDominant).second;
-  layer.routingDegree = degree;
-  layer.load = pe;
-  layer.mostUsedExpert =
-      std::max_element(pe.begin(), pe.end()) - pe.begin();
-  layer.expertSimilarity.assign(e, std::vector<double>(e, 0.0));
   for (size_t a = 0; a < e; ++a)
     for (size_t b = 0; b < e; ++b) {
       double dot = 0, na = 0, nb = 0;
@@ -163,7 +160,7 @@ Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data) {
     return makeError(ErrorCode::Data,
                      "the routing analysis needs labelled images (it relates "
                      "each image's class to its experts)");
-  const int64_t batch = m.batch, size = m.imageSize();
+  const int64_t batch = m.batch;
   Expected<EntryTensor> images = session.input(kEntryAnalyze, "images");
   Expected<EntryTensor> labels = session.input(kEntryAnalyze, "labels");
   Expected<EntryTensor> mask = session.input(kEntryAnalyze, "mask");
@@ -242,14 +239,8 @@ Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data) {
       dispatched(outputs.size());
   double hits = 0;
   for (int64_t done = 0; done < data.n; done += batch) {
-    const int64_t count = std::min(batch, data.n - done);
-    std::memcpy(images->f32(), data.images.data() + done * size,
-                size_t(count * size) * 4);
-    std::fill(images->f32() + count * size, images->f32() + batch * size, 0.0f);
-    for (int64_t i = 0; i < batch; ++i) {
-      labels->i32()[i] = i < count ? data.labels[size_t(done + i)] : 0;
-      mask->f32()[i] = i < count ? 1.0f : 0.0f;
-    }
+    const int64_t count =
+        fillEvalBatch(data, done, batch, *images, *labels, *mask);
     if (Error e = session.run(kEntryAnalyze, batch))
       return e;
     hits += correct->value();

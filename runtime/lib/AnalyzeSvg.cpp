@@ -7,6 +7,8 @@
 
 #include "moec/Runtime/Analyze.h"
 
+#include "Format.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -14,29 +16,6 @@
 namespace moec::rt {
 
 namespace {
-
-std::string escape(const std::string &text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-    case '&':
-      out += "&amp;";
-      break;
-    case '<':
-      out += "&lt;";
-      break;
-    case '>':
-      out += "&gt;";
-      break;
-    case '"':
-      out += "&quot;";
-      break;
-    default:
-      out += c;
-    }
-  }
-  return out;
-}
 
 std::string fmt(const char *format, double v) {
   char buf[64];
@@ -50,7 +29,7 @@ std::string text(double x, double y, const std::string &body,
   return "<text x=\"" + fmt("%.1f", x) + "\" y=\"" + fmt("%.1f", y) +
          "\" font-size=\"" + std::to_string(size) + "\" text-anchor=\"" +
          anchor + "\" fill=\"" + fill + "\" font-weight=\"" + weight + "\">" +
-         escape(body) + "</text>\n";
+         escapeXml(body) + "</text>\n";
 }
 
 std::string rect(double x, double y, double w, double h, const std::string &fill,
@@ -213,7 +192,11 @@ std::string specialisationSvg(const RoutingProfile &p, double threshold) {
     out += text(left - 10, y + 20, l.name, "end", 12, "#111", "bold");
     out += rect(left, y + 6, barMax * l.imageNmi / scale, 20,
                 kept ? "#2166ac" : "#b0b0b0");
-    out += text(left + barMax * l.imageNmi / scale + 6, y + 21,
+    // Right of the bar, and of the threshold line when the bar stops short.
+    out += text(std::max(barMax * l.imageNmi / scale,
+                         barMax * threshold / scale) +
+                    left + 6,
+                y + 21,
                 fmt("%.3f", l.imageNmi) +
                     (kept ? " specialises" : " does not"),
                 "start", 11, kept ? "#2166ac" : "#666");

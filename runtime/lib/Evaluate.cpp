@@ -177,11 +177,26 @@ std::string droppedShareKey(const std::string &routingOutput) {
                                  : routingOutput);
 }
 
+int64_t fillEvalBatch(const Dataset &data, int64_t done, int64_t batch,
+                      const EntryTensor &images, const EntryTensor &labels,
+                      const EntryTensor &mask) {
+  const int64_t size = data.imageSize();
+  const int64_t count = std::min(batch, data.n - done);
+  std::memcpy(images.f32(), data.images.data() + done * size,
+              size_t(count * size) * 4);
+  std::fill(images.f32() + count * size, images.f32() + batch * size, 0.0f);
+  for (int64_t i = 0; i < batch; ++i) {
+    labels.i32()[i] = i < count ? data.labels[size_t(done + i)] : 0;
+    mask.f32()[i] = i < count ? 1.0f : 0.0f;
+  }
+  return count;
+}
+
 Expected<EvalResult> evaluate(Session &session, const Dataset &data) {
   const Manifest &m = session.manifest();
   if (Error e = session.checkEntry(kEntryEval))
     return e;
-  const int64_t batch = m.batch, size = m.imageSize();
+  const int64_t batch = m.batch;
   Expected<EntryTensor> images = session.input(kEntryEval, "images");
   Expected<EntryTensor> labels = session.input(kEntryEval, "labels");
   Expected<EntryTensor> mask = session.input(kEntryEval, "mask");
@@ -199,14 +214,8 @@ Expected<EvalResult> evaluate(Session &session, const Dataset &data) {
           {out.spec->name, std::vector<double>(size_t(out.count()), 0.0)});
     }
   for (int64_t done = 0; done < data.n; done += batch) {
-    const int64_t count = std::min(batch, data.n - done);
-    std::memcpy(images->f32(), data.images.data() + done * size,
-                size_t(count * size) * 4);
-    std::fill(images->f32() + count * size, images->f32() + batch * size, 0.0f);
-    for (int64_t i = 0; i < batch; ++i) {
-      labels->i32()[i] = i < count ? data.labels[size_t(done + i)] : 0;
-      mask->f32()[i] = i < count ? 1.0f : 0.0f;
-    }
+    const int64_t count =
+        fillEvalBatch(data, done, batch, *images, *labels, *mask);
     if (Error e = session.run(kEntryEval, batch))
       return e;
     result.lossSum += lossSum->value();

@@ -3,7 +3,7 @@
 // Internal to the runtime library. The reports and messages the library
 // writes for moec-run (Report.cpp, Trainer.cpp) keep the tool's printf
 // formats ("%.4f", "%" PRId64), formatted into strings so that the caller
-// chooses where they go.
+// chooses where they go; the SVG plots escape their labels with escapeXml.
 //
 //===----------------------------------------------------------------------===//
 
@@ -28,6 +28,30 @@ inline void appendVPrintf(std::string &out, const char *format, va_list args) {
   out.resize(old + size_t(size) + 1);
   std::vsnprintf(&out[old], size_t(size) + 1, format, args);
   out.resize(old + size_t(size));
+}
+
+/// `text` with &, <, > and " as XML entities (the SVG plots' labels).
+inline std::string escapeXml(const std::string &text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+    case '&':
+      out += "&amp;";
+      break;
+    case '<':
+      out += "&lt;";
+      break;
+    case '>':
+      out += "&gt;";
+      break;
+    case '"':
+      out += "&quot;";
+      break;
+    default:
+      out += c;
+    }
+  }
+  return out;
 }
 
 /// Appends printf(format, ...) to `out`.

@@ -2,6 +2,7 @@
 
 #include "moec/Runtime/Metrics.h"
 
+#include "Format.h"
 #include "JsonCheck.h"
 #include "moec/Runtime/FileUtil.h"
 
@@ -283,29 +284,6 @@ std::string number(double value, int decimals) {
 }
 
 std::string coord(double value) { return number(value, 2); }
-
-std::string escapeXml(const std::string &text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-    case '&':
-      out += "&amp;";
-      break;
-    case '<':
-      out += "&lt;";
-      break;
-    case '>':
-      out += "&gt;";
-      break;
-    case '"':
-      out += "&quot;";
-      break;
-    default:
-      out += c;
-    }
-  }
-  return out;
-}
 
 struct Panel {
   std::string id, title, xLabel, yLabel, color;

@@ -35,6 +35,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Driver/MoecMain.h"
+#include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Driver/Driver.h"
 #include "moec/Driver/Pipelines.h"
 #include "moec/Frontend/Spec.h"
@@ -583,6 +584,26 @@ int moec::driver::moecMain(int argc, char **argv) {
   // The pruned model's weights first: a weights error (exit 2) leaves no
   // artifact behind.
   if (prune) {
+    ArrayAttr pruned =
+        moe::MoEDialect::PrunedLayersAttrHelper(&context).getAttr(
+            *result.module);
+    if (!pruned || pruned.empty()) {
+      llvm::errs() << "moec: warning: no MoE layer is below the threshold: "
+                      "the model is unchanged\n";
+    } else if (!quiet) {
+      std::string list;
+      for (Attribute entry : pruned) {
+        auto dict = cast<DictionaryAttr>(entry);
+        auto text = [&](StringRef key) {
+          auto s = dyn_cast_or_null<StringAttr>(dict.get(key));
+          return s ? s.str() : std::string("?");
+        };
+        list += (list.empty() ? "" : ", ") + text("layer") + " (" +
+                text("replacement") + ")";
+      }
+      llvm::errs() << llvm::format("moec: [%5.1f s] pruned ", elapsed())
+                   << list << "\n";
+    }
     if (failed(writePrunedWeights(*result.module, weightsInPath,
                                   weightsOutPath, error))) {
       llvm::errs() << "moec: error: " << error << "\n";

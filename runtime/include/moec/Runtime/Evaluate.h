@@ -116,6 +116,14 @@ struct EvalResult {
   double top1() const { return images ? correct / double(images) : 0; }
 };
 
+/// Writes images [done, done + count) of `data`, count = min(batch, n -
+/// done), their labels and mask 1 to the inputs of an eval-like entry
+/// point ("eval", "analyze"); the rest of the batch gets zero images,
+/// label 0 and mask 0. Returns count.
+int64_t fillEvalBatch(const Dataset &data, int64_t done, int64_t batch,
+                      const EntryTensor &images, const EntryTensor &labels,
+                      const EntryTensor &mask);
+
 /// Runs "eval" over `data` in batches of the model's batch; the last batch
 /// is padded with zero images, label 0 and mask 0. Argument errors for a
 /// model without an eval entry point (or its images, labels, mask,

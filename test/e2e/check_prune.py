@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_kill_resume import png  # noqa: E402
 from check_reference import (random_weights, read_f32,  # noqa: E402
                              read_safetensors, write_safetensors)
+from check_routing_stats import read_tensors, write_batch  # noqa: E402
 
 MODEL = {"input": {"channels": 1, "height": 8, "width": 8}, "patch_size": 4,
          "width": 16, "depth": 4, "heads": 2, "mlp_ratio": 2, "classes": 3,
@@ -58,21 +59,6 @@ def run(cmd, expect=0):
         sys.exit(f"FAIL: {' '.join(cmd)} exited {p.returncode} (expected "
                  f"{expect})\n{p.stdout}{p.stderr}")
     return p.stdout + p.stderr
-
-
-def read_tensors(path):
-    """name -> (shape, values) of an F32 safetensors file."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    header.pop("__metadata__", None)
-    out = {}
-    for name, info in header.items():
-        a, b = info["data_offsets"]
-        out[name] = (info["shape"],
-                     list(struct.unpack(f"<{(b - a) // 4}f", data[a:b])))
-    return out
 
 
 def close(a, b, tol, what):
@@ -109,23 +95,8 @@ def main():
     w = read_tensors(weights)
 
     # 1. analyze against eval on one batch of random images.
-    batch = {"images": ([4, 1, 8, 8], [rng.gauss(0, 1) for _ in range(256)]),
-             "mask": ([4], [1.0, 1.0, 1.0, 1.0])}
     inputs = os.path.join(work, "inputs.safetensors")
-    write_safetensors(inputs, batch)
-    with open(inputs, "rb") as f:  # labels are I32: patch them in
-        raw = bytearray(f.read())
-    n = struct.unpack_from("<Q", raw, 0)[0]
-    header = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    end = max(v["data_offsets"][1] for k, v in header.items())
-    header["labels"] = {"dtype": "I32", "shape": [4],
-                        "data_offsets": [end, end + 16]}
-    data += struct.pack("<4i", 0, 1, 2, 0)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(inputs, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + bytes(data))
+    write_batch(inputs, [rng.gauss(0, 1) for _ in range(256)], [0, 1, 2, 0])
     outs = {}
     for entry in ("eval", "analyze"):
         out = os.path.join(work, entry + ".safetensors")

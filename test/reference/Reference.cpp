@@ -4,6 +4,7 @@
 // moec-reference loss SPEC.json WEIGHTS.safetensors BATCH.safetensors
 // moec-reference fdgrad SPEC.json WEIGHTS BATCH OUT.safetensors [--per-tensor K|all]
 //                [--h H] [--seed S]
+// moec-reference routing SPEC.json WEIGHTS IMAGES.f32 OUT.safetensors
 //
 // An independent reference implementation of the ViT / ViMoE forward pass,
 // computed entirely in double precision.  It shares no code with the moec
@@ -441,6 +442,54 @@ int cmdFdGrad(const std::vector<std::string> &pos, const std::string &perTensor,
   return 0;
 }
 
+/// moec-reference routing SPEC WEIGHTS IMAGES.f32 OUT.safetensors: every
+/// MoE layer's per-image routing statistics (RoutingStats), as F32 tensors
+/// named as moec's analyze entry point names them.
+int cmdRouting(const std::vector<std::string> &pos) {
+  if (pos.size() != 5)
+    fail("usage: moec-reference routing SPEC.json WEIGHTS.safetensors "
+         "IMAGES.f32 OUT.safetensors");
+  Spec spec = parseSpec(pos[1]);
+  SafeTensors st(pos[2]);
+  Model model = loadModel(spec, st);
+  std::vector<unsigned char> raw = readFile(pos[3]);
+  const uint64_t imgBytes = uint64_t(spec.C * spec.H * spec.W) * 4;
+  const size_t group = size_t(largestGroup(spec));
+  if (raw.empty() || raw.size() % (imgBytes * group) != 0)
+    fail(pos[3] + ": not a positive multiple of " + std::to_string(group) +
+         " images of " + std::to_string(imgBytes) + " bytes");
+  const size_t n = raw.size() / imgBytes, per = size_t(imgBytes / 4);
+  std::vector<float> imgs(n * per);
+  for (size_t i = 0; i < imgs.size(); ++i)
+    imgs[i] = loadF32LE(&raw[4 * i]);
+  RoutingRecorder recorder;
+  recorder.images = int64_t(n);
+  routingRecorder = &recorder;
+  for (size_t i = 0; i < n; i += group) {
+    recorder.first = int64_t(i);
+    forward(model, &imgs[i * per], int64_t(group));
+  }
+  routingRecorder = nullptr;
+  std::map<std::string, TensorOut> out;
+  auto put = [&](const std::string &name, const std::vector<double> &v,
+                 std::vector<int64_t> shape) {
+    TensorOut t{"F32", std::move(shape), std::vector<unsigned char>(v.size() * 4)};
+    for (size_t i = 0; i < v.size(); ++i)
+      storeF32LE(&t.bytes[4 * i], float(v[i]));
+    out[name] = std::move(t);
+  };
+  for (const auto &[block, stats] : recorder.layers) {
+    const std::string layer = "blocks." + std::to_string(block) + ".moe";
+    const int64_t e = int64_t(stats.tokens.size() / n);
+    put("routing_tokens." + layer, stats.tokens, {int64_t(n), e});
+    put("routing_weights." + layer, stats.weights, {int64_t(n), e});
+    put("routing_probs." + layer, stats.probs, {int64_t(n), e});
+    put("routing_entropy." + layer, stats.entropy, {int64_t(n)});
+  }
+  writeSafeTensors(pos[4], out, {});
+  return 0;
+}
+
 int cmdLogits(const std::vector<std::string> &pos, bool f64) {
   if (pos.size() != 4)
     fail("usage: moec-reference [--f64] SPEC.json WEIGHTS.safetensors IMAGES.f32 "
@@ -542,6 +591,8 @@ int run(int argc, char **argv) {
     return cmdLoss(pos);
   if (!pos.empty() && pos[0] == "fdgrad")
     return cmdFdGrad(pos, perTensor, h, seed);
+  if (!pos.empty() && pos[0] == "routing")
+    return cmdRouting(pos);
   return cmdLogits(pos, f64);
 }
 

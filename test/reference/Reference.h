@@ -346,6 +346,24 @@ std::vector<Vec> forward(const Model &m, const float *imgs, int64_t count,
                          TrainCtx *ctx = nullptr,
                          const std::function<void(int64_t)> &select = {});
 
+/// Per-image routing statistics of the MoE layers (moec-run analyze's
+/// `routing_*` outputs), by block: tokens[i*E+e] the tokens of image i
+/// expert e took (soft MoE: the summed dispatch weights), weights[i*E+e]
+/// their summed combine weights, probs[i*E+e] the clean softmax of each
+/// decision summed over e's slots and averaged over the image's decisions,
+/// entropy[i] that softmax's entropy / log(E*P), averaged the same way.
+struct RoutingStats {
+  std::vector<double> tokens, weights, probs, entropy;
+};
+struct RoutingRecorder {
+  int64_t images = 0; // the images of the whole run
+  int64_t first = 0;  // the run's index of forward()'s first image
+  int64_t block = -1, base = 0;           // set by forward() per group
+  std::map<int64_t, RoutingStats> layers; // by block
+};
+/// When set, inference (no TrainCtx) records every MoE layer's routing.
+extern RoutingRecorder *routingRecorder;
+
 /// The largest routing group of the model's MoE layers (1 without any):
 /// the image counts the reference takes must be multiples of it.
 int64_t largestGroup(const Spec &s);

@@ -206,6 +206,60 @@ int64_t capacityOf(int64_t k, int64_t S, double cf, int64_t E) {
 /// Capacity-limited slot filling shared by token-choice and sinkhorn:
 /// choice[s] lists token s's experts in priority order; gates G[s][e].
 /// Round r takes every token's r-th choice, the tokens in `order`.
+RoutingRecorder *routingRecorder = nullptr;
+
+namespace {
+/// The stats of the layer being routed, sized for E experts.
+RoutingStats *routingStats(int64_t E) {
+  if (!routingRecorder)
+    return nullptr;
+  RoutingStats &st = routingRecorder->layers[routingRecorder->block];
+  const size_t n = size_t(routingRecorder->images);
+  if (st.entropy.empty()) {
+    st.tokens.assign(n * size_t(E), 0.0);
+    st.weights.assign(n * size_t(E), 0.0);
+    st.probs.assign(n * size_t(E), 0.0);
+    st.entropy.assign(n, 0.0);
+  }
+  return &st;
+}
+
+/// Token s of a group of S tokens (groupSize images) went to expert e with
+/// dispatch weight d and combine weight c.
+void noteRouted(int64_t S, int64_t groupSize, int64_t E, int64_t s, int64_t e,
+                double d, double c) {
+  if (RoutingStats *st = routingStats(E)) {
+    const size_t i =
+        size_t(routingRecorder->base + s / (S / groupSize)) * size_t(E) +
+        size_t(e);
+    st->tokens[i] += d;
+    st->weights[i] += c;
+  }
+}
+
+/// The clean logits [R, E*P] of a group's R decisions (R = 1: one image).
+void noteDecisions(const Vec &L, int64_t R, int64_t groupSize, int64_t E,
+                   int64_t P) {
+  RoutingStats *st = routingStats(E);
+  if (!st)
+    return;
+  const int64_t J = E * P, perImage = R / groupSize;
+  for (int64_t r = 0; r < R; ++r) {
+    Vec p(L.begin() + r * J, L.begin() + (r + 1) * J);
+    softmaxStrided(p.data(), J, 1);
+    const size_t image = size_t(routingRecorder->base + r / perImage);
+    double h = 0;
+    for (int64_t j = 0; j < J; ++j) {
+      st->probs[image * size_t(E) + size_t(j / P)] += p[size_t(j)] / perImage;
+      if (p[size_t(j)] > 0)
+        h -= p[size_t(j)] * std::log(p[size_t(j)]);
+    }
+    if (J > 1)
+      st->entropy[image] += h / std::log(double(J)) / double(perImage);
+  }
+}
+} // namespace
+
 Vec fillAndCombine(const Model &m, const MoEWeights &w, const Vec &h,
                    const std::vector<std::vector<int64_t>> &choice, const Vec &G,
                    const std::vector<int64_t> &order, double cf, TrainCtx *ctx) {
@@ -221,6 +275,8 @@ Vec fillAndCombine(const Model &m, const MoEWeights &w, const Vec &h,
       if (ctx)
         ctx->mix(uint64_t(take));
       if (take) {
+        if (!ctx)
+          noteRouted(S, w.cfg.groupSize, E, s, e, 1.0, G[size_t(s * E + e)]);
         ++fill[size_t(e)];
         addScaled(y, s, D, G[size_t(s * E + e)],
                   expert(m, w, e, row(h, s, D), ctx));
@@ -394,6 +450,8 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
   case RouterKind::TokenChoice:
   case RouterKind::Sinkhorn: {
     Vec Lg = gateLogits(w, h, S, D, E);
+    if (!ctx)
+      noteDecisions(Lg, S, c.groupSize, E, 1);
     Vec G = Lg;
     for (int64_t t = 0; t < S; ++t)
       softmaxStrided(&G[size_t(t * E)], E, 1);
@@ -443,6 +501,8 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
   case RouterKind::ExpertChoice:
   case RouterKind::SinkhornExpertChoice: {
     Vec Lg = gateLogits(w, h, S, D, E);
+    if (!ctx)
+      noteDecisions(Lg, S, c.groupSize, E, 1);
     Vec G = Lg;
     addNoise(G, c, E, ctx);
     for (int64_t t = 0; t < S; ++t)
@@ -462,6 +522,8 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
       for (int64_t t : topK(col.data(), S, C)) {
         if (ctx)
           ctx->mix(uint64_t(t));
+        else
+          noteRouted(S, c.groupSize, E, t, e, 1.0, G[size_t(t * E + e)]);
         addScaled(y, t, D, G[size_t(t * E + e)],
                   expert(m, w, e, row(h, t, D), ctx));
       }
@@ -489,6 +551,13 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     for (int64_t t = 0; t < S; ++t)
       for (int64_t j = 0; j < J; ++j)
         addScaled(y, t, D, Cw[size_t(t * J + j)], Y[size_t(j)]);
+    if (!ctx) {
+      noteDecisions(Lg, S, c.groupSize, E, c.slots);
+      for (int64_t t = 0; t < S; ++t)
+        for (int64_t j = 0; j < J; ++j)
+          noteRouted(S, c.groupSize, E, t, j / c.slots,
+                     Dw[size_t(t * J + j)], Cw[size_t(t * J + j)]);
+    }
     if (ctx)
       routerAux(*ctx, *ll, s, Lg, S, J, Cw, nullptr, 1, 0.0);
     break;
@@ -508,11 +577,16 @@ Vec moeForward(const Model &m, const MoEWeights &w, const Vec &h,
     softmaxStrided(G.data(), E, 1);
     if (ctx)
       ctx->noteMargin(G.data(), E, c.k);
+    if (!ctx)
+      noteDecisions(Lg, 1, 1, E, 1);
     for (int64_t e : topK(G.data(), E, c.k)) {
       if (ctx)
         ctx->mix(uint64_t(e));
-      for (int64_t t = 0; t < S; ++t)
+      for (int64_t t = 0; t < S; ++t) {
         addScaled(y, t, D, G[size_t(e)], expert(m, w, e, row(h, t, D), ctx));
+        if (!ctx)
+          noteRouted(S, 1, E, t, e, 1.0, G[size_t(e)]);
+      }
     }
     if (ctx && losses) {
       routerAux(*ctx, *ll, s, Lg, 1, E, G, nullptr, 1, 0.0);
@@ -637,6 +711,10 @@ std::vector<Vec> forward(const Model &m, const float *imgs, int64_t count,
         firstIn.push_back(group);
       if (ctx && reuse)
         ctx->noiseBlock = firstBlock;
+      if (routingRecorder) {
+        routingRecorder->block = int64_t(bi);
+        routingRecorder->base = routingRecorder->first + g;
+      }
       Vec f = moeForward(
           m, b.moeW, group, ctx, reuse ? firstIn[size_t(g)] : group,
           reuse ? m.blocks[size_t(firstBlock)].moeW.router : b.moeW.router,

@@ -113,6 +113,8 @@ struct MoELayerOps {
   DispatchOp dispatch;
   ExpertsOp experts;
   CombineOp combine;
+  /// With routing groups: the view of the combined tokens back to images.
+  ReshapeOp reshapeBack;
   /// With a shared expert: the add of the routed and shared outputs.
   AddOp add;
   SharedExpertOp shared;
@@ -136,8 +138,10 @@ std::optional<MoELayerOps> matchLayer(ExpertsOp experts) {
     return std::nullopt;
   Value y = layer.combine.getResult();
   if (y.hasOneUse())
-    if (auto reshape = dyn_cast<ReshapeOp>(*y.getUsers().begin()))
+    if (auto reshape = dyn_cast<ReshapeOp>(*y.getUsers().begin())) {
+      layer.reshapeBack = reshape;
       y = reshape.getResult();
+    }
   if (y.hasOneUse())
     if (auto add = dyn_cast<AddOp>(*y.getUsers().begin())) {
       Value other = add.getOperand(0) == y ? add.getOperand(1)
@@ -371,6 +375,8 @@ struct PruneLayersPass
     if (layer.shared) {
       layer.add.getResult().replaceAllUsesWith(layer.shared.getResult());
       layer.add->erase();
+      if (layer.reshapeBack)
+        layer.reshapeBack->erase();
     } else {
       OpBuilder b(layer.combine);
       ExpertsOp ex = layer.experts;

@@ -3,12 +3,17 @@
 #include "moec/Runtime/Analyze.h"
 
 #include "moec/Runtime/Evaluate.h"
+#include "moec/Runtime/FileUtil.h"
+
+#include "Format.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cinttypes>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <tuple>
 
@@ -358,6 +363,47 @@ std::string routingProfileJson(const RoutingProfile &p, double threshold) {
   }
   root["layers"] = std::move(layers);
   return root.dump(2) + "\n";
+}
+
+Error writeRoutingProfile(const RoutingProfile &p, const std::string &dir,
+                          double threshold) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec)
+    return makeError(ErrorCode::Io, dir, ": ", ec.message());
+  const std::pair<std::string, std::string> files[] = {
+      {"profile.json", routingProfileJson(p, threshold)},
+      {"heatmaps.svg", heatmapsSvg(p)},
+      {"specialisation.svg", specialisationSvg(p, threshold)}};
+  for (const auto &[name, body] : files)
+    if (Error e = writeFileAtomic(dir + "/" + name, body.data(), body.size()))
+      return e;
+  return Error::success();
+}
+
+std::string routingProfileTable(const RoutingProfile &p, double threshold) {
+  std::string out;
+  appendPrintf(out,
+               "%s: %" PRId64 " %s images, top-1 %.2f%%, %" PRId64
+               " parameters, %.0f activated per image\n",
+               p.model.c_str(), p.images, p.split.c_str(), 100 * p.top1,
+               p.params, p.activatedParamsPerImage);
+  appendPrintf(out, "%-16s %-22s %9s %9s %7s %8s %12s %8s  %s\n", "layer",
+               "router", "image-NMI", "token-NMI", "degree", "entropy",
+               "experts/img", "dropped", "specialises");
+  for (const LayerProfile &l : p.layers) {
+    std::string dropped = "-";
+    if (l.droppedFraction) {
+      dropped.clear();
+      appendPrintf(dropped, "%.1f%%", 100 * *l.droppedFraction);
+    }
+    appendPrintf(out, "%-16s %-22s %9.4f %9.4f %7.3f %8.3f %12.2f %8s  %s\n",
+                 l.name.c_str(), l.router.c_str(), l.imageNmi, l.tokenNmi,
+                 l.routingDegree, l.routingEntropy, l.expertsPerImage,
+                 dropped.c_str(), l.imageNmi >= threshold ? "yes" : "no");
+  }
+  appendPrintf(out, "(image-NMI threshold %g)\n", threshold);
+  return out;
 }
 
 } // namespace moec::rt

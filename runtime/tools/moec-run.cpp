@@ -490,39 +490,11 @@ int runAnalyze(const Options &options) {
   profile->dataDir = dir;
   profile->split = split;
 
-  std::filesystem::create_directories(outDir, ec);
-  if (ec)
-    return reportWriteError(makeError(ErrorCode::Io, outDir, ": ",
-                                      ec.message()));
-  const std::pair<std::string, std::string> files[] = {
-      {"profile.json", routingProfileJson(*profile, threshold)},
-      {"heatmaps.svg", heatmapsSvg(*profile)},
-      {"specialisation.svg", specialisationSvg(*profile, threshold)}};
-  for (const auto &[name, body] : files)
-    if (Error e = writeFileAtomic(outDir + "/" + name, body.data(), body.size()))
-      return reportWriteError(e);
-
-  std::printf("%s: %" PRId64 " %s images, top-1 %.2f%%, %" PRId64
-              " parameters, %.0f activated per image\n",
-              profile->model.c_str(), profile->images, split.c_str(),
-              100 * profile->top1, profile->params,
-              profile->activatedParamsPerImage);
-  std::printf("%-16s %-22s %9s %9s %7s %8s %12s %8s  %s\n", "layer",
-              "router", "image-NMI", "token-NMI", "degree", "entropy",
-              "experts/img", "dropped", "specialises");
-  for (const LayerProfile &l : profile->layers)
-    std::printf("%-16s %-22s %9.4f %9.4f %7.3f %8.3f %12.2f %8s  %s\n",
-                l.name.c_str(), l.router.c_str(), l.imageNmi, l.tokenNmi,
-                l.routingDegree,
-                l.routingEntropy, l.expertsPerImage,
-                l.droppedFraction
-                    ? cat(std::lround(1000 * *l.droppedFraction) / 10.0, "%")
-                          .c_str()
-                    : "-",
-                l.imageNmi >= threshold ? "yes" : "no");
-  std::printf("wrote %s/profile.json, heatmaps.svg, specialisation.svg "
-              "(image-NMI threshold %g)\n",
-              outDir.c_str(), threshold);
+  if (Error e = writeRoutingProfile(*profile, outDir, threshold))
+    return reportWriteError(e);
+  std::printf("%s", routingProfileTable(*profile, threshold).c_str());
+  std::printf("wrote %s/profile.json, heatmaps.svg, specialisation.svg\n",
+              outDir.c_str());
   return kExitOk;
 }
 

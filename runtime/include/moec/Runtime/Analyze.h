@@ -112,6 +112,15 @@ Expected<RoutingProfile> analyzeRouting(Session &session, const Dataset &data);
 std::string routingProfileJson(const RoutingProfile &profile,
                                double threshold);
 
+/// Writes DIR/profile.json (routingProfileJson), DIR/heatmaps.svg and
+/// DIR/specialisation.svg, creating DIR if missing; each file atomically.
+Error writeRoutingProfile(const RoutingProfile &profile, const std::string &dir,
+                          double threshold);
+
+/// What moec-run analyze prints: the model's line, then one per layer.
+std::string routingProfileTable(const RoutingProfile &profile,
+                                double threshold);
+
 /// Two class x expert heatmaps per MoE layer: the share of each class's
 /// dispatched tokens each expert took, and the share of its images whose
 /// dominant expert each expert is; colours compare a cell with the

@@ -214,8 +214,7 @@ Expected<EvalResult> evaluate(Session &session, const Dataset &data) {
           {out.spec->name, std::vector<double>(size_t(out.count()), 0.0)});
     }
   for (int64_t done = 0; done < data.n; done += batch) {
-    const int64_t count =
-        fillEvalBatch(data, done, batch, *images, *labels, *mask);
+    fillEvalBatch(data, done, batch, *images, *labels, *mask);
     if (Error e = session.run(kEntryEval, batch))
       return e;
     result.lossSum += lossSum->value();

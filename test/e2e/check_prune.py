@@ -20,7 +20,8 @@ random weights and a small image folder:
    super-class map: each image reaches one expert, nothing is dropped,
    and the super-class accuracy agrees with the dominant-expert counts.
 4. Bad inputs: a profile of another model and weights without the
-   model's tensors exit 2 and write nothing.
+   model's tensors exit 2 and write nothing; so do `moec-run analyze` of
+   a model without the entry point, without --weights, or with -o a file.
 
 usage: check_prune.py BIN_DIR WORK_DIR
 """
@@ -259,6 +260,19 @@ def main():
     for path in (nothing, os.path.join(work, "nothing.safetensors")):
         if os.path.exists(path):
             sys.exit(f"FAIL: a failed prune wrote {path}")
+    # moec-run analyze: a model without the entry point, no weights, -o a
+    # file (left as it was).
+    out = run([moec_run, "analyze", pruned, "--weights",
+               os.path.join(work, "pruned.safetensors"), "-o",
+               os.path.join(work, "x")], expect=2)
+    if "no entry point 'analyze'" not in out:
+        sys.exit(f"FAIL: analyze of a model without the entry point: {out}")
+    run([moec_run, "analyze", model, "-o", os.path.join(work, "x")], expect=2)
+    out = run([moec_run, "analyze", model, "--weights", weights, "--data",
+               os.path.join(work, "images"), "-o", spec], expect=2)
+    with open(spec) as f:
+        if json.load(f) != SPEC:
+            sys.exit("FAIL: analyze -o FILE changed the file")
     print(f"ok: analyze agrees with eval; prune carries the weights over; "
           f"pruned vs dense reference {rel:.2e}")
     return 0

@@ -225,21 +225,28 @@ struct PruneLayersPass
     if (walked.wasInterrupted())
       return signalPassFailure();
 
-    // The profile must describe this model.
+    // The profile must describe this model (checked in name order, so that
+    // the first mismatch reported does not depend on hashing).
     if (!profile.empty()) {
-      for (const auto &entry : experts) {
-        auto it = profiled.find(entry.getKey());
+      auto sortedKeys = [](const auto &map) {
+        SmallVector<std::string> keys;
+        for (const auto &entry : map)
+          keys.push_back(entry.getKey().str());
+        llvm::sort(keys);
+        return keys;
+      };
+      for (const std::string &name : sortedKeys(experts)) {
+        auto it = profiled.find(name);
         if (it == profiled.end())
-          return fail("the profile has no layer '" + entry.getKey() +
+          return fail("the profile has no layer '" + name +
                       "': it was made for another model");
-        if (it->second.experts != entry.getValue())
-          return fail("layer '" + entry.getKey() + "' has " +
-                      Twine(entry.getValue()) + " experts, the profile " +
-                      Twine(it->second.experts));
+        if (it->second.experts != experts[name])
+          return fail("layer '" + name + "' has " + Twine(experts[name]) +
+                      " experts, the profile " + Twine(it->second.experts));
       }
-      for (const auto &entry : profiled)
-        if (!experts.count(entry.getKey()))
-          return fail("the profile's layer '" + entry.getKey() +
+      for (const std::string &name : sortedKeys(profiled))
+        if (!experts.count(name))
+          return fail("the profile's layer '" + name +
                       "' is not a MoE layer of this model");
     }
 

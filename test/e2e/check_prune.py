@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_kill_resume import png  # noqa: E402
 from check_reference import (random_weights, read_f32,  # noqa: E402
                              read_safetensors, write_safetensors)
-from check_routing_stats import read_tensors, write_batch  # noqa: E402
+from check_routing_stats import (compile_random, read_tensors,  # noqa: E402
+                                 write_batch)
 
 MODEL = {"input": {"channels": 1, "height": 8, "width": 8}, "patch_size": 4,
          "width": 16, "depth": 4, "heads": 2, "mlp_ratio": 2, "classes": 3,
@@ -83,16 +84,8 @@ def main():
         for i in range(5):
             png(os.path.join(folder, f"{i}.png"),
                 [rng.randint(0, 255) for _ in range(64)], 8)
-    spec = os.path.join(work, "spec.json")
-    with open(spec, "w") as f:
-        json.dump(SPEC, f)
-    model = os.path.join(work, "model.moec")
-    run([moec, "compile", spec, "--entries=infer,eval,analyze", "--quiet",
-         "-o", model])
-    init = os.path.join(work, "init.safetensors")
-    run([moec_run, "init", model, "-o", init])
-    weights = os.path.join(work, "weights.safetensors")
-    write_safetensors(weights, random_weights(rng, read_safetensors(init)))
+    spec, model, weights = compile_random(bin_dir, work, "model", SPEC, rng,
+                                          "infer,eval,analyze")
     w = read_tensors(weights)
 
     # 1. analyze against eval on one batch of random images.
@@ -210,20 +203,12 @@ def main():
     # Per-image routing (top-1) with a super-class map: every image's tokens
     # reach exactly one expert, nothing is dropped, and the super-class
     # accuracy is the share of images whose expert is their super-class.
-    image_spec = os.path.join(work, "per-image.json")
-    with open(image_spec, "w") as f:
-        json.dump(dict(SPEC, name="prune-check-per-image",
-                       moe={"placement": {"rule": "every-n", "n": 2},
-                            "experts": 3, "router": {"kind": "per-image"},
-                            "super_class_map": [2, 0, 1]}), f)
-    image_model = os.path.join(work, "per-image.moec")
-    run([moec, "compile", image_spec, "--entries=infer,analyze", "--quiet",
-         "-o", image_model])
-    image_init = os.path.join(work, "per-image-init.safetensors")
-    run([moec_run, "init", image_model, "-o", image_init])
-    image_weights = os.path.join(work, "per-image.safetensors")
-    write_safetensors(image_weights,
-                      random_weights(rng, read_safetensors(image_init)))
+    _, image_model, image_weights = compile_random(
+        bin_dir, work, "per-image",
+        dict(SPEC, name="prune-check-per-image",
+             moe={"placement": {"rule": "every-n", "n": 2}, "experts": 3,
+                  "router": {"kind": "per-image"},
+                  "super_class_map": [2, 0, 1]}), rng, "infer,analyze")
     run([moec_run, "analyze", image_model, "--weights", image_weights,
          "--data", os.path.join(work, "images"), "-o",
          os.path.join(work, "per-image-profile")])

@@ -65,6 +65,22 @@ def read_tensors(path):
     return out
 
 
+def compile_random(bin_dir, work, name, spec, rng, entries):
+    """Writes WORK/NAME.json, compiles it with --entries=ENTRIES and writes
+    random weights for it (check_reference's): (spec, model, weights)."""
+    spec_path = os.path.join(work, name + ".json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    model = os.path.join(work, name + ".moec")
+    run([os.path.join(bin_dir, "moec"), "compile", spec_path,
+         "--entries=" + entries, "--quiet", "-o", model])
+    init = os.path.join(work, name + ".init.safetensors")
+    run([os.path.join(bin_dir, "moec-run"), "init", model, "-o", init])
+    weights = os.path.join(work, name + ".safetensors")
+    write_safetensors(weights, random_weights(rng, read_safetensors(init)))
+    return spec_path, model, weights
+
+
 def write_batch(path, images, labels):
     """An eval-like entry point's inputs: images (F32), labels (I32), mask 1."""
     tensors = [("images", "F32", [len(labels), 1, 8, 8],
@@ -97,16 +113,8 @@ def main():
                 "moe": dict(moe, placement={"rule": "every-n", "n": 1}),
                 "train": {"batch": BATCH},
                 "data": {"dataset": "image-folder", "path": "images"}}
-        spec_path = os.path.join(work, name + ".json")
-        with open(spec_path, "w") as f:
-            json.dump(spec, f)
-        model = os.path.join(work, name + ".moec")
-        run([os.path.join(bin_dir, "moec"), "compile", spec_path,
-             "--entries=infer,analyze", "--quiet", "-o", model])
-        init = os.path.join(work, name + ".init.safetensors")
-        run([os.path.join(bin_dir, "moec-run"), "init", model, "-o", init])
-        weights = os.path.join(work, name + ".safetensors")
-        write_safetensors(weights, random_weights(rng, read_safetensors(init)))
+        spec_path, model, weights = compile_random(
+            bin_dir, work, name, spec, rng, "infer,analyze")
         pixels = [rng.gauss(0, 1) for _ in range(2 * BATCH * 64)]
         got = {}
         for b in range(2):

@@ -642,7 +642,9 @@ def MoE_SharedExpertOp : MoE_Op<"shared_expert", [Pure, MoE_Differentiable]> {
     `result = act(input * fc1_weight + fc1_bias) * fc2_weight + fc2_bias`.
     H is taken from the weights; the frontend gives the shared expert the
     routed experts' hidden size (the spec's `expert_hidden`, by default the
-    model's MLP hidden size) and their activation.
+    model's MLP hidden size) and their activation. moe-prune-layers also
+    uses it, with weights of its own, as the dense FFN that replaces a
+    pruned MoE layer.
 
     ```mlir
     %s = moe.shared_expert gelu %x, %w1, %b1, %w2, %b2

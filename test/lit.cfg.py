@@ -28,3 +28,13 @@ tools = ["moec", "moec-opt", "moec-run"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.moec_tools_dir, append_path=True)
+
+# ptxas from the CUDA toolkit checks the cuda target's PTX (no GPU needed).
+import shutil
+ptxas = shutil.which("ptxas") or next(
+    (p for p in (os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
+                              "bin", "ptxas"), "/usr/local/cuda/bin/ptxas")
+     if os.path.exists(p)), None)
+if ptxas:
+    config.available_features.add("ptxas")
+    config.substitutions.append(("%ptxas", ptxas))

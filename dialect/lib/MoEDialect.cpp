@@ -40,7 +40,9 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
   if (name == NameAttrHelper::getNameStr() ||
       name == RoleAttrHelper::getNameStr() ||
       name == SpecAttrHelper::getNameStr() ||
-      name == OpAttrHelper::getNameStr())
+      name == OpAttrHelper::getNameStr() ||
+      name == GpuMapAttrHelper::getNameStr() ||
+      name == GpuMmaAttrHelper::getNameStr())
     return expect(isa<StringAttr>(value), "a string");
   if (name == FlopsAttrHelper::getNameStr() ||
       name == ParamsAttrHelper::getNameStr() ||
@@ -50,12 +52,21 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
       name == ArenaOffsetAttrHelper::getNameStr() ||
       name == ArenaBytesAttrHelper::getNameStr() ||
       name == ParamOffsetAttrHelper::getNameStr() ||
-      name == ParamBytesAttrHelper::getNameStr())
+      name == ParamBytesAttrHelper::getNameStr() ||
+      name == ScratchBytesAttrHelper::getNameStr())
     return expect(isInt(), "an integer");
+  if (name == KernelScratchAttrHelper::getNameStr()) {
+    auto dict = dyn_cast<DictionaryAttr>(value);
+    return expect(dict && llvm::all_of(dict, [](NamedAttribute entry) {
+                    return isa<IntegerAttr>(entry.getValue());
+                  }),
+                  "a dictionary of integers");
+  }
   if (name == StateAttrHelper::getNameStr() ||
       name == UpdateAttrHelper::getNameStr() ||
       name == KernelAttrHelper::getNameStr() ||
-      name == Bf16PairsAttrHelper::getNameStr())
+      name == Bf16PairsAttrHelper::getNameStr() ||
+      name == Fp32AttrHelper::getNameStr())
     return expect(isa<UnitAttr>(value), "a unit attribute");
   if (name == OptimizerAttrHelper::getNameStr())
     return expect(isa<OptimizerAttr>(value), "a #moe.optimizer");

@@ -71,6 +71,7 @@ FailureOr<Candidate> match(linalg::LinalgOp op, int64_t minReduction,
                            int64_t minWidth) {
   if (!op.hasPureTensorSemantics() || op.getNumDpsInputs() != 2 ||
       op.getNumDpsInits() != 1 || isBf16Pairs(op) ||
+      op->hasAttr(moec::moe::MoEDialect::Fp32AttrHelper::getNameStr()) ||
       !isMulAddBody(op))
     return failure();
   for (OpOperand &operand : op->getOpOperands()) {

@@ -109,6 +109,20 @@ void moec::buildCpuPlanPipeline(OpPassManager &pm,
   pm.addPass(createPlanMemoryPass(plan));
 }
 
+void moec::addKernelBufferization(OpPassManager &pm) {
+  bufferization::OneShotBufferizePassOptions bufferize;
+  bufferize.bufferizeFunctionBoundaries = true;
+  bufferize.functionBoundaryTypeConversion =
+      bufferization::LayoutMapOption::IdentityLayoutMap;
+  pm.addPass(bufferization::createOneShotBufferizePass(bufferize));
+  // cse before canonicalize: bufferization leaves memref.copy %x, %x
+  // self-copies that only fold away once cse has merged the subviews.
+  pm.addPass(createCSEPass());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createDropKernelResultsPass());
+  pm.addNestedPass<func::FuncOp>(bufferization::createBufferLoopHoistingPass());
+}
+
 void moec::buildCpuCodegenPipeline(OpPassManager &pm,
                                    const CpuPipelineOptions &options) {
   pm.addPass(createDropPlanPass());
@@ -121,9 +135,9 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   };
   perKernel(createCanonicalizerPass());
   perKernel(createCSEPass());
-  if (options.bf16)
+  if (options.bf16 && !options.gpuTiling)
     perKernel(createBf16ContractionsPass());
-  if (options.vectorize) {
+  if (options.vectorize && !options.gpuTiling) {
     VectorizeKernelsPassOptions vectorizeOptions;
     vectorizeOptions.registerBits = options.registerBits;
     vectorizeOptions.vectorRegisters = options.vectorRegisters;
@@ -131,18 +145,12 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
     perKernel(createCanonicalizerPass());
     perKernel(createCSEPass());
   }
-
-  bufferization::OneShotBufferizePassOptions bufferize;
-  bufferize.bufferizeFunctionBoundaries = true;
-  bufferize.functionBoundaryTypeConversion =
-      bufferization::LayoutMapOption::IdentityLayoutMap;
-  pm.addPass(bufferization::createOneShotBufferizePass(bufferize));
-  // cse before canonicalize: bufferization leaves memref.copy %x, %x
-  // self-copies that only fold away once cse has merged the subviews.
-  pm.addPass(createCSEPass());
-  pm.addPass(createCanonicalizerPass());
-  pm.addPass(createDropKernelResultsPass());
-  pm.addNestedPass<func::FuncOp>(bufferization::createBufferLoopHoistingPass());
+  addKernelBufferization(pm);
+  if (options.gpuTiling) {
+    perKernel(createExpandCopiesPass());
+    perKernel(createGpuTilePass());
+    perKernel(createCanonicalizerPass());
+  }
   bufferization::PromoteBuffersToStackPassOptions stack;
   stack.maxAllocSizeInBytes = options.maxStackBufferBytes;
   stack.maxRankOfAllocatedMemRef = 4;
@@ -160,7 +168,7 @@ void moec::buildCpuCodegenPipeline(OpPassManager &pm,
   // element (__truncsfbf2, which the kernels cannot link): roundings and
   // extensions become integer ops (round to nearest even on the bits, as
   // vcvtneps2bf16 does).
-  if (options.bf16 && !options.bf16Dot) {
+  if ((options.bf16 || options.gpuTiling) && !options.bf16Dot) {
     arith::ArithExpandOpsPassOptions expand;
     expand.includeBf16 = true;
     perKernel(arith::createArithExpandOpsPass(expand));
@@ -203,5 +211,13 @@ void moec::registerMoEPipelines() {
       "Compile the kernels of a plan to the LLVM dialect (bare-pointer ABI)",
       [](OpPassManager &pm, const CpuPipelineOptions &options) {
         buildCpuCodegenPipeline(pm, options);
+      });
+  PassPipelineRegistration<CudaPipelineOptions>(
+      "moe-cuda-codegen",
+      "Compile the kernels of a plan to a gpu.module in the NVVM dialect "
+      "(one block per unit of each kernel's range; gpu-module-to-binary "
+      "makes the PTX)",
+      [](OpPassManager &pm, const CudaPipelineOptions &options) {
+        buildCudaCodegenPipeline(pm, options);
       });
 }

@@ -16,7 +16,9 @@ each GEMM operand by up to 2^-9 relative, over a dozen GEMMs in a row), and
 --min-error checks that the error is at least bf16's, i.e. that the GEMMs
 did round (a bf16 option that silently computed in f32 would fail).
 --target-cpu compiles for another CPU than this one (x86-64-v3: the bf16
-path without AVX512-BF16).
+path without AVX512-BF16). --emulate-gpu-tiling compiles the cuda target's
+tiled kernels (bf16 tensor-core tiles) for the CPU: use it with bf16's
+tolerance and --min-error.
 """
 import argparse
 import json
@@ -108,6 +110,9 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--target-cpu", default="host")
     ap.add_argument("--min-error", type=float, default=0.0)
+    ap.add_argument("--emulate-gpu-tiling", action="store_true",
+                    help="compile with the cuda target's tiling, run on the "
+                         "CPU")
     args = ap.parse_args()
 
     os.makedirs(args.work, exist_ok=True)
@@ -117,6 +122,8 @@ def main():
         name += "." + args.precision
     if args.target_cpu != "host":
         name += "." + args.target_cpu
+    if args.emulate_gpu_tiling:
+        name += ".gpu-tiling"
     model = os.path.join(args.work, name + ".moec")
     init = os.path.join(args.work, name + ".init.safetensors")
     weights = os.path.join(args.work, name + ".safetensors")
@@ -129,7 +136,8 @@ def main():
     run([os.path.join(args.bin, "moec"), "compile", args.spec,
          "--batch", str(args.batch), "--entries=infer",
          "--precision=" + args.precision, "--target-cpu=" + args.target_cpu,
-         "-o", model])
+         "-o", model] + (["--emulate-gpu-tiling"] if args.emulate_gpu_tiling
+                         else []))
     run([os.path.join(args.bin, "moec-run"), "init", model, "-o", init])
     write_safetensors(weights, random_weights(rng, read_safetensors(init)))
 

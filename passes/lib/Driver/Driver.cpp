@@ -14,6 +14,7 @@
 #include "moec/Frontend/Spec.h"
 #include "moec/Frontend/SpecToMoE.h"
 #include "moec/Passes/ArtifactWriter.h"
+#include "moec/Passes/CudaTarget.h"
 #include "moec/Passes/Pipelines.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -33,6 +34,7 @@ void moec::driver::registerCompilerDialects(DialectRegistry &registry) {
   registerAllDialects(registry);
   registerAllExtensions(registry);
   registry.insert<moec::moe::MoEDialect>();
+  moec::registerCudaTranslations(registry);
 }
 
 namespace {
@@ -52,6 +54,10 @@ moec::ArtifactModelInfo modelInfo(const moec::spec::Spec &spec,
   info.targetCpu = library.cpu;
   info.targetFeatures = library.features;
   info.precision = options.bf16 ? "bf16" : "fp32";
+  if (!options.gpuArch.empty()) {
+    info.target = "cuda";
+    info.precision = "bf16";
+  }
   if (llvm::is_contained(options.entries, "train_step")) {
     const auto &t = spec.train;
     moec::ArtifactTrainInfo train;
@@ -144,6 +150,49 @@ LogicalResult moec::driver::compileModule(MLIRContext &context,
 }
 
 namespace {
+/// The cuda target after the plans: kernels -> NVVM (--emit=llvm) -> PTX ->
+/// artifact.
+template <typename RunPipeline, typename Progress>
+LogicalResult compileCuda(const moec::spec::Spec &spec, StringRef specJson,
+                          const CompileOptions &options, CompileResult &result,
+                          RunPipeline &runPipeline, Progress &progress) {
+  progress("codegen: kernels to NVVM for " + Twine(options.gpuArch) +
+           " (one block per image or tile; expert and dense GEMMs on bf16 "
+           "tensor cores, mma.sync m16n8k16)");
+  result.kernels = result.plan->clone();
+  if (failed(runPipeline(*result.kernels, [&](OpPassManager &pm) {
+        CudaPipelineOptions cudaOptions;
+        cudaOptions.gpuArch = options.gpuArch;
+        buildCudaCodegenPipeline(pm, cudaOptions);
+        return success();
+      })))
+    return failure();
+  if (options.emit == EmitKind::Llvm)
+    return success();
+  progress("codegen: PTX for " + Twine(options.gpuArch));
+  OwningOpRef<ModuleOp> kernels = result.kernels->clone();
+  FailureOr<moec::CudaKernels> ptx =
+      buildCudaKernels(*kernels, options.dumpPtxPath);
+  if (failed(ptx))
+    return failure();
+  moec::ArtifactModelInfo info =
+      modelInfo(spec, options, moec::CpuKernelLibrary(), specJson);
+  moec::ArtifactCudaInfo cudaInfo;
+  cudaInfo.arch = options.gpuArch;
+  cudaInfo.blockThreads = CudaPipelineOptions().blockThreads;
+  cudaInfo.scratchBytes = ptx->scratchBytes;
+  info.cuda = std::move(cudaInfo);
+  // cuModuleLoadData reads PTX as a NUL-terminated string.
+  std::string section = ptx->ptx;
+  section.push_back('\0');
+  FailureOr<std::string> bytes =
+      buildArtifact(*result.plan, options.entries, info, section);
+  if (failed(bytes))
+    return failure();
+  result.artifact = std::move(*bytes);
+  return success();
+}
+
 LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
                           StringRef specJson, const CompileOptions &options,
                           CompileResult &result, std::string &error) {
@@ -184,9 +233,11 @@ LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
   if (emit == EmitKind::Mlir)
     return success();
 
+  const bool cuda = !options.gpuArch.empty();
   CpuPipelineOptions cpuOptions;
   cpuOptions.vectorize = options.vectorize;
-  if (emit == EmitKind::Llvm || emit == EmitKind::Artifact) {
+  cpuOptions.gpuTiling = options.emulateGpuTiling;
+  if (!cuda && (emit == EmitKind::Llvm || emit == EmitKind::Artifact)) {
     // Register tiles are sized for the CPU the kernels are compiled for.
     std::string targetError;
     FailureOr<CpuRegisterFile> registers =
@@ -244,6 +295,8 @@ LogicalResult compileFrom(MLIRContext &context, const moec::spec::Spec &spec,
     return failure();
   if (emit == EmitKind::Plan)
     return success();
+  if (cuda)
+    return compileCuda(spec, specJson, options, result, runPipeline, progress);
 
   progress("codegen: kernels to the LLVM dialect (register tiles for " +
            Twine(cpuOptions.vectorRegisters) + " x " +

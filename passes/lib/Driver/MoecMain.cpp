@@ -1,8 +1,9 @@
 //===- MoecMain.cpp - moec's command line ---------------------------------===//
 //
 //   moec compile SPEC.json|MODEL.mlir [-o OUT]
-//                [--emit=mlir|plan|llvm|artifact] [--target=cpu]
-//                [--target-cpu=host|x86-64-v3|x86-64-v4|CPU] [--batch N]
+//                [--emit=mlir|plan|llvm|artifact] [--target=cpu|cuda]
+//                [--target-cpu=host|x86-64-v3|x86-64-v4|CPU]
+//                [--gpu-arch=sm_80|sm_90a] [--batch N]
 //                [--entries=infer,train_step,eval,analyze] [--quiet]
 //                [--load-pass-plugin=LIB.so]...
 //                [--run-passes=POINT:PIPELINE]...
@@ -83,6 +84,7 @@ int usageError(const llvm::Twine &message) {
          "[--emit=mlir|plan|llvm|artifact]\n"
          "       [--target=cpu] [--target-cpu=host|x86-64-v3|x86-64-v4|CPU] "
          "[--batch N] [--quiet]\n"
+         "       [--target=cuda [--gpu-arch=sm_80|sm_90a]]\n"
          "       [--entries=infer,train_step,eval,analyze]\n"
          "       [--load-pass-plugin=LIB.so]... "
          "[--run-passes=POINT:PIPELINE]...\n"
@@ -127,8 +129,26 @@ struct Options {
           clEnumValN(EmitKind::Artifact, "artifact",
                      "the .moec artifact (needs -o)"))};
   cl::opt<std::string> target{
-      "target", cl::desc("Where the artifact runs: cpu (x86-64 native code)"),
-      cl::value_desc("cpu"), cl::init("cpu"), cl::cat(moecCategory())};
+      "target",
+      cl::desc("Where the artifact runs: cpu (x86-64 native code) or cuda "
+               "(NVIDIA GPUs: PTX through the gpu and NVVM dialects)"),
+      cl::value_desc("cpu|cuda"), cl::init("cpu"), cl::cat(moecCategory())};
+  cl::opt<std::string> gpuArch{
+      "gpu-arch",
+      cl::desc("--target=cuda: the GPU the kernels are compiled for: sm_80 "
+               "(A100, the default) or sm_90a (H100, H200)"),
+      cl::value_desc("sm_80|sm_90a"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<std::string> dumpPtx{
+      "dump-ptx", cl::desc("--target=cuda: also write the kernels' PTX"),
+      cl::value_desc("file"), cl::init(""), cl::cat(moecCategory())};
+  cl::opt<bool> emulateGpuTiling{
+      "emulate-gpu-tiling",
+      cl::desc("--target=cpu: compile the kernels with the cuda target's "
+               "tiling (warp tiles of bf16 tensor-core GEMMs, thread-parallel "
+               "loops) instead of the CPU's vectorization, to check the GPU "
+               "kernels' tiling and numerics on a machine without a GPU "
+               "(slow)"),
+      cl::init(false), cl::cat(moecCategory())};
   cl::opt<std::string> targetCpu{
       "target-cpu",
       cl::desc("The CPU the kernels are compiled for: host (the compiling "
@@ -335,14 +355,38 @@ int moec::driver::moecMain(int argc, char **argv) {
                       ": unknown precision; precisions: fp32, bf16");
   options.bf16 = cli.precision == "bf16";
   const bool quiet = cli.quiet;
-  if (cli.target != "cpu") {
-    if (cli.target == "cuda")
-      return usageError("--target=cuda: the CUDA backend is not available "
-                        "yet; targets: cpu");
+  if (cli.target != "cpu" && cli.target != "cuda")
     return usageError("--target=" + cli.target +
-                      ": unknown target; targets: "
-                      "cpu");
+                      ": unknown target; targets: cpu, cuda");
+  if (cli.target == "cuda") {
+    options.gpuArch = cli.gpuArch.empty() ? std::string("sm_80")
+                                          : cli.gpuArch.getValue();
+    if (!moec::isSupportedGpuArch(options.gpuArch))
+      return usageError("--gpu-arch=" + cli.gpuArch +
+                        ": unknown GPU architecture; expected sm_80 or sm_90a");
+    if (options.bf16)
+      return usageError("--precision=bf16: the cuda target always runs its "
+                        "GEMMs in bf16 (with fp32 accumulation); leave "
+                        "--precision out");
+    if (cli.emulateGpuTiling)
+      return usageError("--emulate-gpu-tiling compiles the cuda target's "
+                        "tiling for the CPU: use it with --target=cpu");
+    if (!cli.dumpAsm.empty() || !cli.dumpLLVMIR.empty())
+      return usageError("--dump-asm and --dump-llvm-ir are for the cpu "
+                        "target; --target=cuda writes its PTX with "
+                        "--dump-ptx");
+  } else {
+    if (!cli.gpuArch.empty())
+      return usageError("--gpu-arch=" + cli.gpuArch +
+                        " needs --target=cuda");
+    if (!cli.dumpPtx.empty())
+      return usageError("--dump-ptx needs --target=cuda");
+    if (cli.emulateGpuTiling && options.bf16)
+      return usageError("--emulate-gpu-tiling has the cuda target's bf16 "
+                        "GEMMs already; leave --precision out");
   }
+  options.emulateGpuTiling = cli.emulateGpuTiling;
+  options.dumpPtxPath = cli.dumpPtx;
   options.target.cpu = cli.targetCpu == "host" ? std::string("native")
                                                : cli.targetCpu.getValue();
   {

@@ -417,7 +417,7 @@ ImageKernelOptions moec::kernels::planImageKernel(Operation *op) {
   return options;
 }
 
-Value moec::kernels::routerLogits(ImageBuilder &ib, RouterKind kind, Value x,
+static Value routerLogitsF32(ImageBuilder &ib, RouterKind kind, Value x,
                                   Value w, Value dest, bool classToken) {
   if (kind != RouterKind::PerImage)
     return ib.matmul(x, w, Value(), dest);
@@ -449,6 +449,17 @@ Value moec::kernels::routerLogits(ImageBuilder &ib, RouterKind kind, Value x,
       tensor::ExpandShapeOp::create(ib.b, ib.loc, ib.type({1, xs[1]}), mean,
                                     ArrayRef<ReassociationIndices>{{0, 1}});
   return ib.matmul(mean2, w, Value(), dest); // [1, E]
+}
+
+/// The router's logits stay f32 on every target and precision: a bf16
+/// rounding would move tokens between experts near ties.
+Value moec::kernels::routerLogits(ImageBuilder &ib, RouterKind kind, Value x,
+                                  Value w, Value dest, bool classToken) {
+  Value logits = routerLogitsF32(ib, kind, x, w, dest, classToken);
+  if (Operation *matmul = logits.getDefiningOp())
+    moec::moe::MoEDialect::Fp32AttrHelper(ib.b.getContext())
+        .setAttr(matmul, UnitAttr::get(ib.b.getContext()));
+  return logits;
 }
 
 Value moec::kernels::noisyLogits(ImageBuilder &ib, Value logits, Value noise,

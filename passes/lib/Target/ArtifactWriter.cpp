@@ -170,7 +170,7 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
         auto a = call->getAttrOfType<StringAttr>(name);
         return a ? a.str() : std::string();
       };
-      dispatches.push_back(json{
+      json dispatch{
           {"kernel", call.getCallee().str()},
           {"op", str(moec::moe::MoEDialect::OpAttrHelper::getNameStr())},
           {"name", str(moec::moe::MoEDialect::NameAttrHelper::getNameStr())},
@@ -179,7 +179,13 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
            intAttr(call, moec::moe::MoEDialect::TilesAttrHelper::getNameStr())},
           {"flops",
            intAttr(call, moec::moe::MoEDialect::FlopsAttrHelper::getNameStr())},
-          {"args", std::move(args)}});
+          {"args", std::move(args)}};
+      if (info.cuda) {
+        auto scratch = info.cuda->scratchBytes.find(call.getCallee().str());
+        if (scratch != info.cuda->scratchBytes.end() && scratch->second > 0)
+          dispatch["scratch_bytes"] = scratch->second;
+      }
+      dispatches.push_back(std::move(dispatch));
     }
 
     auto tensorJson = [&](StringAttr name, StringAttr role, Type t,
@@ -238,8 +244,6 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
   json manifest{{"model", info.model},
                 {"target", info.target},
                 {"compiler", "moec 0.2.0"},
-                {"target_cpu",
-                 {{"name", info.targetCpu}, {"features", info.targetFeatures}}},
                 {"precision", info.precision},
                 {"batch", batch},
                 {"input",
@@ -257,6 +261,13 @@ FailureOr<std::string> moec::buildArtifact(ModuleOp plan,
                 {"active_params_per_image", activeParams},
                 {"arena_bytes", arenaBytes},
                 {"params", std::move(params)}};
+  if (info.cuda)
+    manifest["cuda"] = json{{"arch", info.cuda->arch},
+                            {"block_threads", info.cuda->blockThreads},
+                            {"format", "ptx"}};
+  else
+    manifest["target_cpu"] =
+        json{{"name", info.targetCpu}, {"features", info.targetFeatures}};
   if (!state.empty())
     manifest["state"] = std::move(state);
   if (info.train) {

@@ -59,6 +59,14 @@ struct CompileOptions {
   bool bf16 = false;
   /// The CPU the kernels are compiled for and LLVM's codegen settings.
   CpuTargetOptions target;
+  /// --target=cuda: the GPU the kernels are compiled for ("sm_80",
+  /// "sm_90a"); empty: the cpu target.
+  std::string gpuArch;
+  /// --emulate-gpu-tiling: the cpu target with the cuda target's tiling
+  /// (moe-gpu-tile) instead of the CPU's vectorization.
+  bool emulateGpuTiling = false;
+  /// --dump-ptx (cuda target): also write the kernels' PTX here.
+  std::string dumpPtxPath;
   /// User passes at the extension points (--run-passes).
   std::vector<PassHook> passHooks;
   /// moec prune: moe-prune-layers first in the frontend stage.

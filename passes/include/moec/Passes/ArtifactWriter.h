@@ -13,6 +13,7 @@
 #include "mlir/Support/LLVM.h"
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,14 @@ struct ArtifactTrainInfo {
 };
 
 /// What the manifest says about the model beyond the plan itself.
+/// What a target "cuda" artifact's runtime needs to launch its kernels.
+struct ArtifactCudaInfo {
+  std::string arch;
+  int64_t blockThreads = 0;
+  /// Scratch bytes per unit of each kernel's range (absent: none).
+  std::map<std::string, int64_t> scratchBytes;
+};
+
 struct ArtifactModelInfo {
   std::string model;
   std::string target = "cpu";
@@ -46,6 +55,8 @@ struct ArtifactModelInfo {
   std::vector<std::string> targetFeatures;
   /// The GEMMs' operand precision: "fp32" or "bf16" (--precision).
   std::string precision = "fp32";
+  /// Present for target "cuda" (its kernels section is PTX).
+  std::optional<ArtifactCudaInfo> cuda;
   /// Present when the artifact has training entry points.
   std::optional<ArtifactTrainInfo> train;
 };

@@ -563,4 +563,65 @@ def ApproximateMathPass : Pass<"moe-approximate-math"> {
                            "mlir::vector::VectorDialect"];
 }
 
+def GpuTilePass : Pass<"moe-gpu-tile", "mlir::func::FuncOp"> {
+  let summary = "Tiles a bufferized kernel for the GPU: warp tiles of bf16 "
+                "tensor-core GEMMs, thread-parallel loops for the rest.";
+  let description = [{
+    The CUDA target's tiling, on a kernel after bufferization (one thread
+    block computes one unit of the kernel's range: an image, a routing group
+    or a tile). Every `linalg.matmul` on f32 memrefs becomes an
+    `scf.parallel` over its 16 x 8 output tiles, marked
+    `moe.gpu_map = "warps"` (one warp per tile), whose body is a
+    `linalg.generic` on the tile's views marked
+    `moe.gpu_mma = "m16n8k16.bf16"`: C += bf16(A) * bf16(B) accumulated in
+    f32, the numerics of one `mma.sync.m16n8k16.bf16` per 16 steps of K.
+    Every other linalg op becomes `scf.parallel` loops over its parallel
+    dimensions (its reductions stay sequential inside), which
+    `moe-gpu-map-kernels` spreads over the block's threads.
+
+    The result is ordinary IR: the CPU pipeline compiles it too
+    (`moec compile --emulate-gpu-tiling`), which is how the GPU tiling is
+    checked against the fp64 reference on a machine without a GPU.
+  }];
+  let dependentDialects = ["mlir::scf::SCFDialect", "mlir::arith::ArithDialect",
+                           "mlir::memref::MemRefDialect",
+                           "mlir::linalg::LinalgDialect"];
+}
+
+def GpuMapKernelsPass : Pass<"moe-gpu-map-kernels", "mlir::ModuleOp"> {
+  let summary = "Maps tiled kernels onto GPU thread blocks: one gpu.func each.";
+  let description = [{
+    Each kernel function (`moe.kernel`, after bufferization and
+    `moe-gpu-tile`) becomes a `gpu.func` kernel in `gpu.module @moec_kernels`
+    and the function is erased. The kernel ABI (docs/artifact.md): the
+    buffers as bare pointers, then `begin` (i64) and a scratch pointer; block
+    b of the grid computes unit `begin + b` of the range on `block-threads`
+    threads:
+
+    - The kernel's temporaries (`memref.alloc`, static shapes) become views
+      of the unit's slice of the scratch buffer; the kernel's
+      `moe.scratch_bytes` attribute is the size of one slice.
+    - An `scf.parallel` marked `moe.gpu_map = "warps"` runs its iterations
+      round-robin over the block's warps; its `moe.gpu_mma` tile matmuls
+      become per-lane fragment loads and `nvvm.mma.sync` m16n8k16 bf16
+      (f32 accumulators), with bounds checks for partial tiles.
+    - Any other `scf.parallel` runs its linearized iterations round-robin
+      over the block's threads (nested ones run sequentially).
+    - Loops and conditionals that contain such parallel loops are run by
+      every thread (their bounds are block-uniform).
+    - Any other op that writes memory runs on thread 0; its results reach
+      the other threads through workgroup memory.
+    - `gpu.barrier` separates every phase that writes memory from what
+      follows and precedes it.
+  }];
+  let options = [
+    Option<"blockThreads", "block-threads", "int64_t", /*default=*/"256",
+           "Threads per block (a multiple of 32)">,
+  ];
+  let dependentDialects = ["mlir::gpu::GPUDialect", "mlir::NVVM::NVVMDialect",
+                           "mlir::LLVM::LLVMDialect", "mlir::scf::SCFDialect",
+                           "mlir::arith::ArithDialect",
+                           "mlir::memref::MemRefDialect"];
+}
+
 #endif // MOEC_PASSES_PASSES_TD

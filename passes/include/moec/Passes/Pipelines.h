@@ -4,6 +4,7 @@
 #define MOEC_PASSES_PIPELINES_H
 
 #include "mlir/Pass/PassOptions.h"
+#include "llvm/ADT/StringRef.h"
 
 namespace mlir {
 class OpPassManager;
@@ -51,7 +52,31 @@ struct CpuPipelineOptions : public mlir::PassPipelineOptions<CpuPipelineOptions>
       llvm::cl::desc("Fuse every MoE layer's routing with its grouped expert "
                      "GEMMs first (moe-fuse-routing)"),
       llvm::cl::init(true)};
+  Option<bool> gpuTiling{
+      *this, "gpu-tiling",
+      llvm::cl::desc("Tile the kernels as the CUDA target does (moe-gpu-tile: "
+                     "warp tiles with bf16 tensor-core numerics, parallel "
+                     "loops) instead of vectorizing them: the GPU tiling, "
+                     "run on the CPU"),
+      llvm::cl::init(false)};
 };
+
+/// The CUDA target's code generation (moe-cuda-codegen).
+struct CudaPipelineOptions
+    : public mlir::PassPipelineOptions<CudaPipelineOptions> {
+  Option<std::string> gpuArch{
+      *this, "gpu-arch",
+      llvm::cl::desc("The GPU the kernels are compiled for: sm_80 (A100) or "
+                     "sm_90a (H100, H200)"),
+      llvm::cl::init("sm_80")};
+  Option<int64_t> blockThreads{
+      *this, "block-threads",
+      llvm::cl::desc("Threads per block of every kernel"),
+      llvm::cl::init(256)};
+};
+
+/// The GPU architectures moe-cuda-codegen accepts.
+bool isSupportedGpuArch(llvm::StringRef arch);
 
 /// moe -> per-image kernels + a plan function with arena offsets.
 void buildCpuPlanPipeline(mlir::OpPassManager &pm,
@@ -60,8 +85,16 @@ void buildCpuPlanPipeline(mlir::OpPassManager &pm,
 /// take their buffers as bare pointers.
 void buildCpuCodegenPipeline(mlir::OpPassManager &pm,
                              const CpuPipelineOptions &options);
+/// The kernels of a plan -> gpu.module @moec_kernels in the NVVM dialect
+/// with an #nvvm.target for options.gpuArch (gpu-module-to-binary turns it
+/// into PTX).
+void buildCudaCodegenPipeline(mlir::OpPassManager &pm,
+                              const CudaPipelineOptions &options);
+/// The kernels bufferized with their results written in place and their
+/// temporaries hoisted out of loops (both codegen pipelines).
+void addKernelBufferization(mlir::OpPassManager &pm);
 
-/// Registers moe-cpu-plan and moe-cpu-codegen.
+/// Registers moe-cpu-plan, moe-cpu-codegen and moe-cuda-codegen.
 void registerMoEPipelines();
 
 } // namespace moec

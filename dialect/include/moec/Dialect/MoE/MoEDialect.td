@@ -70,6 +70,18 @@ def MoE_Dialect : Dialect {
     // moe-bf16-contractions: a contraction over bf16 pairs (the pair
     // dimension last).
     "::mlir::UnitAttr":$bf16_pairs,
+    // On a kernel's linalg op: stays f32 whatever the precision or target
+    // (a router's logits: routing decisions must not depend on bf16
+    // rounding).
+    "::mlir::UnitAttr":$fp32,
+    // moe-gpu-tile: how an scf.parallel maps onto a block ("warps", or
+    // absent: threads) and the tensor-core instruction a tile matmul stands
+    // for. moe-gpu-map-kernels: a gpu.func kernel's scratch bytes per unit,
+    // and on the module every kernel's ({name = bytes}).
+    "::mlir::StringAttr":$gpu_map,
+    "::mlir::StringAttr":$gpu_mma,
+    "::mlir::IntegerAttr":$scratch_bytes,
+    "::mlir::DictionaryAttr":$kernel_scratch,
     // moe-plan-memory.
     "::mlir::IntegerAttr":$arena_offset,
     "::mlir::IntegerAttr":$arena_bytes,

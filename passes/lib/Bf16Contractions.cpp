@@ -7,6 +7,7 @@
 
 #include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Passes/Passes.h"
+#include "Ops/KernelSupport.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -47,32 +48,13 @@ struct Candidate {
   OpOperand *a = nullptr, *b = nullptr;
 };
 
-/// Whether the body of `op` is yield(acc + in0 * in1) (either order).
-bool isMulAddBody(linalg::LinalgOp op) {
-  Block &body = op->getRegion(0).front();
-  if (body.getOperations().size() != 3)
-    return false;
-  auto mul = dyn_cast<arith::MulFOp>(&body.front());
-  auto add = dyn_cast<arith::AddFOp>(mul ? mul->getNextNode() : nullptr);
-  if (!mul || !add)
-    return false;
-  Value in0 = body.getArgument(0), in1 = body.getArgument(1),
-        acc = body.getArgument(2);
-  bool mulOfInputs = (mul.getLhs() == in0 && mul.getRhs() == in1) ||
-                     (mul.getLhs() == in1 && mul.getRhs() == in0);
-  bool addOfAcc = (add.getLhs() == acc && add.getRhs() == mul) ||
-                  (add.getRhs() == acc && add.getLhs() == mul);
-  auto yield = cast<linalg::YieldOp>(body.getTerminator());
-  return mulOfInputs && addOfAcc && yield.getNumOperands() == 1 &&
-         yield.getOperand(0) == add.getResult();
-}
 
 FailureOr<Candidate> match(linalg::LinalgOp op, int64_t minReduction,
                            int64_t minWidth) {
   if (!op.hasPureTensorSemantics() || op.getNumDpsInputs() != 2 ||
       op.getNumDpsInits() != 1 || isBf16Pairs(op) ||
       op->hasAttr(moec::moe::MoEDialect::Fp32AttrHelper::getNameStr()) ||
-      !isMulAddBody(op))
+      !moec::kernels::isMulAddBody(op))
     return failure();
   for (OpOperand &operand : op->getOpOperands()) {
     auto type = dyn_cast<RankedTensorType>(operand.get().getType());

@@ -228,7 +228,8 @@ LogicalResult ThreadMapper::mapWarpLoop(scf::ParallelOp par) {
   return success();
 }
 
-/// C[M, N] += A[M, K] * B[K, N] for one warp, M <= 16 and N <= 8: per lane
+/// C[M, N] += A[M, K] * B[K, N] for one warp, M <= 16 and N <= 8 (A or B
+/// may be stored transposed): per lane
 /// the fragments of mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
 /// (PTX ISA, "Matrix Fragments for mma.m16n8k16"), loaded straight from
 /// the views with zeros outside them, then stored back where in bounds.
@@ -242,11 +243,20 @@ LogicalResult ThreadMapper::expandMma(linalg::GenericOp tile, IRMapping &map,
   Value a = map.lookupOrDefault(tile.getDpsInputs()[0]);
   Value bm = map.lookupOrDefault(tile.getDpsInputs()[1]);
   Value c = map.lookupOrDefault(tile.getDpsInits()[0]);
+  // moe-gpu-tile's loop order is (m, n, k); A is [m, k] or [k, m], B is
+  // [k, n] or [n, k].
+  SmallVector<AffineMap> maps = tile.getIndexingMapsArray();
+  auto startsWith = [](AffineMap map, unsigned dim) {
+    auto d = dyn_cast<AffineDimExpr>(map.getResult(0));
+    return d && d.getPosition() == dim;
+  };
+  const bool aTransposed = startsWith(maps[0], 2);
+  const bool bTransposed = startsWith(maps[1], 1);
   MLIRContext *ctx = b.getContext();
   Type f32 = b.getF32Type(), i32 = b.getI32Type(), i16 = b.getI16Type();
-  Value m = memref::DimOp::create(b, loc, a, 0);
-  Value k = memref::DimOp::create(b, loc, a, 1);
-  Value n = memref::DimOp::create(b, loc, bm, 1);
+  Value m = memref::DimOp::create(b, loc, c, 0);
+  Value n = memref::DimOp::create(b, loc, c, 1);
+  Value k = memref::DimOp::create(b, loc, a, aTransposed ? 0 : 1);
   Value lane = arith::RemUIOp::create(b, loc, tid_, cst(b, loc, kWarpSize));
   Value group = arith::DivUIOp::create(b, loc, lane, cst(b, loc, 4));
   Value quad = arith::RemUIOp::create(b, loc, lane, cst(b, loc, 4));
@@ -308,16 +318,26 @@ LogicalResult ThreadMapper::expandMma(linalg::GenericOp tile, IRMapping &map,
         for (int64_t r = 0; r < 4; ++r) {
           Value row = offset(lb, group, 8 * (r % 2));
           Value col = offset(lb, kq, 8 * (r / 2));
-          aRegs.push_back(pack(lb, load(lb, a, row, m, col, k),
-                               load(lb, a, row, m, offset(lb, col, 1), k)));
+          Value next = offset(lb, col, 1);
+          aRegs.push_back(
+              aTransposed
+                  ? pack(lb, load(lb, a, col, k, row, m),
+                         load(lb, a, next, k, row, m))
+                  : pack(lb, load(lb, a, row, m, col, k),
+                         load(lb, a, row, m, next, k)));
         }
         // B: registers at rows (k) 2q and 2q+8, two consecutive rows each,
         // column g.
         SmallVector<Value> bRegs;
         for (int64_t r = 0; r < 2; ++r) {
           Value row = offset(lb, kq, 8 * r);
-          bRegs.push_back(pack(lb, load(lb, bm, row, k, group, n),
-                               load(lb, bm, offset(lb, row, 1), k, group, n)));
+          Value next = offset(lb, row, 1);
+          bRegs.push_back(
+              bTransposed
+                  ? pack(lb, load(lb, bm, group, n, row, k),
+                         load(lb, bm, group, n, next, k))
+                  : pack(lb, load(lb, bm, row, k, group, n),
+                         load(lb, bm, next, k, group, n)));
         }
         auto structType =
             LLVM::LLVMStructType::getLiteral(ctx, {f32, f32, f32, f32});

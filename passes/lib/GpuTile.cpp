@@ -1,7 +1,9 @@
 //===- GpuTile.cpp - moe-gpu-tile: the CUDA target's kernel tiling --------===//
 //
-// On a bufferized kernel: linalg.matmul -> warp tiles of 16 x 8 outputs
-// whose tile matmul has the numerics of mma.sync.m16n8k16.bf16; every other
+// On a bufferized kernel: every 2-D f32 contraction (linalg.matmul, and the
+// backward's generics that read an operand transposed) -> warp tiles of
+// 16 x 8 outputs whose tile matmul has the numerics of
+// mma.sync.m16n8k16.bf16; every other
 // linalg op -> scf.parallel loops for the block's threads. The output is
 // plain IR that the CPU pipeline compiles as well as moe-gpu-map-kernels.
 //
@@ -10,6 +12,7 @@
 #include "moec/Dialect/MoE/MoEDialect.h"
 #include "moec/Passes/GpuTiling.h"
 #include "moec/Passes/Passes.h"
+#include "Ops/KernelSupport.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -49,16 +52,78 @@ Value roundToBf16(OpBuilder &b, Location loc, Value x) {
   return arith::ExtFOp::create(b, loc, b.getF32Type(), half);
 }
 
+
+/// A 2-D contraction C[m, n] += A * B where A is indexed by (m, k) in
+/// either order and B by (k, n) in either order: linalg.matmul, and the
+/// generics of the backward pass that read an operand transposed.
+struct Contraction {
+  linalg::LinalgOp op;
+  Value a, b, c;
+  /// Loop dimensions.
+  unsigned m = 0, n = 0, k = 0;
+  /// Whether A is stored [k, m] / B is stored [n, k].
+  bool aTransposed = false, bTransposed = false;
+};
+
+std::optional<unsigned> dimAt(AffineMap map, unsigned result) {
+  auto d = dyn_cast<AffineDimExpr>(map.getResult(result));
+  return d ? std::optional<unsigned>(d.getPosition()) : std::nullopt;
+}
+
+std::optional<Contraction> matchContraction(linalg::LinalgOp op) {
+  if (!op.hasPureBufferSemantics() || op.getNumDpsInputs() != 2 ||
+      op.getNumDpsInits() != 1 || op.getNumLoops() != 3 ||
+      op->hasAttr(moec::moe::MoEDialect::Fp32AttrHelper::getNameStr()) ||
+      !moec::kernels::isMulAddBody(op))
+    return std::nullopt;
+  Contraction c;
+  c.op = op;
+  for (OpOperand &operand : op->getOpOperands())
+    if (!isF32Matrix(operand.get()) ||
+        !op.getMatchingIndexingMap(&operand).isProjectedPermutation())
+      return std::nullopt;
+  SmallVector<utils::IteratorType> iterators = op.getIteratorTypesArray();
+  if (llvm::count(iterators, utils::IteratorType::reduction) != 1)
+    return std::nullopt;
+  c.k = static_cast<unsigned>(
+      llvm::find(iterators, utils::IteratorType::reduction) -
+      iterators.begin());
+  AffineMap out = op.getMatchingIndexingMap(op.getDpsInitOperand(0));
+  std::optional<unsigned> m = dimAt(out, 0), n = dimAt(out, 1);
+  if (!m || !n || *m == c.k || *n == c.k)
+    return std::nullopt;
+  c.m = *m;
+  c.n = *n;
+  c.c = op.getDpsInits()[0];
+  for (OpOperand *in : op.getDpsInputOperands()) {
+    AffineMap map = op.getMatchingIndexingMap(in);
+    std::optional<unsigned> d0 = dimAt(map, 0), d1 = dimAt(map, 1);
+    if (d0 == c.m && d1 == c.k) {
+      c.a = in->get();
+    } else if (d0 == c.k && d1 == c.m) {
+      c.a = in->get();
+      c.aTransposed = true;
+    } else if (d0 == c.k && d1 == c.n) {
+      c.b = in->get();
+    } else if (d0 == c.n && d1 == c.k) {
+      c.b = in->get();
+      c.bTransposed = true;
+    }
+  }
+  if (!c.a || !c.b)
+    return std::nullopt;
+  return c;
+}
+
 /// C += A * B as an scf.parallel over C's 16 x 8 tiles (one warp each),
-/// each a `moe.gpu_mma` tile matmul on views of at most 16 x K, K x 8 and
-/// 16 x 8.
-void tileMatmul(linalg::MatmulOp matmul) {
-  OpBuilder b(matmul);
-  Location loc = matmul.getLoc();
-  Value a = matmul.getDpsInputs()[0], bm = matmul.getDpsInputs()[1];
-  Value c = matmul.getDpsInits()[0];
-  Value m = dimOf(b, loc, a, 0), k = dimOf(b, loc, a, 1),
-        n = dimOf(b, loc, bm, 1);
+/// each a `moe.gpu_mma` tile matmul on views of at most 16 x K (A, or
+/// K x 16 when stored transposed), K x 8 (B, or 8 x K) and 16 x 8, with the
+/// canonical loop order (m, n, k).
+void tileContraction(Contraction con) {
+  OpBuilder b(con.op);
+  Location loc = con.op.getLoc();
+  Value m = dimOf(b, loc, con.c, 0), n = dimOf(b, loc, con.c, 1);
+  Value k = dimOf(b, loc, con.a, con.aTransposed ? 0 : 1);
   Value zero = arith::ConstantIndexOp::create(b, loc, 0);
   Value one = arith::ConstantIndexOp::create(b, loc, 1);
   Value tileM = arith::ConstantIndexOp::create(b, loc, moec::kMmaTileM);
@@ -79,21 +144,29 @@ void tileMatmul(linalg::MatmulOp matmul) {
         Value ns = arith::MinUIOp::create(
             nb, nloc, tileN, arith::SubIOp::create(nb, nloc, n, n0));
         SmallVector<OpFoldResult> unit(2, nb.getIndexAttr(1));
-        Value as = memref::SubViewOp::create(
-            nb, nloc, a, ArrayRef<OpFoldResult>{m0, nb.getIndexAttr(0)},
-            ArrayRef<OpFoldResult>{ms, k}, unit);
-        Value bs = memref::SubViewOp::create(
-            nb, nloc, bm, ArrayRef<OpFoldResult>{nb.getIndexAttr(0), n0},
-            ArrayRef<OpFoldResult>{k, ns}, unit);
-        Value cs = memref::SubViewOp::create(
-            nb, nloc, c, ArrayRef<OpFoldResult>{m0, n0},
-            ArrayRef<OpFoldResult>{ms, ns}, unit);
+        OpFoldResult origin = nb.getIndexAttr(0);
+        auto view = [&](Value source, OpFoldResult o0, OpFoldResult s0,
+                        OpFoldResult o1, OpFoldResult s1) {
+          return memref::SubViewOp::create(nb, nloc, source,
+                                           ArrayRef<OpFoldResult>{o0, o1},
+                                           ArrayRef<OpFoldResult>{s0, s1},
+                                           unit)
+              .getResult();
+        };
+        Value as = con.aTransposed ? view(con.a, origin, k, m0, ms)
+                                   : view(con.a, m0, ms, origin, k);
+        Value bs = con.bTransposed ? view(con.b, n0, ns, origin, k)
+                                   : view(con.b, origin, k, n0, ns);
+        Value cs = view(con.c, m0, ms, n0, ns);
         MLIRContext *ctx = nb.getContext();
         AffineExpr i, j, l;
         bindDims(ctx, i, j, l);
+        auto map2 = [&](AffineExpr x, AffineExpr y) {
+          return AffineMap::get(3, 0, {x, y}, ctx);
+        };
         SmallVector<AffineMap> maps = {
-            AffineMap::get(3, 0, {i, l}, ctx), AffineMap::get(3, 0, {l, j}, ctx),
-            AffineMap::get(3, 0, {i, j}, ctx)};
+            con.aTransposed ? map2(l, i) : map2(i, l),
+            con.bTransposed ? map2(j, l) : map2(l, j), map2(i, j)};
         auto tile = linalg::GenericOp::create(
             nb, nloc, ValueRange{as, bs}, ValueRange{cs}, maps,
             {utils::IteratorType::parallel, utils::IteratorType::parallel,
@@ -108,8 +181,9 @@ void tileMatmul(linalg::MatmulOp matmul) {
         tile->setAttr(moec::moe::MoEDialect::GpuMmaAttrHelper::getNameStr(),
                       nb.getStringAttr(moec::kGpuMmaM16N8K16Bf16));
       });
-  loop->setAttr(moec::moe::MoEDialect::GpuMapAttrHelper::getNameStr(), b.getStringAttr(moec::kGpuMapWarps));
-  matmul.erase();
+  loop->setAttr(moec::moe::MoEDialect::GpuMapAttrHelper::getNameStr(),
+                b.getStringAttr(moec::kGpuMapWarps));
+  con.op->erase();
 }
 
 struct GpuTilePass : public moec::impl::GpuTilePassBase<GpuTilePass> {
@@ -118,15 +192,13 @@ struct GpuTilePass : public moec::impl::GpuTilePassBase<GpuTilePass> {
     if (!fn->hasAttr(moec::moe::MoEDialect::KernelAttrHelper::getNameStr()) ||
         fn.isExternal())
       return;
-    SmallVector<linalg::MatmulOp> matmuls;
-    fn.walk([&](linalg::MatmulOp op) {
-      if (!op->hasAttr(moec::moe::MoEDialect::Fp32AttrHelper::getNameStr()) &&
-          op.hasPureBufferSemantics() && isF32Matrix(op.getDpsInputs()[0]) &&
-          isF32Matrix(op.getDpsInputs()[1]) && isF32Matrix(op.getDpsInits()[0]))
-        matmuls.push_back(op);
+    SmallVector<Contraction> contractions;
+    fn.walk([&](linalg::LinalgOp op) {
+      if (std::optional<Contraction> c = matchContraction(op))
+        contractions.push_back(*c);
     });
-    for (linalg::MatmulOp op : matmuls)
-      tileMatmul(op);
+    for (Contraction &c : contractions)
+      tileContraction(c);
 
     // Everything else becomes parallel loops for the block's threads.
     SmallVector<linalg::LinalgOp> rest;

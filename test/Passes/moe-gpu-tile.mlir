@@ -47,3 +47,40 @@ func.func @kernel(%a: memref<4x20x24xf32>, %w: memref<24x10xf32>,
   }
   return
 }
+
+// A contraction of the backward pass that reads A transposed (dW = X^T dY,
+// [k, m] x [k, n]) is tiled too: its A view is K x 16, its map (k, m).
+// CHECK-LABEL: func.func @weight_grad
+// CHECK: scf.parallel
+// CHECK: memref.subview %{{.*}}[0, %{{.*}}] [20, %{{.*}}] [1, 1] : memref<20x24xf32> to memref<20x?xf32, strided<[24, 1], offset: ?>>
+// CHECK: linalg.generic {indexing_maps = [#[[AT:map[0-9]*]], #[[B:map[0-9]*]], #[[C:map[0-9]*]]]
+// CHECK-SAME: moe.gpu_mma = "m16n8k16.bf16"
+// CHECK: } {moe.gpu_map = "warps"}
+// A contraction whose body is not a multiply-accumulate is not.
+// CHECK-NOT: moe.gpu_mma
+// CHECK: return
+#xt = affine_map<(d0, d1, d2) -> (d2, d0)>
+#y = affine_map<(d0, d1, d2) -> (d2, d1)>
+#w = affine_map<(d0, d1, d2) -> (d0, d1)>
+func.func @weight_grad(%x: memref<20x24xf32>, %dy: memref<20x10xf32>,
+                       %dw: memref<24x10xf32>, %m: memref<24x10xf32>,
+                       %begin: index, %end: index) attributes {moe.kernel} {
+  %c1 = arith.constant 1 : index
+  scf.for %i = %begin to %end step %c1 {
+    linalg.generic {indexing_maps = [#xt, #y, #w], iterator_types = ["parallel", "parallel", "reduction"]}
+        ins(%x, %dy : memref<20x24xf32>, memref<20x10xf32>) outs(%dw : memref<24x10xf32>) {
+    ^bb0(%a: f32, %b: f32, %acc: f32):
+      %p = arith.mulf %a, %b : f32
+      %s = arith.addf %acc, %p : f32
+      linalg.yield %s : f32
+    }
+    linalg.generic {indexing_maps = [#xt, #y, #w], iterator_types = ["parallel", "parallel", "reduction"]}
+        ins(%x, %dy : memref<20x24xf32>, memref<20x10xf32>) outs(%m : memref<24x10xf32>) {
+    ^bb0(%a: f32, %b: f32, %acc: f32):
+      %p = arith.mulf %a, %b : f32
+      %s = arith.maximumf %acc, %p : f32
+      linalg.yield %s : f32
+    }
+  }
+  return
+}

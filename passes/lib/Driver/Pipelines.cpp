@@ -187,6 +187,8 @@ void moec::driver::printStages(raw_ostream &os) {
         "    [plan]                           --emit=plan\n"
         "  moe-cpu-codegen                    --emit=llvm\n"
         "  kernel library and artifact        --emit=artifact\n"
+        "  (--target=cuda: moe-cuda-codegen{gpu-arch=A} --emit=llvm, then\n"
+        "   gpu-module-to-binary to PTX and the artifact)\n"
         "\n"
         "Extension points (--run-passes=<point>:<pass pipeline>, "
         "repeatable; passes at one point run in command-line order):\n";

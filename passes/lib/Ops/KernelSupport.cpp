@@ -70,3 +70,22 @@ int64_t dimOf(Value v, int64_t i) {
 }
 
 } // namespace moec::kernels
+
+bool moec::kernels::isMulAddBody(linalg::LinalgOp op) {
+  Block &body = op->getRegion(0).front();
+  if (body.getOperations().size() != 3)
+    return false;
+  auto mul = dyn_cast<arith::MulFOp>(&body.front());
+  auto add = dyn_cast<arith::AddFOp>(mul ? mul->getNextNode() : nullptr);
+  if (!mul || !add)
+    return false;
+  Value in0 = body.getArgument(0), in1 = body.getArgument(1),
+        acc = body.getArgument(2);
+  bool mulOfInputs = (mul.getLhs() == in0 && mul.getRhs() == in1) ||
+                     (mul.getLhs() == in1 && mul.getRhs() == in0);
+  bool addOfAcc = (add.getLhs() == acc && add.getRhs() == mul) ||
+                  (add.getRhs() == acc && add.getLhs() == mul);
+  auto yield = cast<linalg::YieldOp>(body.getTerminator());
+  return mulOfInputs && addOfAcc && yield.getNumOperands() == 1 &&
+         yield.getOperand(0) == add.getResult();
+}

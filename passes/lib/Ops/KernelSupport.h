@@ -508,6 +508,10 @@ void attachRoutedOpModels(MLIRContext *ctx);
 /// whole-batch linalg (LossOps.cpp).
 void attachLossOpModels(MLIRContext *ctx);
 
+/// Whether a linalg op's body is yield(acc + in0 * in1) (either order):
+/// a plain multiply-accumulate contraction.
+bool isMulAddBody(linalg::LinalgOp op);
+
 } // namespace moec::kernels
 
 #endif // MOEC_PASSES_LIB_OPS_KERNELSUPPORT_H

@@ -296,6 +296,13 @@ LogicalResult ThreadMapper::expandMma(linalg::GenericOp tile, IRMapping &map,
         arith::ConstantOp::create(ib, loc, ib.getI32IntegerAttr(16)));
     return arith::OrIOp::create(ib, loc, bits(lo), high).getResult();
   };
+  // Element (i, kk) of an operand stored [i, k] or, kFirst, [k, i], with
+  // i < extent and kk < k.
+  auto element = [&](OpBuilder &ib, Value mem, bool kFirst, Value i,
+                     Value extent, Value kk) {
+    return kFirst ? load(ib, mem, kk, k, i, extent)
+                  : load(ib, mem, i, extent, kk, k);
+  };
   auto offset = [&](OpBuilder &ib, Value base, int64_t delta) {
     return delta == 0 ? base
                       : arith::AddIOp::create(ib, loc, base, cst(ib, loc, delta))
@@ -318,26 +325,19 @@ LogicalResult ThreadMapper::expandMma(linalg::GenericOp tile, IRMapping &map,
         for (int64_t r = 0; r < 4; ++r) {
           Value row = offset(lb, group, 8 * (r % 2));
           Value col = offset(lb, kq, 8 * (r / 2));
-          Value next = offset(lb, col, 1);
-          aRegs.push_back(
-              aTransposed
-                  ? pack(lb, load(lb, a, col, k, row, m),
-                         load(lb, a, next, k, row, m))
-                  : pack(lb, load(lb, a, row, m, col, k),
-                         load(lb, a, row, m, next, k)));
+          aRegs.push_back(pack(lb, element(lb, a, aTransposed, row, m, col),
+                               element(lb, a, aTransposed, row, m,
+                                       offset(lb, col, 1))));
         }
         // B: registers at rows (k) 2q and 2q+8, two consecutive rows each,
         // column g.
         SmallVector<Value> bRegs;
         for (int64_t r = 0; r < 2; ++r) {
           Value row = offset(lb, kq, 8 * r);
-          Value next = offset(lb, row, 1);
           bRegs.push_back(
-              bTransposed
-                  ? pack(lb, load(lb, bm, group, n, row, k),
-                         load(lb, bm, group, n, next, k))
-                  : pack(lb, load(lb, bm, row, k, group, n),
-                         load(lb, bm, next, k, group, n)));
+              pack(lb, element(lb, bm, !bTransposed, group, n, row),
+                   element(lb, bm, !bTransposed, group, n,
+                           offset(lb, row, 1))));
         }
         auto structType =
             LLVM::LLVMStructType::getLiteral(ctx, {f32, f32, f32, f32});

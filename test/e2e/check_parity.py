@@ -26,24 +26,15 @@ import math
 import os
 import random
 import struct
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_grads import Fail, make_batch, read_tensors, write_tensors  # noqa: E402
+from check_grads import Fail, make_batch, read_tensors, run, write_tensors  # noqa: E402
 from check_reference import random_weights, read_manifest  # noqa: E402
 
 LOGITS_TOL = 1e-2
 LOSS_TOL = 1e-2
 GRAD_TOL = 5e-2
-
-
-def run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise Fail(f"{' '.join(cmd)} exited {proc.returncode}\n"
-                   f"{proc.stderr.strip()}")
-    return proc
 
 
 def rel_err(got, ref):

@@ -115,6 +115,67 @@ std::optional<Contraction> matchContraction(linalg::LinalgOp op) {
   return c;
 }
 
+/// `op` without its loops of extent 1: the same body on rank-reduced views
+/// of its operands (upstream's unit-dimension folding handles tensors
+/// only). Operand maps must be projected permutations.
+void dropUnitLoops(linalg::GenericOp op) {
+  SmallVector<int64_t> ranges = op.getStaticLoopRanges();
+  SmallVector<bool> unit(ranges.size());
+  for (auto [i, r] : llvm::enumerate(ranges))
+    unit[i] = r == 1;
+  MLIRContext *ctx = op.getContext();
+  // Old loop dimension -> new one.
+  SmallVector<AffineExpr> renumber;
+  SmallVector<utils::IteratorType> iterators;
+  unsigned kept = 0;
+  for (auto [i, it] : llvm::enumerate(op.getIteratorTypesArray())) {
+    renumber.push_back(getAffineDimExpr(unit[i] ? 0 : kept, ctx));
+    if (!unit[i]) {
+      iterators.push_back(it);
+      ++kept;
+    }
+  }
+  OpBuilder b(op);
+  Location loc = op.getLoc();
+  SmallVector<Value> operands;
+  SmallVector<AffineMap> maps;
+  for (OpOperand &operand : op->getOpOperands()) {
+    AffineMap map = op.getMatchingIndexingMap(&operand);
+    auto type = cast<MemRefType>(operand.get().getType());
+    SmallVector<AffineExpr> results;
+    SmallVector<int64_t> shape;
+    for (auto [d, e] : llvm::enumerate(map.getResults())) {
+      unsigned loop = cast<AffineDimExpr>(e).getPosition();
+      if (unit[loop])
+        continue;
+      results.push_back(renumber[loop]);
+      shape.push_back(type.getDimSize(d));
+    }
+    maps.push_back(AffineMap::get(kept, 0, results, ctx));
+    if (shape.size() == static_cast<size_t>(type.getRank())) {
+      operands.push_back(operand.get());
+      continue;
+    }
+    SmallVector<OpFoldResult> offsets(type.getRank(), b.getIndexAttr(0));
+    SmallVector<OpFoldResult> sizes, strides(type.getRank(),
+                                              b.getIndexAttr(1));
+    for (int64_t d : type.getShape())
+      sizes.push_back(b.getIndexAttr(d));
+    auto reduced = memref::SubViewOp::inferRankReducedResultType(
+        shape, type, offsets, sizes, strides);
+    operands.push_back(memref::SubViewOp::create(
+        b, loc, cast<MemRefType>(reduced), operand.get(), offsets, sizes,
+        strides));
+  }
+  unsigned inputs = op.getNumDpsInputs();
+  auto reducedOp = linalg::GenericOp::create(
+      b, loc, TypeRange{}, ArrayRef<Value>(operands).take_front(inputs),
+      ArrayRef<Value>(operands).drop_front(inputs), maps, iterators);
+  reducedOp.getRegion().takeBody(op.getRegion());
+  reducedOp->setDiscardableAttrs(op->getDiscardableAttrDictionary());
+  op.erase();
+}
+
 /// C += A * B as an scf.parallel over C's 16 x 8 tiles (one warp each),
 /// each a `moe.gpu_mma` tile matmul on views of at most 16 x K (A, or
 /// K x 16 when stored transposed), K x 8 (B, or 8 x K) and 16 x 8, with the
@@ -192,6 +253,26 @@ struct GpuTilePass : public moec::impl::GpuTilePassBase<GpuTilePass> {
     if (!fn->hasAttr(moec::moe::MoEDialect::KernelAttrHelper::getNameStr()) ||
         fn.isExternal())
       return;
+    // Per-image contractions of the backward pass carry the image as a unit
+    // loop ([1, S, D] operands); without it they are 2-D contractions.
+    SmallVector<linalg::GenericOp> withUnitLoops;
+    fn.walk([&](linalg::GenericOp op) {
+      if (op.hasPureBufferSemantics() && op.getNumDpsInputs() == 2 &&
+          op.getNumDpsInits() == 1 && moec::kernels::isMulAddBody(op) &&
+          op.getNumLoops() > 3 &&
+          llvm::all_of(op.getIndexingMapsArray(),
+                       [](AffineMap m) { return m.isProjectedPermutation(); }) &&
+          llvm::all_of(op->getOperandTypes(),
+                       [](Type t) {
+                         auto m = dyn_cast<MemRefType>(t);
+                         return m && m.hasStaticShape();
+                       }) &&
+          llvm::is_contained(op.getStaticLoopRanges(), int64_t(1)))
+        withUnitLoops.push_back(op);
+    });
+    for (linalg::GenericOp op : withUnitLoops)
+      dropUnitLoops(op);
+
     SmallVector<Contraction> contractions;
     fn.walk([&](linalg::LinalgOp op) {
       if (std::optional<Contraction> c = matchContraction(op))

@@ -84,3 +84,29 @@ func.func @weight_grad(%x: memref<20x24xf32>, %dy: memref<20x10xf32>,
   }
   return
 }
+
+// A per-image contraction that keeps the image as a unit loop ([1, S, D],
+// as the backward pass writes them) loses that loop first, then is tiled.
+// CHECK-LABEL: func.func @unit_image
+// CHECK: memref.subview %{{.*}}[0, 0, 0] [1, 20, 24] [1, 1, 1] : memref<1x20x24xf32> to memref<20x24xf32, strided<[24, 1]>>
+// CHECK: scf.parallel
+// CHECK: moe.gpu_mma = "m16n8k16.bf16"
+// CHECK: } {moe.gpu_map = "warps"}
+#xu = affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>
+#wu = affine_map<(d0, d1, d2, d3) -> (d3, d2)>
+#yu = affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>
+func.func @unit_image(%x: memref<1x20x24xf32>, %w: memref<24x10xf32>,
+                      %y: memref<1x20x10xf32>, %begin: index, %end: index)
+    attributes {moe.kernel} {
+  %c1 = arith.constant 1 : index
+  scf.for %i = %begin to %end step %c1 {
+    linalg.generic {indexing_maps = [#xu, #wu, #yu], iterator_types = ["parallel", "parallel", "parallel", "reduction"]}
+        ins(%x, %w : memref<1x20x24xf32>, memref<24x10xf32>) outs(%y : memref<1x20x10xf32>) {
+    ^bb0(%a: f32, %b: f32, %acc: f32):
+      %p = arith.mulf %a, %b : f32
+      %s = arith.addf %acc, %p : f32
+      linalg.yield %s : f32
+    }
+  }
+  return
+}

@@ -11,7 +11,7 @@
 // CHECK-LABEL: func.func @moec_k0
 // CHECK-NOT: 6x4x3xf32
 // CHECK-NOT: 4x3x8xf32
-// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<6x8xf32>, tensor<8x4xf32>)
+// CHECK: linalg.matmul {moe.fp32} ins(%{{.*}}, %{{.*}} : tensor<6x8xf32>, tensor<8x4xf32>)
 // The row list: the per-expert counts' prefix sum, then the scatter of
 // (token, gate) rows.
 // CHECK: scf.for

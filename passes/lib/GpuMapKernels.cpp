@@ -105,6 +105,7 @@ public:
 private:
   LogicalResult mapThreadLoop(scf::ParallelOp par);
   LogicalResult mapWarpLoop(scf::ParallelOp par);
+  LogicalResult mapLoneTile(linalg::GenericOp tile);
   LogicalResult expandMma(linalg::GenericOp tile, IRMapping &map,
                           OpBuilder &b);
   LogicalResult mapSingleThread(Operation *op);
@@ -129,6 +130,13 @@ LogicalResult ThreadMapper::mapBlock(Block &block) {
       if (failed(map && map.getValue() == moec::kGpuMapWarps
                      ? mapWarpLoop(par)
                      : mapThreadLoop(par)))
+        return failure();
+      continue;
+    }
+    if (auto tile = dyn_cast<linalg::GenericOp>(op);
+        tile && tile->hasAttr(
+                    moec::moe::MoEDialect::GpuMmaAttrHelper::getNameStr())) {
+      if (failed(mapLoneTile(tile)))
         return failure();
       continue;
     }
@@ -225,6 +233,25 @@ LogicalResult ThreadMapper::mapWarpLoop(scf::ParallelOp par) {
   b.setInsertionPointAfter(loop);
   gpu::BarrierOp::create(b, loc);
   par.erase();
+  return success();
+}
+
+/// A tile matmul outside a warp loop (canonicalization folds a warp loop of
+/// one tile away): warp 0 computes it.
+LogicalResult ThreadMapper::mapLoneTile(linalg::GenericOp tile) {
+  OpBuilder b(tile);
+  Location loc = tile.getLoc();
+  gpu::BarrierOp::create(b, loc);
+  Value firstWarp = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::ult,
+                                          tid_, cst(b, loc, kWarpSize));
+  auto branch = scf::IfOp::create(b, loc, firstWarp, /*withElseRegion=*/false);
+  OpBuilder tb(branch.thenBlock()->getTerminator());
+  IRMapping identity;
+  if (failed(expandMma(tile, identity, tb)))
+    return failure();
+  b.setInsertionPointAfter(branch);
+  gpu::BarrierOp::create(b, loc);
+  tile.erase();
   return success();
 }
 

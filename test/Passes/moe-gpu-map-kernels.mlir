@@ -7,7 +7,7 @@
 // and hands its result to the others through workgroup memory; the fill
 // is spread over the threads; the GEMM's 16 x 8 tiles go round-robin over
 // the 4 warps of 128 threads, each tile an mma.sync m16n8k16 per 16 of K.
-// CHECK: module attributes {gpu.container_module, moe.kernel_scratch = {kernel = 256 : i64}}
+// CHECK: module attributes {gpu.container_module, moe.kernel_scratch = {kernel = 256 : i64, one_tile = 0 : i64}}
 // CHECK: gpu.module @moec_kernels
 // CHECK: gpu.func @kernel(%[[A:.*]]: memref<4x20x24xf32>, %{{.*}}: memref<24x10xf32>, %{{.*}}: memref<4x20x10xf32>, %[[BEGIN:.*]]: index, %[[SCRATCH:.*]]: memref<2147483648xi8>) workgroup(%[[SHARED:.*]] : memref<16xi64, #gpu.address_space<workgroup>>) kernel
 // CHECK-SAME: known_block_size = array<i32: 128, 1, 1>
@@ -50,6 +50,18 @@
 // CHECK: gpu.return
 // CHECK-NOT: func.func @kernel
 
+// A GEMM of one 16 x 8 tile: canonicalization folds its warp loop away,
+// and warp 0 computes the lone tile.
+// CHECK-LABEL: gpu.func @one_tile
+// CHECK: %[[TID1:.*]] = gpu.thread_id x
+// CHECK: gpu.barrier
+// CHECK: %[[WARP0:.*]] = arith.cmpi ult, %[[TID1]], %c32
+// CHECK: scf.if %[[WARP0]] {
+// CHECK: nvvm.mma.sync
+// CHECK: memref.store
+// CHECK: gpu.barrier
+// CHECK-NEXT: gpu.return
+
 // THREADS: block-threads must be a multiple of 32 in [32, 1024], got 100
 module {
   func.func @kernel(%a: memref<4x20x24xf32>, %w: memref<24x10xf32>,
@@ -79,6 +91,17 @@ module {
       }
     }
     memref.dealloc %tmp : memref<20xf32>
+    return
+  }
+  func.func @one_tile(%a: memref<4x8x24xf32>, %w: memref<24x8xf32>,
+                      %y: memref<4x8x8xf32>, %begin: index, %end: index)
+      attributes {moe.kernel} {
+    %c1 = arith.constant 1 : index
+    scf.for %i = %begin to %end step %c1 {
+      %x = memref.subview %a[%i, 0, 0] [1, 8, 24] [1, 1, 1] : memref<4x8x24xf32> to memref<8x24xf32, strided<[24, 1], offset: ?>>
+      %o = memref.subview %y[%i, 0, 0] [1, 8, 8] [1, 1, 1] : memref<4x8x8xf32> to memref<8x8xf32, strided<[8, 1], offset: ?>>
+      linalg.matmul ins(%x, %w : memref<8x24xf32, strided<[24, 1], offset: ?>>, memref<24x8xf32>) outs(%o : memref<8x8xf32, strided<[8, 1], offset: ?>>)
+    }
     return
   }
 }

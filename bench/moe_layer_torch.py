@@ -53,6 +53,10 @@ Example:
         --experts 4 --top-k 2 --expert-hidden 128 --batch 128 \\
         --capacity-factor 1.25 --threads 1 --json out.json
 
+On a GPU (bench/gpu-check.sh): ``--device cuda --dtype bf16`` puts x, g and
+the weights on the GPU in bf16 and times each call with CUDA events (from an
+idle GPU to the end of the call's last kernel) instead of perf_counter.
+
 Only the Python standard library and torch are used.
 """
 
@@ -153,11 +157,16 @@ def moe_reference(x, wr, w1, b1, w2, b2, k, cf):
 
 
 # ------------------------------------------------------------------- helpers
-def make_params(D, E, H, k, dtype=torch.float32, seed=0):
+def make_params(D, E, H, k, dtype=torch.float32, seed=0, device=None, to_dtype=None):
+    """Draws on the CPU in `dtype`; with `device` / `to_dtype` (--device,
+    --dtype), then moves the values there (the same draws on every device)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, scale):
-        return (torch.randn(*shape, generator=gen, dtype=dtype) * scale).requires_grad_()
+        t = torch.randn(*shape, generator=gen, dtype=dtype) * scale
+        if device is not None or to_dtype is not None:
+            t = t.to(device=device, dtype=to_dtype)
+        return t.requires_grad_()
 
     moe = dict(
         wr=rnd(D, E, scale=1 / math.sqrt(D)),
@@ -175,11 +184,15 @@ def make_params(D, E, H, k, dtype=torch.float32, seed=0):
     return moe, dense
 
 
-def time_calls(fn, warmup, min_reps, min_time):
+def time_calls(fn, warmup, min_reps, min_time, cuda=False):
     """Median and count of per-call wall times (ms) after `warmup` calls.
 
     Returns (median_ms, reps, warmup_s): warmup_s is the time of the warm-up
-    calls (for torch.compile, mostly compilation)."""
+    calls (for torch.compile, mostly compilation). With `cuda`, each call is
+    timed with CUDA events on the current stream, from an idle GPU
+    (torch.cuda.synchronize before) to the end of its last kernel."""
+    if cuda:
+        return _time_calls_cuda(fn, warmup, min_reps, min_time)
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
@@ -191,6 +204,26 @@ def time_calls(fn, warmup, min_reps, min_time):
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3, len(times), warmup_s
+
+
+def _time_calls_cuda(fn, warmup, min_reps, min_time):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        torch.cuda.synchronize()
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return statistics.median(times), len(times), warmup_s
 
 
 def self_test():
@@ -247,6 +280,12 @@ def main():
                     help="time each case for at least this many seconds (default 2)")
     ap.add_argument("--no-compile", action="store_true", help="eager mode only")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default) or cuda: where the layer runs; on cuda "
+                         "each call is timed with CUDA events")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="the dtype of x, g and every weight (default fp32; "
+                         "bf16: pure bf16 tensors, PyTorch's fastest setup)")
     ap.add_argument("--self-test", action="store_true",
                     help="check the routing against a per-token loop and exit")
     a = ap.parse_args()
@@ -258,10 +297,20 @@ def main():
     B, S, D, E, k, H, cf = (a.batch, a.tokens, a.width, a.experts, a.top_k,
                             a.expert_hidden, a.capacity_factor)
     C = capacity(S, E, k, cf)
-    moe, dense = make_params(D, E, H, k, seed=a.seed)
+    on_cuda = a.device.startswith("cuda")
+    if on_cuda and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: torch sees no CUDA device")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    moved = a.device != "cpu" or a.dtype != "fp32"
+    moe, dense = make_params(D, E, H, k, seed=a.seed,
+                             device=a.device if moved else None,
+                             to_dtype=dtype if moved else None)
     gen = torch.Generator().manual_seed(a.seed + 1)
-    x = torch.randn(B, S, D, generator=gen).requires_grad_()
+    x = torch.randn(B, S, D, generator=gen)
     g = torch.randn(B, S, D, generator=gen)
+    if moved:
+        x, g = x.to(a.device, dtype), g.to(a.device, dtype)
+    x.requires_grad_()
     with torch.no_grad():
         rows, _, _, counts = route(x, moe["wr"], k, cf)
     kept = rows.numel()
@@ -297,6 +346,10 @@ def main():
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    if moved:
+        print(f"device {a.device}"
+              + (f" ({torch.cuda.get_device_name()})" if on_cuda else "")
+              + f", dtype {a.dtype}")
     print(f"shape: B={B} S={S} D={D} E={E} k={k} H={H} cf={cf} C={C}; "
           f"kept {kept}/{B * S * k} routes, per expert {counts}")
     print(f"{'case':<24} {'ms/call':>10} {'GFLOP/s':>8} {'reps':>5} {'warm-up s':>10}")
@@ -313,7 +366,8 @@ def main():
                 key = f"{name}_{kind}_{mode}"
                 call = make(fn)
                 try:
-                    ms, n, warm_s = time_calls(call, a.warmup, a.min_reps, a.min_time)
+                    ms, n, warm_s = time_calls(call, a.warmup, a.min_reps, a.min_time,
+                                               cuda=on_cuda)
                     out = call().detach()
                 except Exception as exc:  # torch.compile failures: report, go on
                     msg = f"{type(exc).__name__}: {exc}".strip()
@@ -359,6 +413,12 @@ def main():
         "timing": {"statistic": "median", "warmup": a.warmup,
                    "min_reps": a.min_reps, "min_time_s": a.min_time},
     }
+    if moved:
+        report["device"] = a.device
+        report["dtype"] = a.dtype
+        if on_cuda:
+            report["gpu"] = torch.cuda.get_device_name()
+            report["timing"]["clock"] = "cuda events"
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)

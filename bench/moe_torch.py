@@ -657,7 +657,9 @@ class ViMoETrain:
             if idx.numel() == 0:
                 continue
             ye = self._mlp(h.index_select(0, idx), *ws[e])
-            y = y.index_add(0, idx, ye * gate.index_select(0, idx)[:, e:e + 1])
+            # .to(y.dtype): a no-op in float32/64; under torch.autocast the
+            # expert's output may be bf16 (bench/gpu_check_torch_train.py).
+            y = y.index_add(0, idx, (ye * gate.index_select(0, idx)[:, e:e + 1]).to(y.dtype))
         return y
 
     def _aux(self, L, Gd, Ln, k, sn):

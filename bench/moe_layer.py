@@ -126,7 +126,7 @@ def synthetic_images(root, sh, count):
                     size, ch)
 
 
-PROFILE_LINE = re.compile(r"^\s+(\S+)\s+(\S+)\s+(\S+)\s+([0-9.]+)\s+[0-9.]+%$")
+PROFILE_LINE = re.compile(r"^\s+(\S+)\s+(\S+)\s+(\S+)\s+([0-9.]+)\s+[0-9.]+%(\s+[0-9.]+)?$")
 
 
 def layer_seconds(output, kind, params):

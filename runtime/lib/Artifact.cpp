@@ -301,6 +301,34 @@ static bool readParams(JsonCheck &check, const json &root, Manifest &m) {
   return true;
 }
 
+/// Target "cuda": the "cuda" object, and no target CPU. Other targets
+/// ignore a "cuda" object.
+static bool readCudaTarget(JsonCheck &check, const json &root, Manifest &m) {
+  if (m.target != kTargetCuda)
+    return true;
+  if (!m.targetCpu.empty() || !m.targetFeatures.empty())
+    return check.fail("/target_cpu",
+                      cat("names CPU '", m.targetCpu, "' with ",
+                          m.targetFeatures.size(),
+                          " features, but a cuda artifact has no target CPU "
+                          "(omit it or leave it empty)"));
+  const json *cuda = check.member(root, "", "cuda");
+  if (!cuda || !check.isObject(*cuda, "/cuda"))
+    return false;
+  CudaTarget &t = m.cuda;
+  if (!check.getEnum(*cuda, "/cuda", "arch", {"sm_80", "sm_90a"},
+                     "CUDA architecture", t.arch) ||
+      !check.getInt(*cuda, "/cuda", "block_threads", 1, t.blockThreads) ||
+      !check.getEnum(*cuda, "/cuda", "format", {"ptx"}, "kernel format",
+                     t.format))
+    return false;
+  if (t.blockThreads > kMaxCudaBlockThreads)
+    return check.fail("/cuda/block_threads",
+                      cat("expected at most ", kMaxCudaBlockThreads,
+                          " (threads per block), got ", t.blockThreads));
+  return true;
+}
+
 Expected<Manifest> parseManifest(const std::string &text,
                                  const std::string &where) {
   json root;
@@ -405,7 +433,7 @@ Expected<Manifest> parseManifest(const std::string &text,
         m.targetFeatures.push_back(f.get<std::string>());
       }
     }
-    return true;
+    return readCudaTarget(check, root, m);
   };
   if (!parse())
     return check.takeError();
@@ -432,7 +460,9 @@ static bool readDispatch(JsonCheck &check, const json &value,
                      "parallel kind", parallel) ||
       !check.getInt(value, at, "tiles", 0, d.tiles) ||
       (value.contains("flops") &&
-       !check.getInt(value, at, "flops", 0, d.flops)))
+       !check.getInt(value, at, "flops", 0, d.flops)) ||
+      (value.contains("scratch_bytes") &&
+       !check.getUInt(value, at, "scratch_bytes", d.scratchBytes)))
     return false;
   d.parallel = parallel == "images" ? Dispatch::Parallel::Images
                                     : Dispatch::Parallel::Fixed;
@@ -660,8 +690,12 @@ Artifact::fromBytes(std::vector<uint8_t> bytes, const std::string &path,
           checkPlan(artifact->plan_, artifact->manifest_, cat(path, ": plan")))
     return e;
 
-  if (Error e = checkKernelsElf(artifact->kernelsData(),
-                                artifact->kernelsSize(), path))
+  if (Error e = artifact->manifest_.target == kTargetCuda
+                    ? checkKernelsPtx(artifact->kernelsData(),
+                                      artifact->kernelsSize(),
+                                      artifact->plan_.kernelNames(), path)
+                    : checkKernelsElf(artifact->kernelsData(),
+                                      artifact->kernelsSize(), path))
     return e;
   return std::shared_ptr<const Artifact>(std::move(artifact));
 }

@@ -9,7 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moec/Runtime/Device.h"
+#include "Devices.h"
 #include "moec/Runtime/ThreadPool.h"
 
 #include "moec/Runtime/FileUtil.h"
@@ -20,21 +20,10 @@
 #include <mutex>
 #include <new>
 #include <sys/mman.h>
-#include <system_error>
-#include <thread>
 #include <unistd.h>
 #include <unordered_map>
 
 namespace moec::rt {
-
-Device::~Device() = default;
-
-int resolveThreads(int threads) {
-  if (threads > 0)
-    return threads;
-  unsigned cores = std::thread::hardware_concurrency();
-  return cores == 0 ? 1 : static_cast<int>(cores);
-}
 
 namespace {
 
@@ -136,6 +125,10 @@ Error CpuDevice::loadKernels(const Artifact &artifact) {
   const std::string &path = artifact.path();
   if (library_)
     return makeError(ErrorCode::Internal, path, ": kernels loaded twice");
+  if (artifact.manifest().target != kTargetCpu)
+    return makeError(ErrorCode::Argument, path, ": compiled for target '",
+                     artifact.manifest().target,
+                     "'; run it with --device=", artifact.manifest().target);
   for (const std::string &feature : artifact.manifest().targetFeatures) {
     bool known;
     if (!hostSupports(feature, known))
@@ -209,23 +202,8 @@ Error CpuDevice::runDispatch(const Dispatch &dispatch, void **args,
 
 } // namespace
 
-Expected<std::unique_ptr<Device>> createDevice(std::string_view name,
-                                               int threads) {
-  if (name != "cpu")
-    return makeError(ErrorCode::Argument, "unknown device '", name,
-                     "' (this runtime has: cpu)");
-  if (threads < 0)
-    return makeError(ErrorCode::Argument,
-                     "threads must be >= 0 (0 = every core), got ", threads);
-  if (threads > 4096)
-    return makeError(ErrorCode::Argument, "threads must be <= 4096, got ",
-                     threads);
-  try {
-    return std::unique_ptr<Device>(new CpuDevice(resolveThreads(threads)));
-  } catch (const std::system_error &e) {
-    return makeError(ErrorCode::Device, "cannot start ", threads,
-                     " threads: ", e.what());
-  }
+std::unique_ptr<Device> createCpuDevice(int threads) {
+  return std::unique_ptr<Device>(new CpuDevice(threads));
 }
 
 } // namespace moec::rt

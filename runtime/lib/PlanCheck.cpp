@@ -4,8 +4,10 @@
 
 #include "JsonCheck.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 
 namespace moec::rt {
 
@@ -42,6 +44,14 @@ Error checkPlan(const Plan &plan, const Manifest &m, const std::string &where) {
       if (d.parallel == Dispatch::Parallel::Fixed && d.tiles > kMaxFixedTiles)
         return fail(jsonPointer(at, "tiles"), d.tiles,
                     " tiles, more than the limit of ", kMaxFixedTiles);
+      // The largest range: `tiles` for both kinds (an images dispatch over
+      // a full batch runs over its tiles).
+      const uint64_t units = uint64_t(std::max<int64_t>(d.tiles, 1));
+      if (d.scratchBytes > kMaxScratchBytes / units)
+        return fail(jsonPointer(at, "scratch_bytes"), d.scratchBytes,
+                    " bytes for each of up to ", units,
+                    " units exceed the limit of ", kMaxScratchBytes,
+                    " scratch bytes per dispatch");
       for (size_t k = 0; k < d.args.size(); ++k) {
         const BufferArg &arg = d.args[k];
         const std::string argAt = jsonPointer(argsAt, k);
@@ -131,6 +141,80 @@ Error checkKernelsElf(const uint8_t *data, uint64_t size,
       return fail("has a bad program header ", i, ": ", filesz,
                   " file bytes in a segment of ", memsz);
   }
+  return Error::success();
+}
+
+static bool isPtxIdentifierChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '_' || c == '$';
+}
+
+static bool isPtxSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/// Whether `text` holds `directive` (".version") as a whole word.
+static bool hasDirective(std::string_view text, std::string_view directive) {
+  for (size_t at = text.find(directive); at != std::string_view::npos;
+       at = text.find(directive, at + 1)) {
+    size_t end = at + directive.size();
+    bool startsWord = at == 0 || !isPtxIdentifierChar(text[at - 1]);
+    bool endsWord = end == text.size() || !isPtxIdentifierChar(text[end]);
+    if (startsWord && endsWord)
+      return true;
+  }
+  return false;
+}
+
+std::vector<std::string> ptxEntryNames(std::string_view text) {
+  std::vector<std::string> names;
+  const std::string_view directive = ".entry";
+  for (size_t at = text.find(directive); at != std::string_view::npos;
+       at = text.find(directive, at + 1)) {
+    size_t end = at + directive.size();
+    if ((at > 0 && isPtxIdentifierChar(text[at - 1])) || end == text.size() ||
+        !isPtxSpace(text[end]))
+      continue;
+    while (end < text.size() && isPtxSpace(text[end]))
+      ++end;
+    size_t nameEnd = end;
+    while (nameEnd < text.size() && isPtxIdentifierChar(text[nameEnd]))
+      ++nameEnd;
+    if (nameEnd > end)
+      names.emplace_back(text.substr(end, nameEnd - end));
+  }
+  return names;
+}
+
+Error checkKernelsPtx(const uint8_t *data, uint64_t size,
+                      const std::vector<std::string> &kernels,
+                      const std::string &path) {
+  auto fail = [&](const auto &...args) {
+    return makeError(ErrorCode::Format, path,
+                     ": the kernels section of this cuda artifact ", args...);
+  };
+  if (size >= 4 && std::memcmp(data,
+                               "\x7f"
+                               "ELF",
+                               4) == 0)
+    return fail("is an ELF file, not PTX text");
+  if (size == 0 || data[size - 1] != 0)
+    return fail("is not PTX text (it does not end in a NUL byte)");
+  const char *chars = reinterpret_cast<const char *>(data);
+  const size_t length = std::strlen(chars);
+  if (length != size - 1)
+    return fail("is not PTX text (a NUL byte at offset ", length,
+                " before its end, ", size - 1, ")");
+  std::string_view text(chars, length);
+  for (const char *directive : {".version", ".target"})
+    if (!hasDirective(text, directive))
+      return fail("is not PTX text (no ", directive, " directive)");
+  std::vector<std::string> entries = ptxEntryNames(text);
+  std::set<std::string> defined(entries.begin(), entries.end());
+  for (const std::string &kernel : kernels)
+    if (!defined.count(kernel))
+      return fail("has no '.entry ", kernel, "': kernel '", kernel,
+                  "' named in the plan is not in the PTX");
   return Error::success();
 }
 

@@ -2,8 +2,10 @@
 //
 // The loader's last line of defence: a checksum only says the file is what
 // its writer wrote, so before anything runs, every dispatch of the plan is
-// checked against the manifest (arguments, their extents, tile counts) and
-// the kernels section's ELF headers against the section's bytes.
+// checked against the manifest (arguments, their extents, tile counts,
+// scratch sizes) and the kernels section against its target's format: the
+// ELF headers against the section's bytes (cpu), the PTX text's kernel
+// entries against the plan (cuda).
 //
 //===----------------------------------------------------------------------===//
 
@@ -14,6 +16,8 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace moec::rt {
 
@@ -21,12 +25,18 @@ namespace moec::rt {
 inline constexpr size_t kMaxDispatchArgs = 1024;
 /// The most tiles a "fixed" dispatch may run over.
 inline constexpr int64_t kMaxFixedTiles = int64_t(1) << 20;
+/// The most scratch bytes one dispatch may ask for over its whole range
+/// (scratch_bytes times its largest range), 1 TiB.
+inline constexpr uint64_t kMaxScratchBytes = uint64_t(1) << 40;
+/// The most threads a CUDA block may have.
+inline constexpr int64_t kMaxCudaBlockThreads = 1024;
 
 /// Checks every dispatch of `plan`: 1 to kMaxDispatchArgs arguments, the same
 /// number at every use of a kernel; a "param" argument starts at a parameter
 /// or state tensor; an argument with a byte extent lies within its space;
 /// an "images" dispatch has at most the batch as tiles, a "fixed" one at
-/// most kMaxFixedTiles. Format errors read "WHERE: /entries/E/I/...: ...".
+/// most kMaxFixedTiles; scratch_bytes times the largest range is at most
+/// kMaxScratchBytes. Format errors read "WHERE: /entries/E/I/...: ...".
 Error checkPlan(const Plan &plan, const Manifest &manifest,
                 const std::string &where);
 
@@ -36,6 +46,17 @@ Error checkPlan(const Plan &plan, const Manifest &manifest,
 /// them. Format errors name `path`.
 Error checkKernelsElf(const uint8_t *data, uint64_t size,
                       const std::string &path);
+
+/// Checks that the kernels section of a cuda artifact is PTX text ending
+/// in one NUL byte (and holding no other), with a ".version" and a ".target"
+/// directive and an ".entry" for each of `kernels`. Format errors name
+/// `path` and the missing kernel.
+Error checkKernelsPtx(const uint8_t *data, uint64_t size,
+                      const std::vector<std::string> &kernels,
+                      const std::string &path);
+
+/// The names of the ".entry" directives of PTX `text`, in order.
+std::vector<std::string> ptxEntryNames(std::string_view text);
 
 } // namespace moec::rt
 

@@ -58,6 +58,10 @@ std::string inspectReport(const Artifact &a) {
   if (!m.targetCpu.empty())
     appendPrintf(out, "target cpu:   %s (%zu ISA features)\n",
                  m.targetCpu.c_str(), m.targetFeatures.size());
+  if (m.target == kTargetCuda)
+    appendPrintf(out, "cuda:         %s, %" PRId64 " threads per block, %s\n",
+                 m.cuda.arch.c_str(), m.cuda.blockThreads,
+                 m.cuda.format.c_str());
   appendPrintf(out, "precision:    %s\n",
                m.precision == "bf16"
                    ? "bf16 GEMM operands, fp32 accumulation and weights"

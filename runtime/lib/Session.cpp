@@ -19,23 +19,48 @@ namespace moec::rt {
 /// set in cache (the buffers' lifetimes are per run, so this is safe).
 static constexpr int64_t kChunk = 32;
 
+/// "MODEL: compiled for target 'cuda'; run it with --device=cuda".
+static Error targetError(const Artifact &artifact, std::string_view device) {
+  const std::string &target = artifact.manifest().target;
+  if (target == kTargetCpu || target == kTargetCuda)
+    return makeError(ErrorCode::Argument, artifact.path(),
+                     ": compiled for target '", target,
+                     "'; run it with --device=", target);
+  return makeError(ErrorCode::Argument, artifact.path(),
+                   ": compiled for target '", target, "', which device '",
+                   device, "' cannot run (this runtime has: cpu, cuda)");
+}
+
 Expected<std::unique_ptr<Session>>
 Session::create(std::shared_ptr<const Artifact> artifact,
                 std::string_view deviceName, int threads) {
   if (!artifact)
     return makeError(ErrorCode::Argument, "no model given");
-  const Manifest &m = artifact->manifest();
+  // A model for the other device says so, whether or not that device is
+  // here.
+  if ((deviceName == kTargetCpu || deviceName == kTargetCuda) &&
+      artifact->manifest().target != deviceName)
+    return targetError(*artifact, deviceName);
   Expected<std::unique_ptr<Device>> device = createDevice(deviceName, threads);
   if (!device)
     return device.takeError();
-  if (m.target != (*device)->name())
-    return makeError(ErrorCode::Argument, artifact->path(),
-                     ": the model was compiled for target '", m.target,
-                     "'; device '", (*device)->name(), "' cannot run it");
+  return create(std::move(artifact), std::move(*device));
+}
+
+Expected<std::unique_ptr<Session>>
+Session::create(std::shared_ptr<const Artifact> artifact,
+                std::unique_ptr<Device> device) {
+  if (!artifact)
+    return makeError(ErrorCode::Argument, "no model given");
+  if (!device)
+    return makeError(ErrorCode::Argument, "no device given");
+  const Manifest &m = artifact->manifest();
+  if (m.target != device->name())
+    return targetError(*artifact, device->name());
 
   std::unique_ptr<Session> session(new Session());
   session->artifact_ = artifact;
-  session->device_ = std::move(*device);
+  session->device_ = std::move(device);
   Device &dev = *session->device_;
   if (Error e = dev.loadKernels(*artifact))
     return e;
@@ -63,6 +88,12 @@ Session::create(std::shared_ptr<const Artifact> artifact,
     }
   }
   session->inferArgs_ = &session->entryArgs_.at("infer");
+  session->staged_ = !dev.hostAccessible();
+  if (session->staged_)
+    for (const auto &[name, entry] : m.entries)
+      for (const auto *list : {&entry.inputs, &entry.outputs})
+        for (const TensorSpec &spec : *list)
+          session->staging_[&spec].assign((spec.bytes() + 7) / 8, 0);
   // allocate() zeroes memory; say so explicitly for the state tensors,
   // which the training entry points read before they first write them.
   session->resetState();
@@ -159,13 +190,24 @@ std::vector<Tensor> Session::state() const {
 }
 
 std::vector<TensorRef> Session::blockViews() const {
+  const char *block = static_cast<const char *>(params_);
+  if (staged_) {
+    hostBlock_.resize((manifest().paramBytes + 7) / 8);
+    refreshBlockViews();
+    block = reinterpret_cast<const char *>(hostBlock_.data());
+  }
   std::vector<TensorRef> views;
   for (const auto *specs : {&manifest().params, &manifest().state})
     for (const ParamSpec &p : *specs)
-      views.push_back({p.name, p.shape,
-                       reinterpret_cast<const float *>(
-                           static_cast<const char *>(params_) + p.offset)});
+      views.push_back(
+          {p.name, p.shape, reinterpret_cast<const float *>(block + p.offset)});
   return views;
+}
+
+void Session::refreshBlockViews() const {
+  if (staged_ && !hostBlock_.empty())
+    device_->download(hostBlock_.data(), params_,
+                      static_cast<size_t>(manifest().paramBytes));
 }
 
 void Session::resetState() {
@@ -260,7 +302,21 @@ Error Session::checkEntry(const std::string &entry) const {
 }
 
 EntryTensor Session::view(const TensorSpec &spec) const {
+  if (staged_)
+    return {&spec, const_cast<uint64_t *>(staging_.at(&spec).data())};
   return {&spec, static_cast<char *>(arena_) + spec.offset};
+}
+
+void Session::uploadInputs(const std::string &entry) {
+  for (const TensorSpec &spec : manifest().entries.at(entry).inputs)
+    device_->upload(static_cast<char *>(arena_) + spec.offset,
+                    staging_.at(&spec).data(), spec.bytes());
+}
+
+void Session::downloadOutputs(const std::string &entry) {
+  for (const TensorSpec &spec : manifest().entries.at(entry).outputs)
+    device_->download(staging_.at(&spec).data(),
+                      static_cast<char *>(arena_) + spec.offset, spec.bytes());
 }
 
 Expected<EntryTensor> Session::input(const std::string &entry,
@@ -319,16 +375,30 @@ Error Session::run(const std::string &entry, int64_t n) {
     flops = &entryFlops_[entry];
     flops->resize(plan.size(), 0.0);
   }
-  for (size_t i = 0; i < plan.size(); ++i) {
-    auto start = std::chrono::steady_clock::now();
-    if (Error e = device_->runDispatch(plan[i], args[i].data(), n))
+  if (staged_)
+    uploadInputs(entry);
+  if (!profiling_) {
+    if (Error e = device_->runEntry(entry, plan, args, n))
       return e;
-    if (secs) {
+  } else {
+    // One dispatch at a time, each waited for, to time it.
+    for (size_t i = 0; i < plan.size(); ++i) {
+      auto start = std::chrono::steady_clock::now();
+      if (Error e = device_->runDispatch(plan[i], args[i].data(), n))
+        return e;
+      if (Error e = device_->synchronize())
+        return e;
       (*secs)[i] += std::chrono::duration<double>(
                         std::chrono::steady_clock::now() - start)
                         .count();
       (*flops)[i] += plan[i].flopsFor(n);
     }
+  }
+  if (staged_) {
+    downloadOutputs(entry);
+    // A copy that failed reports here.
+    if (Error e = device_->synchronize())
+      return e;
   }
   return Error::success();
 }
@@ -373,12 +443,17 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
       device_->upload(input + count * imageBytes, zeros.data(),
                       zeros.size() * 4);
     }
-    for (size_t i = 0; i < plan.size(); ++i) {
-      auto start = std::chrono::steady_clock::now();
-      if (Error e = device_->runDispatch(plan[i], (*inferArgs_)[i].data(),
-                                         padded))
+    if (!profiling_) {
+      if (Error e = device_->runEntry(kEntryInfer, plan, *inferArgs_, padded))
         return e;
-      if (profiling_) {
+    } else {
+      for (size_t i = 0; i < plan.size(); ++i) {
+        auto start = std::chrono::steady_clock::now();
+        if (Error e = device_->runDispatch(plan[i], (*inferArgs_)[i].data(),
+                                           padded))
+          return e;
+        if (Error e = device_->synchronize())
+          return e;
         dispatchSeconds_[i] += std::chrono::duration<double>(
                                    std::chrono::steady_clock::now() - start)
                                    .count();
@@ -386,6 +461,9 @@ Error Session::infer(const float *images, int64_t n, float *logits) {
       }
     }
     device_->download(logits + done * m.classes, output, count * logitBytes);
+    if (staged_)
+      if (Error e = device_->synchronize())
+        return e;
     done += count;
   }
   return Error::success();

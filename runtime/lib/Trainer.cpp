@@ -524,6 +524,9 @@ Expected<StepResult> Trainer::step() {
   fillStepInputs(*batches_, noise_, step_);
   if (Error e = session_.run(kEntryTrainStep, batch))
     return fail(TrainFailure::Input, std::move(e));
+  // The block views are a host copy on a device without host-accessible
+  // memory (nothing to do on the cpu device).
+  session_.refreshBlockViews();
   if (Error e = checkFinite(step_, finiteChecked_))
     return fail(TrainFailure::NonFinite, std::move(e));
   StepResult r;

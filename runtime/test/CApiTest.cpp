@@ -264,20 +264,30 @@ TEST_F(CApi, SessionErrors) {
   moec_model_release(m);
 
   // A model for another target.
-  json manifest = tinyManifest();
-  manifest["target"] = "cuda";
   path = dir / "cuda.moec";
-  writeBytes(path, tinyArtifact(manifest));
+  writeBytes(path, cudaArtifact());
   ASSERT_EQ(moec_model_load(path.c_str(), &m), MOEC_OK);
   EXPECT_EQ(moec_session_create(m, "cpu", 1, &s), MOEC_ERROR_ARGUMENT);
   EXPECT_EQ(std::string(moec_last_error()),
-            path + ": the model was compiled for target 'cuda'; device 'cpu' "
-                   "cannot run it");
+            path + ": compiled for target 'cuda'; run it with --device=cuda");
+  // "cuda" is a device: a cpu model is refused for its target, whether or
+  // not a GPU is here; the cuda model gets a session or a device error.
+  EXPECT_EQ(moec_session_create(model, "cuda", 0, &s), MOEC_ERROR_ARGUMENT);
+  EXPECT_NE(std::string(moec_last_error()).find("run it with --device=cpu"),
+            std::string::npos);
+  moec_status status = moec_session_create(m, "cuda", 0, &s);
+  if (status == MOEC_OK) {
+    moec_session_release(s);
+  } else {
+    EXPECT_EQ(status, MOEC_ERROR_DEVICE);
+    EXPECT_EQ(std::string(moec_last_error()).rfind("device 'cuda': ", 0), 0u)
+        << moec_last_error();
+  }
   moec_model_release(m);
 
   EXPECT_EQ(moec_session_create(model, "tpu", 1, &s), MOEC_ERROR_ARGUMENT);
   EXPECT_EQ(std::string(moec_last_error()),
-            "unknown device 'tpu' (this runtime has: cpu)");
+            "unknown device 'tpu' (this runtime has: cpu, cuda)");
   EXPECT_EQ(moec_session_create(model, "cpu", -2, &s), MOEC_ERROR_ARGUMENT);
   EXPECT_EQ(moec_session_create(nullptr, "cpu", 1, &s), MOEC_ERROR_ARGUMENT);
   EXPECT_EQ(moec_model_load(nullptr, &m), MOEC_ERROR_ARGUMENT);

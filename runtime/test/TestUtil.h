@@ -1,8 +1,9 @@
 //===- TestUtil.h - helpers shared by the runtime tests ---------*- C++ -*-===//
 //
-// A scratch directory, file helpers, and the tiny test model: a synthetic
-// .moec artifact built from TestKernels.c (moec_test_kernels) with its
-// manifest and plan JSON, packed by ArtifactBuilder.
+// A scratch directory, file helpers, and the test models: synthetic .moec
+// artifacts built from TestKernels.c (moec_test_kernels) or, for target
+// cuda, hand-written PTX, with their manifest and plan JSON, packed by
+// ArtifactBuilder.
 //
 //===----------------------------------------------------------------------===//
 
@@ -399,6 +400,169 @@ trainArtifact(const nlohmann::json &manifest = trainManifest(),
   return builder.build();
 }
 
+// The cuda test model ("tinycuda", target cuda): 1x4x8 images, 32 classes,
+// batch 4, no parameters; logits = 2 * images + 1, from two hand-written
+// PTX kernels launched with blocks of 32 threads, one block per image:
+// moec_g0 (images -> logits, x2) and moec_g1 (logits + 1 through a
+// 128-byte scratch slice per image, scratch_bytes 128). Without a GPU it
+// exercises the loader and the target checks; with one, the cuda device.
+constexpr int64_t kCudaPixels = 32;
+
+/// The PTX of moec_g0 and moec_g1 (sm_80; ptxas-clean for sm_80 and
+/// sm_90a).
+inline std::string cudaPtx() {
+  return ".version 8.0\n"
+         ".target sm_80\n"
+         ".address_size 64\n"
+         "\n"
+         "// moec_g0: out[u ntid + t] = 2 in[u ntid + t], u = begin + block.\n"
+         ".visible .entry moec_g0(\n"
+         "  .param .u64 moec_g0_in,\n"
+         "  .param .u64 moec_g0_out,\n"
+         "  .param .u64 moec_g0_begin,\n"
+         "  .param .u64 moec_g0_scratch)\n"
+         "{\n"
+         "  .reg .b32 %r<4>;\n"
+         "  .reg .b64 %rd<12>;\n"
+         "  .reg .f32 %f<3>;\n"
+         "  ld.param.u64 %rd1, [moec_g0_in];\n"
+         "  ld.param.u64 %rd2, [moec_g0_out];\n"
+         "  ld.param.u64 %rd3, [moec_g0_begin];\n"
+         "  cvta.to.global.u64 %rd1, %rd1;\n"
+         "  cvta.to.global.u64 %rd2, %rd2;\n"
+         "  mov.u32 %r1, %ctaid.x;\n"
+         "  mov.u32 %r2, %ntid.x;\n"
+         "  mov.u32 %r3, %tid.x;\n"
+         "  cvt.u64.u32 %rd4, %r1;\n"
+         "  add.s64 %rd4, %rd4, %rd3;\n"
+         "  cvt.u64.u32 %rd5, %r2;\n"
+         "  mul.lo.s64 %rd6, %rd4, %rd5;\n"
+         "  cvt.u64.u32 %rd7, %r3;\n"
+         "  add.s64 %rd8, %rd6, %rd7;\n"
+         "  shl.b64 %rd8, %rd8, 2;\n"
+         "  add.s64 %rd9, %rd1, %rd8;\n"
+         "  add.s64 %rd10, %rd2, %rd8;\n"
+         "  ld.global.f32 %f1, [%rd9];\n"
+         "  add.f32 %f2, %f1, %f1;\n"
+         "  st.global.f32 [%rd10], %f2;\n"
+         "  ret;\n"
+         "}\n"
+         "\n"
+         "// moec_g1: x[u * ntid + t] += 1 through the block's scratch slice\n"
+         "// (ntid floats at scratch + block ntid 4): each thread stores\n"
+         "// its value + 1 there, and after a barrier writes back its\n"
+         "// neighbour's.\n"
+         ".visible .entry moec_g1(\n"
+         "  .param .u64 moec_g1_x,\n"
+         "  .param .u64 moec_g1_begin,\n"
+         "  .param .u64 moec_g1_scratch)\n"
+         "{\n"
+         "  .reg .b32 %r<6>;\n"
+         "  .reg .b64 %rd<20>;\n"
+         "  .reg .f32 %f<4>;\n"
+         "  ld.param.u64 %rd1, [moec_g1_x];\n"
+         "  ld.param.u64 %rd2, [moec_g1_begin];\n"
+         "  ld.param.u64 %rd3, [moec_g1_scratch];\n"
+         "  cvta.to.global.u64 %rd1, %rd1;\n"
+         "  cvta.to.global.u64 %rd3, %rd3;\n"
+         "  mov.u32 %r1, %ctaid.x;\n"
+         "  mov.u32 %r2, %ntid.x;\n"
+         "  mov.u32 %r3, %tid.x;\n"
+         "  cvt.u64.u32 %rd4, %r1;\n"
+         "  cvt.u64.u32 %rd5, %r2;\n"
+         "  cvt.u64.u32 %rd6, %r3;\n"
+         "  add.s64 %rd7, %rd4, %rd2;\n"
+         "  mul.lo.s64 %rd8, %rd7, %rd5;\n"
+         "  mul.lo.s64 %rd9, %rd4, %rd5;\n"
+         "  add.s64 %rd10, %rd8, %rd6;\n"
+         "  shl.b64 %rd10, %rd10, 2;\n"
+         "  add.s64 %rd10, %rd1, %rd10;\n"
+         "  add.s64 %rd11, %rd9, %rd6;\n"
+         "  shl.b64 %rd11, %rd11, 2;\n"
+         "  add.s64 %rd11, %rd3, %rd11;\n"
+         "  ld.global.f32 %f1, [%rd10];\n"
+         "  add.f32 %f2, %f1, 0f3F800000;\n"
+         "  st.global.f32 [%rd11], %f2;\n"
+         "  bar.sync 0;\n"
+         "  add.u32 %r4, %r3, 1;\n"
+         "  rem.u32 %r5, %r4, %r2;\n"
+         "  cvt.u64.u32 %rd12, %r5;\n"
+         "  add.s64 %rd13, %rd8, %rd12;\n"
+         "  shl.b64 %rd13, %rd13, 2;\n"
+         "  add.s64 %rd13, %rd1, %rd13;\n"
+         "  add.s64 %rd14, %rd9, %rd12;\n"
+         "  shl.b64 %rd14, %rd14, 2;\n"
+         "  add.s64 %rd14, %rd3, %rd14;\n"
+         "  ld.global.f32 %f3, [%rd14];\n"
+         "  st.global.f32 [%rd13], %f3;\n"
+         "  ret;\n"
+         "}\n";
+}
+
+inline nlohmann::json cudaManifest() {
+  using nlohmann::json;
+  return json{
+      {"model", "tinycuda"},
+      {"target", "cuda"},
+      {"compiler", "moec-test"},
+      {"cuda", {{"arch", "sm_80"}, {"block_threads", 32}, {"format", "ptx"}}},
+      {"batch", kBatch},
+      {"input", {{"channels", 1}, {"height", 4}, {"width", 8}}},
+      {"classes", kCudaPixels},
+      {"dataset", {{"kind", "image-folder"}, {"path", ""}}},
+      {"param_bytes", 0},
+      {"param_count", 0},
+      {"active_params_per_image", 0},
+      {"arena_bytes", 1024},
+      {"params", json::array()},
+      {"entries",
+       {{"infer",
+         {{"inputs", json::array({{{"name", "images"},
+                                   {"shape", {kBatch, 1, 4, 8}},
+                                   {"dtype", "f32"},
+                                   {"offset", 0}}})},
+          {"outputs", json::array({{{"name", "logits"},
+                                    {"shape", {kBatch, kCudaPixels}},
+                                    {"dtype", "f32"},
+                                    {"offset", 512}}})},
+          {"flops", kBatch * 64},
+          {"flops_per_image", 64}}}}}};
+}
+
+inline nlohmann::json cudaPlan() {
+  using nlohmann::json;
+  return json{
+      {"entries",
+       {{"infer",
+         json::array(
+             {{{"kernel", "moec_g0"},
+               {"op", "test.double"},
+               {"name", "double"},
+               {"parallel", "images"},
+               {"tiles", kBatch},
+               {"args", json::array({arg("arena", 0), arg("arena", 512)})}},
+              {{"kernel", "moec_g1"},
+               {"op", "test.increment"},
+               {"name", "increment"},
+               {"parallel", "images"},
+               {"tiles", kBatch},
+               {"scratch_bytes", 128},
+               {"args", json::array({arg("arena", 512)})}}})}}}};
+}
+
+/// The cuda test model's artifact; `kernels` is the kernels section as
+/// is (cudaPtx() and its NUL by default).
+inline std::vector<uint8_t>
+cudaArtifact(const nlohmann::json &manifest = cudaManifest(),
+             const nlohmann::json &plan = cudaPlan(),
+             const std::string &kernels = cudaPtx() + std::string(1, '\0')) {
+  ArtifactBuilder builder;
+  builder.versionMinor = artifact::kVersionMinor;
+  builder.add("manifest", manifest.dump());
+  builder.add("plan", plan.dump());
+  builder.add("kernels", kernels);
+  return builder.build();
+}
 /// Big-endian IDX files of 4x4 images: DIR/{prefix}-images-idx3-ubyte and
 /// DIR/{prefix}-labels-idx1-ubyte (prefix "train" or "t10k").
 inline void writeIdx(const std::string &dir, const std::string &prefix,

@@ -188,11 +188,11 @@ TEST(ThreadPool, ThreadCounts) {
   EXPECT_EQ(static_cast<unsigned char *>(p)[99], 0);
   (*device)->free(p);
 
-  Expected<std::unique_ptr<Device>> bad = createDevice("cuda", 1);
+  Expected<std::unique_ptr<Device>> bad = createDevice("tpu", 1);
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().code(), ErrorCode::Argument);
   EXPECT_EQ(bad.error().message(),
-            "unknown device 'cuda' (this runtime has: cpu)");
+            "unknown device 'tpu' (this runtime has: cpu, cuda)");
   bad = createDevice("cpu", -1);
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().message(),

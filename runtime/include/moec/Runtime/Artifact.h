@@ -3,8 +3,9 @@
 // Artifact::load reads a .moec file (ArtifactFormat.h, docs/artifact.md),
 // checks the container (magic, version, size, checksum, section table) and
 // parses the "manifest" and "plan" JSON sections into the structs below,
-// checking their schema. The "kernels" section stays opaque bytes; a Device
-// loads it.
+// checking their schema. The "kernels" section is checked for its target's
+// format (an x86-64 ELF shared object for "cpu", PTX text for "cuda") and
+// otherwise stays opaque bytes; a Device loads it.
 //
 //===----------------------------------------------------------------------===//
 
@@ -101,15 +102,29 @@ struct TrainSpec {
   bool horizontalFlip = false;
 };
 
+/// Target names.
+constexpr const char *kTargetCpu = "cpu";
+constexpr const char *kTargetCuda = "cuda";
+
+/// The manifest's "cuda" object, required for target "cuda".
+struct CudaTarget {
+  std::string arch;         ///< "sm_80" or "sm_90a"
+  int64_t blockThreads = 0; ///< threads per block of every launch
+  std::string format;       ///< "ptx"
+};
+
 /// The "manifest" section.
 struct Manifest {
   std::string model;
-  std::string target; ///< "cpu"
+  std::string target; ///< "cpu" or "cuda"
   std::string compiler;
   /// The CPU the kernels were generated for and the ISA extensions they
   /// may use (LLVM feature names); empty in artifacts that do not say.
   std::string targetCpu;
   std::vector<std::string> targetFeatures;
+  /// Target "cuda": the GPU architecture and launch shape (empty arch for
+  /// other targets).
+  CudaTarget cuda;
   /// The GEMMs' operand precision, "fp32" or "bf16" (fp32 accumulation and
   /// weights either way); "fp32" in artifacts that do not say.
   std::string precision = "fp32";
@@ -178,6 +193,9 @@ struct Dispatch {
   /// The op's FLOPs over one call of `tiles` (0 where the artifact does not
   /// say): the profile's rates.
   int64_t flops = 0;
+  /// Bytes of device scratch memory one unit of the range needs (the plan's
+  /// optional "scratch_bytes", target "cuda"); 0 when it needs none.
+  uint64_t scratchBytes = 0;
   std::vector<BufferArg> args;
 
   /// The range the kernel runs over when a call holds `images` images
@@ -243,7 +261,8 @@ public:
   }
   const Manifest &manifest() const { return manifest_; }
   const Plan &plan() const { return plan_; }
-  /// The "kernels" section: an x86-64 ELF shared object.
+  /// The "kernels" section: an x86-64 ELF shared object (target "cpu") or
+  /// NUL-terminated PTX text (target "cuda").
   const uint8_t *kernelsData() const {
     return sectionData(sections_[kernelsIndex_]);
   }

@@ -15,11 +15,17 @@
 //               FLOPs and parameter counts, arena size.
 //   "plan"      JSON: per entry point, the ordered kernel dispatches with
 //               their buffer arguments (arena / parameter offsets).
-//   "kernels"   an x86-64 ELF shared object exporting every kernel named in
-//               the plan, each `void kernel(void **args, int64_t begin,
-//               int64_t end)`: args[i] points at the i-th buffer argument of
-//               the dispatch; the kernel computes tiles [begin, end) of its
-//               parallel dimension (images, for every inference kernel).
+//   "kernels"   target "cpu": an x86-64 ELF shared object exporting every
+//               kernel named in the plan, each `void kernel(void **args,
+//               int64_t begin, int64_t end)`: args[i] points at the i-th
+//               buffer argument of the dispatch; the kernel computes tiles
+//               [begin, end) of its parallel dimension (images, for every
+//               inference kernel).
+//               target "cuda": PTX text and one NUL byte, an `.entry` per
+//               plan kernel with the parameters (.u64 args..., .u64 begin,
+//               .u64 scratch), launched over range blocks of the manifest's
+//               cuda.block_threads threads (docs/artifact.md, "Target
+//               cuda").
 //
 // The manifest's optional dataset.normalization (1.2) records the
 // per-channel mean and std the model was trained with: the constants of

@@ -7,6 +7,12 @@
 // giving the tensors in the arena). A session serves one call at a time;
 // use one session per thread to run in parallel.
 //
+// On a device whose memory the host cannot reach (cuda) the session keeps
+// host copies of every entry point's inputs and outputs (what input() and
+// output() point at) and of the parameter block (blockViews()), and copies
+// them to and from the device around each run; on the cpu device they are
+// the device memory itself and nothing is copied.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOEC_RUNTIME_SESSION_H
@@ -27,10 +33,12 @@
 
 namespace moec::rt {
 
-/// An entry point's input or output in a session's arena. The cpu device's
-/// memory is host memory: write an input's values to `data` before
-/// Session::run() and read an output's after it. Valid while the session
-/// lives.
+/// An entry point's input or output in a session's arena: write an input's
+/// values to `data` before Session::run() and read an output's after it.
+/// On the cpu device `data` points into the arena; on a device without
+/// host-accessible memory at a host copy, which run() uploads (inputs)
+/// before the dispatches and downloads (outputs) after them. Valid while
+/// the session lives.
 struct EntryTensor {
   const TensorSpec *spec = nullptr;
   void *data = nullptr;
@@ -49,13 +57,20 @@ struct EntryTensor {
 
 class Session {
 public:
-  /// A session on device `device` ("cpu") with `threads` threads (0 = every
-  /// core). Loads the artifact's kernels and allocates the parameter block
-  /// and arena. The parameters start out unset: load or initialize them
-  /// before infer().
+  /// A session on device `device` ("cpu" or "cuda") with `threads` threads
+  /// (0 = every core; cpu only). Loads the artifact's kernels and allocates
+  /// the parameter block and arena. The parameters start out unset: load or
+  /// initialize them before infer(). A model compiled for another target is
+  /// an Argument error "MODEL: compiled for target 'cuda'; run it with
+  /// --device=cuda", checked before the device is created.
   static Expected<std::unique_ptr<Session>>
   create(std::shared_ptr<const Artifact> artifact, std::string_view device,
          int threads);
+  /// A session on `device`, which must run the artifact's target
+  /// (device->name()); for devices made outside createDevice (tests).
+  static Expected<std::unique_ptr<Session>>
+  create(std::shared_ptr<const Artifact> artifact,
+         std::unique_ptr<Device> device);
   ~Session();
   Session(const Session &) = delete;
   Session &operator=(const Session &) = delete;
@@ -86,10 +101,16 @@ public:
   /// The current state tensors (manifest "state", the optimizer slots), in
   /// manifest order. Sessions start with them zeroed.
   std::vector<Tensor> state() const;
-  /// The parameters, then the state tensors, as views into the parameter
-  /// block (host memory on the cpu device), in manifest order; valid while
-  /// the session lives. The trainer checks them for NaN and infinities.
+  /// The parameters, then the state tensors, in manifest order, as views
+  /// valid while the session lives. The trainer checks them for NaN and
+  /// infinities. On the cpu device they point into the parameter block. On
+  /// a device without host-accessible memory they point into a host copy of
+  /// it, downloaded by this call and by each refreshBlockViews() (the
+  /// pointers stay the same).
   std::vector<TensorRef> blockViews() const;
+  /// Downloads the parameter block into the host copy blockViews() points
+  /// into again; nothing to do on the cpu device or before blockViews().
+  void refreshBlockViews() const;
   /// Zeroes the state tensors.
   void resetState();
   /// Copies `state` into the state tensors: every manifest state tensor
@@ -156,11 +177,23 @@ private:
   /// The tensors `specs` describe, read from the parameter block.
   std::vector<Tensor> downloadBlock(const std::vector<ParamSpec> &specs) const;
   EntryTensor view(const TensorSpec &spec) const;
+  /// Without host-accessible device memory: copies the host copies of
+  /// `entry`'s inputs to the arena / its outputs back.
+  void uploadInputs(const std::string &entry);
+  void downloadOutputs(const std::string &entry);
 
   std::shared_ptr<const Artifact> artifact_;
   std::unique_ptr<Device> device_;
   void *params_ = nullptr;
   void *arena_ = nullptr;
+  /// Whether the session keeps host copies (the device's memory is not
+  /// host-accessible).
+  bool staged_ = false;
+  /// The host copies of the entry points' inputs and outputs, by spec
+  /// (8-byte words, zeroed at creation like the arena).
+  std::map<const TensorSpec *, std::vector<uint64_t>> staging_;
+  /// The host copy of the parameter block blockViews() points into.
+  mutable std::vector<uint64_t> hostBlock_;
 
   /// Per entry point, per dispatch: its argument base pointers.
   std::map<std::string, std::vector<std::vector<void *>>> entryArgs_;

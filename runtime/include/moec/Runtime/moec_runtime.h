@@ -47,7 +47,7 @@ typedef enum moec_status {
   MOEC_ERROR_WEIGHTS = 5,  /* malformed or non-matching weights */
   MOEC_ERROR_DATA = 6,     /* malformed or unsuitable dataset */
   MOEC_ERROR_ARGUMENT = 7, /* bad argument (null pointer, unknown device) */
-  MOEC_ERROR_DEVICE = 8,   /* device failure (memory, threads) */
+  MOEC_ERROR_DEVICE = 8,   /* device failure (memory, threads, no GPU) */
   MOEC_ERROR_INTERNAL = 9  /* a runtime bug */
 } moec_status;
 
@@ -77,8 +77,10 @@ void moec_model_input_shape(const moec_model *model, int64_t *channels,
                             int64_t *height, int64_t *width);
 int64_t moec_model_classes(const moec_model *model);
 
-/* device: "cpu". threads: 0 = every core. The parameters start unset: call
- * moec_session_load_weights or moec_session_init_weights before inference. */
+/* device: "cpu" (threads: 0 = every core) or "cuda" (the first visible GPU;
+ * threads unused); the model must be compiled for that target. The
+ * parameters start unset: call moec_session_load_weights or
+ * moec_session_init_weights before inference. */
 moec_status moec_session_create(moec_model *model, const char *device,
                                 int threads, moec_session **session);
 void moec_session_release(moec_session *session);

@@ -68,10 +68,6 @@ TrainState sampleState(int64_t step) {
   return state;
 }
 
-bool contains(const std::string &haystack, const std::string &needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 std::vector<std::string> listDir(const std::string &dir) {
   std::vector<std::string> names;
   for (const auto &entry : fs::directory_iterator(dir))

@@ -33,10 +33,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool contains(const std::string &text, const std::string &part) {
-  return text.find(part) != std::string::npos;
-}
-
 /// The cuda device, or why there is none.
 Expected<std::unique_ptr<Device>> cudaDevice() {
   return createDevice("cuda", 0);

@@ -28,10 +28,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool contains(const std::string &text, const std::string &part) {
-  return text.find(part) != std::string::npos;
-}
-
 class MoecRunTrain : public ::testing::Test {
 protected:
   void SetUp() override {

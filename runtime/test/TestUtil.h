@@ -27,6 +27,11 @@
 
 namespace moec::rt::test {
 
+/// Whether `part` occurs in `text`.
+inline bool contains(const std::string &text, const std::string &part) {
+  return text.find(part) != std::string::npos;
+}
+
 /// A fresh directory under $TMPDIR (or /tmp), removed with its contents.
 class TempDir {
 public:

@@ -25,10 +25,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool contains(const std::string &text, const std::string &part) {
-  return text.find(part) != std::string::npos;
-}
-
 /// The reference for one step of the trainable model, in double: the
 /// scores, loss, gradients and the SGD-with-momentum update of
 /// TestKernels.c's moec_t1 from zero momentum.

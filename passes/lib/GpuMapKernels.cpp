@@ -59,9 +59,17 @@ bool writesMemory(Operation *op) {
   return writes;
 }
 
+/// Whether `op` holds work spread over the block: a parallel loop, or a tile
+/// matmul whose one-tile warp loop canonicalization folded away.
 bool containsParallelLoop(Operation *op) {
   return op
-      ->walk([](scf::ParallelOp) { return WalkResult::interrupt(); })
+      ->walk([](Operation *nested) {
+        if (isa<scf::ParallelOp>(nested) ||
+            nested->hasAttr(
+                moec::moe::MoEDialect::GpuMmaAttrHelper::getNameStr()))
+          return WalkResult::interrupt();
+        return WalkResult::advance();
+      })
       .wasInterrupted();
 }
 

@@ -7,7 +7,7 @@
 // and hands its result to the others through workgroup memory; the fill
 // is spread over the threads; the GEMM's 16 x 8 tiles go round-robin over
 // the 4 warps of 128 threads, each tile an mma.sync m16n8k16 per 16 of K.
-// CHECK: module attributes {gpu.container_module, moe.kernel_scratch = {kernel = 256 : i64, one_tile = 0 : i64}}
+// CHECK: module attributes {gpu.container_module, moe.kernel_scratch = {kernel = 256 : i64, one_tile = 0 : i64, tile_in_loop = 0 : i64}}
 // CHECK: gpu.module @moec_kernels
 // CHECK: gpu.func @kernel(%[[A:.*]]: memref<4x20x24xf32>, %{{.*}}: memref<24x10xf32>, %{{.*}}: memref<4x20x10xf32>, %[[BEGIN:.*]]: index, %[[SCRATCH:.*]]: memref<2147483648xi8>) workgroup(%[[SHARED:.*]] : memref<16xi64, #gpu.address_space<workgroup>>) kernel
 // CHECK-SAME: known_block_size = array<i32: 128, 1, 1>
@@ -62,6 +62,16 @@
 // CHECK: gpu.barrier
 // CHECK-NEXT: gpu.return
 
+// The same lone tile inside a sequential loop (per head): every thread
+// runs the loop, warp 0 the tile.
+// CHECK-LABEL: gpu.func @tile_in_loop
+// CHECK: scf.for
+// CHECK: gpu.barrier
+// CHECK: scf.if
+// CHECK: nvvm.mma.sync
+// CHECK: gpu.barrier
+// CHECK: gpu.return
+
 // THREADS: block-threads must be a multiple of 32 in [32, 1024], got 100
 module {
   func.func @kernel(%a: memref<4x20x24xf32>, %w: memref<24x10xf32>,
@@ -101,6 +111,21 @@ module {
       %x = memref.subview %a[%i, 0, 0] [1, 8, 24] [1, 1, 1] : memref<4x8x24xf32> to memref<8x24xf32, strided<[24, 1], offset: ?>>
       %o = memref.subview %y[%i, 0, 0] [1, 8, 8] [1, 1, 1] : memref<4x8x8xf32> to memref<8x8xf32, strided<[8, 1], offset: ?>>
       linalg.matmul ins(%x, %w : memref<8x24xf32, strided<[24, 1], offset: ?>>, memref<24x8xf32>) outs(%o : memref<8x8xf32, strided<[8, 1], offset: ?>>)
+    }
+    return
+  }
+  func.func @tile_in_loop(%a: memref<4x2x8x24xf32>, %w: memref<24x8xf32>,
+                          %y: memref<4x2x8x8xf32>, %begin: index, %end: index)
+      attributes {moe.kernel} {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c2 = arith.constant 2 : index
+    scf.for %i = %begin to %end step %c1 {
+      scf.for %h = %c0 to %c2 step %c1 {
+        %x = memref.subview %a[%i, %h, 0, 0] [1, 1, 8, 24] [1, 1, 1, 1] : memref<4x2x8x24xf32> to memref<8x24xf32, strided<[24, 1], offset: ?>>
+        %o = memref.subview %y[%i, %h, 0, 0] [1, 1, 8, 8] [1, 1, 1, 1] : memref<4x2x8x8xf32> to memref<8x8xf32, strided<[8, 1], offset: ?>>
+        linalg.matmul ins(%x, %w : memref<8x24xf32, strided<[24, 1], offset: ?>>, memref<24x8xf32>) outs(%o : memref<8x8xf32, strided<[8, 1], offset: ?>>)
+      }
     }
     return
   }
